@@ -1,0 +1,150 @@
+"""The one settings object of notifyd, read from ``NOTIFYD_*`` environment variables.
+
+Everything configurable is declared here and read nowhere else: modules take a
+:class:`Settings` (or the process-wide one from :func:`get_settings`).  Secrets are
+``SecretStr`` so they never show up in ``repr``, logs or ``notifyd config``.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CHANNELS: tuple[str, ...] = ("email", "sms", "push", "webhook", "inapp")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NOTIFYD_", env_file=None, extra="ignore", validate_default=True
+    )
+
+    # --- identity, broker, storage ------------------------------------------------
+    app_id: str = "notifyd"
+    #: ``kafka://host:port[;host:port]`` of an existing cluster (any Kafka-compatible broker).
+    broker_url: str = "kafka://127.0.0.1:9092"
+    #: Partitions of every notifyd topic; all topics are co-partitioned by user.
+    topic_partitions: int = Field(default=8, ge=1, le=1024)
+    topic_replication: int = Field(default=1, ge=1)
+    datadir: Path = Path("var/notifyd")
+    #: Faust table store: ``memory://`` or ``rocksdb://`` (RocksDB through rocksdict).
+    table_store: str = "memory://"
+    #: Standby replicas of tables kept by other workers (faster failover).
+    table_standby_replicas: int = Field(default=0, ge=0)
+
+    # --- web view --------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    #: URL other workers use to reach this one (table routing); derived when empty.
+    web_canonical_url: str = ""
+    max_request_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # --- credential store (sessions, refresh tokens, revoked jti) -------------------
+    #: ``redis://host:port/db`` or ``sqlite:///path``; empty means SQLite in ``datadir``.
+    credential_store_url: str = ""
+    session_ttl_s: int = Field(default=3600, ge=1)
+
+    # --- tokens and OIDC --------------------------------------------------------------
+    jwt_secret: SecretStr = SecretStr("")
+    jwt_issuer: str = "notifyd"
+    jwt_audience: str = "notifyd-api"
+    jwt_ttl_s: int = Field(default=3600, ge=1)
+    oidc_discovery_url: str = ""
+    oidc_issuer: str = ""
+    oidc_authorize_url: str = ""
+    oidc_token_url: str = ""
+    oidc_jwks_url: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: SecretStr = SecretStr("")
+    oidc_redirect_url: str = ""
+    oidc_scopes: str = "openid email profile"
+
+    # --- pipeline rules ----------------------------------------------------------------
+    dedupe_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    throttle_limit: int = Field(default=20, ge=0, description="0 disables the throttle")
+    throttle_window_s: int = Field(default=3600, ge=1)
+    throttle_mode: Literal["defer", "suppress"] = "defer"
+    inbox_max_items: int = Field(default=200, ge=1)
+    max_event_bytes: int = Field(default=256 * 1024, ge=1024)
+    default_locale: str = "en"
+    #: Start the worker's clock at this instant (it then advances in real time).
+    #: For simulations and tests of time rules (quiet hours); unset in production.
+    clock_start: datetime | None = None
+
+    # --- retries -------------------------------------------------------------------------
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_max_s: float = Field(default=300.0, gt=0)
+
+    # --- providers ----------------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=0, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    smtp_from: str = "notifyd@localhost"
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    sms_api_url: str = "http://127.0.0.1:8025/v1/sms"
+    sms_api_token: SecretStr = SecretStr("")
+    sms_sender: str = "notifyd"
+    push_api_url: str = "http://127.0.0.1:8025/v1/push"
+    push_api_token: SecretStr = SecretStr("")
+    webhook_secret: SecretStr = SecretStr("")
+    http_timeout_s: float = Field(default=10.0, gt=0)
+
+    # --- logging ------------------------------------------------------------------------
+    log_format: Literal["json", "console"] = "json"
+    log_level: str = "INFO"
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        if not v.startswith(("kafka://", "aiokafka://")):
+            raise ValueError("broker_url must look like kafka://host:port[;host:port]")
+        return v
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list for raw aiokafka clients (admin, producers in tests/bench)."""
+        rest = self.broker_url.split("://", 1)[1]
+        return [s.strip() for s in rest.replace(",", ";").split(";") if s.strip()]
+
+    @property
+    def resolved_credential_store_url(self) -> str:
+        return self.credential_store_url or f"sqlite:///{self.datadir / 'credentials.db'}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict safe to print: secrets masked, set-or-not kept visible."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, Path | datetime):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        for name in ("credential_store_url",):
+            out[name] = _mask_url_password(str(out[name]))
+        return out
+
+
+def _mask_url_password(url: str) -> str:
+    # redis://user:secret@host → redis://user:****@host
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        if ":" in creds:
+            creds = creds.split(":", 1)[0] + ":****"
+        return f"{scheme}://{creds}@{host}"
+    return url
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,89 @@
+"""Error hierarchy: one root, delivery errors that say whether to retry, web errors with codes."""
+
+from __future__ import annotations
+
+
+class NotifydError(Exception):
+    """Root of every error notifyd raises on purpose."""
+
+
+class InvalidEvent(NotifydError):
+    """An inbound event that can never be processed; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeliveryError(NotifydError):
+    """A provider could not deliver.
+
+    ``retriable`` tells the channel agent whether another attempt may succeed
+    (timeouts, 5xx, 429, connection refused); ``retry_after`` is the provider's
+    own hint in seconds, if it gave one.
+    """
+
+    def __init__(self, reason: str, *, retriable: bool, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retriable = retriable
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(DeliveryError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, retriable=False)
+
+
+class RetriableDeliveryError(DeliveryError):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason, retriable=True, retry_after=retry_after)
+
+
+class WebError(NotifydError):
+    """An HTTP error answered as JSON ``{code, detail}``; ``code`` is stable for clients."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self, detail: str, *, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+
+class BadRequest(WebError):
+    status, code = 400, "bad_request"
+
+
+class Unauthorized(WebError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(WebError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(WebError):
+    status, code = 404, "not_found"
+
+
+class Conflict(WebError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(WebError):
+    status, code = 413, "payload_too_large"
+
+
+class TooManyRequests(WebError):
+    status, code = 429, "too_many_requests"
+
+
+class ServiceUnavailable(WebError):
+    status, code = 503, "service_unavailable"

@@ -1,0 +1,475 @@
+"""Wire records of notifyd: inbound events, preferences, deliveries and status updates.
+
+Inbound events are plain JSON written by other services with any Kafka client, so
+they are parsed and validated here by hand (no Faust metadata, no Faust Records on
+the hot path): a single ``orjson.loads`` and a few type checks per event.  Every
+rejection carries a reason ``"<code>: <detail>"`` for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+
+from .config import CHANNELS
+from .errors import InvalidEvent
+
+PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
+STATUSES: tuple[str, ...] = (
+    "queued",
+    "sent",
+    "failed",
+    "suppressed",
+    "deferred",
+    "retrying",
+    "dead",
+)
+MAX_ID_LEN = 200
+MAX_CATEGORY_LEN = 100
+MAX_TITLE_LEN = 1_000
+MAX_BODY_LEN = 20_000
+MAX_DATA_BYTES = 64 * 1024
+_NAMESPACE = uuid.UUID("6f1d2c8e-7d0b-4c1e-9a55-0b5f3f1e2a10")
+_CATEGORY_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
+E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+# Pragmatic address check (RFC 5322 is broader than any real mailbox provider accepts).
+EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def notification_id_for(event_id: str) -> str:
+    """Deterministic notification id, so a re-processed event maps to the same id."""
+    return str(uuid.uuid5(_NAMESPACE, event_id))
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def loads(raw: bytes | str) -> Any:
+    return orjson.loads(raw)
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated notification event from ``notifyd.events``."""
+
+    event_id: str
+    user_id: str
+    category: str = "general"
+    title: str | None = None
+    body: str | None = None
+    template: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    channels: tuple[str, ...] | None = None
+    priority: str = "normal"
+    created_at: float | None = None  # epoch seconds
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def notification_id(self) -> str:
+        return notification_id_for(self.event_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            event_id=self.event_id,
+            user_id=self.user_id,
+            category=self.category,
+            priority=self.priority,
+        )
+        for name in ("title", "body", "template"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.data:
+            out["data"] = self.data
+        if self.channels is not None:
+            out["channels"] = list(self.channels)
+        if self.created_at is not None:
+            out["created_at"] = datetime.fromtimestamp(self.created_at, UTC).isoformat()
+        return out
+
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "event_id",
+        "user_id",
+        "category",
+        "title",
+        "body",
+        "template",
+        "data",
+        "channels",
+        "priority",
+        "created_at",
+    }
+)
+
+
+def _req_str(obj: dict[str, Any], name: str, max_len: int) -> str:
+    if name not in obj or obj[name] is None:
+        raise InvalidEvent(f"missing_field: {name} is required")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise InvalidEvent(f"wrong_type: {name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidEvent(f"empty_field: {name} must not be empty")
+    if len(value) > max_len:
+        raise InvalidEvent(f"too_long: {name} is longer than {max_len} characters")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], name: str, max_len: int) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"wrong_type: {name} must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise InvalidEvent(f"too_long: {name} is longer than {max_len} characters")
+    return value
+
+
+def parse_rfc3339(value: str) -> float:
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        raise ValueError("timezone offset required")
+    return dt.timestamp()
+
+
+def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
+    """Validate one raw Kafka value into an :class:`Event` or raise :class:`InvalidEvent`."""
+    if raw is None:
+        raise InvalidEvent("empty: message has no value (tombstone)")
+    if len(raw) > max_bytes:
+        raise InvalidEvent(f"too_large: {len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        obj = orjson.loads(raw)  # orjson rejects invalid UTF-8 itself
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent("invalid_utf8: value is not valid UTF-8") from None
+        raise InvalidEvent(f"invalid_json: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"not_an_object: value must be a JSON object, got {type(obj).__name__}")
+    event_id = _req_str(obj, "event_id", MAX_ID_LEN)
+    user_id = _req_str(obj, "user_id", MAX_ID_LEN)
+    category = _opt_str(obj, "category", MAX_CATEGORY_LEN) or "general"
+    if not _CATEGORY_RE.match(category):
+        raise InvalidEvent("invalid_category: use letters, digits and _ . : -")
+    title = _opt_str(obj, "title", MAX_TITLE_LEN)
+    body = _opt_str(obj, "body", MAX_BODY_LEN)
+    template = _opt_str(obj, "template", MAX_CATEGORY_LEN)
+    data = obj.get("data")
+    if data is None:
+        data = {}
+    elif not isinstance(data, dict):
+        raise InvalidEvent(f"wrong_type: data must be an object, got {type(data).__name__}")
+    elif data and len(orjson.dumps(data)) > MAX_DATA_BYTES:
+        raise InvalidEvent(f"too_large: data exceeds {MAX_DATA_BYTES} bytes")
+    if template is None and not (title or body):
+        raise InvalidEvent("missing_content: give title/body or template")
+    channels: tuple[str, ...] | None = None
+    raw_channels = obj.get("channels")
+    if raw_channels is not None:
+        if not isinstance(raw_channels, list) or not raw_channels:
+            raise InvalidEvent("wrong_type: channels must be a non-empty list")
+        for ch in raw_channels:
+            if not isinstance(ch, str) or ch not in CHANNELS:
+                raise InvalidEvent(
+                    f"unknown_channel: {str(ch)[:40]!r} is not one of {', '.join(CHANNELS)}"
+                )
+        channels = tuple(dict.fromkeys(raw_channels))
+    priority = obj.get("priority", "normal")
+    if priority is None:
+        priority = "normal"
+    if not isinstance(priority, str) or priority not in PRIORITIES:
+        raise InvalidEvent(f"invalid_priority: must be one of {', '.join(PRIORITIES)}")
+    created_at: float | None = None
+    raw_created = obj.get("created_at")
+    if raw_created is not None:
+        if not isinstance(raw_created, str):
+            raise InvalidEvent("wrong_type: created_at must be an RFC 3339 string")
+        try:
+            created_at = parse_rfc3339(raw_created)
+        except ValueError:
+            raise InvalidEvent(f"invalid_timestamp: created_at {raw_created[:40]!r}") from None
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
+    return Event(
+        event_id=event_id,
+        user_id=user_id,
+        category=category,
+        title=title,
+        body=body,
+        template=template,
+        data=data,
+        channels=channels,
+        priority=priority,
+        created_at=created_at,
+        extra=extra,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Preferences
+# ---------------------------------------------------------------------------------------
+
+
+class InvalidPreferences(ValueError):
+    """Preferences that fail validation; the message says which field and why."""
+
+
+@dataclass(slots=True)
+class QuietHours:
+    start: str  # "HH:MM" local time
+    end: str
+    timezone: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"start": self.start, "end": self.end, "timezone": self.timezone}
+
+
+@dataclass(slots=True)
+class Preferences:
+    user_id: str
+    email: str | None = None
+    phone: str | None = None
+    push_tokens: list[str] = field(default_factory=list)
+    webhook_url: str | None = None
+    apprise_urls: list[str] = field(default_factory=list)
+    #: channel -> enabled; a channel not listed is enabled.
+    channels: dict[str, bool] = field(default_factory=dict)
+    #: category ("*" for all) -> channels ("*" for all) the user opted out of.
+    opt_out: dict[str, list[str]] = field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+    locale: str | None = None
+    updated_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "email": self.email,
+            "phone": self.phone,
+            "push_tokens": list(self.push_tokens),
+            "webhook_url": self.webhook_url,
+            "apprise_urls": list(self.apprise_urls),
+            "channels": dict(self.channels),
+            "opt_out": {k: list(v) for k, v in self.opt_out.items()},
+            "quiet_hours": self.quiet_hours.to_dict() if self.quiet_hours else None,
+            "locale": self.locale,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preferences:
+        """Trusting constructor for data already validated (table contents)."""
+        qh = data.get("quiet_hours")
+        return cls(
+            user_id=data["user_id"],
+            email=data.get("email"),
+            phone=data.get("phone"),
+            push_tokens=list(data.get("push_tokens") or []),
+            webhook_url=data.get("webhook_url"),
+            apprise_urls=list(data.get("apprise_urls") or []),
+            channels=dict(data.get("channels") or {}),
+            opt_out={k: list(v) for k, v in (data.get("opt_out") or {}).items()},
+            quiet_hours=QuietHours(**qh) if qh else None,
+            locale=data.get("locale"),
+            updated_at=data.get("updated_at"),
+        )
+
+
+PREFERENCE_FIELDS = frozenset(
+    {
+        "email",
+        "phone",
+        "push_tokens",
+        "webhook_url",
+        "apprise_urls",
+        "channels",
+        "opt_out",
+        "quiet_hours",
+        "locale",
+    }
+)
+
+
+def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> dict[str, Any]:
+    """Check a (partial) preferences document; returns the normalised fields.
+
+    Raises :class:`InvalidPreferences` naming the offending field.
+    """
+    if not isinstance(data, dict):
+        raise InvalidPreferences("preferences must be a JSON object")
+    unknown = set(data) - PREFERENCE_FIELDS - {"user_id", "updated_at"}
+    if unknown:
+        raise InvalidPreferences(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "user_id" in data and data["user_id"] != user_id:
+        raise InvalidPreferences("user_id in the body does not match the target user")
+    out: dict[str, Any] = {}
+
+    def opt_str(name: str) -> str | None:
+        v = data.get(name)
+        if v is not None and (not isinstance(v, str) or len(v) > 2000):
+            raise InvalidPreferences(f"{name} must be a string")
+        return v or None
+
+    if "email" in data:
+        email = opt_str("email")
+        if email is not None and not EMAIL_RE.match(email):
+            raise InvalidPreferences(f"email {email!r} is not a valid address")
+        out["email"] = email
+    if "phone" in data:
+        phone = opt_str("phone")
+        if phone is not None and not E164_RE.match(phone):
+            raise InvalidPreferences(f"phone {phone!r} is not an E.164 number like +15551234567")
+        out["phone"] = phone
+    if "webhook_url" in data:
+        url = opt_str("webhook_url")
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise InvalidPreferences("webhook_url must be an http(s) URL")
+        out["webhook_url"] = url
+    if "locale" in data:
+        loc = opt_str("locale")
+        if loc is not None and not re.match(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$", loc):
+            raise InvalidPreferences(f"locale {loc!r} is not a BCP 47 tag")
+        out["locale"] = loc
+    for list_name in ("push_tokens", "apprise_urls"):
+        if list_name in data:
+            v = data[list_name] or []
+            if not isinstance(v, list) or not all(isinstance(t, str) and t for t in v):
+                raise InvalidPreferences(f"{list_name} must be a list of non-empty strings")
+            if len(v) > 20:
+                raise InvalidPreferences(f"{list_name} holds at most 20 entries")
+            out[list_name] = list(dict.fromkeys(v))
+    if "channels" in data:
+        v = data["channels"] or {}
+        if not isinstance(v, dict):
+            raise InvalidPreferences("channels must be an object of channel -> true/false")
+        for ch, on in v.items():
+            if ch not in CHANNELS:
+                raise InvalidPreferences(f"channels: unknown channel {ch!r}")
+            if not isinstance(on, bool):
+                raise InvalidPreferences(f"channels.{ch} must be true or false")
+        out["channels"] = dict(v)
+    if "opt_out" in data:
+        v = data["opt_out"] or {}
+        if not isinstance(v, dict):
+            raise InvalidPreferences("opt_out must be an object of category -> [channels]")
+        norm: dict[str, list[str]] = {}
+        for cat, chans in v.items():
+            if not isinstance(cat, str) or not (cat == "*" or _CATEGORY_RE.match(cat)):
+                raise InvalidPreferences(f"opt_out: invalid category {cat!r}")
+            if not isinstance(chans, list):
+                raise InvalidPreferences(f"opt_out.{cat} must be a list of channels")
+            for ch in chans:
+                if ch != "*" and ch not in CHANNELS:
+                    raise InvalidPreferences(f"opt_out.{cat}: unknown channel {ch!r}")
+            norm[cat] = list(dict.fromkeys(chans))
+        out["opt_out"] = norm
+    if "quiet_hours" in data:
+        qh = data["quiet_hours"]
+        if qh is None:
+            out["quiet_hours"] = None
+        else:
+            if not isinstance(qh, dict) or set(qh) != {"start", "end", "timezone"}:
+                raise InvalidPreferences("quiet_hours needs exactly start, end and timezone")
+            for k in ("start", "end"):
+                if not isinstance(qh[k], str) or not _HHMM_RE.match(qh[k]):
+                    raise InvalidPreferences(f"quiet_hours.{k} must be HH:MM (24 h)")
+            if qh["start"] == qh["end"]:
+                raise InvalidPreferences("quiet_hours.start and end must differ")
+            try:
+                if not isinstance(qh["timezone"], str):
+                    raise ValueError
+                ZoneInfo(qh["timezone"])
+            except (ZoneInfoNotFoundError, ValueError):
+                raise InvalidPreferences(
+                    f"quiet_hours.timezone {qh['timezone']!r} is not an IANA time zone"
+                ) from None
+            out["quiet_hours"] = {"start": qh["start"], "end": qh["end"], "timezone": qh["timezone"]}
+    if not partial:
+        # A full document resets every field not given.
+        defaults = Preferences(user_id=user_id).to_dict()
+        for name in PREFERENCE_FIELDS:
+            out.setdefault(name, defaults[name])
+    return out
+
+
+def merge_preferences(
+    current: dict[str, Any] | None, user_id: str, fields: dict[str, Any], ts: float
+) -> dict[str, Any]:
+    base = current or Preferences(user_id=user_id).to_dict()
+    merged = {**base, **fields, "user_id": user_id, "updated_at": ts}
+    return merged
+
+
+# ---------------------------------------------------------------------------------------
+# Deliveries (channel topics) and status updates (notifyd.status)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One notification for one channel, as it travels on ``notifyd.deliver.<channel>``."""
+
+    notification_id: str
+    event_id: str
+    user_id: str
+    channel: str
+    title: str
+    body: str
+    category: str = "general"
+    priority: str = "normal"
+    #: email address, E.164 phone number or webhook URL, depending on the channel.
+    address: str | None = None
+    #: push device tokens (push channel) or Apprise URLs.
+    tokens: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    locale: str | None = None
+    attempt: int = 1
+    #: epoch seconds when notifyd accepted the event (end-to-end latency origin).
+    accepted_at: float = 0.0
+    #: epoch seconds when the producer wrote the event (Kafka timestamp), if known.
+    produced_at: float | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and re-processing: what providers deduplicate on."""
+        return f"{self.notification_id}:{self.channel}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "notification_id": self.notification_id,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "channel": self.channel,
+            "title": self.title,
+            "body": self.body,
+            "category": self.category,
+            "priority": self.priority,
+            "address": self.address,
+            "tokens": self.tokens,
+            "data": self.data,
+            "locale": self.locale,
+            "attempt": self.attempt,
+            "accepted_at": self.accepted_at,
+            "produced_at": self.produced_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Delivery:
+        return cls(**{k: d[k] for k in _DELIVERY_FIELDS if k in d})
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+_DELIVERY_FIELDS = tuple(Delivery.__dataclass_fields__)
