@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     inbox_max_items: int = Field(default=200, ge=1)
     max_event_bytes: int = Field(default=256 * 1024, ge=1024)
     default_locale: str = "en"
+    #: Directory of ``<name>.json`` templates; empty means the examples shipped in the package.
+    templates_dir: Path | None = None
+    status_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     #: Start the worker's clock at this instant (it then advances in real time).
     #: For simulations and tests of time rules (quiet hours); unset in production.
     clock_start: datetime | None = None

@@ -43,6 +43,21 @@ def cache_dir() -> Path:
 
 async def wait_for_metadata(bootstrap: str, timeout: float = 60.0) -> None:
     """Wait until the broker answers a metadata request (not merely accepts TCP)."""
+    import logging
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    # Connection refused is expected while the broker boots; don't spam the log.
+    aiokafka_log = logging.getLogger("aiokafka")
+    saved = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        await _wait_for_metadata(bootstrap, timeout)
+    finally:
+        aiokafka_log.setLevel(saved)
+
+
+async def _wait_for_metadata(bootstrap: str, timeout: float) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     deadline = time.monotonic() + timeout

@@ -1,0 +1,1 @@
+"""Faust agents, one stream per module, found by autodiscover."""

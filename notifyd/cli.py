@@ -1,0 +1,224 @@
+"""``notifyd`` command line.
+
+Settings are environment variables (``NOTIFYD_*``); a flag given here is written to
+the environment before the settings are first read, so flags and env mean the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a broker or service could not be reached
+
+
+def _set_env(**values: Any) -> None:
+    for name, value in values.items():
+        if value is not None:
+            os.environ[f"NOTIFYD_{name.upper()}"] = str(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="notifyd")
+def main() -> None:
+    """notifyd: a streaming notification daemon on Kafka."""
+
+
+# --------------------------------------------------------------------------------------
+# worker
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
+@click.option("--web-port", type=int, help="Port of the web view (NOTIFYD_WEB_PORT)")
+@click.option("--web-host", help="Address of the web view (NOTIFYD_WEB_HOST)")
+@click.option("--datadir", type=click.Path(path_type=Path), help="Table data (NOTIFYD_DATADIR)")
+@click.option("--loglevel", "log_level", help="DEBUG, INFO, WARNING (NOTIFYD_LOG_LEVEL)")
+def worker(
+    broker_url: str | None,
+    web_port: int | None,
+    web_host: str | None,
+    datadir: Path | None,
+    log_level: str | None,
+) -> None:
+    """Run a worker: consume events, keep tables, deliver, serve the web view."""
+    _set_env(broker_url=broker_url, web_port=web_port, web_host=web_host, datadir=datadir,
+             log_level=log_level)
+    from .worker import run_worker
+
+    sys.exit(run_worker())
+
+
+# --------------------------------------------------------------------------------------
+# broker
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["kafka", "tansu"]), default="kafka")
+@click.option("--datadir", type=click.Path(path_type=Path), default=Path("var/broker"),
+              show_default=True, help="Data directory (Kafka keeps topics here across restarts)")
+@click.option("--port", type=int, default=0, help="Listener port (0: a free one, or the last one)")
+def broker(kind: str, datadir: Path, port: int) -> None:
+    """Start a local broker in the foreground: Apache Kafka (KRaft) or Tansu."""
+    from .broker.base import BrokerError
+    from .broker.kafka import KafkaBroker
+    from .broker.tansu import TansuBroker
+
+    b: KafkaBroker | TansuBroker = (
+        KafkaBroker(datadir / "kafka", port=port) if kind == "kafka"
+        else TansuBroker(datadir / "tansu", port=port)
+    )
+    try:
+        if kind == "kafka":
+            click.echo("fetching Apache Kafka jars (first run only) ...", err=True)
+        b.start()
+        asyncio.run(b.wait_ready())
+    except BrokerError as exc:
+        b.stop()
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{kind} ready: NOTIFYD_BROKER_URL={b.url}  (Ctrl-C stops it)")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        b.stop()
+
+
+# --------------------------------------------------------------------------------------
+# send
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--user", "user_id", help="user_id (also the message key)")
+@click.option("--title")
+@click.option("--body")
+@click.option("--category", default="general", show_default=True)
+@click.option("--channel", "channels", multiple=True, help="Restrict to channel (repeatable)")
+@click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]),
+              default="normal", show_default=True)
+@click.option("--template")
+@click.option("--data", "data_json", help="Template data as a JSON object")
+@click.option("--event-id", help="Idempotency key (default: a new UUID)")
+@click.option("--file", "file", type=click.File("rb"), help="Send this JSON file as the event")
+@click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
+def send(
+    user_id: str | None,
+    title: str | None,
+    body: str | None,
+    category: str,
+    channels: tuple[str, ...],
+    priority: str,
+    template: str | None,
+    data_json: str | None,
+    event_id: str | None,
+    file: Any,
+    broker_url: str | None,
+) -> None:
+    """Produce one event onto notifyd.events (as any other service would)."""
+    import orjson
+
+    from .records import InvalidEvent, parse_event
+
+    _set_env(broker_url=broker_url)
+    if file is not None:
+        raw = file.read()
+    else:
+        if not user_id:
+            raise click.UsageError("--user is required (or --file)")
+        event: dict[str, Any] = {
+            "event_id": event_id or str(uuid.uuid4()),
+            "user_id": user_id,
+            "category": category,
+            "priority": priority,
+        }
+        for k, v in (("title", title), ("body", body), ("template", template)):
+            if v is not None:
+                event[k] = v
+        if channels:
+            event["channels"] = list(channels)
+        if data_json:
+            try:
+                event["data"] = orjson.loads(data_json)
+            except orjson.JSONDecodeError as exc:
+                raise click.UsageError(f"--data is not JSON: {exc}") from exc
+        raw = orjson.dumps(event)
+    try:
+        parsed = parse_event(raw)
+    except InvalidEvent as exc:
+        raise click.ClickException(f"invalid event: {exc.reason}") from exc
+    from .config import get_settings
+    from .producer import produce
+
+    meta = asyncio.run(produce(get_settings(), "notifyd.events", parsed.user_id.encode(), raw))
+    click.echo(
+        f"sent event_id={parsed.event_id} notification_id={parsed.notification_id} "
+        f"partition={meta[0]} offset={meta[1]}"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------
+
+
+@main.command("config")
+def show_config() -> None:
+    """Print the effective settings (secrets masked)."""
+    import orjson
+
+    from .config import get_settings
+
+    click.echo(orjson.dumps(get_settings().redacted(), option=orjson.OPT_INDENT_2).decode())
+
+
+# --------------------------------------------------------------------------------------
+# run: the embedded default
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--datadir", type=click.Path(path_type=Path), default=Path("var/run"),
+              show_default=True)
+@click.option("--web-port", type=int, default=6066, show_default=True)
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Produce a sample notification and show it delivered")
+@click.option("--exit-after-demo", is_flag=True, help="Stop everything after the demo")
+def run(datadir: Path, web_port: int, demo: bool, exit_after_demo: bool) -> None:
+    """Run notifyd on the embedded default: Tansu broker, SQLite store, local sinks."""
+    from .embedded import run_embedded
+
+    sys.exit(asyncio.run(run_embedded(datadir, web_port, demo, exit_after_demo)))
+
+
+def worker_subprocess(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``notifyd worker`` as a child process (used by ``run`` and the tests)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "notifyd", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _now() -> float:
+    return time.time()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,484 @@
+"""What the agents do with each message.  Agents (``notifyd.agents``) are thin loops
+over these functions, so the logic is testable with Faust's ``test_context()``.
+
+Guarantees (README "Reliability"): processing is at-least-once.  Re-processing the
+same Kafka record is harmless because every output is idempotent downstream: the
+notification id is derived from ``event_id``, channel agents consult the delivery
+ledger (``<notification_id>:<channel>``) before sending, providers get that key as
+an idempotency key, and the status fold never moves a terminal state back.  A
+*re-sent* event (same ``event_id``, another Kafka record) is dropped by ``seen``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import structlog
+from aiokafka.partitioner import murmur2
+from faust.types import EventT
+
+from . import clock
+from .app import app, settings
+from .errors import DeliveryError, InvalidEvent
+from .providers.base import Provider
+from .records import Delivery, Event, dumps, loads, parse_event
+from .rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
+from .tables import inbox, ledger, preferences, scheduled, seen, status, throttle
+from .templating import TemplateStore
+from .topics import (
+    control_topic,
+    deliver_topics,
+    deliveries_dlq_topic,
+    events_dlq_topic,
+    rekeyed_topic,
+    status_topic,
+)
+
+log = structlog.stdlib.get_logger("notifyd.pipeline")
+
+TERMINAL = frozenset({"sent", "failed", "dead", "suppressed"})
+ORIGIN_HEADER = "notifyd-origin"
+_templates: TemplateStore | None = None
+
+
+def templates() -> TemplateStore:
+    global _templates
+    if _templates is None:
+        _templates = TemplateStore(settings.templates_dir, settings.default_locale)
+    return _templates
+
+
+def partition_for(key: str, partitions: int | None = None) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for a UTF-8 key."""
+    n = partitions or settings.topic_partitions
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % n
+
+
+def throttle_policy() -> ThrottlePolicy:
+    return ThrottlePolicy(settings.throttle_limit, settings.throttle_window_s, settings.throttle_mode)
+
+
+def _header(ev: EventT[Any], name: str) -> str | None:
+    for k, v in ev.message.headers or ():
+        if k == name:
+            return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
+    return None
+
+
+async def dead_letter(ev: EventT[Any], raw: bytes | None, reason: str) -> None:
+    """Original bytes to ``notifyd.events.dlq``, the reason and origin in headers."""
+    msg = ev.message
+    headers = [
+        ("notifyd-reason", reason.encode()),
+        ("notifyd-source-topic", msg.topic.encode()),
+        ("notifyd-source-partition", str(msg.partition).encode()),
+        ("notifyd-source-offset", str(msg.offset).encode()),
+        ("notifyd-failed-at", str(clock.now()).encode()),
+    ]
+    await events_dlq_topic.send(key=msg.key, value=raw if raw is not None else b"", headers=headers)
+    log.warning("event.dead_lettered", reason=reason)
+
+
+# --------------------------------------------------------------------------------------
+# Ingest: notifyd.events / notifyd.events.rekeyed
+# --------------------------------------------------------------------------------------
+
+
+async def handle_event(ev: EventT[Any]) -> None:
+    msg = ev.message
+    raw: bytes | None = ev.value
+    try:
+        event = parse_event(raw, settings.max_event_bytes)
+    except InvalidEvent as exc:
+        await dead_letter(ev, raw, exc.reason)
+        return
+    structlog.contextvars.bind_contextvars(
+        user_id=event.user_id, notification_id=event.notification_id, event_id=event.event_id
+    )
+    expected = partition_for(event.user_id)
+    if msg.partition != expected:
+        if msg.topic == rekeyed_topic.get_topic_name():
+            # Only possible if topics were created with different partition counts.
+            await dead_letter(
+                ev, raw, f"partition_mismatch: rekeyed to {msg.partition}, expected {expected}"
+            )
+            return
+        # Producer keyed by something else (or used another partitioner): one hop to
+        # the user's partition, so preferences and state are partition-local.
+        origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
+        await rekeyed_topic.send(
+            key=event.user_id.encode(), value=raw, headers=[(ORIGIN_HEADER, origin.encode())]
+        )
+        return
+    origin = _header(ev, ORIGIN_HEADER) or f"{msg.topic}/{msg.partition}/{msg.offset}"
+    now = clock.now()
+    prev = seen.get(event.event_id)
+    if prev is not None and prev[2] != origin:
+        log.info("event.duplicate", first_seen=prev[0], first_origin=prev[2])
+        return
+    if prev is None:
+        seen[event.event_id] = [now, msg.partition, origin]
+    await process_event(event, msg.partition, now, produced_at=msg.timestamp)
+
+
+def _content(event: Event, locale: str | None) -> tuple[str, str, dict[str, tuple[str, str]]]:
+    if event.template:
+        r = templates().render(event.template, event.data, locale)
+        return r.title, r.body, r.per_channel
+    return event.title or "", event.body or "", {}
+
+
+async def process_event(
+    event: Event, partition: int, now: float, produced_at: float | None = None
+) -> None:
+    prefs = preferences.get(event.user_id)
+    locale = (prefs or {}).get("locale") or settings.default_locale
+    title, body, per_channel = _content(event, locale)
+    history: dict[str, list[list[Any]]] = {
+        ch: prune_history(h, now, settings.throttle_window_s)
+        for ch, h in (throttle.get(event.user_id) or {}).items()
+    }
+    decisions = decide(event, prefs, now, history, throttle_policy())
+    throttle[event.user_id] = {ch: h for ch, h in history.items() if h}
+    nid = event.notification_id
+    updates: list[dict[str, Any]] = []
+    for d in decisions:
+        t, b = per_channel.get(d.channel, (title, body))
+        if d.action == SEND or d.action == DEFER:
+            delivery = Delivery(
+                notification_id=nid,
+                event_id=event.event_id,
+                user_id=event.user_id,
+                channel=d.channel,
+                title=t,
+                body=b,
+                category=event.category,
+                priority=event.priority,
+                address=d.address,
+                tokens=d.tokens or [],
+                data=event.data,
+                locale=locale,
+                accepted_at=now,
+                produced_at=produced_at,
+            )
+            if d.action == SEND:
+                await deliver_topics[d.channel].send(
+                    key=event.user_id.encode(), value=delivery.dumps()
+                )
+                updates.append({"channel": d.channel, "status": "queued", "ts": now})
+            else:
+                assert d.deliver_at is not None
+                schedule(delivery, d.deliver_at, partition, d.reason or "deferred")
+                updates.append(
+                    {
+                        "channel": d.channel,
+                        "status": "deferred",
+                        "reason": d.reason,
+                        "deliver_at": d.deliver_at,
+                        "ts": now,
+                    }
+                )
+        else:
+            updates.append({"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now})
+    await publish_status(
+        nid,
+        updates,
+        content={
+            "event_id": event.event_id,
+            "user_id": event.user_id,
+            "category": event.category,
+            "priority": event.priority,
+            "title": title,
+            "body": body,
+            "template": event.template,
+            "created_at": event.created_at,
+            "accepted_at": now,
+        },
+    )
+    log.info(
+        "event.accepted",
+        decisions={d.channel: d.action for d in decisions},
+    )
+
+
+async def publish_status(
+    nid: str, updates: list[dict[str, Any]], content: dict[str, Any] | None = None
+) -> None:
+    value: dict[str, Any] = {"notification_id": nid, "updates": updates}
+    if content is not None:
+        value["content"] = content
+    await status_topic.send(key=nid.encode(), value=dumps(value))
+
+
+# --------------------------------------------------------------------------------------
+# Scheduling (quiet hours, throttle deferral, retry backoff) without blocking partitions
+# --------------------------------------------------------------------------------------
+
+
+def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> None:
+    from .scheduler import scheduler  # local import: scheduler imports this module
+
+    key = delivery.idempotency_key
+    scheduled[key] = {"due": due, "p": partition, "delivery": delivery.to_dict(), "reason": reason}
+    scheduler.push(due, key, partition)
+
+
+async def release(key: str, entry: dict[str, Any]) -> None:
+    """Hand a due delivery to its channel topic, then ask the owner to drop the entry."""
+    d = entry["delivery"]
+    await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
+    await publish_status(
+        d["notification_id"],
+        [{"channel": d["channel"], "status": "queued", "attempt": d.get("attempt", 1), "ts": clock.now()}],
+    )
+    await control_topic.send(
+        key=d["user_id"].encode(),
+        value=dumps({"op": "unschedule", "id": key, "due": entry["due"]}),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Channel agents
+# --------------------------------------------------------------------------------------
+
+
+def backoff(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, at least the provider's Retry-After."""
+    cap = min(settings.retry_max_s, settings.retry_base_s * (2 ** (attempt - 1)))
+    delay = random.uniform(cap / 2, cap)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.retry_max_s))
+    return delay
+
+
+def _mark(key: str, state: str, partition: int) -> None:
+    ledger[key] = {"s": state, "ts": clock.now(), "p": partition}
+
+
+async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
+    raw: bytes = ev.value
+    partition = ev.message.partition
+    try:
+        delivery = Delivery.from_dict(loads(raw))
+    except Exception as exc:  # only notifyd writes these topics; a bad one is a bug
+        log.error("delivery.undecodable", error=str(exc))
+        await deliveries_dlq_topic.send(
+            key=ev.message.key, value=raw, headers=[("notifyd-reason", f"undecodable: {exc}".encode())]
+        )
+        return
+    structlog.contextvars.bind_contextvars(
+        user_id=delivery.user_id,
+        notification_id=delivery.notification_id,
+        channel=delivery.channel,
+        attempt=delivery.attempt,
+    )
+    key = delivery.idempotency_key
+    done = ledger.get(key)
+    if done is not None and done["s"] in TERMINAL:
+        log.info("delivery.already_done", state=done["s"])
+        return
+    started = time.monotonic()
+    try:
+        provider.check(delivery)
+        receipt = await provider.send(delivery)
+    except DeliveryError as err:
+        await _failed(delivery, err, partition)
+        return
+    except Exception as exc:  # a provider bug must not kill the channel agent
+        log.exception("delivery.provider_crashed")
+        await _failed(
+            delivery, DeliveryError(f"provider_error: {type(exc).__name__}: {exc}", retriable=True),
+            partition,
+        )
+        return
+    now = clock.now()
+    _mark(key, "sent", partition)
+    update: dict[str, Any] = {
+        "channel": delivery.channel,
+        "status": "sent",
+        "attempt": delivery.attempt,
+        "ts": now,
+        "provider_id": receipt.provider_id,
+        "latency_ms": round((now - delivery.accepted_at) * 1000, 3),
+    }
+    await publish_status(delivery.notification_id, [update])
+    log.info("delivery.sent", send_ms=round((time.monotonic() - started) * 1000, 2))
+
+
+async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> None:
+    key = delivery.idempotency_key
+    now = clock.now()
+    base = {"channel": delivery.channel, "attempt": delivery.attempt, "ts": now, "reason": err.reason}
+    if not err.retriable:
+        _mark(key, "failed", partition)
+        await publish_status(delivery.notification_id, [{**base, "status": "failed"}])
+        log.warning("delivery.failed", reason=err.reason)
+        return
+    if delivery.attempt >= settings.retry_max_attempts:
+        _mark(key, "dead", partition)
+        await publish_status(delivery.notification_id, [{**base, "status": "dead"}])
+        await deliveries_dlq_topic.send(
+            key=delivery.user_id.encode(),
+            value=delivery.dumps(),
+            headers=[
+                ("notifyd-reason", err.reason.encode()),
+                ("notifyd-attempts", str(delivery.attempt).encode()),
+            ],
+        )
+        log.warning("delivery.dead", reason=err.reason)
+        return
+    delay = backoff(delivery.attempt, err.retry_after)
+    retry = Delivery.from_dict({**delivery.to_dict(), "attempt": delivery.attempt + 1})
+    schedule(retry, now + delay, partition, f"retry: {err.reason}")
+    await publish_status(
+        delivery.notification_id,
+        [{**base, "status": "retrying", "deliver_at": now + delay}],
+    )
+    log.info("delivery.retrying", reason=err.reason, delay_s=round(delay, 3))
+
+
+def deliver_inapp(delivery: Delivery) -> str:
+    """In-app provider: add to the user's bounded inbox (idempotent by notification id)."""
+    box = inbox.get(delivery.user_id) or {"items": [], "unread": 0}
+    items: list[dict[str, Any]] = box["items"]
+    if any(it["id"] == delivery.notification_id for it in items):
+        return delivery.notification_id
+    items.insert(
+        0,
+        {
+            "id": delivery.notification_id,
+            "title": delivery.title,
+            "body": delivery.body,
+            "category": delivery.category,
+            "priority": delivery.priority,
+            "data": delivery.data,
+            "created_at": clock.now(),
+            "read": False,
+            "archived": False,
+        },
+    )
+    del items[settings.inbox_max_items :]
+    box["unread"] = sum(1 for it in items if not it["read"] and not it["archived"])
+    inbox[delivery.user_id] = box
+    return delivery.notification_id
+
+
+# --------------------------------------------------------------------------------------
+# Status fold: notifyd.status -> status table
+# --------------------------------------------------------------------------------------
+
+
+def fold_status(current: dict[str, Any] | None, msg: dict[str, Any], partition: int) -> dict[str, Any]:
+    doc = current or {"notification_id": msg["notification_id"], "channels": {}}
+    doc["p"] = partition
+    if "content" in msg:
+        doc.update(msg["content"])
+    channels: dict[str, Any] = doc["channels"]
+    for u in msg.get("updates", ()):
+        ch = u["channel"]
+        cur = channels.get(ch)
+        if cur is not None and cur["status"] in TERMINAL and u["status"] not in TERMINAL:
+            continue  # a re-processed record must not move a finished channel back
+        entry = dict(cur or {})
+        history = entry.get("history", [])
+        history.append({k: u[k] for k in ("status", "ts", "reason") if k in u})
+        entry.update({k: v for k, v in u.items() if k != "channel"})
+        entry["history"] = history[-20:]
+        entry["attempts"] = max(int(u.get("attempt") or 0), int((cur or {}).get("attempts", 0)))
+        if u["status"] in ("sent", "queued", "retrying") and "reason" not in u:
+            entry.pop("reason", None)
+        channels[ch] = entry
+    return doc
+
+
+async def handle_status(ev: EventT[Any]) -> None:
+    msg = loads(ev.value)
+    nid = msg["notification_id"]
+    status[nid] = fold_status(status.get(nid), msg, ev.message.partition)
+
+
+# --------------------------------------------------------------------------------------
+# Preferences and control messages
+# --------------------------------------------------------------------------------------
+
+
+async def handle_control(ev: EventT[Any]) -> None:
+    msg = loads(ev.value)
+    op = msg.get("op")
+    if op == "unschedule":
+        entry = scheduled.get(msg["id"])
+        if entry is not None and entry["due"] == msg["due"]:
+            del scheduled[msg["id"]]
+    elif op == "expire":
+        table = {"seen": seen, "ledger": ledger, "status": status}[msg["table"]]
+        for key in msg["keys"]:
+            if table.get(key) is not None:
+                del table[key]
+    elif op == "inbox":
+        apply_inbox_op(msg)
+    else:
+        log.warning("control.unknown_op", op=str(op)[:50])
+
+
+def apply_inbox_op(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """Mark read/unread, archive/unarchive or delete inbox items of one user."""
+    user_id: str = msg["user_id"]
+    box = inbox.get(user_id)
+    if box is None:
+        return None
+    ids = set(msg.get("ids") or ())
+    action = msg.get("action")
+    items: list[dict[str, Any]] = box["items"]
+    if action == "delete":
+        items[:] = [it for it in items if it["id"] not in ids]
+    else:
+        field, value = {
+            "read": ("read", True),
+            "unread": ("read", False),
+            "archive": ("archived", True),
+            "unarchive": ("archived", False),
+        }[str(action)]
+        for it in items:
+            if it["id"] in ids or msg.get("all"):
+                it[field] = value
+    box["unread"] = sum(1 for it in items if not it["read"] and not it["archived"])
+    inbox[user_id] = box
+    return box
+
+
+async def handle_preferences(ev: EventT[Any]) -> None:
+    """``{"op": "put"|"patch"|"delete", "user_id", "fields", "request_id"?}``."""
+    from .records import InvalidPreferences, merge_preferences, validate_preferences
+    from .waiters import waiters
+
+    raw: bytes | None = ev.value
+    try:
+        msg = loads(raw or b"")
+        if not isinstance(msg, dict) or not isinstance(msg.get("user_id"), str):
+            raise InvalidPreferences("message must be an object with a string user_id")
+        user_id: str = msg["user_id"]
+        op = msg.get("op", "put")
+        if op not in ("put", "patch", "delete"):
+            raise InvalidPreferences(f"unknown op {str(op)[:20]!r}")
+        if partition_for(user_id) != ev.message.partition:
+            raise InvalidPreferences("message key must be the user_id")
+        fields = (
+            {} if op == "delete"
+            else validate_preferences(user_id, msg.get("fields"), partial=(op == "patch"))
+        )
+    except (InvalidPreferences, ValueError) as exc:
+        await dead_letter(ev, raw, f"invalid_preferences: {exc}")
+        return
+    if op == "delete":
+        if preferences.get(user_id) is not None:
+            del preferences[user_id]
+        doc = None
+    else:
+        base = None if op == "put" else preferences.get(user_id)
+        doc = merge_preferences(base, user_id, fields, clock.now())
+        preferences[user_id] = doc
+    if msg.get("request_id"):
+        waiters.resolve(str(msg["request_id"]), doc)
+    log.info("preferences.updated", user_id=user_id, op=op)

@@ -1,0 +1,143 @@
+"""Releases deferred deliveries when they are due, on the worker owning their partition.
+
+Deferred deliveries (quiet hours, throttle, retry backoff) are rows of the
+changelog-backed ``scheduled`` table, written in the owning partition.  This
+in-memory heap is only an index over them: rebuilt from the table whenever the
+assignment changes, so a crashed or rebalanced worker loses nothing.  Releasing
+produces the delivery to its channel topic, then a control message that deletes
+the row in partition context; if the worker dies in between, the row is released
+again and the delivery ledger drops the duplicate.
+
+The same loop expires old rows of ``seen``, ``ledger`` and ``status`` through
+control messages sent to the rows' own partitions (Faust tables can only be
+written while processing a record of that partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from typing import Any
+
+import structlog
+
+from . import clock
+from .admin import EVENTS
+from .app import app, settings
+from .records import dumps
+
+log = structlog.stdlib.get_logger("notifyd.scheduler")
+EXPIRE_CHUNK = 500
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, str, int]] = []
+        self.released: dict[str, float] = {}
+        self.active: frozenset[int] = frozenset()
+        self.last_sweep = 0.0
+
+    def push(self, due: float, key: str, partition: int) -> None:
+        heapq.heappush(self.heap, (due, key, partition))
+
+    def _active_partitions(self) -> frozenset[int]:
+        try:
+            tps = app.assignor.assigned_actives()
+        except Exception:
+            return frozenset()
+        return frozenset(tp.partition for tp in tps if tp.topic == EVENTS)
+
+    def _ready(self) -> bool:
+        recovery = app.tables.recovery
+        return not app.rebalancing and recovery.completed.is_set()
+
+    def rebuild(self) -> None:
+        from .tables import scheduled
+
+        self.heap = [
+            (v["due"], k, v["p"]) for k, v in scheduled.data.items() if v and v["p"] in self.active
+        ]
+        heapq.heapify(self.heap)
+        self.released.clear()
+        log.info("scheduler.rebuilt", pending=len(self.heap), partitions=sorted(self.active))
+
+    async def tick(self) -> float:
+        """Release what is due; returns seconds until the next due entry (capped)."""
+        from .pipeline import release
+        from .tables import scheduled
+
+        if not self._ready():
+            return 0.5
+        active = self._active_partitions()
+        if active != self.active:
+            self.active = active
+            self.rebuild()
+        now = clock.now()
+        while self.heap and self.heap[0][0] <= now:
+            due, key, partition = heapq.heappop(self.heap)
+            if partition not in self.active or self.released.get(key) == due:
+                continue
+            entry = scheduled.get(key)
+            if entry is None or entry["due"] != due:
+                continue  # replaced by a newer schedule or already released
+            try:
+                await release(key, entry)
+            except Exception:
+                log.exception("scheduler.release_failed", key=key)
+                heapq.heappush(self.heap, (due, key, partition))
+                return 1.0
+            self.released[key] = due
+        if now - self.last_sweep > 60:
+            self.last_sweep = now
+            await self.sweep(now)
+        return min(0.5, self.heap[0][0] - now) if self.heap else 0.5
+
+    async def sweep(self, now: float) -> None:
+        from .tables import ledger, scheduled, seen, status
+        from .topics import control_topic
+
+        for key in [k for k in self.released if scheduled.get(k) is None]:
+            del self.released[key]
+        plans: list[tuple[str, Any, float, int]] = [
+            ("seen", seen, settings.dedupe_ttl_s, 0),
+            ("ledger", ledger, settings.dedupe_ttl_s, 1),
+            ("status", status, settings.status_ttl_s, 2),
+        ]
+        status_partitions = self.active  # status is co-partitioned by notification id
+        for name, table, ttl, kind in plans:
+            cutoff = now - ttl
+            expired: dict[int, list[str]] = {}
+            for key, value in table.data.items():
+                if not value:
+                    continue
+                if kind == 0:
+                    ts, p = value[0], value[1]
+                elif kind == 1:
+                    ts, p = value["ts"], value["p"]
+                else:
+                    ts, p = value.get("accepted_at") or 0, value.get("p", -1)
+                if ts < cutoff and p in (status_partitions if kind == 2 else self.active):
+                    expired.setdefault(p, []).append(key)
+            for p, keys in expired.items():
+                for i in range(0, len(keys), EXPIRE_CHUNK):
+                    chunk = keys[i : i + EXPIRE_CHUNK]
+                    await control_topic.send(
+                        partition=p, value=dumps({"op": "expire", "table": name, "keys": chunk})
+                    )
+            if expired:
+                log.info("sweep.expired", table=name, count=sum(map(len, expired.values())))
+
+
+scheduler = Scheduler()
+
+
+async def run_scheduler() -> None:
+    while True:
+        try:
+            delay = await scheduler.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler.tick_failed")
+            delay = 1.0
+        await asyncio.sleep(max(delay, 0.01))

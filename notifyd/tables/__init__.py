@@ -1,0 +1,55 @@
+"""Changelog-backed tables.  Keys are ``str`` with the raw key serializer so a table
+key hashes to the same partition as the Kafka message key producers use (murmur2 of
+the UTF-8 bytes): the table's partition for a user is the events' partition.
+
+Every table except ``status`` is written while processing a message keyed by
+``user_id`` and so lives in that user's partition; ``status`` is fed by
+``notifyd.status``, keyed by notification id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.types import TableT
+
+from ..app import app, settings
+
+
+def _table(name: str, help_: str) -> TableT[str, Any]:
+    table = app.Table(
+        name,
+        default=None,
+        key_type=str,
+        value_type=None,
+        partitions=settings.topic_partitions,
+        help=help_,
+    )
+    # Faust derives the serializer from key_type and would pick "json" for str,
+    # which quotes the key and so hashes it to another partition than the raw
+    # message key.  Raw keys keep table partition == message partition, and make
+    # app.router.key_store() (web routing) point at the right worker.
+    table.key_serializer = "raw"
+    table.value_serializer = "json"
+    table._changelog_topic = None  # rebuilt lazily with the serializers above
+    return table
+
+
+#: user_id -> preferences document (see records.Preferences.to_dict).
+preferences = _table("preferences", "User preferences and contact addresses")
+#: event_id -> [first_seen_epoch, partition, origin "topic/partition/offset"].
+seen = _table("seen", "Event ids already processed (dedupe, expiring)")
+#: "<notification_id>:<channel>" -> {"status", "ts", "p"}: the delivery ledger.
+ledger = _table("ledger", "What each channel already did per notification (idempotency)")
+#: "<notification_id>:<channel>" -> {"due", "p", "delivery", "reason"}: deferred sends.
+scheduled = _table("scheduled", "Deliveries waiting for a time (quiet hours, throttle, retry)")
+#: user_id -> {channel: [[epoch, notification_id], ...]} recent sends for the throttle.
+throttle = _table("throttle", "Recent sends per user and channel (throttle window)")
+#: user_id -> {"items": [...newest first], "unread": n}: the in-app inbox.
+inbox = _table("inbox", "In-app inbox per user, bounded")
+#: notification_id -> content and per-channel delivery state.
+status = _table("status", "Delivery state per notification and channel")
+
+TABLES: dict[str, TableT[str, Any]] = {
+    t.name: t for t in (preferences, seen, ledger, scheduled, throttle, inbox, status)
+}

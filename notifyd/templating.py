@@ -1,0 +1,110 @@
+"""Templates: JSON files of Jinja2 snippets rendered in a sandbox with locale fallback.
+
+A template file ``<name>.json`` holds ``locales: {<locale>: {title, body}}`` and
+optional per-channel overrides ``channels: {<channel>: {<locale>: {title?, body?}}}``.
+Locales fall back from ``fr-CA`` to ``fr`` to the default locale.  Rendering uses
+Jinja2's ``SandboxedEnvironment`` (event data is untrusted) with ``StrictUndefined``
+so a missing variable is an error with a reason, not a blank in a customer's SMS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import orjson
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import InvalidEvent
+
+DEFAULT_DIR = Path(__file__).parent / "templates"
+MAX_RENDERED = 20_000
+
+
+@dataclass(slots=True)
+class Rendered:
+    title: str
+    body: str
+    locale: str
+    #: channel -> (title, body) where a channel override exists.
+    per_channel: dict[str, tuple[str, str]]
+
+
+def locale_chain(locale: str | None, default: str) -> list[str]:
+    chain: list[str] = []
+    if locale:
+        parts = locale.replace("_", "-").split("-")
+        for i in range(len(parts), 0, -1):
+            chain.append("-".join(parts[:i]))
+    for loc in (default, "en"):
+        if loc not in chain:
+            chain.append(loc)
+    return chain
+
+
+class TemplateStore:
+    def __init__(self, directory: Path | None = None, default_locale: str = "en") -> None:
+        self.directory = directory or DEFAULT_DIR
+        self.default_locale = default_locale
+        self.env = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, autoescape=False, auto_reload=False
+        )
+        self._docs: dict[str, dict[str, Any]] = {}
+        self._compiled: dict[str, jinja2.Template] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        docs: dict[str, dict[str, Any]] = {}
+        if self.directory.is_dir():
+            for path in sorted(self.directory.glob("*.json")):
+                doc = orjson.loads(path.read_bytes())
+                if not isinstance(doc, dict) or not isinstance(doc.get("locales"), dict):
+                    raise ValueError(f"{path}: a template needs a 'locales' object")
+                docs[path.stem] = doc
+        self._docs = docs
+        self._compiled.clear()
+
+    def names(self) -> list[str]:
+        return sorted(self._docs)
+
+    def _render(self, source: str, data: dict[str, Any]) -> str:
+        tpl = self._compiled.get(source)
+        if tpl is None:
+            tpl = self._compiled[source] = self.env.from_string(source)
+        out = tpl.render(data)
+        if len(out) > MAX_RENDERED:
+            raise InvalidEvent(f"template_error: rendered text exceeds {MAX_RENDERED} chars")
+        return out
+
+    def render(self, name: str, data: dict[str, Any], locale: str | None) -> Rendered:
+        doc = self._docs.get(name)
+        if doc is None:
+            raise InvalidEvent(f"unknown_template: no template named {name[:100]!r}")
+        chain = locale_chain(locale, self.default_locale)
+        locales: dict[str, Any] = doc["locales"]
+        chosen = next((loc for loc in chain if loc in locales), None)
+        if chosen is None:
+            chosen = next(iter(locales))
+        try:
+            base = locales[chosen]
+            title = self._render(base.get("title", ""), data)
+            body = self._render(base.get("body", ""), data)
+            per_channel: dict[str, tuple[str, str]] = {}
+            for channel, variants in (doc.get("channels") or {}).items():
+                loc = next((x for x in chain if x in variants), None)
+                if loc is None:
+                    continue
+                v = variants[loc]
+                per_channel[channel] = (
+                    self._render(v["title"], data) if "title" in v else title,
+                    self._render(v["body"], data) if "body" in v else body,
+                )
+        except jinja2.UndefinedError as exc:
+            raise InvalidEvent(f"template_error: {name}: {exc.message}") from None
+        except jinja2.TemplateError as exc:
+            raise InvalidEvent(f"template_error: {name}: {exc}") from None
+        except jinja2.sandbox.SecurityError as exc:
+            raise InvalidEvent(f"template_error: {name}: unsafe template ({exc})") from None
+        return Rendered(title=title, body=body, locale=chosen, per_channel=per_channel)

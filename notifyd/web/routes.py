@@ -1,0 +1,94 @@
+"""Routes of the web view: health, readiness and state queries (more in web.api)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import faust
+from aiohttp import web
+
+from ..app import settings
+from ..errors import NotFound
+from ..records import dumps
+from .routing import HTTP_CLIENT, route
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _assigned(app: faust.App) -> list[int]:
+    from ..admin import EVENTS
+
+    try:
+        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == EVENTS)
+    except Exception:
+        return []
+
+
+def make_handlers(app: faust.App) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        return json_response({"status": "ok", "worker": str(app.conf.canonical_url)})
+
+    @routes.get("/readyz")
+    async def readyz(request: web.Request) -> web.Response:
+        recovered = app.tables.recovery.completed.is_set()
+        partitions = _assigned(app)
+        ready = recovered and not app.rebalancing and bool(partitions)
+        body = {
+            "ready": ready,
+            "recovery_done": recovered,
+            "rebalancing": bool(app.rebalancing),
+            "partitions": partitions,
+            "worker": str(app.conf.canonical_url),
+        }
+        if not ready:
+            return json_response({"code": "not_ready", "detail": "worker is not ready", **body}, 503)
+        return json_response(body)
+
+    @routes.get("/api/v1/admin/tables/{table}/{key}")
+    async def table_get(request: web.Request) -> web.Response:
+        from ..tables import TABLES
+        from .auth_glue import require_operator
+
+        await require_operator(request)
+        name = request.match_info["table"]
+        key = request.match_info["key"]
+        table = TABLES.get(name)
+        if table is None:
+            raise NotFound(f"no table named {name!r}; tables: {', '.join(sorted(TABLES))}",
+                           code="unknown_table")
+        routed = await route(request, name, key)
+        if routed is not None:
+            return routed
+        value = table.get(key)
+        if value is None:
+            raise NotFound(f"{name}[{key!r}] has no value", code="key_not_found")
+        return json_response({"table": name, "key": key, "value": value,
+                              "worker": str(app.conf.canonical_url)})
+
+    return routes
+
+
+async def _http_client(webapp: web.Application) -> AsyncIterator[None]:
+    timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s, connect=3)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        webapp[HTTP_CLIENT] = session
+        yield
+
+
+def setup(app: faust.App) -> None:
+    webapp: web.Application = app.web.web_app
+    webapp._client_max_size = settings.max_request_bytes  # set before the app freezes
+    webapp.cleanup_ctx.append(_http_client)
+    from .auth_glue import install
+
+    install(app, webapp)
+    webapp.add_routes(make_handlers(app))

@@ -1,0 +1,47 @@
+"""Start a Faust worker with notifyd's logging and with source topics created first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import structlog
+
+from . import clock
+from .admin import ensure_topics
+from .config import get_settings
+from .logging import configure
+
+
+class Worker(faust.Worker):
+    def _setup_logging(self) -> None:
+        # Faust installs its own colour handlers; one structlog chain for everything.
+        s = get_settings()
+        configure(s.log_format, s.log_level)
+
+
+def run_worker() -> int:
+    s = get_settings()
+    configure(s.log_format, s.log_level)
+    log = structlog.stdlib.get_logger("notifyd.worker")
+    clock.set_start(s.clock_start)
+    try:
+        created = asyncio.run(ensure_topics(s))
+    except Exception as exc:
+        log.error("worker.broker_unreachable", broker=s.broker_url, error=str(exc))
+        return 69
+    if created:
+        log.info("worker.topics_created", topics=created)
+    from .app import app
+
+    app.discover()  # agents, tables, web routes (autodiscover)
+    log.info(
+        "worker.starting",
+        broker=s.broker_url,
+        web=f"http://{s.web_host}:{s.web_port}",
+        store=s.table_store,
+        datadir=str(s.datadir),
+    )
+    w = Worker(app, loglevel=s.log_level)
+    w.execute_from_commandline()
+    return 0
