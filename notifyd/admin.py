@@ -7,40 +7,70 @@ a long time, so topics are created up front with the admin client (idempotent).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from .config import CHANNELS, Settings
 
-EVENTS = "notifyd.events"
-EVENTS_REKEYED = "notifyd.events.rekeyed"
-EVENTS_DLQ = "notifyd.events.dlq"
-PREFERENCES = "notifyd.preferences"
-CONTROL = "notifyd.control"
-STATUS = "notifyd.status"
-DELIVERIES_DLQ = "notifyd.deliveries.dlq"
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Names of notifyd's topics under a prefix (``NOTIFYD_TOPIC_PREFIX``, default
+    ``notifyd``), so several deployments (or test runs) can share one cluster."""
+
+    prefix: str = "notifyd"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def events_rekeyed(self) -> str:
+        return f"{self.prefix}.events.rekeyed"
+
+    @property
+    def events_dlq(self) -> str:
+        return f"{self.prefix}.events.dlq"
+
+    @property
+    def preferences(self) -> str:
+        return f"{self.prefix}.preferences"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}.status"
+
+    @property
+    def deliveries_dlq(self) -> str:
+        return f"{self.prefix}.deliveries.dlq"
+
+    def deliver(self, channel: str) -> str:
+        return f"{self.prefix}.deliver.{channel}"
+
+    def source_topics(self) -> tuple[str, ...]:
+        """Topics that must exist before a worker subscribes."""
+        return (
+            self.events,
+            self.events_rekeyed,
+            self.events_dlq,
+            self.preferences,
+            self.control,
+            self.status,
+            self.deliveries_dlq,
+            *(self.deliver(ch) for ch in CHANNELS),
+        )
 
 
-def deliver_topic_name(channel: str) -> str:
-    return f"notifyd.deliver.{channel}"
-
-
-#: Topics that must exist before a worker subscribes.
-SOURCE_TOPICS: tuple[str, ...] = (
-    EVENTS,
-    EVENTS_REKEYED,
-    EVENTS_DLQ,
-    PREFERENCES,
-    CONTROL,
-    STATUS,
-    DELIVERIES_DLQ,
-    *(deliver_topic_name(ch) for ch in CHANNELS),
-)
-
-
-async def ensure_topics(settings: Settings, names: tuple[str, ...] = SOURCE_TOPICS) -> list[str]:
+async def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
     """Create missing topics with ``settings.topic_partitions``; returns those created."""
+    if names is None:
+        names = TopicNames(settings.topic_prefix).source_topics()
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=30000
     )

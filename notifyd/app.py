@@ -55,3 +55,9 @@ def create_app(s: Settings | None = None) -> faust.App:
 
 
 app: faust.App = create_app()
+
+
+def recovery_done(a: faust.App) -> bool:
+    """True once table recovery finished (readiness, scheduler)."""
+    recovery = getattr(a.tables, "recovery", None)
+    return bool(recovery is not None and recovery.completed.is_set())

@@ -158,10 +158,12 @@ def send(
         parsed = parse_event(raw)
     except InvalidEvent as exc:
         raise click.ClickException(f"invalid event: {exc.reason}") from exc
+    from .admin import TopicNames
     from .config import get_settings
     from .producer import produce
 
-    meta = asyncio.run(produce(get_settings(), "notifyd.events", parsed.user_id.encode(), raw))
+    s = get_settings()
+    meta = asyncio.run(produce(s, TopicNames(s.topic_prefix).events, parsed.user_id.encode(), raw))
     click.echo(
         f"sent event_id={parsed.event_id} notification_id={parsed.notification_id} "
         f"partition={meta[0]} offset={meta[1]}"

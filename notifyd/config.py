@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     app_id: str = "notifyd"
     #: ``kafka://host:port[;host:port]`` of an existing cluster (any Kafka-compatible broker).
     broker_url: str = "kafka://127.0.0.1:9092"
+    #: Prefix of every topic name (``<prefix>.events`` ...).
+    topic_prefix: str = Field(default="notifyd", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     #: Partitions of every notifyd topic; all topics are co-partitioned by user.
     topic_partitions: int = Field(default=8, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1)

@@ -20,7 +20,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import EventT
 
 from . import clock
-from .app import app, settings
+from .app import settings
 from .errors import DeliveryError, InvalidEvent
 from .providers.base import Provider
 from .records import Delivery, Event, dumps, loads, parse_event
@@ -61,7 +61,8 @@ def throttle_policy() -> ThrottlePolicy:
 
 
 def _header(ev: EventT[Any], name: str) -> str | None:
-    for k, v in ev.message.headers or ():
+    headers: Any = ev.message.headers or ()
+    for k, v in headers:
         if k == name:
             return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
     return None

@@ -22,9 +22,9 @@ from typing import Any
 import structlog
 
 from . import clock
-from .admin import EVENTS
-from .app import app, settings
+from .app import app, recovery_done, settings
 from .records import dumps
+from .topics import names
 
 log = structlog.stdlib.get_logger("notifyd.scheduler")
 EXPIRE_CHUNK = 500
@@ -45,11 +45,10 @@ class Scheduler:
             tps = app.assignor.assigned_actives()
         except Exception:
             return frozenset()
-        return frozenset(tp.partition for tp in tps if tp.topic == EVENTS)
+        return frozenset(tp.partition for tp in tps if tp.topic == names.events)
 
     def _ready(self) -> bool:
-        recovery = app.tables.recovery
-        return not app.rebalancing and recovery.completed.is_set()
+        return not app.rebalancing and recovery_done(app)
 
     def rebuild(self) -> None:
         from .tables import scheduled

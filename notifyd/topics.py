@@ -9,18 +9,10 @@ from __future__ import annotations
 
 from faust.types import TopicT
 
+from .admin import TopicNames
 from .app import app, settings
-from .admin import (
-    CONTROL,
-    DELIVERIES_DLQ,
-    EVENTS,
-    EVENTS_DLQ,
-    EVENTS_REKEYED,
-    PREFERENCES,
-    STATUS,
-    deliver_topic_name,
-)
 from .config import CHANNELS
+
 
 def _topic(name: str, *, compacted: bool = False) -> TopicT:
     return app.topic(
@@ -36,12 +28,13 @@ def _topic(name: str, *, compacted: bool = False) -> TopicT:
     )
 
 
-events_topic = _topic(EVENTS)
-rekeyed_topic = _topic(EVENTS_REKEYED)
-events_dlq_topic = _topic(EVENTS_DLQ)
-preferences_topic = _topic(PREFERENCES)
-control_topic = _topic(CONTROL)
-status_topic = _topic(STATUS)
-deliveries_dlq_topic = _topic(DELIVERIES_DLQ)
-deliver_topics: dict[str, TopicT] = {ch: _topic(deliver_topic_name(ch)) for ch in CHANNELS}
+names = TopicNames(settings.topic_prefix)
+events_topic = _topic(names.events)
+rekeyed_topic = _topic(names.events_rekeyed)
+events_dlq_topic = _topic(names.events_dlq)
+preferences_topic = _topic(names.preferences)
+control_topic = _topic(names.control)
+status_topic = _topic(names.status)
+deliveries_dlq_topic = _topic(names.deliveries_dlq)
+deliver_topics: dict[str, TopicT] = {ch: _topic(names.deliver(ch)) for ch in CHANNELS}
 

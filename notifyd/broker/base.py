@@ -45,7 +45,6 @@ async def wait_for_metadata(bootstrap: str, timeout: float = 60.0) -> None:
     """Wait until the broker answers a metadata request (not merely accepts TCP)."""
     import logging
 
-    from aiokafka.admin import AIOKafkaAdminClient
 
     # Connection refused is expected while the broker boots; don't spam the log.
     aiokafka_log = logging.getLogger("aiokafka")
@@ -117,7 +116,7 @@ class ManagedProcess:
 
 def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+    log = open(log_path, "ab")
     try:
         proc = subprocess.Popen(
             cmd,

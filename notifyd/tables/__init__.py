@@ -9,7 +9,7 @@ Every table except ``status`` is written while processing a message keyed by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from faust.types import TableT
 
@@ -17,7 +17,7 @@ from ..app import app, settings
 
 
 def _table(name: str, help_: str) -> TableT[str, Any]:
-    table = app.Table(
+    table: Any = app.Table(
         name,
         default=None,
         key_type=str,
@@ -32,7 +32,7 @@ def _table(name: str, help_: str) -> TableT[str, Any]:
     table.key_serializer = "raw"
     table.value_serializer = "json"
     table._changelog_topic = None  # rebuilt lazily with the serializers above
-    return table
+    return cast("TableT[str, Any]", table)
 
 
 #: user_id -> preferences document (see records.Preferences.to_dict).

@@ -654,7 +654,10 @@ def clear_session_cookie(response: web.StreamResponse) -> None:
 
 # --- middlewares ----------------------------------------------------------------------
 
-CURRENT_USER: web.RequestKey[CurrentUser | None] = web.RequestKey("notifyd_current_user")
+if TYPE_CHECKING or hasattr(web, "RequestKey"):
+    CURRENT_USER: web.RequestKey[CurrentUser | None] = web.RequestKey("notifyd_current_user")
+else:  # aiohttp < 3.14 has no typed request keys; a unique str key works the same
+    CURRENT_USER = "notifyd_current_user"
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -680,7 +683,9 @@ def auth_middleware(
     ``public_paths`` is a set of exact paths or a predicate on the request.  On public
     paths a missing or bad credential just means "anonymous" (None); elsewhere it is
     401.  A bearer token wins over the session cookie; cookie-authenticated unsafe
-    requests must come from the same origin (CSRF).
+    requests must come from the same origin (CSRF).  ``users`` is the directory the
+    token and session services already consult (deleted/disabled users are refused);
+    it is taken here so the wiring names every dependency in one place.
     """
     if callable(public_paths):
         is_public: Callable[[web.Request], bool] = public_paths

@@ -9,9 +9,10 @@ import aiohttp
 import faust
 from aiohttp import web
 
-from ..app import settings
+from ..app import recovery_done, settings
 from ..errors import NotFound
 from ..records import dumps
+from ..topics import names
 from .routing import HTTP_CLIENT, route
 
 
@@ -22,10 +23,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def _assigned(app: faust.App) -> list[int]:
-    from ..admin import EVENTS
 
     try:
-        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == EVENTS)
+        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events)
     except Exception:
         return []
 
@@ -39,7 +39,7 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
-        recovered = app.tables.recovery.completed.is_set()
+        recovered = recovery_done(app)
         partitions = _assigned(app)
         ready = recovered and not app.rebalancing and bool(partitions)
         body = {
@@ -85,7 +85,7 @@ async def _http_client(webapp: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: faust.App) -> None:
-    webapp: web.Application = app.web.web_app
+    webapp: web.Application = app.web.web_app  # type: ignore[attr-defined]
     webapp._client_max_size = settings.max_request_bytes  # set before the app freezes
     webapp.cleanup_ctx.append(_http_client)
     from .auth_glue import install
