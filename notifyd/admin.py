@@ -67,10 +67,27 @@ class TopicNames:
         )
 
 
+#: Faust tables of notifyd (notifyd.tables); their changelogs are created up front too.
+TABLE_NAMES: tuple[str, ...] = (
+    "preferences", "seen", "ledger", "scheduled", "throttle", "inbox", "status",
+)
+
+
+def changelog_topics(app_id: str) -> tuple[str, ...]:
+    return tuple(f"{app_id}-{name}-changelog" for name in TABLE_NAMES)
+
+
 async def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None) -> list[str]:
-    """Create missing topics with ``settings.topic_partitions``; returns those created."""
+    """Create missing topics with ``settings.topic_partitions``; returns those created.
+
+    Changelog topics are created here as well (compacted): if a table's first write
+    races Faust's own creation, Faust caches "0 partitions" for the changelog and
+    refuses every later write to that table (PartitionsMismatch) until restart.
+    """
+    compacted: set[str] = set()
     if names is None:
-        names = TopicNames(settings.topic_prefix).source_topics()
+        compacted = set(changelog_topics(settings.app_id))
+        names = TopicNames(settings.topic_prefix).source_topics() + tuple(sorted(compacted))
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=30000
     )
@@ -80,7 +97,12 @@ async def ensure_topics(settings: Settings, names: tuple[str, ...] | None = None
         missing = [n for n in names if n not in existing]
         if missing:
             new = [
-                NewTopic(n, settings.topic_partitions, settings.topic_replication)
+                NewTopic(
+                    n,
+                    settings.topic_partitions,
+                    settings.topic_replication,
+                    topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+                )
                 for n in missing
             ]
             with contextlib.suppress(TopicAlreadyExistsError):

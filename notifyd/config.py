@@ -133,7 +133,8 @@ class Settings(BaseSettings):
                 out[name] = str(value)
             else:
                 out[name] = value
-        for name in ("credential_store_url",):
+        for name in ("credential_store_url", "broker_url", "sms_api_url", "push_api_url",
+                     "oidc_discovery_url", "oidc_token_url"):
             out[name] = _mask_url_password(str(out[name]))
         return out
 

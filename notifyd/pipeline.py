@@ -119,9 +119,15 @@ async def handle_event(ev: EventT[Any]) -> None:
     if prev is not None and prev[2] != origin:
         log.info("event.duplicate", first_seen=prev[0], first_origin=prev[2])
         return
+    try:
+        await process_event(event, msg.partition, now, produced_at=msg.timestamp)
+    except InvalidEvent as exc:  # e.g. a template variable missing from data
+        await dead_letter(ev, raw, exc.reason)
+        return
     if prev is None:
+        # Marked after the outputs: a crash before this line replays the record,
+        # which is harmless (outputs are idempotent downstream).
         seen[event.event_id] = [now, msg.partition, origin]
-    await process_event(event, msg.partition, now, produced_at=msg.timestamp)
 
 
 def _content(event: Event, locale: str | None) -> tuple[str, str, dict[str, tuple[str, str]]]:
@@ -247,7 +253,7 @@ async def release(key: str, entry: dict[str, Any]) -> None:
 
 def backoff(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with full jitter, at least the provider's Retry-After."""
-    cap = min(settings.retry_max_s, settings.retry_base_s * (2 ** (attempt - 1)))
+    cap = min(settings.retry_max_s, settings.retry_base_s * (2 ** min(attempt - 1, 60)))
     delay = random.uniform(cap / 2, cap)
     if retry_after is not None:
         delay = max(delay, min(retry_after, settings.retry_max_s))
@@ -418,7 +424,11 @@ async def handle_control(ev: EventT[Any]) -> None:
             if table.get(key) is not None:
                 del table[key]
     elif op == "inbox":
-        apply_inbox_op(msg)
+        from .waiters import waiters
+
+        box = apply_inbox_op(msg)
+        if msg.get("request_id"):
+            waiters.resolve(str(msg["request_id"]), box)
     else:
         log.warning("control.unknown_op", op=str(op)[:50])
 

@@ -172,8 +172,13 @@ def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
         data = {}
     elif not isinstance(data, dict):
         raise InvalidEvent(f"wrong_type: data must be an object, got {type(data).__name__}")
-    elif data and len(orjson.dumps(data)) > MAX_DATA_BYTES:
-        raise InvalidEvent(f"too_large: data exceeds {MAX_DATA_BYTES} bytes")
+    elif data:
+        try:
+            encoded = orjson.dumps(data)
+        except TypeError:  # orjson parses 1024 levels of nesting but writes only 254
+            raise InvalidEvent("too_deep: data nests too deeply") from None
+        if len(encoded) > MAX_DATA_BYTES:
+            raise InvalidEvent(f"too_large: data exceeds {MAX_DATA_BYTES} bytes")
     if template is None and not (title or body):
         raise InvalidEvent("missing_content: give title/body or template")
     channels: tuple[str, ...] | None = None

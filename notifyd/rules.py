@@ -160,10 +160,16 @@ def decide(
             if end is not None:
                 deliver_at = end
                 reason = f"quiet_hours: until {qh['end']} {qh['timezone']}"
-        if not critical:
+        if not critical and channel != "inapp":
             history = throttle_state.setdefault(channel, [])
-            if any(h[1] == nid for h in history):
-                pass  # a re-processed event already holds its slot
+            held = next((h[0] for h in history if h[1] == nid), None)
+            if held is not None:
+                # A re-processed event keeps the slot it already holds.
+                if held > (deliver_at if deliver_at is not None else now):
+                    deliver_at = held
+                    reason = (
+                        f"throttled: more than {policy.limit} per {policy.window_s}s on {channel}"
+                    )
             else:
                 at = deliver_at if deliver_at is not None else now
                 free = throttle_slot(history, at, policy)

@@ -92,8 +92,10 @@ class TemplateStore:
             title = self._render(base.get("title", ""), data)
             body = self._render(base.get("body", ""), data)
             per_channel: dict[str, tuple[str, str]] = {}
+            # A channel variant may not switch language: only locales up to the chosen one.
+            allowed = chain[: chain.index(chosen) + 1] if chosen in chain else [chosen]
             for channel, variants in (doc.get("channels") or {}).items():
-                loc = next((x for x in chain if x in variants), None)
+                loc = next((x for x in allowed if x in variants), None)
                 if loc is None:
                     continue
                 v = variants[loc]

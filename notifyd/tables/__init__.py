@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from faust.types import TableT
 
+from ..admin import TABLE_NAMES
 from ..app import app, settings
 
 
@@ -53,3 +54,5 @@ status = _table("status", "Delivery state per notification and channel")
 TABLES: dict[str, TableT[str, Any]] = {
     t.name: t for t in (preferences, seen, ledger, scheduled, throttle, inbox, status)
 }
+
+assert tuple(TABLES) == TABLE_NAMES, "notifyd.admin.TABLE_NAMES must list every table"

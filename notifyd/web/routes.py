@@ -92,3 +92,6 @@ def setup(app: faust.App) -> None:
 
     install(app, webapp)
     webapp.add_routes(make_handlers(app))
+    from .api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
+
+    webapp.add_routes(make_api_routes(app))

@@ -34,9 +34,10 @@ def _ident(url: URL) -> tuple[str, int]:
 def owner_of(table_name: str, key: str) -> URL:
     try:
         return app.router.key_store(table_name, key)
-    except (KeyError, IndexError) as exc:
+    except Exception as exc:  # no assignment or topic metadata yet (startup, rebalance)
         raise ServiceUnavailable(
-            "partition assignment not known yet; retry shortly", code="not_ready"
+            f"partition owner not known yet ({type(exc).__name__}); retry shortly",
+            code="not_ready",
         ) from exc
 
 

@@ -89,10 +89,10 @@ def start_stack(
 def stack(
     kafka: KafkaBroker, sinks: Sinks, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """One worker on Apache Kafka + Redis, with a small throttle (3/hour) to test it quickly."""
+    """One worker on Apache Kafka + Redis, with a small throttle (4/hour) to test it quickly."""
     st = start_stack(
         kafka.url, kafka.bootstrap, tmp_path_factory.mktemp("main"), "main", sinks,
-        {"NOTIFYD_THROTTLE_LIMIT": "3", "NOTIFYD_THROTTLE_WINDOW_S": "3600"},
+        {"NOTIFYD_THROTTLE_LIMIT": "4", "NOTIFYD_THROTTLE_WINDOW_S": "3600"},
         redis_url=redis.url,
     )
     yield st

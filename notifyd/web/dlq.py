@@ -1,0 +1,109 @@
+"""Read the most recent records of a dead-letter topic for the operator API.
+
+A short-lived aiokafka consumer without a group (nothing is committed, no other
+consumer is disturbed) is assigned the topic's partitions, seeks each to
+``end - limit`` and reads up to the end offsets it saw at the start.  The records are
+returned newest first; keys and values that are not UTF-8 come back as base64.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from ..errors import ServiceUnavailable
+
+REASON_HEADER = "notifyd-reason"
+
+
+def _text(raw: bytes | None) -> tuple[str | None, bool]:
+    """(text, is_base64): UTF-8 text when it decodes, else base64."""
+    if raw is None:
+        return None, False
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), True
+
+
+def record_to_dict(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for name, raw in record.headers or ():
+        headers[name] = bytes(raw).decode("utf-8", "replace") if raw is not None else ""
+    key, key_b64 = _text(record.key)
+    value, value_b64 = _text(record.value)
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": key,
+        "key_base64": key_b64,
+        "reason": headers.get(REASON_HEADER),
+        "headers": headers,
+        "value": value,
+        "value_base64": value_b64,
+    }
+
+
+async def _read(
+    bootstrap: list[str] | str, topic: str, limit: int, timeout_s: float
+) -> list[ConsumerRecord[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id="notifyd-dlq-reader",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    await consumer.start()
+    try:
+        # topics() fetches the metadata of every topic without auto-creating any.
+        if topic not in await consumer.topics():
+            return []
+        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in partitions]
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        pending = {tp: end[tp] for tp in tps if end[tp] > begin[tp]}
+        if not pending:
+            return []
+        consumer.assign(list(pending))
+        for tp, stop in pending.items():
+            consumer.seek(tp, max(begin[tp], stop - limit))
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while pending and loop.time() < deadline:
+            batch = await consumer.getmany(*pending, timeout_ms=200, max_records=1000)
+            for tp, recs in batch.items():
+                records.extend(r for r in recs if r.offset < pending.get(tp, 0))
+            for tp in list(pending):
+                # position() skips gaps (compaction, transaction markers) for us.
+                if await consumer.position(tp) >= pending[tp]:
+                    del pending[tp]
+        return records
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def recent_dead_letters(
+    bootstrap: list[str] | str, topic: str, limit: int = 50, timeout_s: float = 10.0
+) -> list[dict[str, Any]]:
+    """The last ``limit`` records of ``topic`` across partitions, newest first."""
+    try:
+        async with asyncio.timeout(timeout_s + 5):
+            records = await _read(bootstrap, topic, limit, timeout_s)
+    except (KafkaError, TimeoutError, OSError) as exc:
+        raise ServiceUnavailable(
+            f"could not read {topic}: {type(exc).__name__}", code="broker_unavailable"
+        ) from exc
+    records.sort(key=lambda r: (r.timestamp, r.partition, r.offset), reverse=True)
+    return [record_to_dict(r) for r in records[:limit]]

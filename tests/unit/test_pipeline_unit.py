@@ -1,0 +1,435 @@
+"""Pipeline pieces without a broker: pure functions, and table writes through the real
+agents run in Faust's ``agent.test_context()`` (an in-memory channel: table writes
+happen inside a real stream event, changelog records only go to the producer buffer)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import random
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
+
+import notifyd.tables  # noqa: F401 - registers the tables with the app
+from notifyd import pipeline
+from notifyd.agents.control import control_agent
+from notifyd.agents.inapp import inapp_agent
+from notifyd.app import settings
+from notifyd.records import Delivery
+from notifyd.tables import inbox, ledger
+
+# --------------------------------------------------------------------------------------
+# fold_status
+# --------------------------------------------------------------------------------------
+
+
+def upd(channel: str, status: str, ts: float = 1.0, **kw: Any) -> dict[str, Any]:
+    return {"channel": channel, "status": status, "ts": ts, **kw}
+
+
+def fold(current: dict[str, Any] | None, *updates: dict[str, Any], **msg: Any) -> dict[str, Any]:
+    return pipeline.fold_status(
+        current, {"notification_id": "n1", "updates": list(updates), **msg}, 3
+    )
+
+
+def test_fold_new_document_with_content() -> None:
+    doc = fold(
+        None,
+        upd("email", "queued"),
+        upd("sms", "suppressed", reason="no_address: x"),
+        content={"title": "T", "user_id": "u1"},
+    )
+    assert doc["notification_id"] == "n1"
+    assert doc["p"] == 3
+    assert doc["title"] == "T" and doc["user_id"] == "u1"
+    assert doc["channels"]["email"]["status"] == "queued"
+    assert doc["channels"]["sms"] == {
+        "status": "suppressed",
+        "ts": 1.0,
+        "reason": "no_address: x",
+        "history": [{"status": "suppressed", "ts": 1.0, "reason": "no_address: x"}],
+        "attempts": 0,
+    }
+
+
+def test_fold_content_merges_into_existing() -> None:
+    doc = fold(None, upd("email", "queued"), content={"title": "T", "body": "B"})
+    doc = fold(doc, upd("email", "sent", 2.0, attempt=1))
+    assert doc["title"] == "T" and doc["body"] == "B"
+    doc = fold(doc, content={"body": "B2"})
+    assert doc["title"] == "T" and doc["body"] == "B2"
+    assert doc["channels"]["email"]["status"] == "sent"
+
+
+def test_fold_progression_and_reason_cleared() -> None:
+    doc = fold(None, upd("email", "deferred", 1.0, reason="quiet_hours: x", deliver_at=9.0))
+    doc = fold(doc, upd("email", "queued", 9.0, attempt=1))
+    entry = doc["channels"]["email"]
+    assert entry["status"] == "queued"
+    assert "reason" not in entry
+    doc = fold(doc, upd("email", "retrying", 10.0, attempt=1, reason="timeout"))
+    assert doc["channels"]["email"]["reason"] == "timeout"
+    doc = fold(doc, upd("email", "sent", 12.0, attempt=2, provider_id="p-1"))
+    entry = doc["channels"]["email"]
+    assert entry["status"] == "sent"
+    assert entry["provider_id"] == "p-1"
+    assert "reason" not in entry
+    assert entry["attempts"] == 2
+    assert [h["status"] for h in entry["history"]] == ["deferred", "queued", "retrying", "sent"]
+
+
+@pytest.mark.parametrize("terminal", ["sent", "failed", "dead", "suppressed"])
+@pytest.mark.parametrize("later", ["queued", "deferred", "retrying"])
+def test_fold_terminal_never_regresses(terminal: str, later: str) -> None:
+    doc = fold(None, upd("email", "queued", 1.0), upd("email", terminal, 2.0, attempt=1))
+    before = copy.deepcopy(doc["channels"]["email"])
+    doc = fold(doc, upd("email", later, 3.0))  # a re-processed record
+    assert doc["channels"]["email"] == before
+
+
+def test_fold_terminal_can_be_replaced_by_terminal() -> None:
+    doc = fold(None, upd("email", "suppressed", 1.0, reason="throttled"))
+    doc = fold(doc, upd("email", "sent", 2.0, attempt=1))
+    assert doc["channels"]["email"]["status"] == "sent"
+
+
+def test_fold_history_capped_at_20() -> None:
+    doc: dict[str, Any] | None = None
+    for i in range(30):
+        doc = fold(doc, upd("email", "retrying", float(i), attempt=i + 1))
+    assert doc is not None
+    hist = doc["channels"]["email"]["history"]
+    assert len(hist) == 20
+    assert [h["ts"] for h in hist] == [float(i) for i in range(10, 30)]
+
+
+def test_fold_attempts_is_max_seen() -> None:
+    doc = fold(None, upd("email", "retrying", 1.0, attempt=4))
+    doc = fold(doc, upd("email", "queued", 2.0))  # no attempt given
+    assert doc["channels"]["email"]["attempts"] == 4
+    doc = fold(doc, upd("email", "retrying", 3.0, attempt=2))  # late, older record
+    assert doc["channels"]["email"]["attempts"] == 4
+    doc = fold(doc, upd("email", "sent", 4.0, attempt=5))
+    assert doc["channels"]["email"]["attempts"] == 5
+
+
+def test_fold_channels_independent() -> None:
+    doc = fold(None, upd("email", "sent", 1.0, attempt=1), upd("sms", "queued", 1.0))
+    doc = fold(doc, upd("sms", "failed", 2.0, attempt=1, reason="bad number"))
+    assert doc["channels"]["email"]["status"] == "sent"
+    assert doc["channels"]["sms"]["status"] == "failed"
+    assert doc["channels"]["sms"]["reason"] == "bad number"
+
+
+# --------------------------------------------------------------------------------------
+# backoff
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def retry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "retry_base_s", 2.0)
+    monkeypatch.setattr(settings, "retry_max_s", 60.0)
+
+
+@pytest.mark.usefixtures("retry_settings")
+@pytest.mark.parametrize(
+    ("attempt", "cap"), [(1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (30, 60.0)]
+)
+def test_backoff_bounds(attempt: int, cap: float) -> None:
+    delays = [pipeline.backoff(attempt, None) for _ in range(300)]
+    assert all(cap / 2 <= d <= cap for d in delays)
+    assert len(set(delays)) > 1  # jittered
+
+
+@pytest.mark.usefixtures("retry_settings")
+def test_backoff_extremes_of_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(random, "uniform", lambda a, b: a)
+    assert pipeline.backoff(3, None) == 4.0
+    monkeypatch.setattr(random, "uniform", lambda a, b: b)
+    assert pipeline.backoff(3, None) == 8.0
+
+
+@pytest.mark.usefixtures("retry_settings")
+def test_backoff_honours_retry_after() -> None:
+    for _ in range(100):
+        assert pipeline.backoff(1, 30.0) == 30.0  # longer than the jittered 1..2 s
+        assert 1.0 <= pipeline.backoff(1, 0.5) <= 2.0  # shorter hint: backoff wins
+        assert pipeline.backoff(1, 3600.0) == 60.0  # capped at retry_max_s
+        assert 30.0 <= pipeline.backoff(6, 10.0) <= 60.0
+
+
+@pytest.mark.usefixtures("retry_settings")
+def test_backoff_huge_attempt_stays_capped() -> None:
+    assert 30.0 <= pipeline.backoff(2000, None) <= 60.0
+
+
+# --------------------------------------------------------------------------------------
+# partition_for
+# --------------------------------------------------------------------------------------
+
+
+@given(st.text(min_size=1, max_size=60), st.integers(min_value=1, max_value=256))
+def test_partition_for_matches_aiokafka_default_partitioner(key: str, n: int) -> None:
+    parts = list(range(n))
+    expected = DefaultPartitioner()(key.encode("utf-8"), parts, parts)
+    assert pipeline.partition_for(key, n) == expected
+
+
+# Java client test vectors (Kafka UtilsTest.testMurmur2): signed 32-bit murmur2 values.
+KAFKA_MURMUR2 = {
+    "21": -973932308,
+    "foobar": -790332482,
+    "a-little-bit-long-string": -985981536,
+    "a-little-bit-longer-string": -1486304829,
+    "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+    "abc": 479470107,
+}
+
+
+@pytest.mark.parametrize("key", sorted(KAFKA_MURMUR2))
+@pytest.mark.parametrize("n", [1, 3, 8, 12, 1024])
+def test_partition_for_matches_java_client(key: str, n: int) -> None:
+    # Utils.toPositive(murmur2(key)) % numPartitions
+    assert pipeline.partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
+
+
+def test_partition_for_defaults_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = [f"user-{i}" for i in range(200)]
+    for n in (3, 8):
+        monkeypatch.setattr(settings, "topic_partitions", n)
+        parts = list(range(n))
+        for k in keys:
+            assert pipeline.partition_for(k) == DefaultPartitioner()(k.encode(), parts, parts)
+        assert {pipeline.partition_for(k) for k in keys} == set(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Inbox through the real agents (Faust test context)
+# --------------------------------------------------------------------------------------
+
+_ids = itertools.count()
+
+
+def new_user() -> str:
+    # Tables are process-wide; a fresh user per test keeps them independent.
+    return f"test-user-{uuid.uuid4().hex[:8]}-{next(_ids)}"
+
+
+def delivery(user: str, nid: str, **kw: Any) -> Delivery:
+    return Delivery(
+        notification_id=nid,
+        event_id=f"ev-{nid}",
+        user_id=user,
+        channel="inapp",
+        title=kw.pop("title", f"title {nid}"),
+        body="body",
+        **kw,
+    )
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def statuses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Status updates the channel agent publishes, kept instead of produced to Kafka."""
+    seen: list[tuple[str, list[dict[str, Any]]]] = []
+
+    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
+        seen.append((nid, updates))
+
+    monkeypatch.setattr(pipeline, "publish_status", record)
+    return seen
+
+
+class InappDriver:
+    def __init__(self, agent: Any, statuses: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        self.agent = agent
+        self.statuses = statuses
+
+    async def deliver(self, d: Delivery) -> None:
+        n = len(self.statuses)
+        await self.agent.put(d.dumps(), key=d.user_id.encode())
+        await until(lambda: len(self.statuses) > n)
+
+
+class ControlDriver:
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+
+    async def op(self, user: str, action: str, ids: list[str], **kw: Any) -> None:
+        msg = {"op": "inbox", "user_id": user, "action": action, "ids": ids, **kw}
+        await self.agent.put(orjson.dumps(msg), key=user.encode())
+        await self.flush()
+
+    async def flush(self) -> None:
+        # The agent takes one record at a time, so once it has taken this harmless
+        # record every earlier one was fully handled.
+        noop = {"op": "unschedule", "id": "no-such-entry", "due": 0}
+        await self.agent.put(orjson.dumps(noop), key=b"flush")
+        await self.agent.put(orjson.dumps(noop), key=b"flush")
+
+
+@pytest.fixture
+async def inapp(statuses: list[tuple[str, list[dict[str, Any]]]]) -> AsyncIterator[InappDriver]:
+    async with inapp_agent.test_context() as agent:
+        yield InappDriver(agent, statuses)
+
+
+@pytest.fixture
+async def control() -> AsyncIterator[ControlDriver]:
+    async with control_agent.test_context() as agent:
+        yield ControlDriver(agent)
+
+
+def box(user: str) -> dict[str, Any]:
+    value = inbox.get(user)
+    assert value is not None
+    return value
+
+
+def ids(user: str) -> list[str]:
+    return [it["id"] for it in box(user)["items"]]
+
+
+async def test_table_write_outside_event_is_refused() -> None:
+    # Why the agents are needed: Faust refuses table writes outside a stream event.
+    with pytest.raises((RuntimeError, TypeError)):
+        pipeline.deliver_inapp(delivery(new_user(), "n-out"))
+
+
+async def test_deliver_inapp_adds_newest_first(inapp: InappDriver) -> None:
+    user = new_user()
+    await inapp.deliver(delivery(user, "n1", data={"k": 1}, category="billing", priority="high"))
+    await inapp.deliver(delivery(user, "n2"))
+    b = box(user)
+    assert ids(user) == ["n2", "n1"]
+    assert b["unread"] == 2
+    first = b["items"][1]
+    assert first["title"] == "title n1" and first["body"] == "body"
+    assert first["data"] == {"k": 1}
+    assert (first["category"], first["priority"]) == ("billing", "high")
+    assert first["read"] is False and first["archived"] is False
+    # the channel agent recorded the send in the ledger and published "sent"
+    assert ledger.get("n1:inapp")["s"] == "sent"
+    nid, updates = inapp.statuses[-1]
+    assert nid == "n2"
+    assert updates[0]["status"] == "sent" and updates[0]["provider_id"] == "n2"
+
+
+async def test_deliver_inapp_idempotent_by_notification_id(inapp: InappDriver) -> None:
+    user = new_user()
+    await inapp.deliver(delivery(user, "dup"))
+    # same notification again on a new attempt (ledger says sent: agent skips it)
+    await inapp.agent.put(delivery(user, "dup", attempt=2).dumps(), key=user.encode())
+    await inapp.deliver(delivery(user, "other"))
+    assert ids(user) == ["other", "dup"]
+    assert box(user)["unread"] == 2
+
+
+async def test_deliver_inapp_idempotent_without_ledger(
+    inapp: InappDriver, control: ControlDriver
+) -> None:
+    # If the ledger entry is gone (expired, or lost between the inbox write and the
+    # ledger write), the provider runs again: the inbox must still hold one copy.
+    user = new_user()
+    await inapp.deliver(delivery(user, "x1", title="first"))
+    await inapp.deliver(delivery(user, "x2"))
+    assert ledger.get("x1:inapp") is not None
+    await control.agent.put(
+        orjson.dumps({"op": "expire", "table": "ledger", "keys": ["x1:inapp"]}), key=b"x"
+    )
+    await control.flush()
+    assert ledger.get("x1:inapp") is None
+    await inapp.deliver(delivery(user, "x1", title="second", attempt=2))
+    nid, updates = inapp.statuses[-1]
+    assert nid == "x1" and updates[0]["status"] == "sent"  # provider ran again
+    assert ids(user) == ["x2", "x1"]
+    assert box(user)["items"][1]["title"] == "first"
+    assert box(user)["unread"] == 2
+
+
+async def test_inbox_bounded(inapp: InappDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "inbox_max_items", 3)
+    user = new_user()
+    for i in range(5):
+        await inapp.deliver(delivery(user, f"b{i}"))
+    assert ids(user) == ["b4", "b3", "b2"]
+    assert box(user)["unread"] == 3
+
+
+async def test_inbox_ops_update_unread(inapp: InappDriver, control: ControlDriver) -> None:
+    user = new_user()
+    for i in range(4):
+        await inapp.deliver(delivery(user, f"m{i}"))
+    assert box(user)["unread"] == 4
+
+    await control.op(user, "read", ["m0", "m1"])
+    items = {it["id"]: it for it in box(user)["items"]}
+    assert items["m0"]["read"] and items["m1"]["read"] and not items["m2"]["read"]
+    assert box(user)["unread"] == 2
+
+    await control.op(user, "unread", ["m1"])
+    assert box(user)["unread"] == 3
+
+    await control.op(user, "archive", ["m2"])
+    items = {it["id"]: it for it in box(user)["items"]}
+    assert items["m2"]["archived"] is True
+    assert box(user)["unread"] == 2  # archived items are not unread
+
+    await control.op(user, "unarchive", ["m2"])
+    assert box(user)["unread"] == 3
+
+    await control.op(user, "delete", ["m3", "no-such-id"])
+    assert ids(user) == ["m2", "m1", "m0"]
+    assert box(user)["unread"] == 2
+
+    await control.op(user, "read", [], all=True)
+    assert box(user)["unread"] == 0
+    assert all(it["read"] for it in box(user)["items"])
+
+    await control.op(user, "delete", ["m0", "m1", "m2"])
+    assert box(user) == {"items": [], "unread": 0}
+
+
+async def test_inbox_op_for_unknown_user_creates_nothing(control: ControlDriver) -> None:
+    user = new_user()
+    await control.op(user, "read", ["x"])
+    assert inbox.get(user) is None
+
+
+async def test_inbox_op_other_users_untouched(inapp: InappDriver, control: ControlDriver) -> None:
+    a, b = new_user(), new_user()
+    await inapp.deliver(delivery(a, "shared-id"))
+    await inapp.deliver(delivery(b, "b-only"))
+    await control.op(a, "read", ["shared-id", "b-only"], all=False)
+    assert box(a)["unread"] == 0
+    assert box(b)["unread"] == 1
+
+
+async def test_apply_inbox_op_unknown_action_rejected(
+    inapp: InappDriver, control: ControlDriver
+) -> None:
+    user = new_user()
+    await inapp.deliver(delivery(user, "k1"))
+    await control.op(user, "explode", ["k1"])  # logged by the agent, must not apply
+    assert box(user)["unread"] == 1
+    assert box(user)["items"][0]["read"] is False
+    # the control agent keeps running after the bad record
+    await control.op(user, "read", ["k1"])
+    assert box(user)["unread"] == 0

@@ -1,0 +1,264 @@
+"""Templates: locale fallback, channel overrides, strictness and the sandbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from notifyd.errors import InvalidEvent
+from notifyd.templating import MAX_RENDERED, TemplateStore, locale_chain
+
+
+@pytest.fixture(scope="module")
+def store() -> TemplateStore:
+    return TemplateStore()
+
+
+def write(directory: Path, name: str, doc: dict[str, Any]) -> None:
+    (directory / f"{name}.json").write_text(json.dumps(doc), encoding="utf-8")
+
+
+def reason(store: TemplateStore, name: str, data: dict[str, Any], locale: str | None = None) -> str:
+    with pytest.raises(InvalidEvent) as exc:
+        store.render(name, data, locale)
+    return exc.value.reason
+
+
+# --------------------------------------------------------------------------------------
+# locale_chain
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("locale", "default", "chain"),
+    [
+        ("fr-CA", "en", ["fr-CA", "fr", "en"]),
+        ("fr_CA", "en", ["fr-CA", "fr", "en"]),
+        ("zh-Hant-TW", "de", ["zh-Hant-TW", "zh-Hant", "zh", "de", "en"]),
+        (None, "en", ["en"]),
+        ("", "fr", ["fr", "en"]),
+        ("en-GB", "en", ["en-GB", "en"]),
+        ("de", "de", ["de", "en"]),
+    ],
+)
+def test_locale_chain(locale: str | None, default: str, chain: list[str]) -> None:
+    assert locale_chain(locale, default) == chain
+
+
+# --------------------------------------------------------------------------------------
+# Shipped templates
+# --------------------------------------------------------------------------------------
+
+
+def test_shipped_template_names(store: TemplateStore) -> None:
+    assert {"welcome", "order_shipped"} <= set(store.names())
+
+
+def test_welcome_en(store: TemplateStore) -> None:
+    r = store.render("welcome", {"name": "Ann"}, "en")
+    assert r.locale == "en"
+    assert r.title == "Welcome, Ann!"
+    assert r.body == "Hi Ann, your notifyd account is ready."
+
+
+def test_welcome_default_filter(store: TemplateStore) -> None:
+    r = store.render("welcome", {"name": "Ann", "product": "Acme"}, "en")
+    assert r.body == "Hi Ann, your Acme account is ready."
+
+
+def test_welcome_fr(store: TemplateStore) -> None:
+    r = store.render("welcome", {"name": "Ann"}, "fr")
+    assert r.locale == "fr"
+    assert r.title == "Bienvenue, Ann !"
+    assert r.body == "Bonjour Ann, votre compte notifyd est prêt."
+
+
+@pytest.mark.parametrize("locale", ["fr-CA", "fr_CA", "fr-BE"])
+def test_regional_locale_falls_back_to_language(store: TemplateStore, locale: str) -> None:
+    r = store.render("welcome", {"name": "Ann"}, locale)
+    assert r.locale == "fr"
+    assert r.title == "Bienvenue, Ann !"
+
+
+@pytest.mark.parametrize("locale", ["ja", "pt-BR", None, ""])
+def test_unknown_locale_uses_default(store: TemplateStore, locale: str | None) -> None:
+    r = store.render("welcome", {"name": "Ann"}, locale)
+    assert r.locale == "en"
+    assert r.title == "Welcome, Ann!"
+
+
+def test_store_default_locale_respected() -> None:
+    s = TemplateStore(default_locale="de")
+    r = s.render("welcome", {"name": "Ann"}, "ja")
+    assert r.locale == "de"
+    assert r.title == "Willkommen, Ann!"
+
+
+def test_sms_channel_override(store: TemplateStore) -> None:
+    r = store.render("welcome", {"name": "Ann"}, "en")
+    assert r.per_channel == {"sms": ("Welcome, Ann!", "Welcome Ann! Your account is ready.")}
+
+
+def test_channel_override_never_downgrades_locale(store: TemplateStore) -> None:
+    r = store.render("welcome", {"name": "Ann"}, "fr")
+    t, b = r.per_channel.get("sms", (r.title, r.body))
+    assert (t, b) == ("Bienvenue, Ann !", "Bonjour Ann, votre compte notifyd est prêt.")
+
+
+def test_order_shipped_with_eta(store: TemplateStore) -> None:
+    r = store.render("order_shipped", {"order_id": "A1", "eta": "Monday"}, "en")
+    assert r.title == "Order A1 shipped"
+    assert r.body == "Your order A1 is on its way, expected Monday."
+    assert r.per_channel == {}
+    r = store.render("order_shipped", {"order_id": "A1", "eta": ""}, "fr")
+    assert r.body == "Votre commande A1 est en route."
+
+
+@pytest.mark.parametrize("locale", ["en", "fr"])
+def test_order_shipped_eta_is_optional(store: TemplateStore, locale: str) -> None:
+    r = store.render("order_shipped", {"order_id": "A1"}, locale)
+    assert r.body in ("Your order A1 is on its way.", "Votre commande A1 est en route.")
+
+
+def test_missing_variable_is_template_error(store: TemplateStore) -> None:
+    why = reason(store, "welcome", {}, "en")
+    assert why.startswith("template_error: welcome:")
+    assert "name" in why
+
+
+def test_unknown_template(store: TemplateStore) -> None:
+    why = reason(store, "nope", {"name": "x"})
+    assert why.startswith("unknown_template: ")
+    assert "'nope'" in why
+
+
+def test_unknown_template_name_truncated_in_reason(store: TemplateStore) -> None:
+    why = reason(store, "x" * 5000, {})
+    assert why.startswith("unknown_template: ") and len(why) < 300
+
+
+def test_data_is_not_evaluated_as_template(store: TemplateStore) -> None:
+    r = store.render("welcome", {"name": "{{ 7 * 7 }} <b>"}, "en")
+    assert r.title == "Welcome, {{ 7 * 7 }} <b>!"  # not rendered again, not escaped
+
+
+def test_oversized_render_rejected(store: TemplateStore) -> None:
+    why = reason(store, "welcome", {"name": "x" * MAX_RENDERED}, "en")
+    assert why.startswith("template_error: ")
+    assert str(MAX_RENDERED) in why
+    # just under the limit is fine
+    ok = store.render("welcome", {"name": "x" * (MAX_RENDERED - 100)}, "en")
+    assert len(ok.title) <= MAX_RENDERED
+
+
+# --------------------------------------------------------------------------------------
+# Custom directories and the sandbox
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def custom(tmp_path: Path) -> TemplateStore:
+    write(
+        tmp_path,
+        "reset",
+        {
+            "locales": {
+                "es": {"title": "Hola {{ user.name }}", "body": "Código {{ code }}"},
+                "en": {"title": "Hi {{ user.name }}", "body": "Code {{ code }}"},
+            },
+            "channels": {
+                "push": {"es": {"title": "Código"}},
+                "sms": {"es": {"body": "{{ code }}"}, "en": {"body": "Code: {{ code }}"}},
+            },
+        },
+    )
+    write(tmp_path, "only_de", {"locales": {"de": {"title": "Hallo", "body": "Welt"}}})
+    write(tmp_path, "empty_body", {"locales": {"en": {"title": "T only"}}})
+    (tmp_path / "README.txt").write_text("not a template")
+    return TemplateStore(tmp_path)
+
+
+def test_custom_dir(custom: TemplateStore) -> None:
+    assert custom.names() == ["empty_body", "only_de", "reset"]
+    r = custom.render("reset", {"user": {"name": "Eva"}, "code": 123456}, "es-MX")
+    assert r.locale == "es"
+    assert (r.title, r.body) == ("Hola Eva", "Código 123456")
+    # overrides replace only what they define
+    assert r.per_channel == {
+        "push": ("Código", "Código 123456"),
+        "sms": ("Hola Eva", "123456"),
+    }
+
+
+def test_custom_dir_no_chain_match_takes_first_locale(custom: TemplateStore) -> None:
+    r = custom.render("only_de", {}, "fr")
+    assert (r.locale, r.title, r.body) == ("de", "Hallo", "Welt")
+
+
+def test_missing_body_renders_empty(custom: TemplateStore) -> None:
+    r = custom.render("empty_body", {}, None)
+    assert (r.title, r.body) == ("T only", "")
+
+
+def test_missing_nested_attribute(custom: TemplateStore) -> None:
+    with pytest.raises(InvalidEvent, match=r"^template_error: reset:"):
+        custom.render("reset", {"user": {}, "code": 1}, "en")
+
+
+def test_reload_picks_up_new_files(tmp_path: Path) -> None:
+    s = TemplateStore(tmp_path)
+    assert s.names() == []
+    write(tmp_path, "late", {"locales": {"en": {"title": "v1", "body": "b"}}})
+    s.reload()
+    assert s.render("late", {}, None).title == "v1"
+    write(tmp_path, "late", {"locales": {"en": {"title": "v2", "body": "b"}}})
+    s.reload()
+    assert s.render("late", {}, None).title == "v2"
+
+
+def test_missing_dir_is_empty(tmp_path: Path) -> None:
+    assert TemplateStore(tmp_path / "nope").names() == []
+
+
+@pytest.mark.parametrize("doc", [{"title": "x"}, {"locales": ["en"]}, ["x"]])
+def test_malformed_template_file_rejected(tmp_path: Path, doc: Any) -> None:
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="locales"):
+        TemplateStore(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__ }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ data.__class__.__base__.__subclasses__() }}",
+        "{{ (1).__class__.__subclasses__() }}",
+        "{% for c in [].__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
+        "{{ data.update({'x': 1}) }}",  # immutable sandbox: no mutation of data
+    ],
+)
+def test_sandbox_blocks_unsafe_templates(tmp_path: Path, source: str) -> None:
+    write(tmp_path, "evil", {"locales": {"en": {"title": source, "body": "b"}}})
+    s = TemplateStore(tmp_path)
+    data = {"data": {"a": 1}}
+    with pytest.raises(InvalidEvent) as exc:
+        s.render("evil", data, None)
+    assert exc.value.reason.startswith("template_error: evil:")
+    assert data == {"data": {"a": 1}}
+
+
+def test_syntax_error_is_template_error(tmp_path: Path) -> None:
+    write(tmp_path, "broken", {"locales": {"en": {"title": "{{ x ", "body": "b"}}})
+    with pytest.raises(InvalidEvent, match=r"^template_error: broken:"):
+        TemplateStore(tmp_path).render("broken", {"x": 1}, None)
+
+
+def test_oversized_output_from_template_rejected(tmp_path: Path) -> None:
+    write(tmp_path, "big", {"locales": {"en": {"title": "t", "body": "{{ 'x' * 30000 }}"}}})
+    with pytest.raises(InvalidEvent, match=r"^template_error: .*exceeds"):
+        TemplateStore(tmp_path).render("big", {}, None)
