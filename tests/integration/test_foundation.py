@@ -92,3 +92,24 @@ def tansu_stack(
 
 async def test_same_flow_on_tansu(tansu_stack: Stack) -> None:
     await _inbox_flow(tansu_stack)
+
+
+def test_run_command_delivers_the_demo(tmp_path: Path) -> None:
+    """The README's first command: embedded default (Tansu + SQLite) shows a delivery."""
+    import subprocess
+    import sys
+
+    from notifyd.broker.base import free_port
+
+    port = free_port()
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("NOTIFYD_")}
+    res = subprocess.run(
+        [sys.executable, "-m", "notifyd", "run", "--datadir", str(tmp_path / "run"),
+         "--web-port", str(port), "--exit-after-demo"],
+        capture_output=True, text=True, timeout=180, env=env, check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"web view: http://127.0.0.1:{port}" in res.stdout
+    assert "demo: delivered on every channel" in res.stdout
+    for ch in ("email", "sms", "push", "webhook", "inapp"):
+        assert f"  {ch:8} sent" in res.stdout
