@@ -69,7 +69,13 @@ class TopicNames:
 
 #: Faust tables of notifyd (notifyd.tables); their changelogs are created up front too.
 TABLE_NAMES: tuple[str, ...] = (
-    "preferences", "seen", "ledger", "scheduled", "throttle", "inbox", "status",
+    "preferences",
+    "seen",
+    "ledger",
+    "scheduled",
+    "throttle",
+    "inbox",
+    "status",
 )
 
 

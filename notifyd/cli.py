@@ -53,8 +53,13 @@ def worker(
     log_level: str | None,
 ) -> None:
     """Run a worker: consume events, keep tables, deliver, serve the web view."""
-    _set_env(broker_url=broker_url, web_port=web_port, web_host=web_host, datadir=datadir,
-             log_level=log_level)
+    _set_env(
+        broker_url=broker_url,
+        web_port=web_port,
+        web_host=web_host,
+        datadir=datadir,
+        log_level=log_level,
+    )
     from .worker import run_worker
 
     sys.exit(run_worker())
@@ -67,8 +72,13 @@ def worker(
 
 @main.command()
 @click.argument("kind", type=click.Choice(["kafka", "tansu"]), default="kafka")
-@click.option("--datadir", type=click.Path(path_type=Path), default=Path("var/broker"),
-              show_default=True, help="Data directory (Kafka keeps topics here across restarts)")
+@click.option(
+    "--datadir",
+    type=click.Path(path_type=Path),
+    default=Path("var/broker"),
+    show_default=True,
+    help="Data directory (Kafka keeps topics here across restarts)",
+)
 @click.option("--port", type=int, default=0, help="Listener port (0: a free one, or the last one)")
 def broker(kind: str, datadir: Path, port: int) -> None:
     """Start a local broker in the foreground: Apache Kafka (KRaft) or Tansu."""
@@ -77,7 +87,8 @@ def broker(kind: str, datadir: Path, port: int) -> None:
     from .broker.tansu import TansuBroker
 
     b: KafkaBroker | TansuBroker = (
-        KafkaBroker(datadir / "kafka", port=port) if kind == "kafka"
+        KafkaBroker(datadir / "kafka", port=port)
+        if kind == "kafka"
         else TansuBroker(datadir / "tansu", port=port)
     )
     try:
@@ -106,8 +117,12 @@ def broker(kind: str, datadir: Path, port: int) -> None:
 @click.option("--body")
 @click.option("--category", default="general", show_default=True)
 @click.option("--channel", "channels", multiple=True, help="Restrict to channel (repeatable)")
-@click.option("--priority", type=click.Choice(["low", "normal", "high", "critical"]),
-              default="normal", show_default=True)
+@click.option(
+    "--priority",
+    type=click.Choice(["low", "normal", "high", "critical"]),
+    default="normal",
+    show_default=True,
+)
 @click.option("--template")
 @click.option("--data", "data_json", help="Template data as a JSON object")
 @click.option("--event-id", help="Idempotency key (default: a new UUID)")
@@ -191,11 +206,16 @@ def show_config() -> None:
 
 
 @main.command()
-@click.option("--datadir", type=click.Path(path_type=Path), default=Path("var/run"),
-              show_default=True)
+@click.option(
+    "--datadir", type=click.Path(path_type=Path), default=Path("var/run"), show_default=True
+)
 @click.option("--web-port", type=int, default=6066, show_default=True)
-@click.option("--demo/--no-demo", default=True, show_default=True,
-              help="Produce a sample notification and show it delivered")
+@click.option(
+    "--demo/--no-demo",
+    default=True,
+    show_default=True,
+    help="Produce a sample notification and show it delivered",
+)
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything after the demo")
 def run(datadir: Path, web_port: int, demo: bool, exit_after_demo: bool) -> None:
     """Run notifyd on the embedded default: Tansu broker, SQLite store, local sinks."""

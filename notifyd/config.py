@@ -133,8 +133,14 @@ class Settings(BaseSettings):
                 out[name] = str(value)
             else:
                 out[name] = value
-        for name in ("credential_store_url", "broker_url", "sms_api_url", "push_api_url",
-                     "oidc_discovery_url", "oidc_token_url"):
+        for name in (
+            "credential_store_url",
+            "broker_url",
+            "sms_api_url",
+            "push_api_url",
+            "oidc_discovery_url",
+            "oidc_token_url",
+        ):
             out[name] = _mask_url_password(str(out[name]))
         return out
 

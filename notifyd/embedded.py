@@ -55,11 +55,17 @@ async def _operator_token(store_url: str, jwt_secret: str, token_file: Path) -> 
         user = await users.get_by_username("operator")
         if user is None:
             user = await users.create(
-                "operator", secrets.token_urlsafe(24), "operator@notifyd.local",
+                "operator",
+                secrets.token_urlsafe(24),
+                "operator@notifyd.local",
                 roles=("user", "operator"),
             )
         tokens = TokenService(
-            jwt_secret, store=store, users=users, issuer="notifyd", audience="notifyd-api",
+            jwt_secret,
+            store=store,
+            users=users,
+            issuer="notifyd",
+            audience="notifyd-api",
             ttl_s=24 * 3600,
         )
         token = str((await tokens.issue(user))["access_token"])
@@ -70,7 +76,9 @@ async def _operator_token(store_url: str, jwt_secret: str, token_file: Path) -> 
     return token
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+async def _wait_ready(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90
+) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
         while time.monotonic() < deadline:
@@ -85,8 +93,9 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeou
     raise RuntimeError(f"worker not ready after {timeout:.0f}s (log: {log})")
 
 
-async def _demo(settings: Settings, web: str, token: str, sandbox: SandboxServer,
-                smtp: SmtpSink) -> bool:
+async def _demo(
+    settings: Settings, web: str, token: str, sandbox: SandboxServer, smtp: SmtpSink
+) -> bool:
     names = TopicNames(settings.topic_prefix)
     prefs = {
         "op": "put",
@@ -102,6 +111,7 @@ async def _demo(settings: Settings, web: str, token: str, sandbox: SandboxServer
     await produce(settings, names.preferences, DEMO_USER.encode(), orjson.dumps(prefs))
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
         async def table(name: str, key: str) -> Any:
             async with http.get(f"{web}/api/v1/admin/tables/{name}/{key}", headers=headers) as r:
                 return (await r.json())["value"] if r.status == 200 else None
@@ -112,22 +122,26 @@ async def _demo(settings: Settings, web: str, token: str, sandbox: SandboxServer
                 print("preferences were not applied in time", file=sys.stderr)
                 return False
             await asyncio.sleep(0.2)
-        event = {
-            "event_id": f"demo-{uuid.uuid4()}",
+        event_id = f"demo-{uuid.uuid4()}"
+        event: dict[str, Any] = {
+            "event_id": event_id,
             "user_id": DEMO_USER,
             "template": "welcome",
             "data": {"name": "Ada", "product": "notifyd"},
             "priority": "high",
         }
-        print(f"\nproducing to {names.events} (key {DEMO_USER!r}):\n  {orjson.dumps(event).decode()}")
+        print(
+            f"\nproducing to {names.events} (key {DEMO_USER!r}):\n  {orjson.dumps(event).decode()}"
+        )
         started = time.monotonic()
         await produce(settings, names.events, DEMO_USER.encode(), orjson.dumps(event))
-        nid = notification_id_for(event["event_id"])
+        nid = notification_id_for(event_id)
         doc: Any = None
         while time.monotonic() - started < 30:
             doc = await table("status", nid)
             if doc and all(
-                doc["channels"].get(ch, {}).get("status") in ("sent", "failed", "dead", "suppressed")
+                doc["channels"].get(ch, {}).get("status")
+                in ("sent", "failed", "dead", "suppressed")
                 for ch in CHANNELS
             ):
                 break
@@ -193,8 +207,12 @@ async def run_embedded(datadir: Path, web_port: int, demo: bool, exit_after_demo
         log.unlink(missing_ok=True)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "notifyd", "worker"], env=env, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", "notifyd", "worker"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         web = f"http://127.0.0.1:{web_port}"
         print("starting the worker ...")

@@ -57,7 +57,9 @@ def partition_for(key: str, partitions: int | None = None) -> int:
 
 
 def throttle_policy() -> ThrottlePolicy:
-    return ThrottlePolicy(settings.throttle_limit, settings.throttle_window_s, settings.throttle_mode)
+    return ThrottlePolicy(
+        settings.throttle_limit, settings.throttle_window_s, settings.throttle_mode
+    )
 
 
 def _header(ev: EventT[Any], name: str) -> str | None:
@@ -188,7 +190,9 @@ async def process_event(
                     }
                 )
         else:
-            updates.append({"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now})
+            updates.append(
+                {"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now}
+            )
     await publish_status(
         nid,
         updates,
@@ -238,7 +242,14 @@ async def release(key: str, entry: dict[str, Any]) -> None:
     await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
     await publish_status(
         d["notification_id"],
-        [{"channel": d["channel"], "status": "queued", "attempt": d.get("attempt", 1), "ts": clock.now()}],
+        [
+            {
+                "channel": d["channel"],
+                "status": "queued",
+                "attempt": d.get("attempt", 1),
+                "ts": clock.now(),
+            }
+        ],
     )
     await control_topic.send(
         key=d["user_id"].encode(),
@@ -272,7 +283,9 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     except Exception as exc:  # only notifyd writes these topics; a bad one is a bug
         log.error("delivery.undecodable", error=str(exc))
         await deliveries_dlq_topic.send(
-            key=ev.message.key, value=raw, headers=[("notifyd-reason", f"undecodable: {exc}".encode())]
+            key=ev.message.key,
+            value=raw,
+            headers=[("notifyd-reason", f"undecodable: {exc}".encode())],
         )
         return
     structlog.contextvars.bind_contextvars(
@@ -296,7 +309,8 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     except Exception as exc:  # a provider bug must not kill the channel agent
         log.exception("delivery.provider_crashed")
         await _failed(
-            delivery, DeliveryError(f"provider_error: {type(exc).__name__}: {exc}", retriable=True),
+            delivery,
+            DeliveryError(f"provider_error: {type(exc).__name__}: {exc}", retriable=True),
             partition,
         )
         return
@@ -317,7 +331,12 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
 async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> None:
     key = delivery.idempotency_key
     now = clock.now()
-    base = {"channel": delivery.channel, "attempt": delivery.attempt, "ts": now, "reason": err.reason}
+    base = {
+        "channel": delivery.channel,
+        "attempt": delivery.attempt,
+        "ts": now,
+        "reason": err.reason,
+    }
     if not err.retriable:
         _mark(key, "failed", partition)
         await publish_status(delivery.notification_id, [{**base, "status": "failed"}])
@@ -377,7 +396,9 @@ def deliver_inapp(delivery: Delivery) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def fold_status(current: dict[str, Any] | None, msg: dict[str, Any], partition: int) -> dict[str, Any]:
+def fold_status(
+    current: dict[str, Any] | None, msg: dict[str, Any], partition: int
+) -> dict[str, Any]:
     doc = current or {"notification_id": msg["notification_id"], "channels": {}}
     doc["p"] = partition
     if "content" in msg:
@@ -476,7 +497,8 @@ async def handle_preferences(ev: EventT[Any]) -> None:
         if partition_for(user_id) != ev.message.partition:
             raise InvalidPreferences("message key must be the user_id")
         fields = (
-            {} if op == "delete"
+            {}
+            if op == "delete"
             else validate_preferences(user_id, msg.get("fields"), partial=(op == "patch"))
         )
     except (InvalidPreferences, ValueError) as exc:

@@ -399,7 +399,11 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
                 raise InvalidPreferences(
                     f"quiet_hours.timezone {qh['timezone']!r} is not an IANA time zone"
                 ) from None
-            out["quiet_hours"] = {"start": qh["start"], "end": qh["end"], "timezone": qh["timezone"]}
+            out["quiet_hours"] = {
+                "start": qh["start"],
+                "end": qh["end"],
+                "timezone": qh["timezone"],
+            }
     if not partial:
         # A full document resets every field not given.
         defaults = Preferences(user_id=user_id).to_dict()

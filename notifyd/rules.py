@@ -46,7 +46,7 @@ def _hhmm(s: str) -> dtime:
 def quiet_hours_end(qh: dict[str, str], now: float) -> float | None:
     """If ``now`` falls inside the quiet window, the epoch at which it ends, else None.
 
-    Windows may cross midnight (22:00–07:00).  The end is computed as a local wall
+    Windows may cross midnight (22:00-07:00).  The end is computed as a local wall
     time in the user's zone, so DST changes move it correctly.
     """
     tz = ZoneInfo(qh["timezone"])
@@ -92,9 +92,7 @@ def _opted_out(prefs: dict[str, Any], category: str, channel: str) -> str | None
     return None
 
 
-def throttle_slot(
-    history: list[list[Any]], now: float, policy: ThrottlePolicy
-) -> float | None:
+def throttle_slot(history: list[list[Any]], now: float, policy: ThrottlePolicy) -> float | None:
     """None if a send now is within the limit, else the epoch when a slot frees up.
 
     ``history`` holds ``[epoch, notification_id]`` of sends (including scheduled
@@ -136,7 +134,9 @@ def decide(
             )
             continue
         if prefs and (prefs.get("channels") or {}).get(channel) is False:
-            decisions.append(Decision(channel, SUPPRESS, f"channel_disabled: user turned {channel} off"))
+            decisions.append(
+                Decision(channel, SUPPRESS, f"channel_disabled: user turned {channel} off")
+            )
             continue
         if prefs:
             cat = _opted_out(prefs, event.category, channel)

@@ -45,7 +45,6 @@ async def wait_for_metadata(bootstrap: str, timeout: float = 60.0) -> None:
     """Wait until the broker answers a metadata request (not merely accepts TCP)."""
     import logging
 
-
     # Connection refused is expected while the broker boots; don't spam the log.
     aiokafka_log = logging.getLogger("aiokafka")
     saved = aiokafka_log.level
@@ -73,7 +72,9 @@ async def _wait_for_metadata(bootstrap: str, timeout: float) -> None:
             with contextlib.suppress(Exception):
                 await admin.close()
         await asyncio.sleep(0.3)
-    raise BrokerError(f"broker at {bootstrap} did not answer metadata within {timeout:.0f}s: {last}")
+    raise BrokerError(
+        f"broker at {bootstrap} did not answer metadata within {timeout:.0f}s: {last}"
+    )
 
 
 @dataclass

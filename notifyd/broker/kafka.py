@@ -65,7 +65,9 @@ def ensure_jars(quiet: bool = True) -> Path:
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        raise BrokerError(f"mvn failed ({res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-2000:]}")
+        raise BrokerError(
+            f"mvn failed ({res.returncode}):\n{res.stdout[-3000:]}{res.stderr[-2000:]}"
+        )
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
     marker.write_text(KAFKA_VERSION)
@@ -119,7 +121,11 @@ class KafkaBroker:
         cluster_id = str(state.get("cluster_id") or _cluster_id())
         (self.datadir / "notifyd-broker.json").write_text(
             json.dumps(
-                {"port": self.port, "controller_port": self.controller_port, "cluster_id": cluster_id}
+                {
+                    "port": self.port,
+                    "controller_port": self.controller_port,
+                    "cluster_id": cluster_id,
+                }
             )
         )
         props = {

@@ -16,7 +16,9 @@ from ..topics import names
 from .routing import HTTP_CLIENT, route
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=dumps(data), status=status, content_type="application/json", headers=headers
     )
@@ -25,7 +27,9 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 def _assigned(app: faust.App) -> list[int]:
 
     try:
-        return sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events)
+        return sorted(
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events
+        )
     except Exception:
         return []
 
@@ -50,7 +54,9 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
             "worker": str(app.conf.canonical_url),
         }
         if not ready:
-            return json_response({"code": "not_ready", "detail": "worker is not ready", **body}, 503)
+            return json_response(
+                {"code": "not_ready", "detail": "worker is not ready", **body}, 503
+            )
         return json_response(body)
 
     @routes.get("/api/v1/admin/tables/{table}/{key}")
@@ -63,16 +69,19 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
         key = request.match_info["key"]
         table = TABLES.get(name)
         if table is None:
-            raise NotFound(f"no table named {name!r}; tables: {', '.join(sorted(TABLES))}",
-                           code="unknown_table")
+            raise NotFound(
+                f"no table named {name!r}; tables: {', '.join(sorted(TABLES))}",
+                code="unknown_table",
+            )
         routed = await route(request, name, key)
         if routed is not None:
             return routed
         value = table.get(key)
         if value is None:
             raise NotFound(f"{name}[{key!r}] has no value", code="key_not_found")
-        return json_response({"table": name, "key": key, "value": value,
-                              "worker": str(app.conf.canonical_url)})
+        return json_response(
+            {"table": name, "key": key, "value": value, "worker": str(app.conf.canonical_url)}
+        )
 
     return routes
 

@@ -64,9 +64,7 @@ async def route(request: web.Request, table_name: str, key: str) -> web.Response
             request.method, target, headers=headers, data=body or None, allow_redirects=False
         ) as resp:
             payload = await resp.read()
-            out_headers = {
-                k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS
-            }
+            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
             out_headers["X-Notifyd-Served-By"] = str(owner)
             return web.Response(status=resp.status, body=payload, headers=out_headers)
     except (aiohttp.ClientError, TimeoutError) as exc:

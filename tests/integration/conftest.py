@@ -52,8 +52,13 @@ def sinks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sinks]:
 
 
 def start_stack(
-    broker_url: str, bootstrap: str, root: Path, name: str, sinks: Sinks,
-    extra_env: dict[str, str] | None = None, workers: int = 1,
+    broker_url: str,
+    bootstrap: str,
+    root: Path,
+    name: str,
+    sinks: Sinks,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
     redis_url: str | None = None,
 ) -> Stack:
     """Start ``workers`` notifyd workers sharing an app id, topic prefix and credential
@@ -80,9 +85,7 @@ def start_stack(
         p.start(wait=False)
     for p in procs:
         p.wait_ready()
-    return Stack(
-        bootstrap=bootstrap, names=names, workers=procs, sinks=sinks, operator_token=token
-    )
+    return Stack(bootstrap=bootstrap, names=names, workers=procs, sinks=sinks, operator_token=token)
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +94,11 @@ def stack(
 ) -> Iterator[Stack]:
     """One worker on Apache Kafka + Redis, with a small throttle (4/hour) to test it quickly."""
     st = start_stack(
-        kafka.url, kafka.bootstrap, tmp_path_factory.mktemp("main"), "main", sinks,
+        kafka.url,
+        kafka.bootstrap,
+        tmp_path_factory.mktemp("main"),
+        "main",
+        sinks,
         {"NOTIFYD_THROTTLE_LIMIT": "4", "NOTIFYD_THROTTLE_WINDOW_S": "3600"},
         redis_url=redis.url,
     )

@@ -65,9 +65,7 @@ async def test_malformed_events_go_to_dlq_and_worker_survives(stack: Stack) -> N
     await wait_for(lambda: stack.worker.table("inbox", user), what="good event delivered")
 
     keys = {k for k, _ in bad}
-    records = await stack.read_topic(
-        stack.names.events_dlq, lambda rs: keys <= {r.key for r in rs}
-    )
+    records = await stack.read_topic(stack.names.events_dlq, lambda rs: keys <= {r.key for r in rs})
     by_key = {r.key: r for r in records if r.key in keys}
     assert set(by_key) == keys
     assert by_key[b"k1"].value == b"this is not json"  # original bytes kept
@@ -104,9 +102,22 @@ def test_run_command_delivers_the_demo(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("NOTIFYD_")}
     res = subprocess.run(
-        [sys.executable, "-m", "notifyd", "run", "--datadir", str(tmp_path / "run"),
-         "--web-port", str(port), "--exit-after-demo"],
-        capture_output=True, text=True, timeout=180, env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "notifyd",
+            "run",
+            "--datadir",
+            str(tmp_path / "run"),
+            "--web-port",
+            str(port),
+            "--exit-after-demo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        check=False,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"web view: http://127.0.0.1:{port}" in res.stdout

@@ -36,7 +36,9 @@ def channel_states(stack: Stack, nid: str) -> dict[str, Any] | None:
     return doc["channels"] if doc else None
 
 
-async def wait_states(stack: Stack, nid: str, want: dict[str, str], timeout: float = 30) -> dict[str, Any]:
+async def wait_states(
+    stack: Stack, nid: str, want: dict[str, str], timeout: float = 30
+) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         chans = channel_states(stack, nid)
         if chans and all(chans.get(ch, {}).get("status") == st for ch, st in want.items()):
@@ -63,8 +65,14 @@ async def test_one_event_reaches_every_channel(stack: Stack) -> None:
     await stack.set_preferences(user, c)
     event_id = new_id("evt")
     await stack.send_events(
-        {"event_id": event_id, "user_id": user, "title": "Your code", "body": "Code 123456",
-         "priority": "high", "data": {"k": "v"}}
+        {
+            "event_id": event_id,
+            "user_id": user,
+            "title": "Your code",
+            "body": "Code 123456",
+            "priority": "high",
+            "data": {"k": "v"},
+        }
     )
     nid = notification_id_for(event_id)
     chans = await wait_states(stack, nid, ALL_SENT)
@@ -88,8 +96,9 @@ async def test_one_event_reaches_every_channel(stack: Stack) -> None:
     from notifyd.providers.webhook import sign
 
     ts = "1700000000"
-    assert verify(WEBHOOK_SECRET.encode(), ts, body, sign(WEBHOOK_SECRET.encode(), ts, body),
-                  now=1700000000)
+    assert verify(
+        WEBHOOK_SECRET.encode(), ts, body, sign(WEBHOOK_SECRET.encode(), ts, body), now=1700000000
+    )
 
     box = stack.worker.table("inbox", user)
     assert box["items"][0]["id"] == nid
@@ -107,9 +116,15 @@ async def test_opt_out_suppresses_with_reason(stack: Stack) -> None:
     )
     nid = notification_id_for(eid)
     chans = await wait_states(
-        stack, nid,
-        {"email": "suppressed", "sms": "suppressed", "push": "suppressed", "webhook": "sent",
-         "inapp": "sent"},
+        stack,
+        nid,
+        {
+            "email": "suppressed",
+            "sms": "suppressed",
+            "push": "suppressed",
+            "webhook": "sent",
+            "inapp": "sent",
+        },
     )
     assert chans["email"]["reason"] == "opted_out: user opted out of category 'marketing' on email"
     assert chans["sms"]["reason"].startswith("opted_out:")
@@ -117,8 +132,15 @@ async def test_opt_out_suppresses_with_reason(stack: Stack) -> None:
     assert emails_to(stack, c["email"]) == [] and sms_to(stack, c["phone"]) == []
     # Another category is not affected by the opt-out.
     eid2 = new_id("evt")
-    await stack.send_events({"event_id": eid2, "user_id": user, "category": "security",
-                             "title": "New login", "body": "from Paris"})
+    await stack.send_events(
+        {
+            "event_id": eid2,
+            "user_id": user,
+            "category": "security",
+            "title": "New login",
+            "body": "from Paris",
+        }
+    )
     await wait_states(stack, notification_id_for(eid2), {"email": "sent", "sms": "sent"})
     assert len(emails_to(stack, c["email"])) == 1
 
@@ -128,8 +150,9 @@ async def test_channel_restriction(stack: Stack) -> None:
     c = contact(stack.sinks, user)
     await stack.set_preferences(user, c)
     eid = new_id("evt")
-    await stack.send_events({"event_id": eid, "user_id": user, "title": "t", "body": "only sms",
-                             "channels": ["sms"]})
+    await stack.send_events(
+        {"event_id": eid, "user_id": user, "title": "t", "body": "only sms", "channels": ["sms"]}
+    )
     chans = await wait_states(stack, notification_id_for(eid), {"sms": "sent"})
     for ch in ("email", "push", "webhook", "inapp"):
         assert chans[ch]["status"] == "suppressed"
@@ -143,9 +166,18 @@ async def test_templates_with_locale(stack: Stack) -> None:
     c = contact(stack.sinks, user)
     await stack.set_preferences(user, {**c, "locale": "fr-CA"})
     eid = new_id("evt")
-    await stack.send_events({"event_id": eid, "user_id": user, "template": "welcome",
-                             "data": {"name": "Zoé"}, "channels": ["email", "sms", "inapp"]})
-    await wait_states(stack, notification_id_for(eid), {"email": "sent", "sms": "sent", "inapp": "sent"})
+    await stack.send_events(
+        {
+            "event_id": eid,
+            "user_id": user,
+            "template": "welcome",
+            "data": {"name": "Zoé"},
+            "channels": ["email", "sms", "inapp"],
+        }
+    )
+    await wait_states(
+        stack, notification_id_for(eid), {"email": "sent", "sms": "sent", "inapp": "sent"}
+    )
     mail = emails_to(stack, c["email"])[0]
     assert mail["Subject"] == "Bienvenue, Zoé !"  # fr-CA falls back to fr
     # The SMS has its own (English-only) variant: falls back to en.
@@ -165,15 +197,20 @@ async def test_throttle_defers_excess_with_reason(stack: Stack) -> None:
     c = contact(stack.sinks, user)
     await stack.set_preferences(user, c)
     ids = [new_id("evt") for _ in range(6)]
-    await stack.send_events(*[
-        {"event_id": e, "user_id": user, "title": f"n{i}", "body": "x", "channels": ["sms"]}
-        for i, e in enumerate(ids)
-    ])
+    await stack.send_events(
+        *[
+            {"event_id": e, "user_id": user, "title": f"n{i}", "body": "x", "channels": ["sms"]}
+            for i, e in enumerate(ids)
+        ]
+    )
     states = []
     for e in ids:
         chans = await wait_for(
-            lambda e=e: (channel_states(stack, notification_id_for(e)) or {}).get("sms", {})
-            .get("status") in ("sent", "deferred") and channel_states(stack, notification_id_for(e)),
+            lambda e=e: (
+                (channel_states(stack, notification_id_for(e)) or {}).get("sms", {}).get("status")
+                in ("sent", "deferred")
+                and channel_states(stack, notification_id_for(e))
+            ),
             what="sms decided",
         )
         states.append(chans["sms"])
@@ -184,8 +221,16 @@ async def test_throttle_defers_excess_with_reason(stack: Stack) -> None:
     assert len(sms_to(stack, c["phone"])) == 4
     # critical bypasses the throttle
     crit = new_id("evt")
-    await stack.send_events({"event_id": crit, "user_id": user, "title": "alarm", "body": "!",
-                             "channels": ["sms"], "priority": "critical"})
+    await stack.send_events(
+        {
+            "event_id": crit,
+            "user_id": user,
+            "title": "alarm",
+            "body": "!",
+            "channels": ["sms"],
+            "priority": "critical",
+        }
+    )
     await wait_states(stack, notification_id_for(crit), {"sms": "sent"})
 
 
@@ -194,8 +239,13 @@ async def test_resent_event_id_delivered_once(stack: Stack) -> None:
     c = contact(stack.sinks, user)
     await stack.set_preferences(user, c)
     eid = new_id("evt")
-    ev = {"event_id": eid, "user_id": user, "title": "once", "body": "only once",
-          "channels": ["sms", "email", "inapp"]}
+    ev = {
+        "event_id": eid,
+        "user_id": user,
+        "title": "once",
+        "body": "only once",
+        "channels": ["sms", "email", "inapp"],
+    }
     await stack.send_events(ev)
     await wait_states(stack, notification_id_for(eid), {"sms": "sent", "email": "sent"})
     await stack.send_events(ev, ev)
@@ -216,14 +266,20 @@ async def test_bad_events_interleaved_with_good_ones(stack: Stack) -> None:
     bad_inputs = [
         (b"{not json", "invalid_json"),
         (orjson.dumps({"user_id": user, "title": "no id"}), "missing_field"),
-        (orjson.dumps({"event_id": "x", "user_id": user, "title": "t", "channels": ["fax"]}),
-         "unknown_channel"),
+        (
+            orjson.dumps({"event_id": "x", "user_id": user, "title": "t", "channels": ["fax"]}),
+            "unknown_channel",
+        ),
         (orjson.dumps({"event_id": "y", "user_id": 42, "title": "t"}), "wrong_type"),
-        (orjson.dumps({"event_id": "z", "user_id": user, "title": "t", "priority": "urgent"}),
-         "invalid_priority"),
+        (
+            orjson.dumps({"event_id": "z", "user_id": user, "title": "t", "priority": "urgent"}),
+            "invalid_priority",
+        ),
     ]
     for i, gid in enumerate(good_ids):
-        values.append((user.encode(), orjson.dumps({"event_id": gid, "user_id": user, "title": f"g{i}"})))
+        values.append(
+            (user.encode(), orjson.dumps({"event_id": gid, "user_id": user, "title": f"g{i}"}))
+        )
         raw, code = bad_inputs[i % len(bad_inputs)]
         key = new_id("bad").encode()
         bad_reasons[key] = code
@@ -251,8 +307,13 @@ async def test_event_keyed_by_something_else_uses_the_users_preferences(stack: S
     for i in range(4):  # several keys, so some certainly land on another partition
         eid = new_id("evt")
         await stack.send_events(
-            {"event_id": eid, "user_id": user, "title": "rekeyed", "body": f"via key {i}",
-             "channels": ["sms"]},
+            {
+                "event_id": eid,
+                "user_id": user,
+                "title": "rekeyed",
+                "body": f"via key {i}",
+                "channels": ["sms"],
+            },
             key=f"order-{i}-{eid}",
         )
         await wait_states(stack, notification_id_for(eid), {"sms": "sent"})
@@ -271,8 +332,13 @@ def quiet_stack(
 ) -> Iterator[Stack]:
     start = datetime(2026, 3, 2, 6, 59, 45, tzinfo=ZoneInfo("Europe/Paris"))
     st = start_stack(
-        kafka.url, kafka.bootstrap, tmp_path_factory.mktemp("quiet"), "quiet", sinks,
-        {"NOTIFYD_CLOCK_START": start.isoformat()}, redis_url=redis.url,
+        kafka.url,
+        kafka.bootstrap,
+        tmp_path_factory.mktemp("quiet"),
+        "quiet",
+        sinks,
+        {"NOTIFYD_CLOCK_START": start.isoformat()},
+        redis_url=redis.url,
     )
     yield st
     for w in st.workers:
@@ -288,10 +354,21 @@ async def test_quiet_hours_defer_until_window_end(quiet_stack: Stack) -> None:
     )
     eid, crit = new_id("evt"), new_id("crit")
     await st.send_events(
-        {"event_id": eid, "user_id": user, "title": "digest", "body": "later please",
-         "channels": ["sms", "inapp"]},
-        {"event_id": crit, "user_id": user, "title": "breach", "body": "now!",
-         "channels": ["sms"], "priority": "critical"},
+        {
+            "event_id": eid,
+            "user_id": user,
+            "title": "digest",
+            "body": "later please",
+            "channels": ["sms", "inapp"],
+        },
+        {
+            "event_id": crit,
+            "user_id": user,
+            "title": "breach",
+            "body": "now!",
+            "channels": ["sms"],
+            "priority": "critical",
+        },
     )
     nid = notification_id_for(eid)
     chans = await wait_states(st, nid, {"sms": "deferred", "inapp": "sent"})

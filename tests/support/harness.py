@@ -59,7 +59,9 @@ class Sinks:
 
     def __init__(self, ledger_path: Path | None = None) -> None:
         self.lt = LoopThread()
-        self.sandbox = SandboxServer(webhook_secret=WEBHOOK_SECRET.encode(), ledger_path=ledger_path)
+        self.sandbox = SandboxServer(
+            webhook_secret=WEBHOOK_SECRET.encode(), ledger_path=ledger_path
+        )
         self.smtp = SmtpSink()
         self.lt.call(self.sandbox.start())
         self.lt.call(self.smtp.start())
@@ -98,8 +100,13 @@ class Sinks:
         self.lt.close()
 
 
-def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
-              timeout: float = 10) -> tuple[int, Any]:
+def http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
@@ -219,12 +226,12 @@ class WorkerProcess:
 
     def table(self, table: str, key: str) -> Any:
         status, body = self.get(
-            f"/api/v1/admin/tables/{table}/{key}", {"Authorization": f"Bearer {self.operator_token}"}
+            f"/api/v1/admin/tables/{table}/{key}",
+            {"Authorization": f"Bearer {self.operator_token}"},
         )
         if status not in (200, 404):
             raise AssertionError(f"table query failed: {status} {body}")
         return body["value"] if status == 200 else None
-
 
 
 JWT_SECRET = "integration-tests-jwt-secret-0123456789abcdef"
