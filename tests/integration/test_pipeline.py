@@ -180,8 +180,22 @@ async def test_templates_with_locale(stack: Stack) -> None:
     )
     mail = emails_to(stack, c["email"])[0]
     assert mail["Subject"] == "Bienvenue, Zoé !"  # fr-CA falls back to fr
-    # The SMS has its own (English-only) variant: falls back to en.
-    assert sms_to(stack, c["phone"])[0]["payload"]["body"] == "Welcome Zoé! Your account is ready."
+    # The short SMS variant exists only in English: a French user keeps French text.
+    assert sms_to(stack, c["phone"])[0]["payload"]["body"] == (
+        "Bonjour Zoé, votre compte notifyd est prêt."
+    )
+    en_user = new_id("u-tpl-en")
+    c_en = contact(stack.sinks, en_user)
+    await stack.set_preferences(en_user, c_en)
+    eid_en = new_id("evt")
+    await stack.send_events(
+        {"event_id": eid_en, "user_id": en_user, "template": "welcome",
+         "data": {"name": "Ada"}, "channels": ["sms"]}
+    )
+    await wait_states(stack, notification_id_for(eid_en), {"sms": "sent"})
+    assert sms_to(stack, c_en["phone"])[0]["payload"]["body"] == (
+        "Welcome Ada! Your account is ready."
+    )
     # A template variable missing from data is a dead letter with the reason.
     bad = new_id("evt")
     await stack.send_events({"event_id": bad, "user_id": user, "template": "welcome", "data": {}})
