@@ -186,6 +186,70 @@ def send(
 
 
 # --------------------------------------------------------------------------------------
+# dlq
+# --------------------------------------------------------------------------------------
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and re-drive dead letters."""
+
+
+_DLQ_KIND = click.Choice(["events", "deliveries"])
+
+
+@dlq.command("list")
+@click.option("--topic", "kind", type=_DLQ_KIND, default="events", show_default=True)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
+def dlq_list(kind: str, limit: int, broker_url: str | None) -> None:
+    """Print the most recent dead letters with their reasons (JSON lines)."""
+    import orjson
+
+    from .admin import TopicNames
+    from .config import get_settings
+    from .redrive import describe, read_all
+
+    _set_env(broker_url=broker_url)
+    s = get_settings()
+    names = TopicNames(s.topic_prefix)
+    topic = names.events_dlq if kind == "events" else names.deliveries_dlq
+    try:
+        records = asyncio.run(read_all(s, topic))
+    except Exception as exc:
+        raise click.ClickException(f"cannot read {topic}: {exc}") from exc
+    records.sort(key=lambda r: r.timestamp, reverse=True)
+    for rec in records[:limit]:
+        click.echo(orjson.dumps(describe(rec)).decode())
+    click.echo(f"{min(limit, len(records))} of {len(records)} dead letters in {topic}", err=True)
+
+
+@dlq.command("redrive")
+@click.option("--topic", "kind", type=_DLQ_KIND, default="deliveries", show_default=True)
+@click.option("--notification-id", "nids", multiple=True, help="Only these (repeatable)")
+@click.option("--all", "everything", is_flag=True, help="Every dead letter in the topic")
+@click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
+def dlq_redrive(kind: str, nids: tuple[str, ...], everything: bool, broker_url: str | None) -> None:
+    """Send dead letters through the pipeline again, once their cause is fixed."""
+    from .config import get_settings
+    from .redrive import redrive
+
+    if not nids and not everything:
+        raise click.UsageError("give --notification-id ... or --all")
+    _set_env(broker_url=broker_url)
+    wanted = {n.encode() for n in nids}
+
+    def select(rec: Any) -> bool:
+        return everything or any(n in (rec.value or b"") for n in wanted)
+
+    try:
+        result = asyncio.run(redrive(get_settings(), kind, select))
+    except Exception as exc:
+        raise click.ClickException(f"re-drive failed: {exc}") from exc
+    click.echo(f"re-drove {result.redriven} of {result.scanned} dead letters ({kind})")
+
+
+# --------------------------------------------------------------------------------------
 # config
 # --------------------------------------------------------------------------------------
 
@@ -240,6 +304,74 @@ def worker_subprocess(env: dict[str, str], log_path: Path) -> subprocess.Popen[b
 
 def _now() -> float:
     return time.time()
+
+
+# --------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--broker",
+    "broker_kind",
+    type=click.Choice(["kafka", "tansu"]),
+    default="kafka",
+    show_default=True,
+    help="Broker the bench starts (ignored with --broker-url)",
+)
+@click.option("--broker-url", help="Use this running broker (kafka://host:port) instead")
+@click.option("--events", type=int, help="Events of the throughput runs [20000]")
+@click.option("--floor-events", type=int, help="Messages of the floor throughput run [100000]")
+@click.option("--users", type=int, help="Users with preferences for the pipeline runs [100000]")
+@click.option("--duration", type=float, help="Seconds of each fixed-rate run [15]")
+@click.option("--rates", help="Fixed rates in events/s, comma-separated [500,1000,2000]")
+@click.option("--state-users", type=int, help="Users in the RocksDB state test [1000000]")
+@click.option("--partitions", type=int, help="Partitions of every topic [8]")
+@click.option("--skip-state", is_flag=True, help="Skip the RocksDB state/recovery test")
+@click.option("--skip-floor", is_flag=True, help="Skip the raw aiokafka floor")
+@click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a minute or so")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("docs/bench/latest.json"),
+    show_default=True,
+    help="Result JSON; the histogram PNG is written next to it",
+)
+@click.option("--profile", type=click.Choice(["pyinstrument"]), help="Profile the worker")
+@click.option("--worker-log-level", default="INFO", show_default=True)
+@click.option("--worker-uvloop", is_flag=True, help="Experiment: run the worker on uvloop")
+@click.option("--workdir", type=click.Path(path_type=Path), help="Keep broker/worker data here")
+@click.option("--no-progress", is_flag=True, help="No progress bars")
+def bench(**kw: Any) -> None:
+    """Measure notifyd against a raw aiokafka floor on one broker (see notifyd.bench)."""
+    from .bench import BenchOptions, run_bench
+
+    values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
+    for name in ("events", "floor_events", "users", "duration", "state_users", "partitions"):
+        if kw[name] is not None:
+            values[name] = kw[name]
+    if kw["rates"]:
+        try:
+            values["rates"] = tuple(int(r) for r in kw["rates"].split(",") if r.strip())
+        except ValueError as exc:
+            raise click.UsageError(f"--rates: {exc}") from exc
+        if not values["rates"] or min(values["rates"]) <= 0:
+            raise click.UsageError("--rates needs positive integers")
+    opts = BenchOptions(
+        broker=kw["broker_kind"],
+        broker_url=kw["broker_url"],
+        skip_state=kw["skip_state"],
+        skip_floor=kw["skip_floor"],
+        out=kw["out"],
+        profile=kw["profile"],
+        worker_log_level=kw["worker_log_level"],
+        worker_uvloop=kw["worker_uvloop"],
+        workdir=kw["workdir"],
+        progress=not kw["no_progress"],
+        **values,
+    )
+    run_bench(opts)
 
 
 if __name__ == "__main__":  # pragma: no cover

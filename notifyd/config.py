@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     #: Partitions of every notifyd topic; all topics are co-partitioned by user.
     topic_partitions: int = Field(default=8, ge=1, le=1024)
     topic_replication: int = Field(default=1, ge=1)
+    #: How long the group waits for a silent worker before moving its partitions.
+    broker_session_timeout_s: float = Field(default=30.0, ge=6.0)
     datadir: Path = Path("var/notifyd")
     #: Faust table store: ``memory://`` or ``rocksdb://`` (RocksDB through rocksdict).
     table_store: str = "memory://"

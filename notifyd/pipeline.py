@@ -297,8 +297,10 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     key = delivery.idempotency_key
     done = ledger.get(key)
     if done is not None and done["s"] in TERMINAL:
-        log.info("delivery.already_done", state=done["s"])
-        return
+        if not (delivery.redrive and done["s"] in ("dead", "failed")):
+            log.info("delivery.already_done", state=done["s"])
+            return
+        log.info("delivery.redriven", previous=done["s"])
     started = time.monotonic()
     try:
         provider.check(delivery)

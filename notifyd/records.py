@@ -448,6 +448,8 @@ class Delivery:
     accepted_at: float = 0.0
     #: epoch seconds when the producer wrote the event (Kafka timestamp), if known.
     produced_at: float | None = None
+    #: set by an operator's re-drive of a dead letter: a "dead" ledger entry may be retried.
+    redrive: bool = False
 
     @property
     def idempotency_key(self) -> str:
@@ -471,6 +473,7 @@ class Delivery:
             "attempt": self.attempt,
             "accepted_at": self.accepted_at,
             "produced_at": self.produced_at,
+            "redrive": self.redrive,
         }
 
     @classmethod

@@ -20,6 +20,7 @@ from ..app import settings
 from ..store import CredentialStore, open_store
 from .auth import (
     CurrentUser,
+    LoginThrottle,
     SessionService,
     TokenService,
     UserService,
@@ -90,7 +91,7 @@ async def _auth_ctx(webapp: web.Application) -> AsyncIterator[None]:
     settings.datadir.mkdir(parents=True, exist_ok=True)
     store = await open_store(settings.resolved_credential_store_url)
     try:
-        users = UserService(store)
+        users = UserService(store, throttle=LoginThrottle(store))
         secret = await _jwt_secret(store)
         tokens = TokenService(
             secret,

@@ -64,10 +64,13 @@ async def _read(
     )
     await consumer.start()
     try:
-        # topics() fetches the metadata of every topic without auto-creating any.
-        if topic not in await consumer.topics():
+        # Metadata of every topic (this never auto-creates one).  The public
+        # consumer.topics() drops the partitions, and partitions_for_topic() only knows
+        # subscribed/assigned topics, hence the client's own call.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = sorted(cluster.partitions_for_topic(topic) or ())
+        if not partitions:
             return []
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
         tps = [TopicPartition(topic, p) for p in partitions]
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)

@@ -19,7 +19,7 @@ from ..errors import ServiceUnavailable
 
 ROUTED_HEADER = "X-Notifyd-Routed-By"
 _HOP_HEADERS = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"}
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"}
 )
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("notifyd_http", aiohttp.ClientSession)
 
@@ -54,6 +54,7 @@ async def route(request: web.Request, table_name: str, key: str) -> web.Response
         raise ServiceUnavailable(
             "partition ownership is moving (rebalance); retry shortly", code="rebalancing"
         )
+    # Host is kept: the owner checks Origin against it (cookie-authenticated writes).
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
     headers[ROUTED_HEADER] = str(app.conf.canonical_url)
     body = await request.read()

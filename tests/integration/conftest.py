@@ -8,6 +8,7 @@ different settings never see each other's events.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,7 +66,11 @@ def start_stack(
     store (Redis if given, else SQLite in the first worker's data dir)."""
     names = TopicNames(f"it-{name}")
     store_url = redis_url or f"sqlite:///{root / 'credentials.db'}"
-    token = asyncio.run(mint_user_token(store_url, f"op-{name}", ("user", "operator")))
+    # In a thread: start_stack may be called from inside a running event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        token = pool.submit(
+            asyncio.run, mint_user_token(store_url, f"op-{name}", ("user", "operator"))
+        ).result()
     procs = [
         WorkerProcess(
             broker_url=broker_url,

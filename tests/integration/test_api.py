@@ -431,10 +431,13 @@ async def test_operator_preferences(api: Stack) -> None:
     for i in BOTH:
         c.call(i, "GET", path).error(403, "operator_required")
         other.call(i, "PUT", path, {"locale": "fr"}).error(403, "operator_required")
-    doc = c.call(1, "PUT", path, {"webhook_url": "https://hooks.example/x"}, token=op).ok()
-    assert doc["webhook_url"] == "https://hooks.example/x" and doc["user_id"] == c.user_id
-    assert c.call(0, "GET", path, token=op).ok() == doc
-    assert c.call(0, "GET", "/api/v1/preferences").ok() == doc
+    for i in BOTH:
+        url = f"https://hooks.example/{i}"
+        doc = c.call(i, "PUT", path, {"webhook_url": url}, token=op).ok()
+        assert doc["webhook_url"] == url and doc["user_id"] == c.user_id
+        for j in BOTH:
+            assert c.call(j, "GET", path, token=op).ok() == doc
+            assert c.call(j, "GET", "/api/v1/preferences").ok() == doc
     c.call(0, "PUT", path, {"user_id": other.user_id}, token=op).error(
         400, "invalid_preferences")
     # Never-set preferences come back as the default document.
@@ -598,6 +601,12 @@ async def test_admin_dlq_and_refusals(api: Stack) -> None:
         assert isinstance(deliveries["items"], list)
         c.call(i, "GET", "/api/v1/admin/dlq?topic=nope", token=op).error(
             400, "invalid_parameter")
+        entry = c.call(i, "GET", f"/api/v1/admin/tables/preferences/{c.user_id}",
+                       token=op)
+        if entry.status == 200:  # the sign-up's contact patch may still be on its way
+            assert entry.body["value"]["user_id"] == c.user_id
+        else:
+            entry.error(404, "key_not_found")
         # Non-operators are refused every admin endpoint.
         c.call(i, "GET", "/api/v1/admin/dlq").error(403, "operator_required")
         c.call(i, "GET", f"/api/v1/admin/tables/inbox/{c.user_id}").error(
@@ -612,6 +621,8 @@ async def test_admin_dlq_and_refusals(api: Stack) -> None:
 async def test_openapi_and_docs_served(api: Stack) -> None:
     docs = []
     for w in api.workers:
+        assert http("GET", f"{w.url}/healthz").ok()["status"] == "ok"
+        assert http("GET", f"{w.url}/readyz").ok()["ready"] is True
         r = http("GET", f"{w.url}/api/v1/openapi.json")
         doc = r.ok()
         validate_spec(doc)

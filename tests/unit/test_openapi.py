@@ -55,11 +55,11 @@ def test_document_and_router_are_the_same_routes() -> None:
     assert doc_routes(api.openapi_document()) == router_routes()
 
 
-def test_static_docs_assets_are_mounted() -> None:
+def test_no_static_routes() -> None:
+    """Swagger UI assets go through a registry handler (JSON 404s), not a static route."""
     webapp: web.Application = app.web.web_app  # type: ignore[attr-defined]
-    static = {r.resource.canonical for r in webapp.router.routes()
-              if isinstance(r.resource, web.StaticResource)}
-    assert static == {"/docs/static"}
+    assert not [r for r in webapp.router.routes() if isinstance(r.resource, web.StaticResource)]
+    assert ("GET", "/docs/static/{asset}") in router_routes()
 
 
 def test_compat_30_rendering_is_valid_openapi_30() -> None:
@@ -282,10 +282,19 @@ async def test_docs_and_document_served(
     assert resp.status == 200 and resp.content_type == "text/html"
     html = await resp.text()
     assert "/api/v1/openapi.json" in html and "/docs/static/swagger-ui-bundle.js" in html
-    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js",
+                  "index.css", "favicon-32x32.png"):
         r = await client.get(f"/docs/static/{asset}")
         assert r.status == 200, asset
+    await _error(await client.get("/docs/static/nope.js"), 404, "not_found")
+    await _error(await client.get("/docs/static/..%2Fapi.py"), 404, "not_found")
     doc = await (await client.get("/api/v1/openapi.json")).json()
     assert doc == orjson.loads(orjson.dumps(api.openapi_document()))
     doc30 = await (await client.get("/api/v1/openapi.json?compat=3.0")).json()
     assert doc30["openapi"] == "3.0.3"
+
+
+def test_faust_builtin_table_views_are_off() -> None:
+    # Mounted by Faust when the server starts (after setup), outside the registry.
+    enabled = {bp for _, bp in app.web.blueprints._enabled}  # type: ignore[attr-defined]
+    assert enabled <= {"faust.web.apps.production_index:blueprint"}
