@@ -169,7 +169,12 @@ class KafkaBroker:
 
     def _format(self, props: Path, cluster_id: str) -> None:
         cmd = self._java_cmd(
-            "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(props),
         )
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
