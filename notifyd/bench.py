@@ -57,6 +57,22 @@ from .bench_stats import (
 
 WEBHOOK_SECRET = "whsec-bench-0123456789abcdef0123456789"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
+#: ``--worker-patch`` experiments: code run in the worker process before notifyd starts.
+WORKER_PATCHES: dict[str, str] = {
+    # The event loop: uvloop instead of asyncio's default loop.
+    "uvloop": "import asyncio, uvloop\nasyncio.set_event_loop_policy(uvloop.EventLoopPolicy())",
+    # Faust hard-codes fetch_max_wait_ms=1500 for its aiokafka consumer (faust
+    # transport/drivers/aiokafka.py); try 10 ms.
+    "fetch-wait-10ms": (
+        "import aiokafka\n"
+        "_init = aiokafka.AIOKafkaConsumer.__init__\n"
+        "def _patched(self, *a, **kw):\n"
+        "    if kw.get('fetch_max_wait_ms') == 1500:\n"
+        "        kw['fetch_max_wait_ms'] = 10\n"
+        "    _init(self, *a, **kw)\n"
+        "aiokafka.AIOKafkaConsumer.__init__ = _patched"
+    ),
+}
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -77,7 +93,7 @@ class BenchOptions:
     progress: bool = True
     profile: str | None = None  # "pyinstrument": wraps the notifyd worker
     worker_log_level: str = "INFO"
-    worker_uvloop: bool = False  # experiment: run the worker on uvloop
+    worker_patches: tuple[str, ...] = ()  # experiments, see WORKER_PATCHES
     drain_timeout: float = 180.0
     workdir: Path | None = None
     quick: bool = False
@@ -100,6 +116,7 @@ class BenchOptions:
         d["out"] = str(self.out)
         d["workdir"] = str(self.workdir) if self.workdir else None
         d["rates"] = list(self.rates)
+        d["worker_patches"] = list(self.worker_patches)
         return d
 
 
@@ -157,6 +174,30 @@ def proc_cpu_s(pid: int | None) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_s(pid: int | None) -> dict[str, float] | None:
+    """CPU seconds of a process's main thread and of all its other threads (Faust
+    runs its aiokafka consumer in a thread of its own)."""
+    if pid is None:
+        return None
+    main = other = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if int(tid) == pid:
+            main += cpu
+        else:
+            other += cpu
+    return {"main_thread": round(main, 3), "other_threads": round(other, 3)}
 
 
 def proc_mem_mb(pid: int | None) -> tuple[float | None, float | None]:
@@ -221,7 +262,7 @@ class WorkerProc:
     datadir: Path
     web_port: int
     profile_out: Path | None = None
-    uvloop: bool = False
+    patches: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
 
@@ -238,13 +279,10 @@ class WorkerProc:
         return self.datadir / "worker.log"
 
     def command(self) -> list[str]:
-        if self.uvloop:
-            # Experiment: the same worker with uvloop as the event loop policy.
-            code = (
-                "import asyncio, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
-                "from notifyd.cli import main; main(['worker'])"
-            )
-            target = ["-c", code]
+        if self.patches:
+            # Experiments on the unmodified worker: patches applied before it starts.
+            code = "\n".join(WORKER_PATCHES[p] for p in self.patches)
+            target = ["-c", code + "\nfrom notifyd.cli import main\nmain(['worker'])\n"]
         else:
             target = ["-m", "notifyd", "worker"]
         if self.profile_out is not None:
@@ -460,6 +498,17 @@ class Sink:
             await self._runner.cleanup()
 
 
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    """Partitions of ``topic`` (a fresh client's metadata may not know it yet)."""
+    for _ in range(100):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions")
+
+
 async def _end_positioned_consumer(bootstrap: str, topic: str) -> Any:
     """A group-less consumer of every partition of ``topic``, positioned at its end."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -468,16 +517,11 @@ async def _end_positioned_consumer(bootstrap: str, topic: str) -> Any:
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
     )
     await consumer.start()
-    parts = consumer.partitions_for_topic(topic)
-    for _ in range(100):
-        if parts:
-            break
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic)
-        await asyncio.sleep(0.1)
-    if not parts:
+    try:
+        parts = await _partitions(consumer, topic)
+    except RuntimeError:
         await consumer.stop()
-        raise RuntimeError(f"topic {topic} has no partitions")
+        raise
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
@@ -518,18 +562,49 @@ class TopicTap:
             await self._consumer.stop()
 
 
-class SentCounter:
-    """Counts ``sent`` updates of one channel on ``notifyd.status``."""
+class StatusTracker:
+    """Follows ``notifyd.status``: counts in-app ``sent`` updates and splits latency
+    into stages with the worker's own timestamps — *ingest* (produce → the ingest agent
+    accepted the event) and, per channel, *send* (accepted → provider call done,
+    the ``latency_ms`` of the ``sent`` update)."""
 
-    def __init__(self, channel: str) -> None:
-        self.needle = b'"channel":"' + channel.encode() + b'","status":"sent"'
-        self.count = 0
-        self.last_at: float | None = None
+    def __init__(self) -> None:
+        self.inapp_sent = 0
+        self.last_inapp_at: float | None = None
+        #: event_id -> produce time, filled by the producer, popped here.
+        self.t0: dict[str, float] = {}
+        self._nid_run: dict[str, str] = {}
+        self.stages: dict[str, dict[str, list[float]]] = {}
+
+    def _stage(self, run: str, name: str) -> list[float]:
+        return self.stages.setdefault(run, {}).setdefault(name, [])
 
     def __call__(self, value: bytes, now: float) -> None:
-        if value and self.needle in value:
-            self.count += 1
-            self.last_at = now
+        try:
+            msg = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return
+        nid = msg.get("notification_id")
+        content = msg.get("content")
+        if content:
+            eid = str(content.get("event_id"))
+            run = eid.rsplit("-", 1)[0]
+            self._nid_run[nid] = run
+            t0 = self.t0.pop(eid, None)
+            if t0 is not None and isinstance(content.get("accepted_at"), int | float):
+                self._stage(run, "ingest").append((content["accepted_at"] - t0) * 1000.0)
+        for u in msg.get("updates") or ():
+            if u.get("status") != "sent":
+                continue
+            if u.get("channel") == "inapp":
+                self.inapp_sent += 1
+                self.last_inapp_at = now
+            run_of = self._nid_run.get(nid)
+            if run_of is not None and isinstance(u.get("latency_ms"), int | float):
+                self._stage(run_of, f"{u['channel']}_send").append(float(u["latency_ms"]))
+
+    def summary(self, run: str) -> dict[str, Any]:
+        return {k: latency_summary(v) for k, v in sorted(self.stages.get(run, {}).items())}
 
 
 # --------------------------------------------------------------------------------------
@@ -694,7 +769,7 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
 
 
 async def wait_group_caught_up(
-    bootstrap: str, group: str, topic: str, timeout: float, bar: Any = None
+    bootstrap: str, group: str, topic: str, at_least: int, timeout: float, bar: Any = None
 ) -> float:
     """Seconds until ``group``'s committed offsets reach the end of ``topic``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -706,10 +781,12 @@ async def wait_group_caught_up(
     await consumer.start()
     await admin.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        parts = await _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         end = await consumer.end_offsets(tps)
         target = sum(end.values())
+        if target < at_least:
+            raise RuntimeError(f"{topic} holds {target} records, expected {at_least}")
         shown = 0
         while time.monotonic() - t0 < timeout:
             offsets = await admin.list_consumer_group_offsets(group)
@@ -819,7 +896,7 @@ class Bench:
             datadir=datadir,
             web_port=port,
             profile_out=profile,
-            uvloop=self.opts.worker_uvloop,
+            patches=self.opts.worker_patches,
         )
 
     def pids(self, **more: int | None) -> dict[str, int | None]:
@@ -947,7 +1024,7 @@ class Bench:
             "channels": ["webhook", "inapp"],
             "store": "memory://",
             "worker_log_level": o.worker_log_level,
-            "worker_uvloop": o.worker_uvloop,
+            "worker_patches": list(o.worker_patches),
             "profiled": bool(o.profile),
             "latency": {},
         }
@@ -957,17 +1034,23 @@ class Bench:
             self.baseline_ready_s = out["ready_s"]
             out["preload_s"] = round(await self._preload(names.preferences, app_id), 2)
             out["worker_rss_after_preload_mb"] = proc_mem_mb(w.pid)[0]
-            inapp = SentCounter("inapp")
+            inapp = StatusTracker()
             tap = await TopicTap(self.bootstrap, names.status, inapp).start()
             users = [f"u{i}" for i in range(o.users)]
             try:
                 await self._events_run("warm", names.events, min(200, o.events), None, users, inapp)
                 meter = CpuMeter(self.pids(worker=w.pid)).start()
+                threads0 = thread_cpu_s(w.pid)
                 st, info = await self._events_run(
                     "tput", names.events, o.events, None, users, inapp
                 )
                 cpu = meter.stop()
-                end = max(st.last_at or 0.0, inapp.last_at or 0.0)
+                threads1 = thread_cpu_s(w.pid)
+                if threads0 and threads1:
+                    cpu["worker_threads"] = {
+                        k: round(threads1[k] - threads0[k], 3) for k in threads0
+                    }
+                end = max(st.last_at or 0.0, inapp.last_inapp_at or 0.0)
                 secs = end - info["t_first"]
                 out["throughput"] = {
                     "events": o.events,
@@ -979,6 +1062,7 @@ class Bench:
                     "cpu_s": cpu,
                     "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
                     "e2e_during_burst": latency_summary(st.latencies_ms),
+                    "stages": info["stages"],
                 }
                 self.progress.note(
                     f"notifyd throughput: {out['throughput']['events_per_s']} events/s"
@@ -994,6 +1078,7 @@ class Bench:
                         received=st.received,
                         lost=total - st.received,
                         inapp_sent=info["inapp"],
+                        stages=info["stages"],
                         achieved_rate=rate(st.received - 1, secs) if st.received > 1 else None,
                         e2e=latency_summary(st.latencies_ms),
                         e2e_hist=log_histogram(st.latencies_ms),
@@ -1039,7 +1124,9 @@ class Bench:
         with self.progress.bar(o.users, "preload users") as bar:
             await produce_fast(self.producer, topic, o.users, make, bar)
         with self.progress.bar(o.users, "worker loads users") as bar:
-            await wait_group_caught_up(self.bootstrap, group, topic, o.drain_timeout * 2, bar)
+            await wait_group_caught_up(
+                self.bootstrap, group, topic, o.users, o.drain_timeout * 2, bar
+            )
         return time.monotonic() - t0
 
     async def _events_run(
@@ -1049,14 +1136,15 @@ class Bench:
         n: int,
         rate_per_s: float | None,
         users: list[str],
-        inapp: SentCounter,
+        inapp: StatusTracker,
     ) -> tuple[RunStats, dict[str, Any]]:
         run_id = f"nd-{run}-{self.tag}"
         st = self.collector.expect("sink", run_id, n)
-        inapp_base = inapp.count
+        inapp_base = inapp.inapp_sent
 
         def make(i: int) -> tuple[bytes, bytes]:
             u = self.rng.choice(users)
+            inapp.t0[f"{run_id}-{i}"] = time.time()
             return u.encode(), _event(run_id, i, u)
 
         info: dict[str, Any] = {}
@@ -1068,9 +1156,10 @@ class Bench:
             else:
                 info["paced"] = await produce_paced(self.producer, topic, rate_per_s, n, make, bar)
             ok = await wait_done(
-                [st], self.opts.drain_timeout, None, lambda: inapp.count - inapp_base >= n
+                [st], self.opts.drain_timeout, None, lambda: inapp.inapp_sent - inapp_base >= n
             )
-        info["inapp"] = inapp.count - inapp_base
+        info["inapp"] = inapp.inapp_sent - inapp_base
+        info["stages"] = inapp.summary(run_id)
         if not ok:
             self.progress.note(
                 f"notifyd {run}: {st.received}/{n} webhooks, {info['inapp']}/{n} in-app "
@@ -1154,7 +1243,7 @@ class Bench:
             w.stop(120)
         # The same worker again, with its RocksDB data dir: only the changelog tail.
         w2 = WorkerProc(
-            env=w.env, datadir=w.datadir, web_port=w.web_port, uvloop=self.opts.worker_uvloop
+            env=w.env, datadir=w.datadir, web_port=w.web_port, patches=self.opts.worker_patches
         )
         w2.start()
         try:
@@ -1310,7 +1399,17 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         runner = uvloop.run  # type: ignore[assignment]
     except ImportError:
         pass
-    result = runner(Bench(opts).run())
+
+    async def main() -> dict[str, Any]:
+        # SIGTERM/SIGINT cancel the run, so the broker and workers are stopped.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+        return await Bench(opts).run()
+
+    result = runner(main())
     print(format_summary(result))
     print(f"\nwritten: {result['artifacts']}")
     return result

@@ -340,7 +340,13 @@ def _now() -> float:
 )
 @click.option("--profile", type=click.Choice(["pyinstrument"]), help="Profile the worker")
 @click.option("--worker-log-level", default="INFO", show_default=True)
-@click.option("--worker-uvloop", is_flag=True, help="Experiment: run the worker on uvloop")
+@click.option(
+    "--worker-patch",
+    "worker_patches",
+    multiple=True,
+    type=click.Choice(["uvloop", "fetch-wait-10ms"]),
+    help="Experiment: patch the worker at start (repeatable; see notifyd.bench)",
+)
 @click.option("--workdir", type=click.Path(path_type=Path), help="Keep broker/worker data here")
 @click.option("--no-progress", is_flag=True, help="No progress bars")
 def bench(**kw: Any) -> None:
@@ -366,7 +372,7 @@ def bench(**kw: Any) -> None:
         out=kw["out"],
         profile=kw["profile"],
         worker_log_level=kw["worker_log_level"],
-        worker_uvloop=kw["worker_uvloop"],
+        worker_patches=tuple(kw["worker_patches"]),
         workdir=kw["workdir"],
         progress=not kw["no_progress"],
         **values,
