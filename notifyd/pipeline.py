@@ -22,6 +22,7 @@ from faust.types import EventT
 from . import clock
 from .app import settings
 from .errors import DeliveryError, InvalidEvent
+from .metrics import metrics
 from .providers.base import Provider
 from .records import Delivery, Event, dumps, loads, parse_event
 from .rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
@@ -81,6 +82,7 @@ async def dead_letter(ev: EventT[Any], raw: bytes | None, reason: str) -> None:
         ("notifyd-failed-at", str(clock.now()).encode()),
     ]
     await events_dlq_topic.send(key=msg.key, value=raw if raw is not None else b"", headers=headers)
+    metrics.event_dead_lettered(reason, events_dlq_topic.get_topic_name())
     log.warning("event.dead_lettered", reason=reason)
 
 
@@ -92,6 +94,7 @@ async def dead_letter(ev: EventT[Any], raw: bytes | None, reason: str) -> None:
 async def handle_event(ev: EventT[Any]) -> None:
     msg = ev.message
     raw: bytes | None = ev.value
+    metrics.event_received(msg.topic)
     try:
         event = parse_event(raw, settings.max_event_bytes)
     except InvalidEvent as exc:
@@ -208,6 +211,7 @@ async def process_event(
             "accepted_at": now,
         },
     )
+    metrics.event_accepted()
     log.info(
         "event.accepted",
         decisions={d.channel: d.action for d in decisions},
@@ -221,6 +225,7 @@ async def publish_status(
     if content is not None:
         value["content"] = content
     await status_topic.send(key=nid.encode(), value=dumps(value))
+    metrics.status_updates(updates)
 
 
 # --------------------------------------------------------------------------------------
@@ -302,6 +307,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
             return
         log.info("delivery.redriven", previous=done["s"])
     started = time.monotonic()
+    metrics.delivery_attempted(delivery)
     try:
         provider.check(delivery)
         receipt = await provider.send(delivery)
@@ -317,6 +323,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
         )
         return
     now = clock.now()
+    metrics.delivery_sent(delivery)
     _mark(key, "sent", partition)
     update: dict[str, Any] = {
         "channel": delivery.channel,
@@ -355,6 +362,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
                 ("notifyd-attempts", str(delivery.attempt).encode()),
             ],
         )
+        metrics.delivery_dead(deliveries_dlq_topic.get_topic_name())
         log.warning("delivery.dead", reason=err.reason)
         return
     delay = backoff(delivery.attempt, err.retry_after)

@@ -662,6 +662,33 @@ async def admin_dlq(call: Call) -> web.StreamResponse:
     return json_response({"topic": topic, "items": items})
 
 
+@registry.route(
+    "POST", "/api/v1/admin/dlq/redrive", summary="Re-drive dead letters", auth="operator",
+    tags=("admin",), body=ref("RedriveRequest"), errors=(503,),
+    description="Once the cause is fixed: dead deliveries go back to their channel with a "
+    "fresh attempt count (a delivery meanwhile sent is not sent again); dead events go back "
+    "to the events topic with their original bytes. Give `notification_ids` or `all: true`.",
+    responses={200: Resp("What was re-driven", ref("RedriveResult"))},
+)
+async def admin_dlq_redrive(call: Call) -> web.StreamResponse:
+    from ..redrive import redrive
+
+    body = call.body
+    wanted = [n.encode() for n in body.get("notification_ids") or []]
+    if not wanted and not body.get("all"):
+        raise BadRequest("give notification_ids or all: true", code="missing_field")
+
+    def select(rec: Any) -> bool:
+        return bool(body.get("all")) or any(n in (rec.value or b"") for n in wanted)
+
+    try:
+        result = await redrive(settings, body["topic"], select)
+    except Exception as exc:  # broker unreachable
+        raise ServiceUnavailable(f"re-drive failed: {type(exc).__name__}: {exc}",
+                                 code="broker_unavailable") from exc
+    return json_response(result.to_dict())
+
+
 # --- the document and the UI -------------------------------------------------------------
 
 

@@ -309,6 +309,31 @@ SCHEMAS: dict[str, Schema] = {
             "value_base64": {"type": "boolean", "description": "value is base64 (not UTF-8)"},
         },
     },
+    "RedriveRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["topic"],
+        "properties": {
+            "topic": {"type": "string", "enum": ["events", "deliveries"]},
+            "notification_ids": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 200},
+                "maxItems": 1000,
+                "description": "re-drive only the dead letters of these notifications",
+            },
+            "all": {"type": "boolean", "description": "re-drive every dead letter"},
+        },
+    },
+    "RedriveResult": {
+        "type": "object",
+        "required": ["scanned", "redriven", "skipped", "ids"],
+        "properties": {
+            "scanned": {"type": "integer"},
+            "redriven": {"type": "integer"},
+            "skipped": {"type": "integer"},
+            "ids": {"type": "array", "items": {"type": "string"}},
+        },
+    },
     "DeadLetterPage": {
         "type": "object",
         "required": ["topic", "items"],

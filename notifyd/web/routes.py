@@ -59,6 +59,13 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
             )
         return json_response(body)
 
+    @routes.get("/metrics")
+    async def metrics_view(request: web.Request) -> web.Response:
+        from ..metrics import CONTENT_TYPE, metrics
+
+        await metrics.refresh(app, dlq_topics=(names.events_dlq, names.deliveries_dlq))
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
     @routes.get("/api/v1/admin/tables/{table}/{key}")
     async def table_get(request: web.Request) -> web.Response:
         from ..tables import TABLES
@@ -101,6 +108,26 @@ def setup(app: faust.App) -> None:
 
     install(app, webapp)
     webapp.add_routes(make_handlers(app))
+    from ..metrics import metrics
     from .api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
+    from .api import registry as api_registry
 
+    metrics.bind(app)
+    _document_metrics(api_registry)
     webapp.add_routes(make_api_routes(app))
+
+
+def _document_metrics(registry: Any) -> None:
+    """Declare ``GET /metrics`` (handled above) in the OpenAPI registry, once."""
+    from .openapi import Resp
+
+    if any(ep.path == "/metrics" for ep in registry.endpoints):
+        return
+    registry.document(
+        "GET", "/metrics", summary="Prometheus metrics", auth="public", tags=("operations",),
+        operation_id="metrics",
+        description="Prometheus text format 0.0.4: events, deliveries per channel and "
+        "status, end-to-end latency, consumer lag per partition, DLQ sizes, table sizes.",
+        responses={200: Resp("Metrics", {"type": "string"},
+                             content_type="text/plain; version=0.0.4")},
+    )

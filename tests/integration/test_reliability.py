@@ -287,12 +287,16 @@ async def test_dead_letter_redriven_after_fix(stack: Stack, tmp_path: Path) -> N
         lambda: stack.worker.table("status", nid)["channels"]["sms"]["status"] == "sent",
         timeout=30, what="sent after re-drive",
     )
-    # A second re-drive does not send it again: the ledger says sent.
-    subprocess.run(
-        [sys.executable, "-m", "notifyd", "dlq", "redrive", "--topic", "deliveries",
-         "--notification-id", nid], env=env, capture_output=True, text=True, timeout=60,
-        check=True,
+    # A second re-drive, through the operator API, does not send it again: the ledger
+    # says sent.
+    code, body = http_json(
+        "POST", f"{stack.worker.url}/api/v1/admin/dlq/redrive",
+        {"topic": "deliveries", "notification_ids": [nid]}, stack.worker.op_headers,
     )
+    assert code == 200 and body["redriven"] == 1, body
+    code, body = http_json("POST", f"{stack.worker.url}/api/v1/admin/dlq/redrive",
+                           {"topic": "deliveries"}, stack.worker.op_headers)
+    assert code == 400 and body["code"] == "missing_field"
     marker = new_id("evt")
     await stack.send_events({"event_id": marker, "user_id": user, "title": "m", "body": "m",
                              "channels": ["sms"]})

@@ -1,0 +1,368 @@
+"""Prometheus metrics of a worker, served as ``GET /metrics`` (text format 0.0.4).
+
+Everything lives on one :class:`Metrics` object with its own
+:class:`~prometheus_client.CollectorRegistry` (never the process-global default), so
+tests can build as many as they like and nothing else in the process leaks in.
+
+Two kinds of metrics:
+
+* **Counters and a histogram** moved by the pipeline as it works (one-line calls in
+  :mod:`notifyd.pipeline`): events received per topic, accepted, dead-lettered per
+  reason code; delivery transitions per channel and status (``queued``, ``sent``,
+  ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
+  retries; end-to-end latency per channel, from the producer's Kafka timestamp
+  (else the moment notifyd accepted the event) to the provider's success.
+* **Gauges read when scraped** (:meth:`Metrics.refresh`): consumer lag per assigned
+  partition (the consumer's highwater minus its position), dead letters held by the
+  two DLQ topics (end minus earliest offsets, cached), table sizes (local data of
+  each table, cached) and a few counters of Faust's own monitor (``app.monitor``).
+
+Label values are bounded: channels and statuses come from fixed lists, a
+dead-letter reason is reduced to its code (``"invalid_json: ..."`` → ``invalid_json``),
+topics are notifyd's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import clock
+from .records import STATUSES, Delivery
+
+log = structlog.stdlib.get_logger("notifyd.metrics")
+
+#: The Prometheus text exposition format ``generate_latest`` writes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NAMESPACE = "notifyd"
+#: End-to-end latency buckets (seconds): sub-second deliveries up to quiet-hour deferrals.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 900.0, 3600.0, 6 * 3600.0, 24 * 3600.0,
+)
+_REASON_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+#: Scrape-time values are recomputed at most this often (seconds).
+LAG_TTL_S = 2.0
+DLQ_TTL_S = 15.0
+TABLES_TTL_S = 15.0
+#: A scrape never waits longer than this for the broker (stale values are kept).
+REFRESH_TIMEOUT_S = 5.0
+
+
+def reason_code(reason: str) -> str:
+    """The code of a ``"<code>: <detail>"`` reason, ``other`` if it has none."""
+    code = reason.split(":", 1)[0].strip().lower()
+    return code if _REASON_CODE_RE.match(code) else "other"
+
+
+def e2e_latency_s(delivery: Delivery, now: float | None = None) -> float:
+    """Seconds from the producer's write (else notifyd's acceptance) to now.
+
+    ``produced_at`` is a Kafka timestamp (real time); ``accepted_at`` was read from
+    :func:`notifyd.clock.now`, which a simulation may shift, so each is compared
+    with the clock it came from.
+    """
+    if delivery.produced_at:
+        start, current = delivery.produced_at, time.time() if now is None else now
+    else:
+        start, current = delivery.accepted_at, clock.now() if now is None else now
+    return max(0.0, current - start)
+
+
+@dataclass
+class Snapshot:
+    """Scrape-time values, refreshed by :meth:`Metrics.refresh` (None: never read)."""
+
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    lag_at: float = 0.0
+    dlq: dict[str, int] | None = None
+    dlq_at: float = 0.0
+    tables: dict[str, int] = field(default_factory=dict)
+    tables_at: float = 0.0
+
+
+class _ScrapeCollector(Collector):
+    """Yields the gauges of the last :class:`Snapshot` and Faust's monitor counters."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._owner.snapshot
+        lag = GaugeMetricFamily(
+            f"{NAMESPACE}_consumer_lag",
+            "Messages behind the end of each partition this worker consumes "
+            "(highwater minus position)",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), value in sorted(snap.lag.items()):
+            lag.add_metric([topic, str(partition)], value)
+        yield lag
+        total = GaugeMetricFamily(
+            f"{NAMESPACE}_consumer_lag_total", "Sum of consumer lag over assigned partitions"
+        )
+        total.add_metric([], sum(snap.lag.values()))
+        yield total
+        dlq = GaugeMetricFamily(
+            f"{NAMESPACE}_dlq_messages",
+            "Dead letters held by a DLQ topic (end minus earliest offsets, all partitions)",
+            labels=["topic"],
+        )
+        for topic, value in sorted((snap.dlq or {}).items()):
+            dlq.add_metric([topic], value)
+        yield dlq
+        tables = GaugeMetricFamily(
+            f"{NAMESPACE}_table_keys",
+            "Keys in this worker's local data of each table (active partitions)",
+            labels=["table"],
+        )
+        for name, value in sorted(snap.tables.items()):
+            tables.add_metric([name], value)
+        yield tables
+        yield from self._owner.monitor_metrics()
+
+
+class Metrics:
+    """The worker's metrics on a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_received = Counter(
+            "events_received", "Events read from an input topic", ["topic"],
+            namespace=NAMESPACE, registry=r,
+        )
+        self.events_accepted = Counter(
+            "events_accepted", "Events validated and fanned out to the channels",
+            namespace=NAMESPACE, registry=r,
+        )
+        self.events_dead_lettered = Counter(
+            "events_dead_lettered",
+            "Records sent to the events DLQ (invalid events and preferences), by reason code",
+            ["reason"], namespace=NAMESPACE, registry=r,
+        )
+        self.deliveries = Counter(
+            "deliveries",
+            "Delivery state transitions published, by channel and status",
+            ["channel", "status"], namespace=NAMESPACE, registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "delivery_attempts", "Provider calls made, by channel",
+            ["channel"], namespace=NAMESPACE, registry=r,
+        )
+        self.delivery_retries = Counter(
+            "delivery_retries", "Provider calls that were a retry (attempt > 1), by channel",
+            ["channel"], namespace=NAMESPACE, registry=r,
+        )
+        self.dead_letters_produced = Counter(
+            "dead_letters_produced", "Dead letters this worker wrote, by DLQ topic",
+            ["topic"], namespace=NAMESPACE, registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "delivery_latency_seconds",
+            "End to end: producer timestamp (else acceptance) to provider success",
+            ["channel"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=r,
+        )
+        self.snapshot = Snapshot()
+        self.app: Any = None
+        self._refresh_lock = asyncio.Lock()
+        r.register(_ScrapeCollector(self))
+
+    # --- pipeline hooks (cheap, never raise) ----------------------------------------
+
+    def event_received(self, topic: str) -> None:
+        self.events_received.labels(topic).inc()
+
+    def event_accepted(self) -> None:
+        self.events_accepted.inc()
+
+    def event_dead_lettered(self, reason: str, topic: str | None = None) -> None:
+        self.events_dead_lettered.labels(reason_code(reason)).inc()
+        if topic is not None:
+            self.dead_letters_produced.labels(topic).inc()
+
+    def status_updates(self, updates: Iterable[Mapping[str, Any]]) -> None:
+        """Count each published ``{"channel", "status"}`` transition."""
+        for u in updates:
+            st = u.get("status")
+            if st in STATUSES:
+                self.deliveries.labels(str(u.get("channel")), st).inc()
+
+    def delivery_attempted(self, delivery: Delivery) -> None:
+        self.delivery_attempts.labels(delivery.channel).inc()
+        if delivery.attempt > 1:
+            self.delivery_retries.labels(delivery.channel).inc()
+
+    def delivery_sent(self, delivery: Delivery) -> None:
+        self.delivery_latency.labels(delivery.channel).observe(e2e_latency_s(delivery))
+
+    def delivery_dead(self, topic: str) -> None:
+        self.dead_letters_produced.labels(topic).inc()
+
+    # --- scrape -----------------------------------------------------------------------
+
+    def bind(self, app: Any) -> None:
+        """Read lag, DLQ size, tables and Faust's monitor from this app when scraped."""
+        self.app = app
+
+    def monitor_metrics(self) -> Iterator[Metric]:
+        """Counters of Faust's own sensor (``app.monitor``), if an app is bound."""
+        monitor = getattr(self.app, "monitor", None) if self.app is not None else None
+        if monitor is None:
+            return
+        try:
+            received = CounterMetricFamily(
+                f"{NAMESPACE}_faust_messages_received",
+                "Messages the Faust consumer received, by topic", labels=["topic"],
+            )
+            for topic, n in sorted(dict(monitor.messages_received_by_topic or {}).items()):
+                received.add_metric([str(topic)], n)
+            sent = CounterMetricFamily(
+                f"{NAMESPACE}_faust_messages_sent",
+                "Messages the Faust producer sent, by topic", labels=["topic"],
+            )
+            for topic, n in sorted(dict(monitor.messages_sent_by_topic or {}).items()):
+                sent.add_metric([str(topic)], n)
+            events = CounterMetricFamily(
+                f"{NAMESPACE}_faust_events", "Stream events processed by Faust agents"
+            )
+            events.add_metric([], monitor.events_total)
+            rebalances = CounterMetricFamily(
+                f"{NAMESPACE}_faust_rebalances", "Consumer group rebalances seen"
+            )
+            rebalances.add_metric([], getattr(monitor, "rebalances", 0) or 0)
+            active = GaugeMetricFamily(
+                f"{NAMESPACE}_faust_events_active", "Stream events being processed now"
+            )
+            active.add_metric([], monitor.events_active)
+            runtime = GaugeMetricFamily(
+                f"{NAMESPACE}_faust_event_runtime_avg_seconds",
+                "Median processing time of recent stream events",
+            )
+            runtime.add_metric([], float(monitor.events_runtime_avg or 0.0))
+        except Exception:  # a Faust upgrade must not break the whole scrape
+            log.exception("metrics.monitor_failed")
+            return
+        yield from (received, sent, events, rebalances, active, runtime)
+
+    async def refresh(self, app: Any = None, *, dlq_topics: Iterable[str] = ()) -> None:
+        """Update the scrape-time gauges that are due (each has its own TTL)."""
+        app = app if app is not None else self.app
+        if app is None:
+            return
+        async with self._refresh_lock:  # concurrent scrapes share one refresh
+            now = time.monotonic()
+            snap = self.snapshot
+            jobs = []
+            if now - snap.lag_at >= LAG_TTL_S:
+                jobs.append(self._refresh_lag(app))
+            if now - snap.dlq_at >= DLQ_TTL_S and dlq_topics:
+                jobs.append(self._refresh_dlq(app, tuple(dlq_topics)))
+            if now - snap.tables_at >= TABLES_TTL_S:
+                jobs.append(self._refresh_tables(app))
+            if jobs:
+                await asyncio.gather(*jobs)
+
+    async def _refresh_lag(self, app: Any) -> None:
+        try:
+            self.snapshot.lag = await asyncio.wait_for(consumer_lag(app), REFRESH_TIMEOUT_S)
+        except Exception as exc:  # keep the last values; the scrape still answers
+            log.warning("metrics.lag_failed", error=f"{type(exc).__name__}: {exc}")
+        self.snapshot.lag_at = time.monotonic()
+
+    async def _refresh_dlq(self, app: Any, topics: tuple[str, ...]) -> None:
+        try:
+            self.snapshot.dlq = await asyncio.wait_for(
+                topic_sizes(app, topics), REFRESH_TIMEOUT_S
+            )
+        except Exception as exc:
+            log.warning("metrics.dlq_failed", error=f"{type(exc).__name__}: {exc}")
+        self.snapshot.dlq_at = time.monotonic()
+
+    async def _refresh_tables(self, app: Any) -> None:
+        try:
+            self.snapshot.tables = await table_sizes(app)
+        except Exception as exc:
+            log.warning("metrics.tables_failed", error=f"{type(exc).__name__}: {exc}")
+        self.snapshot.tables_at = time.monotonic()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# --- scrape-time readers ----------------------------------------------------------------
+
+
+def _is_changelog(topic: str) -> bool:
+    # Changelog partitions are read during recovery (and by standbys) only; their
+    # "lag" would be meaningless for an active table.
+    return topic.endswith("-changelog")
+
+
+async def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> highwater - position`` for the consumer's stream partitions.
+
+    Uses Faust's consumer (``app.consumer``): its assignment, the broker highwater it
+    tracks from fetch responses and the position of each partition.
+    """
+    consumer = app.consumer
+    assigned = [tp for tp in consumer.assignment() if not _is_changelog(tp.topic)]
+    if not assigned:
+        return {}
+    positions = await asyncio.gather(
+        *(consumer.position(tp) for tp in assigned), return_exceptions=True
+    )
+    out: dict[tuple[str, int], int] = {}
+    for tp, pos in zip(assigned, positions, strict=True):
+        if isinstance(pos, BaseException) or pos is None:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:
+            continue
+        if high is None:
+            continue
+        out[(tp.topic, tp.partition)] = max(0, int(high) - int(pos))
+    return out
+
+
+async def topic_sizes(app: Any, topics: Iterable[str]) -> dict[str, int]:
+    """Messages held per topic: sum over partitions of end minus earliest offset."""
+    from faust.types import TP
+
+    consumer = app.consumer
+    out: dict[str, int] = {}
+    for topic in topics:
+        n = consumer.topic_partitions(topic) or app.conf.topic_partitions
+        tps = [TP(topic, p) for p in range(int(n))]
+        ends = await consumer.highwaters(*tps)
+        starts = await consumer.earliest_offsets(*tps)
+        out[topic] = sum(
+            max(0, int(ends.get(tp) or 0) - int(starts.get(tp) or 0)) for tp in tps
+        )
+    return out
+
+
+async def table_sizes(app: Any) -> dict[str, int]:
+    """Keys of each table in this worker's local store (RocksDB is counted off the loop)."""
+    out: dict[str, int] = {}
+    for name, table in app.tables.items():
+        data = table.data
+        if isinstance(data, dict) or type(data).__module__.endswith("memory"):
+            out[str(name)] = len(data)
+        else:
+            out[str(name)] = await asyncio.to_thread(len, data)
+    return out
+
+
+#: The process-wide metrics of a worker.
+metrics = Metrics()
