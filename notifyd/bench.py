@@ -994,8 +994,8 @@ class Bench:
         with self.progress.bar(total, f"floor @{r}/s") as bar:
             res = await produce_paced(self.producer, topic, r, total, make, bar)
             await wait_done([st_in, st_out], self.opts.drain_timeout)
-        self.samples["floor"][f"{r} single-hop"] = st_in.latencies_ms
-        self.samples["floor"][f"{r} passthrough"] = st_out.latencies_ms
+        self.samples["floor"][f"{r}/s single-hop"] = st_in.latencies_ms
+        self.samples["floor"][f"{r}/s passthrough"] = st_out.latencies_ms
         res.update(
             received=st_out.received,
             lost=total - st_out.received,
@@ -1089,7 +1089,7 @@ class Bench:
                     res["saturated"] = bool(
                         res["achieved_rate"] is not None and res["achieved_rate"] < 0.95 * r
                     )
-                    self.samples["notifyd"][f"{r} e2e"] = st.latencies_ms
+                    self.samples["notifyd"][f"{r}/s e2e"] = st.latencies_ms
                     out["latency"][str(r)] = res
                     self.progress.note(
                         f"notifyd @{r}/s: e2e p50 {res['e2e']['p50']} p99 {res['e2e']['p99']} ms"
@@ -1222,6 +1222,7 @@ class Bench:
                 peak = max(peak, rss)
                 await asyncio.sleep(0.5)
             ready = ready_task.result()
+            out["recovery_worker_cpu_s"] = proc_cpu_s(w.pid)  # since its start
             out["recovery_s"] = round(ready, 2)
             out["baseline_ready_s"] = self.baseline_ready_s
             out["recovery_records_per_s"] = rate(
@@ -1344,7 +1345,7 @@ def write_histograms(
                     bins=bins,
                     histtype="step",
                     linewidth=1.4,
-                    label=f"{label}/s… p99 {p99:.1f} ms".replace("/s…", "/s"),
+                    label=f"{label} · p99 {p99:,.1f} ms",
                 )
         ax.set_xscale("log")
         ax.set_xlabel("latency (ms, log scale)")

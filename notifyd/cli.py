@@ -380,5 +380,10 @@ def bench(**kw: Any) -> None:
     run_bench(opts)
 
 
+# Operator commands (prefs, user, token) live in their own module.
+from .cli_admin import register  # noqa: E402
+
+register(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

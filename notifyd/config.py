@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     push_api_url: str = "http://127.0.0.1:8025/v1/push"
     push_api_token: SecretStr = SecretStr("")
     webhook_secret: SecretStr = SecretStr("")
+    #: Deliver push notifications to users' ``apprise_urls`` too (notifyd.providers.apprise).
+    apprise_enabled: bool = True
+    #: Comma-separated Apprise services users may name (e.g. ``json,form,mailto``); empty: all.
+    apprise_schemes: str = ""
+    apprise_timeout_s: float = Field(default=10.0, gt=0)
     http_timeout_s: float = Field(default=10.0, gt=0)
 
     # --- logging ------------------------------------------------------------------------

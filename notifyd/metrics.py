@@ -83,6 +83,7 @@ class Snapshot:
     """Scrape-time values, refreshed by :meth:`Metrics.refresh` (None: never read)."""
 
     lag: dict[tuple[str, int], int] = field(default_factory=dict)
+    commit_lag: dict[tuple[str, int], int] = field(default_factory=dict)
     lag_at: float = 0.0
     dlq: dict[str, int] | None = None
     dlq_at: float = 0.0
@@ -112,6 +113,15 @@ class _ScrapeCollector(Collector):
         )
         total.add_metric([], sum(snap.lag.values()))
         yield total
+        commit_lag = GaugeMetricFamily(
+            f"{NAMESPACE}_consumer_commit_lag",
+            "Messages not yet processed and committed (highwater minus the offset this "
+            "worker last committed), per partition it committed since it started",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), value in sorted(snap.commit_lag.items()):
+            commit_lag.add_metric([topic, str(partition)], value)
+        yield commit_lag
         dlq = GaugeMetricFamily(
             f"{NAMESPACE}_dlq_messages",
             "Dead letters held by a DLQ topic (end minus earliest offsets, all partitions)",
@@ -174,6 +184,8 @@ class Metrics:
         )
         self.snapshot = Snapshot()
         self.app: Any = None
+        #: A group-less consumer asking the broker for DLQ offsets (started when needed).
+        self._offsets: Any = None
         self._refresh_lock = asyncio.Lock()
         r.register(_ScrapeCollector(self))
 
@@ -254,8 +266,17 @@ class Metrics:
             return
         yield from (received, sent, events, rebalances, active, runtime)
 
-    async def refresh(self, app: Any = None, *, dlq_topics: Iterable[str] = ()) -> None:
-        """Update the scrape-time gauges that are due (each has its own TTL)."""
+    async def refresh(
+        self,
+        app: Any = None,
+        *,
+        dlq_topics: Iterable[str] = (),
+        bootstrap: list[str] | str | None = None,
+    ) -> None:
+        """Update the scrape-time gauges that are due (each has its own TTL).
+
+        DLQ sizes are asked from the broker at ``bootstrap`` (skipped without one).
+        """
         app = app if app is not None else self.app
         if app is None:
             return
@@ -265,8 +286,8 @@ class Metrics:
             jobs = []
             if now - snap.lag_at >= LAG_TTL_S:
                 jobs.append(self._refresh_lag(app))
-            if now - snap.dlq_at >= DLQ_TTL_S and dlq_topics:
-                jobs.append(self._refresh_dlq(app, tuple(dlq_topics)))
+            if now - snap.dlq_at >= DLQ_TTL_S and dlq_topics and bootstrap:
+                jobs.append(self._refresh_dlq(bootstrap, tuple(dlq_topics)))
             if now - snap.tables_at >= TABLES_TTL_S:
                 jobs.append(self._refresh_tables(app))
             if jobs:
@@ -274,19 +295,31 @@ class Metrics:
 
     async def _refresh_lag(self, app: Any) -> None:
         try:
-            self.snapshot.lag = await asyncio.wait_for(consumer_lag(app), REFRESH_TIMEOUT_S)
+            lag, commit_lag = await asyncio.wait_for(consumer_lag(app), REFRESH_TIMEOUT_S)
+            self.snapshot.lag, self.snapshot.commit_lag = lag, commit_lag
         except Exception as exc:  # keep the last values; the scrape still answers
             log.warning("metrics.lag_failed", error=f"{type(exc).__name__}: {exc}")
         self.snapshot.lag_at = time.monotonic()
 
-    async def _refresh_dlq(self, app: Any, topics: tuple[str, ...]) -> None:
+    async def _refresh_dlq(self, bootstrap: list[str] | str, topics: tuple[str, ...]) -> None:
         try:
-            self.snapshot.dlq = await asyncio.wait_for(
-                topic_sizes(app, topics), REFRESH_TIMEOUT_S
-            )
+            async with asyncio.timeout(REFRESH_TIMEOUT_S):
+                if self._offsets is None:
+                    self._offsets = await start_offsets_client(bootstrap)
+                self.snapshot.dlq = await topic_sizes(self._offsets, topics)
         except Exception as exc:
             log.warning("metrics.dlq_failed", error=f"{type(exc).__name__}: {exc}")
+            await self.close()  # a fresh connection next time
         self.snapshot.dlq_at = time.monotonic()
+
+    async def close(self) -> None:
+        """Stop the broker client of the DLQ gauge (the web server's cleanup)."""
+        client, self._offsets = self._offsets, None
+        if client is not None:
+            try:
+                await client.stop()
+            except Exception:  # closing a broken connection
+                log.debug("metrics.close_failed", exc_info=True)
 
     async def _refresh_tables(self, app: Any) -> None:
         try:
@@ -308,20 +341,27 @@ def _is_changelog(topic: str) -> bool:
     return topic.endswith("-changelog")
 
 
-async def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
-    """``(topic, partition) -> highwater - position`` for the consumer's stream partitions.
+LagMap = dict[tuple[str, int], int]
+
+
+async def consumer_lag(app: Any) -> tuple[LagMap, LagMap]:
+    """Per ``(topic, partition)`` of the consumer's stream partitions: highwater minus
+    position, and highwater minus the last offset committed (where one was).
 
     Uses Faust's consumer (``app.consumer``): its assignment, the broker highwater it
-    tracks from fetch responses and the position of each partition.
+    tracks from fetch responses (known once a fetch answered for the partition) and
+    the fetch position; commits come from Faust's monitor (``tp_committed_offsets``).
     """
     consumer = app.consumer
     assigned = [tp for tp in consumer.assignment() if not _is_changelog(tp.topic)]
     if not assigned:
-        return {}
+        return {}, {}
     positions = await asyncio.gather(
         *(consumer.position(tp) for tp in assigned), return_exceptions=True
     )
-    out: dict[tuple[str, int], int] = {}
+    committed: Mapping[Any, int] = getattr(app.monitor, "tp_committed_offsets", None) or {}
+    out: LagMap = {}
+    commit_out: LagMap = {}
     for tp, pos in zip(assigned, positions, strict=True):
         if isinstance(pos, BaseException) or pos is None:
             continue
@@ -332,23 +372,46 @@ async def consumer_lag(app: Any) -> dict[tuple[str, int], int]:
         if high is None:
             continue
         out[(tp.topic, tp.partition)] = max(0, int(high) - int(pos))
-    return out
+        done = committed.get(tp)
+        if done is not None:
+            commit_out[(tp.topic, tp.partition)] = max(0, int(high) - int(done))
+    return out, commit_out
 
 
-async def topic_sizes(app: Any, topics: Iterable[str]) -> dict[str, int]:
-    """Messages held per topic: sum over partitions of end minus earliest offset."""
-    from faust.types import TP
+async def start_offsets_client(bootstrap: list[str] | str) -> Any:
+    """A consumer without a group: only asks for offsets, never joins or commits."""
+    from aiokafka import AIOKafkaConsumer
 
-    consumer = app.consumer
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="notifyd-metrics",
+        request_timeout_ms=int(REFRESH_TIMEOUT_S * 1000),
+    )
+    await consumer.start()
+    return consumer
+
+
+async def topic_sizes(consumer: Any, topics: Iterable[str]) -> dict[str, int]:
+    """Messages held per topic: sum over partitions of end minus earliest offset.
+
+    ``consumer`` is an aiokafka consumer (:func:`start_offsets_client`).  The
+    partitions come from the cluster's metadata (the consumer subscribes to nothing,
+    so its own view knows no topic); a missing topic counts 0.
+    """
+    from aiokafka import TopicPartition
+
+    cluster = await consumer._client.fetch_all_metadata()
     out: dict[str, int] = {}
     for topic in topics:
-        n = consumer.topic_partitions(topic) or app.conf.topic_partitions
-        tps = [TP(topic, p) for p in range(int(n))]
-        ends = await consumer.highwaters(*tps)
-        starts = await consumer.earliest_offsets(*tps)
-        out[topic] = sum(
-            max(0, int(ends.get(tp) or 0) - int(starts.get(tp) or 0)) for tp in tps
-        )
+        tps = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        if not tps:
+            out[topic] = 0
+            continue
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        out[topic] = sum(max(0, int(ends[tp]) - int(starts[tp])) for tp in tps)
     return out
 
 

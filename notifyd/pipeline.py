@@ -398,6 +398,9 @@ def deliver_inapp(delivery: Delivery) -> str:
     del items[settings.inbox_max_items :]
     box["unread"] = sum(1 for it in items if not it["read"] and not it["archived"])
     inbox[delivery.user_id] = box
+    from .web.realtime import hub  # live inbox streams (GET /api/v1/notifications/stream)
+
+    hub.publish(delivery.user_id, items[0], box["unread"])
     return delivery.notification_id
 
 

@@ -78,7 +78,8 @@ def _address(channel: str, prefs: dict[str, Any] | None) -> tuple[str | None, li
     if channel == "webhook":
         return prefs.get("webhook_url"), None
     if channel == "push":
-        tokens = list(prefs.get("push_tokens") or [])
+        # Apprise URLs are push targets too (notifyd.providers.apprise tells them apart).
+        tokens = list(prefs.get("push_tokens") or []) + list(prefs.get("apprise_urls") or [])
         return ("push" if tokens else None), tokens
     return None, None
 

@@ -32,9 +32,10 @@ def build_provider(channel: str, settings: Settings) -> Provider:
 
         return SmsProvider(settings)
     if channel == "push":
-        from .httpapi import PushProvider
+        # Device tokens to the push API, Apprise URLs through Apprise (see .apprise).
+        from .apprise import PushRouter
 
-        return PushProvider(settings)
+        return PushRouter.from_settings(settings)
     if channel == "webhook":
         from .webhook import WebhookProvider
 

@@ -331,9 +331,9 @@ async def logout(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "GET", "/api/v1/auth/login", summary="Start an OIDC login", auth="public",
-    tags=("auth",), errors=(503,),
+    tags=("auth",), errors=(404, 503),
     description="Redirects to the identity provider and sets a short-lived cookie "
-    "binding the login to this browser. 503 `oidc_not_configured` without a provider.",
+    "binding the login to this browser. 404 `oidc_not_configured` without a provider.",
     responses={
         302: Resp("To the provider's authorization endpoint",
                   headers={"Location": "provider authorize URL",
@@ -343,7 +343,9 @@ async def logout(call: Call) -> web.StreamResponse:
 async def oidc_login(call: Call) -> web.StreamResponse:
     oidc = services(call.request).oidc
     if oidc is None:
-        raise ServiceUnavailable("OIDC login is not configured", code="oidc_not_configured")
+        # 404, not 503: the deployment offers no OIDC login; nothing is broken.
+        raise NotFound("OIDC login is not configured on this server",
+                       code="oidc_not_configured")
     binding = secrets.token_urlsafe(32)
     url = await oidc.login_redirect(binding=binding)
     resp = web.Response(status=302, headers={"Location": url, **_NO_STORE})
@@ -364,7 +366,7 @@ _CALLBACK_PARAMS = (
 
 @registry.route(
     "GET", "/api/v1/auth/callback", summary="Finish an OIDC login", auth="public",
-    tags=("auth",), query=_CALLBACK_PARAMS, errors=(401, 503),
+    tags=("auth",), query=_CALLBACK_PARAMS, errors=(401, 404, 503),
     description="Verifies the login (state, PKCE, ID token), finds or creates the "
     "user, starts a browser session (cookie) and returns tokens. A provider `error` "
     "answers 401 `oidc_provider_error`.",
@@ -376,7 +378,9 @@ _CALLBACK_PARAMS = (
 async def oidc_callback(call: Call) -> web.StreamResponse:
     svc = services(call.request)
     if svc.oidc is None:
-        raise ServiceUnavailable("OIDC login is not configured", code="oidc_not_configured")
+        # 404, not 503: the deployment offers no OIDC login; nothing is broken.
+        raise NotFound("OIDC login is not configured on this server",
+                       code="oidc_not_configured")
     q = call.query
     if q.get("error"):
         desc = q.get("error_description")

@@ -47,7 +47,7 @@ PUBLIC_PATHS = frozenset(
         "/",
     }
 )
-PUBLIC_PREFIXES = ("/docs", "/static/")
+PUBLIC_PREFIXES = ("/docs", "/static/", "/console")
 
 
 @dataclass

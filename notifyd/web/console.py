@@ -14,9 +14,12 @@ other worker of the group and adds their numbers up (``scope=cluster``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +47,6 @@ _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
 #: The page and its assets may come from this daemon only (no CDN, no inline script).
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-#: Latency samples one worker hands over per channel for the cluster figures.
-MAX_SAMPLES = 2000
 #: A worker's local figures are reused for this long (the console polls every 2 s).
 CACHE_S = 1.0
 PEER_TIMEOUT_S = 3.0
@@ -98,6 +99,99 @@ async def console_asset(call: Call) -> web.StreamResponse:
 
 
 # --- the numbers -------------------------------------------------------------------------
+#
+# Rates and latencies come from the worker's Prometheus counters (notifyd.metrics):
+# a background task samples them every SAMPLE_S, and the figures of a window are the
+# difference between now and the sample taken ``window`` seconds ago (or the oldest
+# one, right after start).  Should the counters not be readable, the same figures are
+# computed from the status table instead.  Current state counts always come from the
+# status table (the notifications of this worker's partitions).
+
+#: Latency bucket upper bounds (seconds) when the metrics module has none.
+_FALLBACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                     60.0, 300.0, 900.0, 3600.0)
+SAMPLE_S = 5.0
+MAX_WINDOW_S = 900
+
+
+@dataclass
+class CounterSample:
+    """The worker's delivery counters at one moment (monotonic seconds)."""
+
+    at: float
+    counts: dict[tuple[str, str], float]  # (channel, status) -> transitions
+    buckets: dict[str, dict[float, float]]  # channel -> upper bound (s) -> cumulative
+    sums: dict[str, float]  # channel -> seconds
+
+
+def read_counters() -> CounterSample | None:
+    """The delivery counters of :mod:`notifyd.metrics`, or None if unreadable."""
+    try:
+        from ..metrics import metrics
+
+        counts: dict[tuple[str, str], float] = {}
+        for fam in metrics.deliveries.collect():
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    counts[(smp.labels["channel"], smp.labels["status"])] = smp.value
+        buckets: dict[str, dict[float, float]] = {}
+        sums: dict[str, float] = {}
+        for fam in metrics.delivery_latency.collect():
+            for smp in fam.samples:
+                ch = smp.labels.get("channel", "")
+                if smp.name.endswith("_bucket"):
+                    buckets.setdefault(ch, {})[float(smp.labels["le"])] = smp.value
+                elif smp.name.endswith("_sum"):
+                    sums[ch] = smp.value
+    except Exception:
+        log.debug("console.metrics_unreadable", exc_info=True)
+        return None
+    return CounterSample(time.monotonic(), counts, buckets, sums)
+
+
+class Sampler:
+    """A rolling history of :func:`read_counters`, one sample every ``SAMPLE_S``."""
+
+    def __init__(self, keep_s: float = MAX_WINDOW_S + 2 * SAMPLE_S) -> None:
+        self.samples: deque[CounterSample] = deque(maxlen=int(keep_s / SAMPLE_S) + 1)
+
+    def sample(self) -> CounterSample | None:
+        current = read_counters()
+        if current is not None:
+            self.samples.append(current)
+        return current
+
+    def baseline(self, now: float, window_s: float) -> CounterSample | None:
+        """The newest sample at least ``window_s`` old, else the oldest one."""
+        best = None
+        for smp in self.samples:
+            if now - smp.at >= window_s:
+                best = smp
+            else:
+                return best or smp
+        return best
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_S)
+
+
+sampler = Sampler()
+
+
+async def _sampling(webapp: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(sampler.run(), name="notifyd.console.sampler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def install(webapp: web.Application) -> None:
+    webapp.cleanup_ctx.append(_sampling)
 
 
 def _active_status_partitions() -> set[int]:
@@ -108,31 +202,55 @@ def _active_status_partitions() -> set[int]:
         return set()
 
 
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """Prometheus' estimate: linear within the bucket holding rank ``q``·count."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
         return None
-    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
-    return round(sorted_values[k], 3)
+    total = buckets[-1][1]
+    rank = q * total
+    lower, prev = 0.0, 0.0
+    for le, cum in buckets:
+        if cum >= rank and cum > prev:
+            if math.isinf(le):
+                return lower
+            return lower + (le - lower) * (rank - prev) / (cum - prev)
+        lower, prev = le, cum
+    return lower
 
 
-def _latency(samples: list[float]) -> dict[str, Any]:
-    s = sorted(samples)
+def _latency(buckets: dict[float, float], total_s: float) -> dict[str, Any]:
+    pairs = sorted(buckets.items())
+    count = pairs[-1][1] if pairs else 0
+
+    def ms(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 3)
+
     return {
-        "count": len(s),
-        "mean": round(sum(s) / len(s), 3) if s else None,
-        "p50": _percentile(s, 0.50),
-        "p95": _percentile(s, 0.95),
-        "p99": _percentile(s, 0.99),
-        "max": round(s[-1], 3) if s else None,
+        "count": int(count),
+        "mean": ms(total_s / count) if count else None,
+        "p50": ms(histogram_quantile(0.50, pairs)),
+        "p95": ms(histogram_quantile(0.95, pairs)),
+        "p99": ms(histogram_quantile(0.99, pairs)),
     }
+
+
+def _bucket_bounds() -> tuple[float, ...]:
+    try:
+        from ..metrics import LATENCY_BUCKETS
+
+        return (*LATENCY_BUCKETS, math.inf)
+    except Exception:
+        return (*_FALLBACK_BUCKETS, math.inf)
 
 
 def scan_status(
     docs: Any, partitions: set[int] | None, now: float, window_s: float
 ) -> dict[str, dict[str, Any]]:
-    """Per channel: current state counts, transitions within the window and the
-    latencies (accepted → sent, ms) of the notifications sent within it."""
+    """Per channel, from status documents: current state counts, transitions within
+    the window, and a latency histogram (accepted → sent) of those sent within it."""
     since = now - window_s
+    bounds = _bucket_bounds()
     out: dict[str, dict[str, Any]] = {}
     for doc in docs:
         if not isinstance(doc, dict):
@@ -141,19 +259,40 @@ def scan_status(
             continue
         for channel, entry in (doc.get("channels") or {}).items():
             ch = out.setdefault(channel, {"states": Counter(), "window": Counter(),
-                                          "samples": []})
+                                          "buckets": dict.fromkeys(bounds, 0.0),
+                                          "latency_sum_s": 0.0})
             ch["states"][str(entry.get("status"))] += 1
             for h in entry.get("history") or ():
                 if float(h.get("ts") or 0) >= since:
                     ch["window"][str(h.get("status"))] += 1
+            lat = entry.get("latency_ms")
             if (entry.get("status") == "sent" and float(entry.get("ts") or 0) >= since
-                    and isinstance(entry.get("latency_ms"), int | float)):
-                ch["samples"].append((float(entry["ts"]), float(entry["latency_ms"])))
+                    and isinstance(lat, int | float)):
+                ch["latency_sum_s"] += lat / 1000
+                for le in bounds:
+                    if lat / 1000 <= le:
+                        ch["buckets"][le] += 1
     for ch in out.values():
-        newest = sorted(ch["samples"], reverse=True)[:MAX_SAMPLES]
-        ch["samples"] = [lat for _, lat in newest]
         ch["states"] = dict(ch["states"])
         ch["window"] = dict(ch["window"])
+    return out
+
+
+def _from_counters(
+    current: CounterSample, base: CounterSample
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for (channel, st), value in current.counts.items():
+        delta = value - base.counts.get((channel, st), 0.0)
+        window = out.setdefault(channel, {}).setdefault("window", {})
+        if delta > 0:
+            window[st] = int(delta)
+    for channel, cum in current.buckets.items():
+        old = base.buckets.get(channel, {})
+        ch = out.setdefault(channel, {})
+        ch.setdefault("window", {})
+        ch["buckets"] = {le: v - old.get(le, 0.0) for le, v in cum.items()}
+        ch["latency_sum_s"] = current.sums.get(channel, 0.0) - base.sums.get(channel, 0.0)
     return out
 
 
@@ -161,18 +300,41 @@ _cache: dict[float, tuple[float, dict[str, Any]]] = {}
 
 
 def local_stats(window_s: float) -> dict[str, Any]:
+    """This worker's figures: JSON-safe, summable with other workers' (see summarize)."""
     hit = _cache.get(window_s)
     mono = time.monotonic()
     if hit is not None and mono - hit[0] < CACHE_S:
         return hit[1]
     partitions = _active_status_partitions()
     now = clock.now()
-    channels = scan_status(status.values(), partitions, now, window_s)
+    scanned = scan_status(status.values(), partitions, now, window_s)
+    current = read_counters()
+    base = sampler.baseline(mono, window_s) if current is not None else None
+    if current is not None and base is not None and current.at - base.at >= 1.0:
+        source, elapsed = "metrics", current.at - base.at
+        windowed = _from_counters(current, base)
+    else:
+        source, elapsed = "status_table", window_s
+        windowed = scanned
+    channels: dict[str, Any] = {}
+    for name in sorted(set(scanned) | set(windowed)):
+        w = windowed.get(name, {})
+        channels[name] = {
+            "states": scanned.get(name, {}).get("states", {}),
+            "window": w.get("window", {}),
+            "rate_per_s": round(w.get("window", {}).get("sent", 0) / elapsed, 3),
+            # JSON keys are strings: bounds as [[le, cumulative], ...] ("inf" for +Inf).
+            "buckets": [[le if math.isfinite(le) else "inf", v]
+                        for le, v in sorted(w.get("buckets", {}).items())],
+            "latency_sum_s": round(w.get("latency_sum_s", 0.0), 6),
+        }
     result = {
         "worker": str(app.conf.canonical_url),
         "partitions": sorted(partitions),
         "generated_at": now,
         "window_s": window_s,
+        "source": source,
+        "covered_s": round(elapsed, 3),
         "channels": channels,
         "realtime": realtime.hub.stats(),
     }
@@ -185,32 +347,40 @@ def summarize(workers: list[dict[str, Any]], window_s: float) -> dict[str, Any]:
     """Add up the local figures of ``workers`` (those without an ``error``)."""
     states: dict[str, Counter[str]] = {}
     window: dict[str, Counter[str]] = {}
-    samples: dict[str, list[float]] = {}
+    rate: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    sums: dict[str, float] = {}
     for w in workers:
         for name, ch in (w.get("channels") or {}).items():
             states.setdefault(name, Counter()).update(ch.get("states") or {})
             window.setdefault(name, Counter()).update(ch.get("window") or {})
-            samples.setdefault(name, []).extend(ch.get("samples") or ())
+            rate[name] = rate.get(name, 0.0) + float(ch.get("rate_per_s") or 0)
+            b = buckets.setdefault(name, {})
+            for le, v in ch.get("buckets") or ():
+                key = math.inf if le == "inf" else float(le)
+                b[key] = b.get(key, 0.0) + float(v)
+            sums[name] = sums.get(name, 0.0) + float(ch.get("latency_sum_s") or 0)
     channels: dict[str, Any] = {}
-    total_sent = total_failed = 0
+    all_buckets: dict[float, float] = {}
+    sent = failed = 0
     for name in sorted(states):
-        sent = window[name].get("sent", 0)
-        failed = window[name].get("failed", 0) + window[name].get("dead", 0)
-        total_sent += sent
-        total_failed += failed
+        sent += window[name].get("sent", 0)
+        failed += window[name].get("failed", 0) + window[name].get("dead", 0)
+        for le, v in buckets[name].items():
+            all_buckets[le] = all_buckets.get(le, 0.0) + v
         channels[name] = {
             "states": dict(sorted(states[name].items())),
             "window": dict(sorted(window[name].items())),
-            "throughput_per_s": round(sent / window_s, 3),
-            "latency_ms": _latency(samples[name]),
+            "throughput_per_s": round(rate[name], 3),
+            "latency_ms": _latency(buckets[name], sums[name]),
         }
-    every = [x for name in samples for x in samples[name]]
     return {
         "window_s": window_s,
-        "throughput_per_s": round(total_sent / window_s, 3),
-        "sent": total_sent,
-        "failed": total_failed,
-        "latency_ms": _latency(every),
+        "source": sorted({str(w.get("source")) for w in workers if w.get("source")}),
+        "throughput_per_s": round(sum(rate.values()), 3),
+        "sent": sent,
+        "failed": failed,
+        "latency_ms": _latency(all_buckets, sum(sums.values())),
         "channels": channels,
     }
 
@@ -237,9 +407,10 @@ async def _peer_stats(
             url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
         ) as resp:
             body = await resp.json()
-            if resp.status != 200 or not isinstance(body, dict):
+            if resp.status != 200 or not isinstance(body, dict) or "local" not in body:
                 return {"worker": str(peer), "error": f"HTTP {resp.status}: {body}"[:300]}
-            return body
+            local: dict[str, Any] = body["local"]
+            return local
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return {"worker": str(peer), "error": f"{type(exc).__name__}: {exc}"[:300]}
 
@@ -260,6 +431,8 @@ _STATS_SCHEMA: dict[str, Any] = {
                            "throughput_per_s, latency_ms",
             "additionalProperties": {"type": "object"},
         },
+        "local": {"type": "object",
+                  "description": "scope=local only: this worker's raw figures"},
         "workers": {
             "type": "array",
             "description": "per worker: worker, partitions, realtime (open streams), "
@@ -273,13 +446,16 @@ _STATS_SCHEMA: dict[str, Any] = {
 @registry.route(
     "GET", "/api/v1/admin/stats", summary="Throughput, latency and delivery states",
     auth="operator", tags=("admin",),
-    description="Computed from the delivery states (`status` table) of the last `window` "
-    "seconds: sent per second, latency from acceptance to sending (per channel and "
-    "overall), current state counts per channel, and the open realtime streams. "
-    "`scope=cluster` (default) adds up every worker of the group; `scope=local` is "
-    "this worker's partitions only.",
+    description="Figures of the last `window` seconds: deliveries sent per second and "
+    "end-to-end latency (producer timestamp to provider success; p50/p95/p99 estimated "
+    "from the worker's Prometheus histogram, `source` metrics — or from the `status` "
+    "table, `source` status_table, when the counters cannot be read), transitions per "
+    "channel and status, current state counts per channel (status table), and the open "
+    "realtime streams. `scope=cluster` (default) adds up every worker of the group; "
+    "`scope=local` is this worker only.",
     query=(
-        Param("window", {"type": "integer", "minimum": 5, "maximum": 3600, "default": 60},
+        Param("window", {"type": "integer", "minimum": 5, "maximum": MAX_WINDOW_S,
+                         "default": 60},
               "seconds"),
         Param("scope", {"type": "string", "enum": ["cluster", "local"], "default": "cluster"}),
     ),
@@ -289,8 +465,9 @@ async def admin_stats(call: Call) -> web.StreamResponse:
     window_s = float(call.query["window"])
     local = local_stats(window_s)
     if call.query["scope"] == "local" or call.request.headers.get(ROUTED_HEADER):
-        return json_response({**summarize([local], window_s), **local,
-                              "workers": [_worker_line(local)]})
+        # "local" carries the raw figures (with latency samples) for the cluster sum.
+        return json_response({**summarize([local], window_s),
+                              "workers": [_worker_line(local)], "local": local})
     peers = await asyncio.gather(*(_peer_stats(call.request, p, window_s) for p in _peers()))
     workers = [local, *peers]
     ok = [w for w in workers if "error" not in w]
@@ -299,4 +476,5 @@ async def admin_stats(call: Call) -> web.StreamResponse:
 
 
 def _worker_line(w: dict[str, Any]) -> dict[str, Any]:
-    return {k: w[k] for k in ("worker", "partitions", "realtime", "error") if k in w}
+    keys = ("worker", "partitions", "source", "covered_s", "realtime", "error")
+    return {k: w[k] for k in keys if k in w}

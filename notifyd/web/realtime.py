@@ -155,7 +155,7 @@ class Hub:
         the worker's event loop, with or without subscribers.
         """
         subs = self._subs.get(user_id)
-        if not subs:
+        if not subs or self.closed:
             return 0
         data = {**item, "unread": unread}
         for sub in subs:

@@ -63,7 +63,11 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
     async def metrics_view(request: web.Request) -> web.Response:
         from ..metrics import CONTENT_TYPE, metrics
 
-        await metrics.refresh(app, dlq_topics=(names.events_dlq, names.deliveries_dlq))
+        await metrics.refresh(
+            app,
+            dlq_topics=(names.events_dlq, names.deliveries_dlq),
+            bootstrap=settings.bootstrap_servers,
+        )
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     @routes.get("/api/v1/admin/tables/{table}/{key}")
@@ -109,11 +113,15 @@ def setup(app: faust.App) -> None:
     install(app, webapp)
     webapp.add_routes(make_handlers(app))
     from ..metrics import metrics
+    from . import console, realtime  # their routes join the registry
     from .api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
     from .api import registry as api_registry
 
     metrics.bind(app)
+    webapp.on_cleanup.append(lambda _: metrics.close())
     _document_metrics(api_registry)
+    realtime.install(webapp)
+    console.install(webapp)
     webapp.add_routes(make_api_routes(app))
 
 

@@ -292,3 +292,33 @@ def test_machine_and_proc_readers() -> None:
     rss, peak = proc_mem_mb(os.getpid())
     assert rss and peak and peak >= rss
     assert proc_cpu_s(None) is None and proc_mem_mb(None) == (None, None)
+
+
+def test_profile_summary_by_component() -> None:
+    from notifyd.bench_profile import component, parse_frame, render, summarise
+
+    def fr(fn: str, path: str, line: int = 1) -> str:
+        return f"{fn}\x00{path}\x00{line}"
+
+    loop = fr("run_forever", "/usr/lib/python3.11/asyncio/base_events.py")
+    ours = fr("handle_event", "/work/main/notifyd/pipeline.py", 90)
+    records = [
+        ([loop, fr("select", "/usr/lib/python3.11/selectors.py")], 5.0),
+        ([loop, ours, fr("send", "/x/site-packages/faust/topics.py")], 2.0),
+        ([loop, ours], 1.0),
+        ([loop, ours, fr("info", "/x/site-packages/structlog/_base.py")], 1.0),
+    ]
+    assert parse_frame(ours + "\x01cSomeClass") == (
+        "handle_event",
+        "/work/main/notifyd/pipeline.py",
+        "90",
+    )
+    assert component("poll", "") == "idle (waiting in epoll/select)"
+    s = summarise(records)
+    assert s["total_s"] == 9.0 and s["busy_s"] == 4.0
+    comps = {c["component"]: c["pct_busy"] for c in s["components"]}
+    assert comps["faust"] == 50.0 and comps["notifyd"] == 25.0
+    assert comps["logging (structlog + stdlib)"] == 25.0
+    assert s["notifyd_inclusive"][0]["s"] == 4.0
+    assert "select" not in {f["function"] for f in s["top_self"]}
+    assert "| faust | 2.0 | 50.0 |" in render(s)

@@ -238,9 +238,9 @@ async def test_token_form_and_json(client: TestClient[web.Request, web.Applicati
 
 async def test_oidc_not_configured(client: TestClient[web.Request, web.Application]) -> None:
     resp = await client.get("/api/v1/auth/login", allow_redirects=False)
-    await _error(resp, 503, "oidc_not_configured")
+    await _error(resp, 404, "oidc_not_configured")
     resp = await client.get("/api/v1/auth/callback?state=a&code=b")
-    await _error(resp, 503, "oidc_not_configured")
+    await _error(resp, 404, "oidc_not_configured")
 
 
 async def test_auth_and_parameters_checked_before_handlers(

@@ -1,0 +1,401 @@
+// notifyd operator console: plain JavaScript, no build step, no third-party code.
+// The bearer token lives in sessionStorage (this tab only); every value shown is
+// inserted as text, never as HTML.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "notifyd.console.token";
+  const USER_KEY = "notifyd.console.user";
+  const STATS_EVERY_MS = 2000;
+  const STATES = ["queued", "sent", "deferred", "retrying", "suppressed", "failed", "dead"];
+  const $ = (id) => document.getElementById(id);
+
+  let statsTimer = null;
+  let sentTimer = null;
+  const rateHistory = [];
+  const sent = []; // {nid, user_id, title, at, doc}
+
+  // --- API ------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, code, detail) {
+      super(detail || code || ("HTTP " + status));
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  async function api(method, path, body) {
+    const headers = { "Accept": "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers["Authorization"] = "Bearer " + token;
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const resp = await fetch(path, init);
+    const text = await resp.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    if (!resp.ok) {
+      if (resp.status === 401 && path !== "/api/v1/auth/token") logout("Session expired: log in again.");
+      throw new ApiError(resp.status, data && data.code, data && data.detail);
+    }
+    return data;
+  }
+
+  // --- small DOM helpers --------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v);
+    }
+    for (const c of children) {
+      if (c === null || c === undefined) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
+  function fmtMs(v) {
+    if (v === null || v === undefined) return "–";
+    return v >= 1000 ? (v / 1000).toFixed(2) + " s" : v.toFixed(v < 10 ? 1 : 0) + " ms";
+  }
+  function fmtRate(v) { return v === null || v === undefined ? "–" : v.toFixed(v < 10 ? 2 : 1); }
+  function fmtTime(epochS) {
+    if (!epochS) return "";
+    return new Date(epochS * 1000).toLocaleTimeString();
+  }
+  function stateChip(name, n) {
+    return el("span", { class: "state " + name, text: n === undefined ? name : name + " " + n });
+  }
+  function showError(id, err) { $(id).textContent = err ? (err.message || String(err)) : ""; }
+
+  // --- login ----------------------------------------------------------------------------
+
+  async function login(ev) {
+    ev.preventDefault();
+    showError("login-error", null);
+    const username = $("login-username").value.trim();
+    const password = $("login-password").value;
+    try {
+      const tokens = await api("POST", "/api/v1/auth/token", { username, password });
+      sessionStorage.setItem(TOKEN_KEY, tokens.access_token);
+      const me = await api("GET", "/api/v1/users/me");
+      if (!(me.roles || []).includes("operator")) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        throw new Error("This account is not an operator.");
+      }
+      sessionStorage.setItem(USER_KEY, me.username);
+      $("login-password").value = "";
+      start();
+    } catch (err) {
+      showError("login-error", err);
+    }
+  }
+
+  function logout(message) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(USER_KEY);
+    if (token && !message) {
+      fetch("/api/v1/auth/logout", { method: "POST", headers: { "Authorization": "Bearer " + token } })
+        .catch(() => {});
+    }
+    stop();
+    $("app-view").hidden = true;
+    $("whoami").hidden = true;
+    $("login-view").hidden = false;
+    showError("login-error", message ? new Error(message) : null);
+  }
+
+  function start() {
+    $("login-view").hidden = true;
+    $("app-view").hidden = false;
+    $("whoami").hidden = false;
+    $("who").textContent = sessionStorage.getItem(USER_KEY) || "";
+    refreshStats();
+    refreshDlq();
+    statsTimer = setInterval(refreshStats, STATS_EVERY_MS);
+    sentTimer = setInterval(refreshSent, STATS_EVERY_MS);
+  }
+
+  function stop() {
+    clearInterval(statsTimer);
+    clearInterval(sentTimer);
+    statsTimer = sentTimer = null;
+  }
+
+  // --- throughput and latency ------------------------------------------------------------
+
+  async function refreshStats() {
+    if (!sessionStorage.getItem(TOKEN_KEY)) return;
+    let s;
+    try {
+      s = await api("GET", "/api/v1/admin/stats?window=" + $("stats-window").value);
+    } catch (err) {
+      $("stats-updated").textContent = "stats unavailable: " + err.message;
+      return;
+    }
+    $("kpi-rate").textContent = fmtRate(s.throughput_per_s);
+    $("kpi-sent").textContent = String(s.sent);
+    $("kpi-failed").textContent = String(s.failed);
+    $("kpi-p50").textContent = fmtMs(s.latency_ms.p50);
+    $("kpi-p95").textContent = fmtMs(s.latency_ms.p95);
+    $("kpi-p99").textContent = fmtMs(s.latency_ms.p99);
+    $("stats-updated").textContent = "updated " + new Date().toLocaleTimeString() +
+      " · source " + (s.source || []).join(", ");
+    rateHistory.push(s.throughput_per_s);
+    if (rateHistory.length > 150) rateHistory.shift();
+    drawChart();
+
+    const tbody = $("channel-table").querySelector("tbody");
+    clear(tbody);
+    const names = Object.keys(s.channels);
+    if (!names.length) {
+      tbody.append(el("tr", {}, el("td", { colspan: "11", class: "muted", text: "no deliveries yet" })));
+    }
+    for (const name of names) {
+      const ch = s.channels[name];
+      const row = el("tr", {},
+        el("td", { text: name }),
+        el("td", { class: "num", text: fmtRate(ch.throughput_per_s) }),
+        el("td", { class: "num", text: fmtMs(ch.latency_ms.p50) }),
+        el("td", { class: "num", text: fmtMs(ch.latency_ms.p95) }));
+      for (const st of STATES) row.append(el("td", { class: "num", text: String(ch.states[st] || 0) }));
+      tbody.append(row);
+    }
+    $("workers").textContent = "workers: " + s.workers.map((w) => {
+      if (w.error) return w.worker + " (unreachable)";
+      const rt = w.realtime || {};
+      return w.worker + " · partitions " + (w.partitions || []).join(",") +
+        " · live streams " + (rt.subscribers || 0);
+    }).join("  |  ");
+  }
+
+  function drawChart() {
+    const canvas = $("rate-chart");
+    const ratio = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth || 900;
+    const h = canvas.clientHeight || 90;
+    canvas.width = w * ratio;
+    canvas.height = h * ratio;
+    const ctx = canvas.getContext("2d");
+    ctx.scale(ratio, ratio);
+    ctx.clearRect(0, 0, w, h);
+    const max = Math.max(0.1, ...rateHistory) * 1.15;
+    ctx.fillStyle = "#6b7385";
+    ctx.font = "11px sans-serif";
+    ctx.fillText("sent/s (max " + fmtRate(max) + ")", 8, 14);
+    if (!rateHistory.length) return;
+    const step = w / 149;
+    const xs = rateHistory.map((v, i) => w - 2 - (rateHistory.length - 1 - i) * step);
+    const ys = rateHistory.map((v) => h - 4 - (v / max) * (h - 24));
+    ctx.beginPath();
+    ctx.moveTo(xs[0], h);
+    xs.forEach((x, i) => ctx.lineTo(x, ys[i]));
+    ctx.lineTo(xs[xs.length - 1], h);
+    ctx.closePath();
+    ctx.fillStyle = "rgba(47, 111, 223, 0.15)";
+    ctx.fill();
+    ctx.beginPath();
+    xs.forEach((x, i) => (i === 0 ? ctx.moveTo(x, ys[i]) : ctx.lineTo(x, ys[i])));
+    ctx.strokeStyle = "#2f6fdf";
+    ctx.lineWidth = 2;
+    ctx.stroke();
+    ctx.fillStyle = "#2f6fdf";
+    ctx.beginPath();
+    ctx.arc(xs[xs.length - 1], ys[ys.length - 1], 3, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+
+  // --- dead letters ------------------------------------------------------------------------
+
+  async function refreshDlq() {
+    showError("dlq-error", null);
+    const tbody = $("dlq-table").querySelector("tbody");
+    let page;
+    try {
+      page = await api("GET", "/api/v1/admin/dlq?limit=25&topic=" + $("dlq-topic").value);
+    } catch (err) {
+      showError("dlq-error", err);
+      return;
+    }
+    clear(tbody);
+    $("dlq-empty").hidden = page.items.length > 0;
+    for (const d of page.items) {
+      const value = d.value === null ? "" : d.value;
+      tbody.append(el("tr", {},
+        el("td", { text: new Date(d.timestamp).toLocaleString() }),
+        el("td", { class: "num", text: d.partition + "/" + d.offset }),
+        el("td", { class: "code", text: d.key === null ? "" : d.key }),
+        el("td", { text: d.reason || "" }),
+        el("td", { class: "code", text: value.length > 160 ? value.slice(0, 160) + "…" : value })));
+    }
+  }
+
+  // --- send a test notification ---------------------------------------------------------------
+
+  async function send(ev) {
+    ev.preventDefault();
+    const channels = [...document.querySelectorAll("input[name=channel]:checked")].map((c) => c.value);
+    const body = {
+      user_id: $("send-user").value.trim(),
+      title: $("send-title").value,
+      body: $("send-body").value,
+      category: $("send-category").value.trim() || "test",
+      priority: $("send-priority").value,
+    };
+    if (channels.length) body.channels = channels;
+    $("send-result").textContent = "sending…";
+    try {
+      const r = await api("POST", "/api/v1/notifications", body);
+      $("send-result").textContent = "accepted: " + r.notification_id;
+      sent.unshift({ nid: r.notification_id, user_id: body.user_id, title: body.title, at: Date.now() / 1000, doc: null });
+      if (sent.length > 20) sent.pop();
+      renderSent();
+      refreshSent();
+      if (!$("user-id").value) $("user-id").value = body.user_id;
+    } catch (err) {
+      $("send-result").textContent = "refused: " + err.message;
+    }
+  }
+
+  async function refreshSent() {
+    const pending = sent.filter((s) => !s.doc || Object.values(s.doc.channels || {})
+      .some((c) => !["sent", "failed", "dead", "suppressed"].includes(c.status)));
+    if (!pending.length) return;
+    await Promise.all(pending.slice(0, 10).map(async (s) => {
+      try { s.doc = await api("GET", "/api/v1/notifications/" + encodeURIComponent(s.nid)); }
+      catch (err) { /* not folded yet */ }
+    }));
+    renderSent();
+  }
+
+  function channelChips(doc) {
+    const span = el("span", {});
+    if (!doc) { span.append(stateChip("accepted")); return span; }
+    for (const [name, c] of Object.entries(doc.channels || {})) {
+      const chip = stateChip(c.status);
+      chip.textContent = name + ": " + c.status;
+      if (c.reason) chip.title = c.reason;
+      span.append(chip);
+    }
+    return span;
+  }
+
+  function renderSent() {
+    const list = $("sent-list");
+    clear(list);
+    for (const s of sent) {
+      list.append(el("li", {},
+        el("div", { class: "title", text: s.title }),
+        el("div", { class: "meta", text: "to " + s.user_id + " · " + fmtTime(s.at) + " · " + s.nid }),
+        channelChips(s.doc)));
+    }
+  }
+
+  // --- user look-up -------------------------------------------------------------------------------
+
+  async function tableEntry(table, key) {
+    try {
+      return (await api("GET", "/api/v1/admin/tables/" + table + "/" + encodeURIComponent(key))).value;
+    } catch (err) {
+      if (err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  async function lookup(ev) {
+    if (ev) ev.preventDefault();
+    const uid = $("user-id").value.trim();
+    if (!uid) return;
+    showError("user-error", null);
+    try {
+      const [prefs, box, throttle] = await Promise.all([
+        api("GET", "/api/v1/users/" + encodeURIComponent(uid) + "/preferences"),
+        tableEntry("inbox", uid),
+        tableEntry("throttle", uid),
+      ]);
+      renderPrefs(prefs);
+      renderInbox(box);
+      await renderDeliveries(uid, box, throttle);
+      $("user-result").hidden = false;
+    } catch (err) {
+      showError("user-error", err);
+    }
+  }
+
+  function renderPrefs(p) {
+    const dl = $("user-prefs");
+    clear(dl);
+    const enabled = Object.entries(p.channels || {}).map(([k, v]) => k + (v ? " on" : " off")).join(", ");
+    const optOut = Object.entries(p.opt_out || {}).map(([k, v]) => k + ": " + v.join("/")).join("; ");
+    const q = p.quiet_hours;
+    const rows = [
+      ["email", p.email || "—"], ["phone", p.phone || "—"],
+      ["push tokens", String((p.push_tokens || []).length)], ["webhook", p.webhook_url || "—"],
+      ["channels", enabled || "defaults"], ["opted out", optOut || "—"],
+      ["quiet hours", q ? q.start + "–" + q.end + " " + q.timezone : "—"],
+      ["locale", p.locale || "default"],
+    ];
+    for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", { text: v }));
+  }
+
+  function renderInbox(box) {
+    const list = $("user-inbox");
+    clear(list);
+    $("user-unread").textContent = (box ? box.unread : 0) + " unread";
+    const items = box ? box.items.slice(0, 15) : [];
+    if (!items.length) list.append(el("li", { class: "muted", text: "empty" }));
+    for (const it of items) {
+      list.append(el("li", { class: it.read ? "" : "unread" },
+        el("div", { class: "title", text: it.title }),
+        el("div", { text: it.body }),
+        el("div", { class: "meta", text: fmtTime(it.created_at) + " · " + it.category + " · " + it.priority +
+          (it.archived ? " · archived" : "") })));
+    }
+  }
+
+  async function renderDeliveries(uid, box, throttle) {
+    const seen = new Map(); // nid -> time
+    for (const it of (box ? box.items : [])) seen.set(it.id, it.created_at || 0);
+    for (const entries of Object.values(throttle || {})) {
+      for (const [ts, nid] of entries) seen.set(nid, Math.max(seen.get(nid) || 0, ts));
+    }
+    for (const s of sent) if (s.user_id === uid) seen.set(s.nid, Math.max(seen.get(s.nid) || 0, s.at));
+    const newest = [...seen.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10);
+    const docs = await Promise.all(newest.map(async ([nid]) => {
+      try { return await api("GET", "/api/v1/notifications/" + encodeURIComponent(nid)); }
+      catch (err) { return { notification_id: nid, channels: {}, title: "(no status)" }; }
+    }));
+    const tbody = $("user-deliveries").querySelector("tbody");
+    clear(tbody);
+    if (!docs.length) tbody.append(el("tr", {}, el("td", { colspan: "3", class: "muted", text: "none known" })));
+    for (const d of docs) {
+      tbody.append(el("tr", {},
+        el("td", { class: "code", text: d.notification_id }),
+        el("td", { text: d.title || "" }),
+        el("td", {}, channelChips(d))));
+    }
+  }
+
+  // --- wiring ----------------------------------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", login);
+    $("logout").addEventListener("click", () => logout());
+    $("send-form").addEventListener("submit", send);
+    $("user-form").addEventListener("submit", lookup);
+    $("user-refresh").addEventListener("click", () => lookup());
+    $("dlq-refresh").addEventListener("click", refreshDlq);
+    $("dlq-topic").addEventListener("change", refreshDlq);
+    $("stats-window").addEventListener("change", () => { rateHistory.length = 0; refreshStats(); });
+    if (sessionStorage.getItem(TOKEN_KEY)) start();
+  });
+})();
