@@ -214,11 +214,19 @@ def format_summary(result: Mapping[str, Any]) -> str:
     ft = floor.get("throughput", {})
     nt = nd.get("throughput", {})
     lines += _table(
-        ["throughput", "events", "events/s", "worker CPU µs/event", "ratio"],
+        [
+            "throughput",
+            "events",
+            "events/s",
+            "events/s, backlog drained",
+            "worker CPU µs/event",
+            "ratio",
+        ],
         [
             [
                 "floor: aiokafka consume→JSON→produce",
                 _f(ft.get("events")),
+                _f(ft.get("events_per_s")),
                 _f(ft.get("events_per_s")),
                 _f(ft.get("worker_cpu_us_per_event"), digits=0),
                 "1",
@@ -227,6 +235,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 f"notifyd: full pipeline, {_f(nd.get('users'))} users, webhook+inapp",
                 _f(nt.get("events")),
                 _f(nt.get("events_per_s")),
+                _f(nt.get("drained_events_per_s")),
                 _f(nt.get("worker_cpu_us_per_event"), digits=0),
                 _f(ratios.get("throughput"), digits=3),
             ],

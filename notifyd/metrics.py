@@ -132,7 +132,7 @@ class _ScrapeCollector(Collector):
         yield dlq
         tables = GaugeMetricFamily(
             f"{NAMESPACE}_table_keys",
-            "Keys in this worker's local data of each table (active partitions)",
+            "Keys in this worker's local store of each table (RocksDB: active partitions)",
             labels=["table"],
         )
         for name, value in sorted(snap.tables.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from notifyd.admin import TopicNames
 from notifyd.broker.kafka import KafkaBroker
 from notifyd.broker.tansu import TansuBroker
-from tests.support.harness import Sinks, Stack, WorkerProcess, mint_user_token
+from tests.support.harness import Sinks, Stack, WorkerProcess, http_json, mint_user_token
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -90,7 +91,29 @@ def start_stack(
         p.start(wait=False)
     for p in procs:
         p.wait_ready()
+    if workers > 1:
+        _wait_balanced(procs)
     return Stack(bootstrap=bootstrap, names=names, workers=procs, sinks=sinks, operator_token=token)
+
+
+def _wait_balanced(procs: list[WorkerProcess], timeout: float = 120) -> None:
+    """Wait until the group settled: every partition owned by exactly one ready worker."""
+    deadline = time.monotonic() + timeout
+    seen: list[int] = []
+    while time.monotonic() < deadline:
+        seen = []
+        for p in procs:
+            code, body = http_json("GET", f"{p.url}/readyz", timeout=2)
+            if code != 200:
+                break
+            seen.extend(body["partitions"])
+        else:
+            if sorted(seen) == list(range(4)) and all(
+                http_json("GET", f"{p.url}/readyz", timeout=2)[1]["partitions"] for p in procs
+            ):
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"workers did not settle on a partition assignment: {seen}")
 
 
 @pytest.fixture(scope="session")

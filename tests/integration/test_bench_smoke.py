@@ -22,8 +22,9 @@ def _sane_latency(s: dict[str, float | int | None], count: int) -> None:
     assert set(LATENCY_KEYS) <= set(s)
     assert s["count"] == count
     values = [s[k] for k in ("min", "p50", "p90", "p99", "p999", "max")]
-    assert all(isinstance(v, float | int) and v >= 0 for v in values), s
-    assert values == sorted(values), s
+    numbers = [float(v) for v in values if isinstance(v, float | int) and v >= 0]
+    assert len(numbers) == len(values), s
+    assert numbers == sorted(numbers), s
 
 
 def test_bench_quick_smoke(tmp_path: Path) -> None:

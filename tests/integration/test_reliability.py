@@ -51,7 +51,8 @@ async def put_webhook_users(stack: Stack, users: list[str]) -> None:
         ],
     )
     for u in users:
-        await wait_for(lambda u=u: stack.workers[0].table("preferences", u), what=f"prefs {u}")
+        await wait_for(lambda u=u: stack.workers[0].table("preferences", u), timeout=90,
+                       what=f"prefs {u}")
 
 
 def stop_stack(st: Stack) -> None:

@@ -229,6 +229,8 @@ class WorkerProcess:
             f"/api/v1/admin/tables/{table}/{key}",
             {"Authorization": f"Bearer {self.operator_token}"},
         )
+        if status == 503:  # rebalancing / not ready: the caller polls again
+            return None
         if status not in (200, 404):
             raise AssertionError(f"table query failed: {status} {body}")
         return body["value"] if status == 200 else None
