@@ -427,3 +427,36 @@ async def _fuzz(stack: Stack, bad: list[bytes]) -> None:
     assert all(dead.values())
     assert stack.worker.alive() and stack.worker.proc is not None and stack.worker.proc.pid == pid
 
+
+
+# --------------------------------------------------------------------------------------
+# Security: secrets never reach the logs; brute force is throttled.
+# --------------------------------------------------------------------------------------
+
+
+async def test_passwords_and_tokens_never_logged_and_brute_force_throttled(stack: Stack) -> None:
+    w = stack.worker
+    username, password = new_id("sec").replace("-", "_"), "Sup3r-secret-passw0rd!"
+    code, _ = http_json("POST", f"{w.url}/api/v1/users",
+                        {"username": username, "password": password,
+                         "email": f"{username}@example.com"})
+    assert code == 201
+    code, tok = http_json("POST", f"{w.url}/api/v1/auth/token",
+                          {"username": username, "password": password})
+    assert code == 200
+    token = tok["access_token"]
+    code, _ = http_json("GET", f"{w.url}/api/v1/preferences",
+                        headers={"Authorization": f"Bearer {token}"})
+    assert code == 200
+    # Brute force: wrong passwords are refused, then throttled with 429 + Retry-After.
+    codes = []
+    for _ in range(12):
+        code, body = http_json("POST", f"{w.url}/api/v1/auth/token",
+                               {"username": username, "password": "wrong-password"})
+        codes.append(code)
+    assert codes[0] == 401 and codes[-1] == 429, codes
+    assert body["code"] == "login_throttled"
+    log = w.log_path.read_text(errors="replace")
+    assert password not in log
+    assert token not in log
+    assert tok["refresh_token"] not in log
