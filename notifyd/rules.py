@@ -161,7 +161,7 @@ def decide(
             if end is not None:
                 deliver_at = end
                 reason = f"quiet_hours: until {qh['end']} {qh['timezone']}"
-        if not critical and channel != "inapp":
+        if not critical and channel != "inapp" and policy.limit > 0:
             history = throttle_state.setdefault(channel, [])
             held = next((h[0] for h in history if h[1] == nid), None)
             if held is not None:
