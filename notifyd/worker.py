@@ -25,6 +25,13 @@ def run_worker() -> int:
     configure(s.log_format, s.log_level)
     log = structlog.stdlib.get_logger("notifyd.worker")
     clock.set_start(s.clock_start)
+    if s.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not available on this platform: the standard loop
+            log.warning("worker.uvloop_unavailable")
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         created = asyncio.run(ensure_topics(s))
     except Exception as exc:
