@@ -45,9 +45,10 @@ def _faust_settings(s: Settings) -> dict[str, Any]:
         "consumer_auto_offset_reset": "earliest",
         "topic_allow_declare": True,
         # Lower end-to-end latency: flush produced batches quickly, commit often.
-        # 5 ms: fewer, larger produce requests (socket.send was ~10% of the worker's time
-        # at 1 ms; docs/bench/profile.md) for a few ms of latency.
-        "producer_linger": 0.005,
+        # 1 ms. 5 ms would mean fewer, larger produce requests (socket.send is ~10% of the
+        # worker's time, docs/bench/profile.md), but the crash test stalled once with it
+        # (Faust "producer buffer full", 3 of 20,000 undelivered) and it is not verified.
+        "producer_linger": 0.001,
         "broker_commit_every": 1000,
         "broker_commit_interval": 1.0,
         "broker_session_timeout": s.broker_session_timeout_s,

@@ -185,7 +185,14 @@ async def process_event(
                 await deliver_topics[d.channel].send(
                     key=event.user_id.encode(), value=delivery.dumps()
                 )
-                updates.append({"channel": d.channel, "status": "queued", "ts": now})
+                updates.append(
+                    {
+                        "channel": d.channel,
+                        "status": "queued",
+                        "ts": now,
+                        "delivery": delivery.to_dict(),
+                    }
+                )
             else:
                 assert d.deliver_at is not None
                 schedule(delivery, d.deliver_at, partition, d.reason or "deferred")
@@ -196,6 +203,7 @@ async def process_event(
                         "reason": d.reason,
                         "deliver_at": d.deliver_at,
                         "ts": now,
+                        "delivery": delivery.to_dict(),
                     }
                 )
         else:
@@ -261,6 +269,7 @@ async def release(key: str, entry: dict[str, Any]) -> None:
                 "status": "queued",
                 "attempt": d.get("attempt", 1),
                 "ts": clock.now(),
+                "delivery": d,
             }
         ],
     )
@@ -312,6 +321,19 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     if done is not None and done["s"] in TERMINAL:
         if not (delivery.redrive and done["s"] in ("dead", "failed")):
             log.info("delivery.already_done", state=done["s"])
+            # Re-state the outcome: a status update lost in a crash converges here, and
+            # the reconciler stops re-queueing this delivery.
+            await publish_status(
+                delivery.notification_id,
+                [
+                    {
+                        "channel": delivery.channel,
+                        "status": done["s"],
+                        "ts": done["ts"],
+                        "attempt": delivery.attempt,
+                    }
+                ],
+            )
             return
         log.info("delivery.redriven", previous=done["s"])
     started = time.monotonic()
@@ -378,7 +400,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
     schedule(retry, now + delay, partition, f"retry: {err.reason}")
     await publish_status(
         delivery.notification_id,
-        [{**base, "status": "retrying", "deliver_at": now + delay}],
+        [{**base, "status": "retrying", "deliver_at": now + delay, "delivery": retry.to_dict()}],
     )
     log.info("delivery.retrying", reason=err.reason, delay_s=round(delay, 3))
 
@@ -434,6 +456,8 @@ def fold_status(
         history = entry.get("history", [])
         history.append({k: u[k] for k in ("status", "ts", "reason") if k in u})
         entry.update({k: v for k, v in u.items() if k != "channel"})
+        if u["status"] in TERMINAL:
+            entry.pop("delivery", None)  # kept only while an outcome is pending
         entry["history"] = history[-20:]
         entry["attempts"] = max(int(u.get("attempt") or 0), int((cur or {}).get("attempts", 0)))
         if u["status"] in ("sent", "queued", "retrying") and "reason" not in u:

@@ -36,6 +36,7 @@ class Scheduler:
         self.released: dict[str, float] = {}
         self.active: frozenset[int] = frozenset()
         self.last_sweep = 0.0
+        self.last_reconcile = 0.0
 
     def push(self, due: float, key: str, partition: int) -> None:
         heapq.heappush(self.heap, (due, key, partition))
@@ -86,10 +87,59 @@ class Scheduler:
                 heapq.heappush(self.heap, (due, key, partition))
                 return 1.0
             self.released[key] = due
+        if now - self.last_reconcile > min(10.0, settings.requeue_after_s / 2):
+            self.last_reconcile = now
+            await self.reconcile(now)
         if now - self.last_sweep > 60:
             self.last_sweep = now
             await self.sweep(now)
         return min(0.5, self.heap[0][0] - now) if self.heap else 0.5
+
+    async def reconcile(self, now: float) -> int:
+        """Re-queue deliveries whose outcome is overdue (safety net, at-least-once).
+
+        The status table (this worker's partitions) knows every channel still
+        ``queued``/``retrying``/``deferred`` with the delivery it is waiting for.  One
+        overdue by ``requeue_after_s`` is produced to its channel topic again: if it was
+        in fact delivered the channel agent finds it in the ledger and re-states the
+        outcome; if a crash or rebalance left its record unprocessed it is delivered now.
+        """
+        from .pipeline import publish_status
+        from .tables import status
+        from .topics import deliver_topics
+
+        requeued = 0
+        grace = settings.requeue_after_s
+        for nid, doc in list(status.data.items()):
+            if not doc or doc.get("p") not in self.active:
+                continue
+            for channel, entry in doc.get("channels", {}).items():
+                delivery = entry.get("delivery")
+                if not delivery or entry.get("status") not in ("queued", "retrying", "deferred"):
+                    continue
+                due = max(entry.get("ts") or 0, entry.get("deliver_at") or 0)
+                if now - due < grace:
+                    continue
+                await deliver_topics[channel].send(
+                    key=str(delivery["user_id"]).encode(), value=dumps(delivery)
+                )
+                await publish_status(
+                    nid,
+                    [
+                        {
+                            "channel": channel,
+                            "status": "queued",
+                            "ts": now,
+                            "delivery": delivery,
+                            "attempt": delivery.get("attempt", 1),
+                            "reason": f"requeued: no outcome {grace:.0f}s after it was due",
+                        }
+                    ],
+                )
+                requeued += 1
+        if requeued:
+            log.warning("reconcile.requeued", count=requeued)
+        return requeued
 
     async def sweep(self, now: float) -> None:
         from .tables import ledger, scheduled, seen, status

@@ -395,3 +395,28 @@ async def test_quiet_hours_defer_until_window_end(quiet_stack: Stack) -> None:
     # At 07:00 (worker clock) the deferred SMS is released and sent.
     await wait_states(st, nid, {"sms": "sent"}, timeout=40)
     assert sorted(d["payload"]["body"] for d in sms_to(st, c["phone"])) == ["later please", "now!"]
+
+
+async def test_log_lines_carry_record_coordinates_and_ids(stack: Stack) -> None:
+    """structlog JSON: a record's log lines carry topic, partition, offset, ids."""
+    from notifyd.broker.base import free_port
+
+    user = new_id("u-log")
+    # A webhook nobody listens on: the channel logs a retry.
+    await stack.set_preferences(user, {"webhook_url": f"http://127.0.0.1:{free_port()}/hook"})
+    eid = new_id("evt")
+    await stack.send_events({"event_id": eid, "user_id": user, "title": "t",
+                             "channels": ["webhook"]})
+    nid = notification_id_for(eid)
+
+    def retry_line() -> dict[str, Any] | None:
+        for line in stack.worker.log_path.read_text(errors="replace").splitlines():
+            if nid in line and '"delivery.retrying"' in line:
+                return dict(orjson.loads(line))
+        return None
+
+    rec = await wait_for(retry_line, what="a delivery.retrying log line")
+    assert rec["topic"] == stack.names.deliver("webhook")
+    assert isinstance(rec["partition"], int) and isinstance(rec["offset"], int)
+    assert rec["notification_id"] == nid and rec["user_id"] == user
+    assert rec["level"] == "info" and "timestamp" in rec

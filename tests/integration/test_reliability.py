@@ -74,7 +74,7 @@ def crash_stack(
     st = start_stack(
         kafka.url, kafka.bootstrap, root, "crash", sinks,
         {"NOTIFYD_BROKER_SESSION_TIMEOUT_S": "8", "NOTIFYD_THROTTLE_LIMIT": "0",
-         "NOTIFYD_LOG_LEVEL": "WARNING"},
+         "NOTIFYD_LOG_LEVEL": "WARNING", "NOTIFYD_REQUEUE_AFTER_S": "60"},
         workers=2, redis_url=redis.url,
     )
     yield st
@@ -116,10 +116,13 @@ async def test_crash_sigkill_loses_nothing_and_sends_nothing_twice(
     raw = [r for r in receipts(st.sinks.sandbox.state.ledger_path) if r["kind"] == "webhook"]
     accepted = Counter(r["idempotency_key"] for r in raw if r.get("status") == 201)
     repeats = sum(1 for r in raw if r.get("duplicate"))
+    requeued = sum(w.log_path.read_text(errors="replace").count('"reconcile.requeued"')
+                   for w in st.workers)
     print(
         f"\nCRASH TEST: {n_events} events, 2 workers, {kills} SIGKILLs: delivered "
         f"{len(set(keys) & expected)}/{n_events}, duplicate deliveries {len(dup_deliveries)}, "
-        f"re-sent requests absorbed by idempotency keys {repeats}, {elapsed:.0f}s"
+        f"re-sent requests absorbed by idempotency keys {repeats}, "
+        f"reconciler re-queue rounds {requeued}, {elapsed:.0f}s"
     )
     assert set(keys) == expected
     assert dup_deliveries == []
