@@ -24,7 +24,7 @@ import structlog
 from . import clock
 from .app import app, recovery_done, settings
 from .records import dumps
-from .topics import names
+from .topics import active_partitions
 
 log = structlog.stdlib.get_logger("notifyd.scheduler")
 EXPIRE_CHUNK = 500
@@ -40,13 +40,6 @@ class Scheduler:
 
     def push(self, due: float, key: str, partition: int) -> None:
         heapq.heappush(self.heap, (due, key, partition))
-
-    def _active_partitions(self) -> frozenset[int]:
-        try:
-            tps = app.assignor.assigned_actives()
-        except Exception:
-            return frozenset()
-        return frozenset(tp.partition for tp in tps if tp.topic == names.events)
 
     def _ready(self) -> bool:
         return not app.rebalancing and recovery_done(app)
@@ -68,7 +61,7 @@ class Scheduler:
 
         if not self._ready():
             return 0.5
-        active = self._active_partitions()
+        active = active_partitions()
         if active != self.active:
             self.active = active
             self.rebuild()

@@ -38,3 +38,17 @@ status_topic = _topic(names.status)
 deliveries_dlq_topic = _topic(names.deliveries_dlq)
 deliver_topics: dict[str, TopicT] = {ch: _topic(names.deliver(ch)) for ch in CHANNELS}
 
+
+
+def active_partitions(topic: str | None = None) -> frozenset[int]:
+    """Partitions of ``topic`` (default: the events topic) this worker actively owns.
+
+    All notifyd topics are co-partitioned, so these numbers are also the partitions of
+    every table this worker owns.  Empty before the first assignment.
+    """
+    name = topic or names.events
+    try:
+        tps = app.assignor.assigned_actives()
+    except Exception:  # no assignment yet (starting, rebalancing)
+        return frozenset()
+    return frozenset(tp.partition for tp in tps if tp.topic == name)

@@ -19,6 +19,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from .. import clock
 from ..app import app
 from ..errors import NotFound
 from ..tables import status
-from ..topics import names
+from ..topics import active_partitions, names
 from . import realtime
 from .api import registry
 from .openapi import Call, Param, Resp
@@ -194,12 +195,8 @@ def install(webapp: web.Application) -> None:
     webapp.cleanup_ctx.append(_sampling)
 
 
-def _active_status_partitions() -> set[int]:
-    try:
-        return {tp.partition for tp in app.assignor.assigned_actives()
-                if tp.topic == names.status}
-    except Exception:
-        return set()
+def _active_status_partitions() -> frozenset[int]:
+    return active_partitions(names.status)
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -245,7 +242,7 @@ def _bucket_bounds() -> tuple[float, ...]:
 
 
 def scan_status(
-    docs: Any, partitions: set[int] | None, now: float, window_s: float
+    docs: Any, partitions: AbstractSet[int] | None, now: float, window_s: float
 ) -> dict[str, dict[str, Any]]:
     """Per channel, from status documents: current state counts, transitions within
     the window, and a latency histogram (accepted → sent) of those sent within it."""

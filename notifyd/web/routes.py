@@ -12,7 +12,7 @@ from aiohttp import web
 from ..app import recovery_done, settings
 from ..errors import NotFound
 from ..records import dumps
-from ..topics import names
+from ..topics import active_partitions, names
 from .routing import HTTP_CLIENT, route
 
 
@@ -22,16 +22,6 @@ def json_response(
     return web.Response(
         body=dumps(data), status=status, content_type="application/json", headers=headers
     )
-
-
-def _assigned(app: faust.App) -> list[int]:
-
-    try:
-        return sorted(
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.events
-        )
-    except Exception:
-        return []
 
 
 def make_handlers(app: faust.App) -> web.RouteTableDef:
@@ -44,7 +34,7 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
         recovered = recovery_done(app)
-        partitions = _assigned(app)
+        partitions = sorted(active_partitions())
         ready = recovered and not app.rebalancing and bool(partitions)
         body = {
             "ready": ready,
