@@ -12,11 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from notifyd.broker.base import free_port
 
 
 def _pings(host: str, port: int) -> bool:
@@ -67,7 +63,7 @@ class RedisServer:
         self._log = (self._dir / "redis.log").open("wb")
         # The free port can be taken between probe and bind: retry a few times.
         for _ in range(3):
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
             self._proc = subprocess.Popen(
                 [
                     self.executable,
