@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from .admin import TopicNames
 from .config import Settings
+from .kafka_headers import header_value
 from .records import Delivery
 
 
@@ -39,13 +40,6 @@ class RedriveResult:
             "skipped": self.skipped,
             "ids": self.ids,
         }
-
-
-def _header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
-    for k, v in record.headers or ():
-        if k == name:
-            return bytes(v).decode("utf-8", "replace")
-    return None
 
 
 async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
@@ -148,6 +142,6 @@ def describe(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
         "offset": record.offset,
         "timestamp": record.timestamp / 1000 if record.timestamp else None,
         "key": (record.key or b"").decode("utf-8", "replace"),
-        "reason": _header(record, "notifyd-reason"),
+        "reason": header_value(record.headers, "notifyd-reason"),
         "value": text if text is not None else value.hex(),
     }

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from notifyd.admin import TopicNames
 from notifyd.broker.base import free_port
+from notifyd.kafka_headers import header_value
 from notifyd.sandbox import SandboxServer, SmtpSink
 
 T = TypeVar("T")
@@ -340,7 +341,5 @@ def new_id(prefix: str) -> str:
 
 
 def header(record: Any, name: str) -> str | None:
-    for k, v in record.headers or ():
-        if k == name:
-            return bytes(v).decode()
-    return None
+    """A header of a consumed record, decoded (see :func:`notifyd.kafka_headers.header_value`)."""
+    return header_value(record.headers, name)
