@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     default_locale: str = "en"
     #: Directory of ``<name>.json`` templates; empty means the examples shipped in the package.
     templates_dir: Path | None = None
+    #: Deliveries each channel agent keeps in flight (per worker); one user's are sent
+    #: in order.  1 = one at a time per channel.
+    delivery_concurrency: int = Field(default=32, ge=1, le=1024)
+    #: The status agent folds up to this many ``notifyd.status`` records at a time, one
+    #: table write (changelog record) per notification, waiting at most
+    #: ``status_batch_wait_s`` to fill a batch (status is not on the delivery path).
+    status_batch_max: int = Field(default=500, ge=1, le=10_000)
+    status_batch_wait_s: float = Field(default=0.01, gt=0.0, le=1.0)
     status_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     #: A channel still queued/retrying/deferred this long after it was due is re-queued
     #: (the ledger drops it if it was in fact sent): the safety net for records a

@@ -41,6 +41,9 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     )
     structlog.configure(
         processors=[
+            # First: a disabled level (per-record debug lines on the hot path) costs one
+            # isEnabledFor() instead of the whole chain.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,

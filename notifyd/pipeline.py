@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import random
 import time
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
 from faust.types import EventT
 
 from . import clock
@@ -181,7 +184,9 @@ async def process_event(
                 accepted_at=now,
                 produced_at=produced_at,
             )
-            if d.action == SEND:
+            if d.action == SEND and d.channel == "inapp":
+                updates.append(deliver_inapp_inline(delivery, now))
+            elif d.action == SEND:
                 await deliver_topics[d.channel].send(
                     key=event.user_id.encode(), value=delivery.dumps()
                 )
@@ -232,6 +237,29 @@ async def process_event(
         "event.accepted",
         decisions={d.channel: d.action for d in decisions},
     )
+
+
+def deliver_inapp_inline(delivery: Delivery, now: float) -> dict[str, Any]:
+    """Write the inbox from the ingest agent itself.
+
+    The inbox table is keyed by user id, like the event, so it lives on the partition
+    being processed: a round trip through ``notifyd.deliver.inapp`` would cost five
+    more Kafka records per event (deliver produce + consume, ledger changelog, status
+    produce + consume) to come back here.  Idempotent without the ledger: the inbox
+    keeps at most one item per notification id.  Scheduled, retried and re-driven
+    in-app deliveries still go through the in-app agent.
+    """
+    metrics.delivery_attempted(delivery)
+    provider_id = deliver_inapp(delivery)
+    metrics.delivery_sent(delivery)
+    return {
+        "channel": delivery.channel,
+        "status": "sent",
+        "attempt": delivery.attempt,
+        "ts": now,
+        "provider_id": provider_id,
+        "latency_ms": round((clock.now() - delivery.accepted_at) * 1000, 3),
+    }
 
 
 async def publish_status(
@@ -466,10 +494,36 @@ def fold_status(
     return doc
 
 
-async def handle_status(ev: EventT[Any]) -> None:
-    msg = loads(ev.value)
-    nid = msg["notification_id"]
-    status[nid] = fold_status(status.get(nid), msg, ev.message.partition)
+def fold_status_events(events: Sequence[EventT[Any]]) -> int:
+    """Fold a batch of ``notifyd.status`` records; one table write per notification.
+
+    A notification's queued and sent updates usually arrive close together, so under
+    load this writes one changelog record where one per update would be written.
+    Records of one notification share a key, hence a partition, and keep their order.
+    Returns the number of table writes.
+    """
+    folded: dict[str, tuple[EventT[Any], dict[str, Any]]] = {}
+    for ev in events:
+        try:
+            msg = loads(ev.value)
+            nid = msg["notification_id"]
+            prev = folded.get(nid)
+            doc = prev[1] if prev is not None else status.get(nid)
+            folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
+        except Exception:  # one bad record must not lose the rest of the batch
+            m = ev.message
+            log.exception(
+                "status.record_failed", topic=m.topic, partition=m.partition, offset=m.offset
+            )
+    for nid, (ev, doc) in folded.items():
+        # Faust writes a table's changelog to the partition of the *current* event;
+        # in a batch that is whichever came last, so point it at this record's.
+        token = _current_event.set(weakref.ref(ev))
+        try:
+            status[nid] = doc
+        finally:
+            _current_event.reset(token)
+    return len(folded)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from ..app import settings
 from ..pipeline import handle_delivery
 from ..providers.base import Provider
 from ..providers.registry import build_provider
-from .common import run_events
+from .common import run_events, run_events_concurrently
 
 
 async def run_channel(channel: str, stream: StreamT[Any], provider: Provider | None = None) -> None:
@@ -21,7 +21,10 @@ async def run_channel(channel: str, stream: StreamT[Any], provider: Provider | N
         async def handle(ev: EventT[Any]) -> None:
             await handle_delivery(ev, provider)
 
-        async for _ in run_events(stream, handle):
-            pass
+        if settings.delivery_concurrency > 1:
+            await run_events_concurrently(stream, handle, settings.delivery_concurrency)
+        else:
+            async for _ in run_events(stream, handle):
+                pass
     finally:
         await provider.stop()

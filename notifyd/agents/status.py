@@ -1,18 +1,22 @@
-"""notifyd.status: fold every delivery transition into the status table."""
+"""notifyd.status: fold every delivery transition into the status table, in batches."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from faust.streams import Stream
 from faust.types import StreamT
 
-from ..app import app
-from ..pipeline import handle_status
+from ..app import app, settings
+from ..pipeline import fold_status_events
 from ..topics import status_topic
-from .common import run_events
 
 
 @app.agent(status_topic, name="notifyd.status")
 async def status_agent(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_status):
-        pass
+    # take_events acks the batch only after this body has handled it (at least once).
+    assert isinstance(stream, Stream)  # take_events is missing from StreamT
+    async for events in stream.take_events(
+        settings.status_batch_max, within=settings.status_batch_wait_s
+    ):
+        fold_status_events(events)

@@ -265,7 +265,10 @@ class InappDriver:
     async def deliver(self, d: Delivery) -> None:
         n = len(self.statuses)
         await self.agent.put(d.dumps(), key=d.user_id.encode())
-        await until(lambda: len(self.statuses) > n)
+        # Deliveries run concurrently: wait for this one's own status update.
+        await until(
+            lambda: any(nid == d.notification_id for nid, _ in self.statuses[n:])
+        )
 
 
 class ControlDriver:
@@ -433,3 +436,87 @@ async def test_apply_inbox_op_unknown_action_rejected(
     # the control agent keeps running after the bad record
     await control.op(user, "read", ["k1"])
     assert box(user)["unread"] == 0
+
+
+# --------------------------------------------------------------------------------------
+# In-app written by the ingest agent itself (no notifyd.deliver.inapp round trip)
+# --------------------------------------------------------------------------------------
+
+
+async def test_ingest_writes_inbox_inline(
+    statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from notifyd.agents.ingest import ingest
+
+    routed: list[Any] = []
+
+    async def no_hop(*a: Any, **kw: Any) -> None:
+        routed.append((a, kw))
+
+    monkeypatch.setattr(pipeline.deliver_topics["inapp"], "send", no_hop)
+    user = new_user()
+    event = {
+        "event_id": f"ev-{user}",
+        "user_id": user,
+        "title": "Hello",
+        "body": "inline",
+        "channels": ["inapp", "sms"],  # sms: no address, suppressed
+    }
+    async with ingest.test_context() as agent:
+        for _ in range(2):  # a replayed record must not add a second item
+            await agent.put(
+                orjson.dumps(event), key=user.encode(), partition=pipeline.partition_for(user)
+            )
+            await until(lambda: inbox.get(user) is not None)
+    assert routed == []
+    assert [it["title"] for it in box(user)["items"]] == ["Hello"]
+    assert box(user)["unread"] == 1
+    nid, updates = statuses[0]
+    by_channel = {u["channel"]: u for u in updates}
+    assert by_channel["inapp"]["status"] == "sent"
+    assert by_channel["inapp"]["provider_id"] == nid
+    assert by_channel["sms"]["status"] == "suppressed"
+
+
+# --------------------------------------------------------------------------------------
+# Status fold in batches: one table write per notification, on the record's partition
+# --------------------------------------------------------------------------------------
+
+
+async def test_status_agent_folds_a_batch_with_one_write_per_notification(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from notifyd.agents.status import status_agent
+    from notifyd.tables import status
+
+    writes: list[tuple[int | None, str]] = []
+
+    def record(partition: int | None, key: Any, value: Any, *a: Any, **kw: Any) -> Any:
+        writes.append((partition, key))
+        return SimpleNamespace(message=SimpleNamespace(partition=partition))
+
+    monkeypatch.setattr(status, "send_changelog", record)
+    monkeypatch.setattr(settings, "status_batch_max", 4)
+    monkeypatch.setattr(settings, "status_batch_wait_s", 5.0)  # only a full batch flushes
+    a, b = f"n-a-{uuid.uuid4().hex[:6]}", f"n-b-{uuid.uuid4().hex[:6]}"
+    records = [
+        (a, 2, {"updates": [upd("webhook", "queued", 1.0)], "content": {"title": "T"}}),
+        (b, 5, {"updates": [upd("email", "queued", 1.0)]}),
+        (a, 2, {"updates": [upd("webhook", "sent", 2.0, attempt=1)]}),
+        (a, 2, {"updates": [upd("inapp", "sent", 3.0, attempt=1)]}),
+    ]
+    async with status_agent.test_context() as agent:
+        for nid, partition, body in records:
+            msg = orjson.dumps({"notification_id": nid, **body})
+            await agent.put(msg, key=nid.encode(), partition=partition)
+        await until(lambda: len(writes) == 2)
+    assert sorted(writes) == [(2, a), (5, b)]
+    doc = status.get(a)
+    assert doc is not None and doc["title"] == "T" and doc["p"] == 2
+    assert {ch: e["status"] for ch, e in doc["channels"].items()} == {
+        "webhook": "sent",
+        "inapp": "sent",
+    }
+    assert [h["status"] for h in doc["channels"]["webhook"]["history"]] == ["queued", "sent"]

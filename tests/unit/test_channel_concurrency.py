@@ -1,0 +1,106 @@
+"""Channel agents keep several deliveries in flight, in order per user."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+import notifyd.agents.channel as channel_mod
+from notifyd import pipeline
+from notifyd.agents.webhook import webhook_agent
+from notifyd.app import settings
+from notifyd.providers.base import SendReceipt
+from notifyd.providers.memory import MemoryProvider
+from notifyd.records import Delivery
+from notifyd.tables import ledger
+
+
+class SlowProvider(MemoryProvider):
+    """Sends take ``delay[user]`` seconds; records overlap and order."""
+
+    def __init__(self, delay: dict[str, float]) -> None:
+        super().__init__("webhook")
+        self.delay = delay
+        self.active: dict[str, int] = {}
+        self.max_active = 0
+        self.max_active_per_user: dict[str, int] = {}
+        self.done: list[str] = []
+
+    async def send(self, delivery: Delivery) -> SendReceipt:
+        u = delivery.user_id
+        self.active[u] = self.active.get(u, 0) + 1
+        self.max_active = max(self.max_active, sum(self.active.values()))
+        self.max_active_per_user[u] = max(self.max_active_per_user.get(u, 0), self.active[u])
+        try:
+            await asyncio.sleep(self.delay.get(u, 0.0))
+            if delivery.title == "boom":
+                raise RuntimeError("provider bug")
+            return await super().send(delivery)
+        finally:
+            self.active[u] -= 1
+            self.done.append(delivery.notification_id)
+
+
+def delivery(user: str, nid: str, title: str = "t") -> Delivery:
+    return Delivery(
+        notification_id=nid,
+        event_id=f"ev-{nid}",
+        user_id=user,
+        channel="webhook",
+        title=title,
+        body="b",
+        address="https://example.com/hook",
+    )
+
+
+async def until(cond: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("limit", [1, 8])
+async def test_deliveries_in_flight_in_order_per_user(
+    monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    slow, fast = f"slow-{tag}", f"fast-{tag}"
+    provider = SlowProvider({slow: 0.05})
+    monkeypatch.setattr(channel_mod, "build_provider", lambda ch, s: provider)
+    monkeypatch.setattr(settings, "delivery_concurrency", limit)
+    published: list[tuple[str, list[dict[str, Any]]]] = []
+
+    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
+        published.append((nid, updates))
+
+    monkeypatch.setattr(pipeline, "publish_status", record)
+    plan = [
+        delivery(slow, f"{tag}-s1"),
+        delivery(slow, f"{tag}-s2"),
+        delivery(fast, f"{tag}-f1"),
+        delivery(slow, f"{tag}-s3", title="boom"),  # a provider crash: retried, not fatal
+        delivery(fast, f"{tag}-f2"),
+    ]
+    async with webhook_agent.test_context() as agent:
+        for d in plan:
+            await agent.put(d.dumps(), key=d.user_id.encode(), partition=1)
+        await until(lambda: len(published) == len(plan))
+    assert provider.max_active_per_user[slow] == 1  # one user's sends never overlap
+    slow_order = [n for n in provider.done if n.startswith(f"{tag}-s")]
+    assert slow_order == [f"{tag}-s1", f"{tag}-s2", f"{tag}-s3"]
+    for d in plan[:3] + plan[4:]:
+        entry = ledger.get(d.idempotency_key)
+        assert entry is not None and entry["s"] == "sent" and entry["p"] == 1
+    statuses = {nid: u[0]["status"] for nid, u in published}
+    assert statuses[f"{tag}-s3"] == "retrying"
+    if limit == 1:
+        assert provider.max_active == 1
+        assert provider.done.index(f"{tag}-f1") > provider.done.index(f"{tag}-s2")
+    else:
+        # The fast user's deliveries do not wait behind the slow user's.
+        assert provider.max_active >= 2
+        assert provider.done.index(f"{tag}-f2") < provider.done.index(f"{tag}-s2")
