@@ -11,7 +11,10 @@ from typing import Any
 
 import faust
 
+from . import faust_fixes
 from .config import Settings, get_settings
+
+faust_fixes.apply()
 
 settings: Settings = get_settings()
 

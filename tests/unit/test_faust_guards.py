@@ -30,3 +30,30 @@ def test_every_agent_runs_with_concurrency_one() -> None:
 def test_processing_guarantee_is_at_least_once() -> None:
     # exactly_once has open duplicate bugs in faust-streaming; idempotency instead.
     assert app.conf.processing_guarantee.value == "at_least_once"
+
+
+async def test_producer_buffer_flush_waits_until_empty() -> None:
+    """faust's ProducerBuffer.flush() returned after 0.1 s without progress even with
+    messages left; the consumer commits right after it (notifyd.faust_fixes)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.transport.producer import ProducerBuffer
+
+    sent: list[int] = []
+
+    async def slow_publish(fut: object, wait: bool = False) -> None:
+        await asyncio.sleep(0.25)  # longer than Faust's 0.1 s give-up
+        sent.append(1)
+
+    message = SimpleNamespace(channel=SimpleNamespace(publish_message=slow_publish))
+    buf = ProducerBuffer()
+    buf.app = app
+    await buf.start()
+    try:
+        for _ in range(3):
+            buf.pending.put_nowait(SimpleNamespace(message=message))  # type: ignore[arg-type]
+        await buf.flush()
+        assert buf.size == 0 and len(sent) == 3
+    finally:
+        await buf.stop()
