@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -54,6 +54,7 @@ from .bench_stats import (
     rate,
     total_for,
 )
+from .worker_process import WorkerSubprocess
 
 WEBHOOK_SECRET = "whsec-bench-0123456789abcdef0123456789"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
@@ -256,29 +257,16 @@ class CpuMeter:
         return out
 
 
-@dataclass
-class WorkerProc:
-    """``python -m notifyd worker`` in a subprocess, optionally under pyinstrument."""
+@dataclass(kw_only=True)
+class WorkerProc(WorkerSubprocess):
+    """``python -m notifyd worker`` in a subprocess, optionally under pyinstrument or
+    with ``--worker-patch`` experiments (readiness, logs, stop: :class:`WorkerSubprocess`)."""
 
     env: dict[str, str]
-    datadir: Path
-    web_port: int
     profile_out: Path | None = None
     patches: tuple[str, ...] = ()
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    @property
-    def log_path(self) -> Path:
-        return self.datadir / "worker.log"
+    probe_timeout_s: ClassVar[float] = 3.0
 
     def command(self) -> list[str]:
         if self.patches:
@@ -304,54 +292,8 @@ class WorkerProc:
         return [sys.executable, *target]
 
     def start(self) -> WorkerProc:
-        self.datadir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.started_at = time.monotonic()
+        self.launch(self.env)
         return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    async def wait_ready(self, timeout: float = 180.0) -> float:
-        """Seconds from start to ``/readyz`` answering ready."""
-        import aiohttp
-
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
-            while time.monotonic() < deadline:
-                if not self.alive():
-                    raise RuntimeError(f"worker exited:\n{self.log_tail()}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                    async with s.get(f"{self.url}/readyz") as resp:
-                        body = await resp.json(content_type=None)
-                        if resp.status == 200 and body.get("ready"):
-                            return time.monotonic() - self.started_at
-                await asyncio.sleep(0.1)
-        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 60.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @dataclass
@@ -1066,7 +1008,7 @@ class Bench:
         }
         w.start()
         try:
-            out["ready_s"] = round(await w.wait_ready(), 2)
+            out["ready_s"] = round(await w.wait_ready_async(), 2)
             self.baseline_ready_s = out["ready_s"]
             out["preload_s"] = round(await self._preload(names.preferences, app_id), 2)
             out["worker_rss_after_preload_mb"] = proc_mem_mb(w.pid)[0]
@@ -1262,7 +1204,7 @@ class Bench:
         w.start()
         peak = 0.0
         try:
-            ready_task = asyncio.create_task(w.wait_ready(o.drain_timeout * 5))
+            ready_task = asyncio.create_task(w.wait_ready_async(o.drain_timeout * 5))
             while not ready_task.done():
                 rss = proc_mem_mb(w.pid)[0] or 0.0
                 peak = max(peak, rss)
@@ -1294,7 +1236,7 @@ class Bench:
         )
         w2.start()
         try:
-            out["warm_restart_s"] = round(await w2.wait_ready(o.drain_timeout * 2), 2)
+            out["warm_restart_s"] = round(await w2.wait_ready_async(o.drain_timeout * 2), 2)
         finally:
             w2.stop(120)
         return out

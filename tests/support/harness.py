@@ -10,12 +10,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -34,6 +30,7 @@ from notifyd.admin import TopicNames
 from notifyd.broker.base import free_port
 from notifyd.kafka_headers import header_value
 from notifyd.sandbox import SandboxServer, SmtpSink
+from notifyd.worker_process import WorkerSubprocess
 
 T = TypeVar("T")
 WEBHOOK_SECRET = "whsec-integration-tests-0123456789abcdef"
@@ -124,26 +121,17 @@ def http_json(
             return exc.code, raw.decode(errors="replace")
 
 
-@dataclass
-class WorkerProcess:
-    """A real notifyd worker in a subprocess."""
+@dataclass(kw_only=True)
+class WorkerProcess(WorkerSubprocess):
+    """A real notifyd worker in a subprocess (process handling: :class:`WorkerSubprocess`)."""
 
     broker_url: str
-    datadir: Path
     app_id: str
     topic_prefix: str
     extra_env: dict[str, str] = field(default_factory=dict)
-    web_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
     operator_token: str = ""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.datadir / "worker.log"
+    log_tail_lines: ClassVar[int] = 60
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")}
@@ -166,57 +154,12 @@ class WorkerProcess:
         return env
 
     def start(self, wait: bool = True, timeout: float = 90) -> WorkerProcess:
-        self.datadir.mkdir(parents=True, exist_ok=True)
         if not self.web_port:
             self.web_port = free_port()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "notifyd", "worker"],
-                env=self.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self.launch(self.env())
         if wait:
             self.wait_ready(timeout)
         return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"worker exited:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                status, body = http_json("GET", f"{self.url}/readyz", timeout=2)
-                if status == 200 and body.get("ready"):
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
         return http_json("GET", f"{self.url}{path}", headers=headers)
