@@ -25,6 +25,7 @@ from faust.types import EventT
 from . import clock
 from .app import settings
 from .errors import DeliveryError, InvalidEvent
+from .kafka_headers import header_value
 from .metrics import metrics
 from .providers.base import Provider
 from .records import Delivery, Event, dumps, loads, parse_event
@@ -64,14 +65,6 @@ def throttle_policy() -> ThrottlePolicy:
     return ThrottlePolicy(
         settings.throttle_limit, settings.throttle_window_s, settings.throttle_mode
     )
-
-
-def _header(ev: EventT[Any], name: str) -> str | None:
-    headers: Any = ev.message.headers or ()
-    for k, v in headers:
-        if k == name:
-            return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
-    return None
 
 
 async def dead_letter(ev: EventT[Any], raw: bytes | None, reason: str) -> None:
@@ -121,7 +114,10 @@ async def handle_event(ev: EventT[Any]) -> None:
             key=event.user_id.encode(), value=raw, headers=[(ORIGIN_HEADER, origin.encode())]
         )
         return
-    origin = _header(ev, ORIGIN_HEADER) or f"{msg.topic}/{msg.partition}/{msg.offset}"
+    origin = (
+        header_value(ev.message.headers, ORIGIN_HEADER)
+        or f"{msg.topic}/{msg.partition}/{msg.offset}"
+    )
     now = clock.now()
     prev = seen.get(event.event_id)
     if prev is not None and prev[2] != origin:
