@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 #: One header: aiokafka gives ``(str, bytes)``; Faust may carry ``str`` values.
 Header = tuple[str, bytes | bytearray | str]
 
 
-def header_value(headers: Iterable[Header] | None, name: str) -> str | None:
+def header_value(
+    headers: Iterable[Header] | Mapping[str, bytes] | None, name: str
+) -> str | None:
     """The value of the first header called ``name``, None if there is none.
 
-    Bytes are decoded as UTF-8, undecodable bytes replaced (U+FFFD); any other value
-    is passed through ``str()``.
+    Faust may also hand a mapping.  Bytes are decoded as UTF-8, undecodable bytes
+    replaced (U+FFFD); any other value is passed through ``str()``.
     """
-    for key, value in headers or ():
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for key, value in pairs:
         if key == name:
             if isinstance(value, bytes | bytearray):
                 return value.decode("utf-8", "replace")

@@ -34,3 +34,8 @@ def test_header_value_replaces_invalid_utf8() -> None:
 
 def test_header_value_name_is_case_sensitive() -> None:
     assert header_value([("Notifyd-Reason", b"x")], "notifyd-reason") is None
+
+
+def test_mapping_headers() -> None:
+    assert header_value({"a": b"1", "b": b"2"}, "b") == "2"
+    assert header_value({"a": b"1"}, "b") is None
