@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     datadir: Path = Path("var/notifyd")
     #: Faust table store: ``memory://`` or ``rocksdb://`` (RocksDB through rocksdict).
     table_store: str = "memory://"
+    #: With ``rocksdb://``: before Faust starts, read each table changelog to its end with
+    #: a plain consumer into the local RocksDB files (notifyd.restore; Faust then
+    #: recovers only the tail).  Off: Faust's own recovery reads everything.
+    fast_restore: bool = True
     #: Standby replicas of tables kept by other workers (faster failover).
     table_standby_replicas: int = Field(default=0, ge=0)
 

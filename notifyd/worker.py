@@ -42,6 +42,13 @@ def run_worker() -> int:
     from .app import app
 
     app.discover()  # agents, tables, web routes (autodiscover)
+    from . import restore
+
+    if restore.enabled(s):
+        try:
+            asyncio.run(restore.restore_tables(s, app.conf.tabledir))
+        except Exception as exc:  # an optimisation only: Faust's recovery does the rest
+            log.warning("restore.failed", error=f"{type(exc).__name__}: {exc}")
     log.info(
         "worker.starting",
         broker=s.broker_url,

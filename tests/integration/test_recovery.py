@@ -107,27 +107,33 @@ async def test_fresh_worker_recovers_compacted_changelog(
         assert time.monotonic() < deadline, "the broker did not compact the changelog"
         await asyncio.sleep(2)
     count, offsets = await _changelog_stats(st.bootstrap, changelog)
-    # A brand-new worker with an empty data dir recovers from the compacted log.
-    fresh = WorkerProcess(
-        broker_url=st.worker.broker_url,
-        datadir=tmp_path_factory.mktemp("fresh"),
-        app_id=st.worker.app_id,
-        topic_prefix=st.worker.topic_prefix,
-        extra_env=dict(st.worker.extra_env),
-        operator_token=st.worker.operator_token,
-    )
+    # A brand-new worker with an empty data dir recovers from the compacted log: with
+    # Faust's own recovery (memory store) and with notifyd.restore first (RocksDB).
     st.worker.stop()
-    started = time.monotonic()
     try:
-        await asyncio.to_thread(fresh.start, True, 120)
-        took = time.monotonic() - started
-        print(f"\nRECOVERY (#176): changelog compacted to {count} of {offsets} offsets; "
-              f"fresh worker ready in {took:.1f}s")
-        for u in users[20:]:
-            prefs = fresh.table("preferences", u)
-            assert prefs is not None and prefs["email"] == f"{u}-4@example.com", u
-        for u in deleted:
-            assert fresh.table("preferences", u) is None, u
+        for store in ("memory://", "rocksdb://"):
+            fresh = WorkerProcess(
+                broker_url=st.worker.broker_url,
+                datadir=tmp_path_factory.mktemp("fresh"),
+                app_id=st.worker.app_id,
+                topic_prefix=st.worker.topic_prefix,
+                extra_env={**st.worker.extra_env, "NOTIFYD_TABLE_STORE": store},
+                operator_token=st.worker.operator_token,
+            )
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(fresh.start, True, 120)
+                took = time.monotonic() - started
+                print(f"\nRECOVERY (#176, {store}): changelog compacted to {count} of "
+                      f"{offsets} offsets; fresh worker ready in {took:.1f}s")
+                for u in users[20:]:
+                    prefs = fresh.table("preferences", u)
+                    assert prefs is not None and prefs["email"] == f"{u}-4@example.com", u
+                for u in deleted:
+                    assert fresh.table("preferences", u) is None, u
+                restored = '"restore.done"' in fresh.log_path.read_text(errors="replace")
+                assert restored == (store == "rocksdb://")
+            finally:
+                fresh.stop()
     finally:
-        fresh.stop()
         st.worker.start()
