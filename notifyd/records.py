@@ -8,6 +8,7 @@ rejection carries a reason ``"<code>: <detail>"`` for the dead-letter topic.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
+@functools.lru_cache(maxsize=8192)  # asked several times per event on the hot path
 def notification_id_for(event_id: str) -> str:
     """Deterministic notification id, so a re-processed event maps to the same id."""
     return str(uuid.uuid5(_NAMESPACE, event_id))
