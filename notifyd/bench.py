@@ -97,6 +97,8 @@ class BenchOptions:
     profile: str | None = None  # "pyinstrument": wraps the notifyd worker
     worker_log_level: str = "INFO"
     worker_patches: tuple[str, ...] = ()  # experiments, see WORKER_PATCHES
+    #: Extra NOTIFYD_* settings for every worker (A/B runs, e.g. NOTIFYD_FAST_RESTORE=false).
+    worker_env: tuple[tuple[str, str], ...] = ()
     drain_timeout: float = 180.0
     workdir: Path | None = None
     quick: bool = False
@@ -120,6 +122,7 @@ class BenchOptions:
         d["workdir"] = str(self.workdir) if self.workdir else None
         d["rates"] = list(self.rates)
         d["worker_patches"] = list(self.worker_patches)
+        d["worker_env"] = dict(self.worker_env)
         return d
 
 
@@ -851,6 +854,7 @@ class Bench:
                 "NOTIFYD_LOG_FORMAT": "json",
             }
         )
+        env.update(self.opts.worker_env)
         return env
 
     def new_worker(

@@ -347,6 +347,13 @@ def _now() -> float:
     type=click.Choice(["uvloop", "fetch-wait-10ms", "linger-5ms"]),
     help="Experiment: patch the worker at start (repeatable; see notifyd.bench)",
 )
+@click.option(
+    "--worker-env",
+    "worker_env",
+    multiple=True,
+    metavar="NOTIFYD_NAME=VALUE",
+    help="A setting for every worker, e.g. NOTIFYD_FAST_RESTORE=false (repeatable)",
+)
 @click.option("--workdir", type=click.Path(path_type=Path), help="Keep broker/worker data here")
 @click.option("--no-progress", is_flag=True, help="No progress bars")
 def bench(**kw: Any) -> None:
@@ -364,6 +371,12 @@ def bench(**kw: Any) -> None:
             raise click.UsageError(f"--rates: {exc}") from exc
         if not values["rates"] or min(values["rates"]) <= 0:
             raise click.UsageError("--rates needs positive integers")
+    worker_env: list[tuple[str, str]] = []
+    for item in kw["worker_env"]:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("NOTIFYD_"):
+            raise click.UsageError(f"--worker-env wants NOTIFYD_NAME=VALUE, got {item!r}")
+        worker_env.append((name, value))
     opts = BenchOptions(
         broker=kw["broker_kind"],
         broker_url=kw["broker_url"],
@@ -373,6 +386,7 @@ def bench(**kw: Any) -> None:
         profile=kw["profile"],
         worker_log_level=kw["worker_log_level"],
         worker_patches=tuple(kw["worker_patches"]),
+        worker_env=tuple(worker_env),
         workdir=kw["workdir"],
         progress=not kw["no_progress"],
         **values,

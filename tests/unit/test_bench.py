@@ -322,3 +322,21 @@ def test_profile_summary_by_component() -> None:
     assert s["notifyd_inclusive"][0]["s"] == 4.0
     assert "select" not in {f["function"] for f in s["top_self"]}
     assert "| faust | 2.0 | 50.0 |" in render(s)
+
+
+def test_worker_env_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import notifyd.bench as bench_mod
+    from notifyd.cli import main
+
+    d = BenchOptions(worker_env=(("NOTIFYD_FAST_RESTORE", "false"),)).to_json()
+    assert d["worker_env"] == {"NOTIFYD_FAST_RESTORE": "false"}
+    seen: list[BenchOptions] = []
+    monkeypatch.setattr(bench_mod, "run_bench", seen.append)
+    runner = CliRunner()
+    bad = runner.invoke(main, ["bench", "--worker-env", "FAST_RESTORE=false"])
+    assert bad.exit_code == 2 and "NOTIFYD_NAME=VALUE" in bad.output
+    ok = runner.invoke(main, ["bench", "--worker-env", "NOTIFYD_DELIVERY_CONCURRENCY=1"])
+    assert ok.exit_code == 0, ok.output
+    assert seen[0].worker_env == (("NOTIFYD_DELIVERY_CONCURRENCY", "1"),)
