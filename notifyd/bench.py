@@ -99,6 +99,8 @@ class BenchOptions:
     worker_patches: tuple[str, ...] = ()  # experiments, see WORKER_PATCHES
     #: Extra NOTIFYD_* settings for every worker (A/B runs, e.g. NOTIFYD_FAST_RESTORE=false).
     worker_env: tuple[tuple[str, str], ...] = ()
+    #: The webhook sink answers after this long (receipt time is taken on arrival).
+    sink_latency_ms: float = 0.0
     drain_timeout: float = 180.0
     workdir: Path | None = None
     quick: bool = False
@@ -403,8 +405,10 @@ class Collector:
 class Sink:
     """A minimal webhook receiver: records receipt time and ``data`` of each POST."""
 
-    def __init__(self, collector: Collector) -> None:
+    def __init__(self, collector: Collector, latency_s: float = 0.0) -> None:
         self.collector = collector
+        #: Answer each POST after this long (a provider's own latency).
+        self.latency_s = latency_s
         self.requests = 0
         self._runner: Any = None
         self.port = 0
@@ -427,6 +431,8 @@ class Sink:
             except orjson.JSONDecodeError:
                 return web.Response(status=400)
             self.collector.record("sink", doc.get("data"), now)
+            if self.latency_s > 0:
+                await asyncio.sleep(self.latency_s)
             return web.Response(
                 body=b'{"id":"' + str(self.requests).encode() + b'"}',
                 content_type="application/json",
@@ -787,7 +793,7 @@ class Bench:
         self.opts = opts
         self.progress = Progress(opts.progress)
         self.collector = Collector()
-        self.sink = Sink(self.collector)
+        self.sink = Sink(self.collector, self.opts.sink_latency_ms / 1000.0)
         self.samples: dict[str, dict[str, list[float]]] = {"floor": {}, "notifyd": {}}
         self.broker: Any = None
         self.bootstrap = ""

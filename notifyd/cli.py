@@ -354,6 +354,13 @@ def _now() -> float:
     metavar="NOTIFYD_NAME=VALUE",
     help="A setting for every worker, e.g. NOTIFYD_FAST_RESTORE=false (repeatable)",
 )
+@click.option(
+    "--sink-latency-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="The webhook sink answers after this long (a provider's latency)",
+)
 @click.option("--workdir", type=click.Path(path_type=Path), help="Keep broker/worker data here")
 @click.option("--no-progress", is_flag=True, help="No progress bars")
 def bench(**kw: Any) -> None:
@@ -387,6 +394,7 @@ def bench(**kw: Any) -> None:
         worker_log_level=kw["worker_log_level"],
         worker_patches=tuple(kw["worker_patches"]),
         worker_env=tuple(worker_env),
+        sink_latency_ms=kw["sink_latency_ms"],
         workdir=kw["workdir"],
         progress=not kw["no_progress"],
         **values,
