@@ -500,6 +500,9 @@ def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     """
     folded: dict[str, tuple[EventT[Any], dict[str, Any]]] = {}
     for ev in events:
+        # Faust reads and writes a RocksDB table in the partition of the *current*
+        # event; in a batch that is whichever came last, so point it at this record.
+        token = _current_event.set(weakref.ref(ev))
         try:
             msg = loads(ev.value)
             nid = msg["notification_id"]
@@ -511,9 +514,9 @@ def fold_status_events(events: Sequence[EventT[Any]]) -> int:
             log.exception(
                 "status.record_failed", topic=m.topic, partition=m.partition, offset=m.offset
             )
+        finally:
+            _current_event.reset(token)
     for nid, (ev, doc) in folded.items():
-        # Faust writes a table's changelog to the partition of the *current* event;
-        # in a batch that is whichever came last, so point it at this record's.
         token = _current_event.set(weakref.ref(ev))
         try:
             status[nid] = doc

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from notifyd.broker.kafka import KafkaBroker
+from notifyd.records import notification_id_for
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, WorkerProcess, new_id, wait_for
 from tests.support.redis_server import RedisServer
@@ -133,6 +134,22 @@ async def test_fresh_worker_recovers_compacted_changelog(
                     assert fresh.table("preferences", u) is None, u
                 restored = '"restore.done"' in fresh.log_path.read_text(errors="replace")
                 assert restored == (store == "rocksdb://")
+                # The pipeline on this store: inbox written by ingest, status folded in a
+                # batch (reads and writes in the record's own RocksDB partition).
+                eid = new_id(f"ev-{store[:4]}")
+                await st.send_events({"event_id": eid, "user_id": users[-1], "title": "T",
+                                      "body": "B", "channels": ["inapp"]})
+                nid = notification_id_for(eid)
+                def inapp_sent(w: WorkerProcess = fresh, key: str = nid) -> bool:
+                    d = w.table("status", key)
+                    return d is not None and d["channels"].get("inapp", {}).get(
+                        "status") == "sent"
+
+                await wait_for(inapp_sent, what=f"status of {nid} on {store}")
+                doc = fresh.table("status", nid)
+                assert doc["title"] == "T" and doc["user_id"] == users[-1]
+                box = fresh.table("inbox", users[-1])
+                assert box is not None and box["items"][0]["id"] == nid
             finally:
                 fresh.stop()
     finally:

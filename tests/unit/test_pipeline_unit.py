@@ -498,6 +498,19 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
         return SimpleNamespace(message=SimpleNamespace(partition=partition))
 
     monkeypatch.setattr(status, "send_changelog", record)
+    # RocksDB reads only the current event's partition: each read must see its record's.
+    from faust.streams import current_event
+
+    reads: list[tuple[str, int]] = []
+    real_get = status.get
+
+    def get(key: str, default: Any = None) -> Any:
+        ev = current_event()
+        assert ev is not None
+        reads.append((key, ev.message.partition))
+        return real_get(key, default)
+
+    monkeypatch.setattr(status, "get", get)
     monkeypatch.setattr(settings, "status_batch_max", 4)
     monkeypatch.setattr(settings, "status_batch_wait_s", 5.0)  # only a full batch flushes
     a, b = f"n-a-{uuid.uuid4().hex[:6]}", f"n-b-{uuid.uuid4().hex[:6]}"
@@ -513,7 +526,8 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
             await agent.put(msg, key=nid.encode(), partition=partition)
         await until(lambda: len(writes) == 2)
     assert sorted(writes) == [(2, a), (5, b)]
-    doc = status.get(a)
+    assert sorted(set(reads)) == sorted([(a, 2), (b, 5)])
+    doc = real_get(a)
     assert doc is not None and doc["title"] == "T" and doc["p"] == 2
     assert {ch: e["status"] for ch, e in doc["channels"].items()} == {
         "webhook": "sent",
