@@ -344,7 +344,7 @@ def _now() -> float:
     "--worker-patch",
     "worker_patches",
     multiple=True,
-    type=click.Choice(["uvloop", "fetch-wait-10ms", "linger-5ms"]),
+    type=click.Choice(["uvloop", "fetch-wait-10ms", "fetch-batch-5ms", "linger-5ms"]),
     help="Experiment: patch the worker at start (repeatable; see notifyd.bench)",
 )
 @click.option(
