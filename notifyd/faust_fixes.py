@@ -1,5 +1,8 @@
 """Fixes for faust-streaming faults that break notifyd's at-least-once guarantee.
 
+Both depend on Faust internals (checked by ``tests/unit/test_faust_guards.py``):
+re-check them when faust-streaming is upgraded.
+
 Applied once, when :mod:`notifyd.app` is imported (before the app is built).
 """
 
@@ -9,7 +12,9 @@ import asyncio
 from typing import Any
 
 import structlog
+from faust.transport.consumer import Consumer
 from faust.transport.producer import ProducerBuffer
+from faust.types.tuples import ack_lock
 
 log = structlog.stdlib.get_logger("notifyd.faust_fixes")
 
@@ -58,9 +63,37 @@ async def _send_pending_counted(self: Any, fut: Any) -> None:
         self._notifyd_sending -= 1
 
 
+_original_ack = Consumer.ack
+
+
+def _ack_current_generation(self: Any, message: Any) -> bool:
+    """``Consumer.ack`` that does not book acks of messages from before a rebalance.
+
+    Faust's stream *acks* the messages it skips because they were fetched in an earlier
+    consumer generation, or arrive while flow control is paused for a rebalance
+    (``faust/streams.py``: ``do_ack or value is skipped_value``).  After the rebalance
+    the partition is sought back to its committed offset and those records are fetched
+    and processed again, but their offsets are already in the acked list: once the
+    records before them are acked, a commit covers the re-fetched copies while they may
+    still be unprocessed, and a crash then loses them.  Not booking such an ack is always
+    safe under at-least-once: the record is processed again after the seek (our steps
+    are idempotent), and the gap it leaves closes when that copy is acked.
+    """
+    gen = getattr(message, "generation_id", None)
+    app = self.app
+    stale = gen is not None and gen != app.consumer_generation_id
+    if stale or not app.flow_control.is_active():
+        with ack_lock:  # the lock Faust's own ack holds for this bookkeeping
+            message.acked = True
+            self._unacked_messages.discard(message)
+        return False
+    return bool(_original_ack(self, message))
+
+
 def apply() -> None:
     if getattr(ProducerBuffer.flush, "__notifyd_fix__", False):
         return
+    Consumer.ack = _ack_current_generation  # type: ignore[method-assign]
     _flush_until_empty.__notifyd_fix__ = True  # type: ignore[attr-defined]
     ProducerBuffer.flush = _flush_until_empty  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending_counted  # type: ignore[method-assign]

@@ -8,6 +8,8 @@ inbox edits), and this test fails if one ever changes.
 
 from __future__ import annotations
 
+import pytest
+
 import notifyd.agents.control
 import notifyd.agents.email
 import notifyd.agents.inapp
@@ -57,3 +59,42 @@ async def test_producer_buffer_flush_waits_until_empty() -> None:
         assert buf.size == 0 and len(sent) == 3
     finally:
         await buf.stop()
+
+
+def test_acks_from_before_a_rebalance_are_not_booked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message fetched in an earlier consumer generation (or acked while flow control
+    is paused for a rebalance) is fetched and processed again after Faust's seek to the
+    committed offset; booking its ack would let a commit pass the re-fetched copy."""
+    from faust.types import TP, Message
+
+    from notifyd.topics import events_topic
+
+    consumer = app.consumer
+    topic = events_topic.get_topic_name()
+    tp = TP(topic, 3)
+    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda t: t == topic)
+    monkeypatch.setattr(app, "consumer_generation_id", 7)
+    consumer._acked.pop(tp, None)
+    consumer._acked_index.pop(tp, None)
+
+    def message(offset: int, generation: int | None) -> Message:
+        return Message(topic, 3, offset, 0.0, 0, [], b"k", b"v", None,
+                       generation_id=generation)
+
+    was_active = app.flow_control.is_active()
+    app.flow_control.resume()  # a running worker between rebalances
+    try:
+        assert consumer.ack(message(10, 7)) is True  # current generation: booked
+        stale = message(11, 6)
+        assert consumer.ack(stale) is False and stale.acked
+        assert consumer.ack(message(12, None)) is True  # no generation known: Faust's rule
+        app.flow_control.suspend()
+        assert consumer.ack(message(13, 7)) is False  # during a rebalance
+        assert consumer._acked[tp] == [10, 12]
+    finally:
+        if was_active:
+            app.flow_control.resume()
+        else:
+            app.flow_control.suspend()
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
