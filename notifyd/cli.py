@@ -208,20 +208,19 @@ def dlq_list(kind: str, limit: int, broker_url: str | None) -> None:
 
     from .admin import TopicNames
     from .config import get_settings
-    from .redrive import describe, read_all
+    from .dlq import recent_dead_letters
 
     _set_env(broker_url=broker_url)
     s = get_settings()
     names = TopicNames(s.topic_prefix)
     topic = names.events_dlq if kind == "events" else names.deliveries_dlq
     try:
-        records = asyncio.run(read_all(s, topic))
+        items = asyncio.run(recent_dead_letters(s.bootstrap_servers, topic, limit))
     except Exception as exc:
         raise click.ClickException(f"cannot read {topic}: {exc}") from exc
-    records.sort(key=lambda r: r.timestamp, reverse=True)
-    for rec in records[:limit]:
-        click.echo(orjson.dumps(describe(rec)).decode())
-    click.echo(f"{min(limit, len(records))} of {len(records)} dead letters in {topic}", err=True)
+    for item in items:
+        click.echo(orjson.dumps(item).decode())
+    click.echo(f"{len(items)} most recent dead letters in {topic}", err=True)
 
 
 @dlq.command("redrive")

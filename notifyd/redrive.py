@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from .admin import TopicNames
 from .config import Settings
-from .kafka_headers import header_value
+from .dlq import read_records
 from .records import Delivery
 
 
@@ -42,44 +42,6 @@ class RedriveResult:
         }
 
 
-async def read_all(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record currently in ``topic`` (from the beginning to the high watermark)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        from aiokafka import TopicPartition
-
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        records: list[ConsumerRecord[bytes, bytes]] = []
-        remaining = {tp for tp in tps if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, recs in batch.items():
-                records.extend(recs)
-                if recs and recs[-1].offset + 1 >= end[tp]:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-        return records
-    finally:
-        await consumer.stop()
-
-
 async def redrive(
     settings: Settings,
     kind: str,
@@ -89,7 +51,8 @@ async def redrive(
         raise ValueError("kind must be 'deliveries' or 'events'")
     names = TopicNames(settings.topic_prefix)
     source = names.deliveries_dlq if kind == "deliveries" else names.events_dlq
-    records = await read_all(settings, source)
+    # Every record, however many: a re-drive must not silently stop at a page size.
+    records = await read_records(settings.bootstrap_servers, source, None, timeout_s=60.0)
     result = RedriveResult(scanned=len(records))
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
@@ -128,20 +91,3 @@ async def redrive(
     finally:
         await producer.stop()
     return result
-
-
-def describe(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
-    """A dead letter as JSON-friendly data (CLI listing)."""
-    value = record.value or b""
-    try:
-        text: str | None = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    return {
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp / 1000 if record.timestamp else None,
-        "key": (record.key or b"").decode("utf-8", "replace"),
-        "reason": header_value(record.headers, "notifyd-reason"),
-        "value": text if text is not None else value.hex(),
-    }

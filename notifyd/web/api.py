@@ -28,6 +28,7 @@ from aiohttp import web
 from faust.types import TopicT
 from swagger_ui_bundle import swagger_ui_path
 
+from .. import dlq
 from ..app import settings
 from ..errors import (
     BadRequest,
@@ -47,7 +48,6 @@ from ..records import (
 from ..tables import inbox, preferences, status
 from ..topics import control_topic, events_topic, names, preferences_topic
 from ..waiters import waiters
-from . import dlq
 from .auth import (
     SESSION_COOKIE,
     CurrentUser,

@@ -124,3 +124,25 @@ def test_prefs_without_a_worker(stack: Stack) -> None:
                   "--token", "x")
     assert res.returncode == 69
     assert "cannot reach notifyd" in res.stderr
+
+
+async def test_dlq_list_shows_the_reason_and_undecodable_bytes(stack: Stack) -> None:
+    """A malformed event lands in the events DLQ; ``notifyd dlq list`` prints it (JSON
+    lines, the same shape as GET /api/v1/admin/dlq) with its reason."""
+    import base64
+
+    from tests.support.harness import wait_for
+
+    key = new_id("dlq-cli").encode()
+    raw = b"\xff\xfe not json"
+    await stack.produce(stack.names.events, [(key, raw)])
+
+    def listed() -> dict[str, Any] | None:
+        res = notifyd(stack, "dlq", "list", "--topic", "events", "--limit", "500")
+        assert res.returncode == 0, res.stderr
+        items = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+        return next((i for i in items if i["key"] == key.decode()), None)
+
+    item = await wait_for(listed, interval=1.0, what="dead letter listed")
+    assert item["value_base64"] is True and base64.b64decode(item["value"]) == raw
+    assert item["reason"] and item["topic"] == stack.names.events_dlq

@@ -1,9 +1,9 @@
-"""Read the most recent records of a dead-letter topic for the operator API.
+"""Read dead-letter topics: the operator API, ``notifyd dlq list`` and re-drive.
 
 A short-lived aiokafka consumer without a group (nothing is committed, no other
 consumer is disturbed) is assigned the topic's partitions, seeks each to
-``end - limit`` and reads up to the end offsets it saw at the start.  The records are
-returned newest first; keys and values that are not UTF-8 come back as base64.
+``end - limit`` (or its beginning) and reads up to the end offsets it saw at the
+start.  As JSON, keys and values that are not UTF-8 come back as base64.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from ..errors import ServiceUnavailable
+from .errors import ServiceUnavailable
 
 REASON_HEADER = "notifyd-reason"
 
@@ -51,9 +51,10 @@ def record_to_dict(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     }
 
 
-async def _read(
-    bootstrap: list[str] | str, topic: str, limit: int, timeout_s: float
+async def read_records(
+    bootstrap: list[str] | str, topic: str, limit: int | None = None, timeout_s: float = 10.0
 ) -> list[ConsumerRecord[bytes, bytes]]:
+    """The last ``limit`` records of each partition (all with None), in partition order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -79,7 +80,7 @@ async def _read(
             return []
         consumer.assign(list(pending))
         for tp, stop in pending.items():
-            consumer.seek(tp, max(begin[tp], stop - limit))
+            consumer.seek(tp, begin[tp] if limit is None else max(begin[tp], stop - limit))
         records: list[ConsumerRecord[bytes, bytes]] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -103,7 +104,7 @@ async def recent_dead_letters(
     """The last ``limit`` records of ``topic`` across partitions, newest first."""
     try:
         async with asyncio.timeout(timeout_s + 5):
-            records = await _read(bootstrap, topic, limit, timeout_s)
+            records = await read_records(bootstrap, topic, limit, timeout_s)
     except (KafkaError, TimeoutError, OSError) as exc:
         raise ServiceUnavailable(
             f"could not read {topic}: {type(exc).__name__}", code="broker_unavailable"
