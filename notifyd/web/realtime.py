@@ -42,7 +42,14 @@ from ..records import dumps
 from ..tables import inbox
 from .api import _me, registry
 from .openapi import Call, Resp
-from .routing import _HOP_HEADERS, HTTP_CLIENT, ROUTED_HEADER, is_local, owner_of
+from .routing import (
+    HTTP_CLIENT,
+    forward_plan,
+    is_local,
+    owner_of,
+    owner_unreachable,
+    relay_whole,
+)
 
 log = structlog.stdlib.get_logger("notifyd.web.realtime")
 
@@ -308,16 +315,10 @@ async def stream_route(
 ) -> web.StreamResponse | None:
     """Like :func:`notifyd.web.routing.route` but streaming: ``None`` if this worker
     owns ``key``, else the owner's answer relayed chunk by chunk as it arrives."""
-    owner = owner_of(table_name, key)
-    if is_local(owner):
+    plan = forward_plan(request, table_name, key)
+    if plan is None:
         return None
-    if request.headers.get(ROUTED_HEADER):
-        raise ServiceUnavailable(
-            "partition ownership is moving (rebalance); retry shortly", code="rebalancing"
-        )
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-    headers[ROUTED_HEADER] = str(app.conf.canonical_url)
-    target = owner.with_path(request.rel_url.path).with_query(request.rel_url.query)
+    owner, target, headers = plan
     session = request.app[HTTP_CLIENT]
     # No total timeout: the answer is open-ended (the session's default would cut it).
     timeout = aiohttp.ClientTimeout(total=None, connect=3, sock_connect=3)
@@ -326,19 +327,11 @@ async def stream_route(
             target, headers=headers, timeout=timeout, allow_redirects=False
         )
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ServiceUnavailable(
-            f"the worker owning this key ({owner}) did not answer: {type(exc).__name__}",
-            code="owner_unreachable",
-        ) from exc
+        raise owner_unreachable(owner, exc) from exc
     forget = hub.on_close(upstream.close)
     try:
         if upstream.status != 200 or upstream.content_type != "text/event-stream":
-            payload = await upstream.read()
-            out_headers = {
-                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS
-            }
-            out_headers["X-Notifyd-Served-By"] = str(owner)
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+            return await relay_whole(upstream, owner)
         resp = web.StreamResponse(
             headers={
                 **{k: v for k, v in upstream.headers.items() if k.lower() in _COPY_FROM_OWNER},
@@ -354,10 +347,7 @@ async def stream_route(
             pass  # either side went away: end the stream (the client reconnects)
         return resp
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ServiceUnavailable(
-            f"the worker owning this key ({owner}) failed: {type(exc).__name__}",
-            code="owner_unreachable",
-        ) from exc
+        raise owner_unreachable(owner, exc, "failed") from exc
     finally:
         forget()
         upstream.close()  # a stream is never reused: close, do not pool

@@ -45,8 +45,11 @@ def is_local(url: URL) -> bool:
     return _ident(url) == _ident(URL(str(app.conf.canonical_url)))
 
 
-async def route(request: web.Request, table_name: str, key: str) -> web.Response | None:
-    """``None`` if this worker owns ``key`` of ``table_name``; else the owner's answer."""
+def forward_plan(
+    request: web.Request, table_name: str, key: str
+) -> tuple[URL, URL, dict[str, str]] | None:
+    """``None`` if this worker owns ``key`` of ``table_name``; else (owner, the URL to ask
+    it, the request headers to send).  A request routed once is never routed again."""
     owner = owner_of(table_name, key)
     if is_local(owner):
         return None
@@ -57,19 +60,37 @@ async def route(request: web.Request, table_name: str, key: str) -> web.Response
     # Host is kept: the owner checks Origin against it (cookie-authenticated writes).
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
     headers[ROUTED_HEADER] = str(app.conf.canonical_url)
-    body = await request.read()
     target = owner.with_path(request.rel_url.path).with_query(request.rel_url.query)
+    return owner, target, headers
+
+
+async def relay_whole(resp: aiohttp.ClientResponse, owner: URL) -> web.Response:
+    """The owner's answer, read completely, as this worker's response."""
+    payload = await resp.read()
+    out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
+    out_headers["X-Notifyd-Served-By"] = str(owner)
+    return web.Response(status=resp.status, body=payload, headers=out_headers)
+
+
+def owner_unreachable(owner: URL, exc: BaseException, what: str = "did not answer") -> Exception:
+    return ServiceUnavailable(
+        f"the worker owning this key ({owner}) {what}: {type(exc).__name__}",
+        code="owner_unreachable",
+    )
+
+
+async def route(request: web.Request, table_name: str, key: str) -> web.Response | None:
+    """``None`` if this worker owns ``key`` of ``table_name``; else the owner's answer."""
+    plan = forward_plan(request, table_name, key)
+    if plan is None:
+        return None
+    owner, target, headers = plan
+    body = await request.read()
     session = request.app[HTTP_CLIENT]
     try:
         async with session.request(
             request.method, target, headers=headers, data=body or None, allow_redirects=False
         ) as resp:
-            payload = await resp.read()
-            out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
-            out_headers["X-Notifyd-Served-By"] = str(owner)
-            return web.Response(status=resp.status, body=payload, headers=out_headers)
+            return await relay_whole(resp, owner)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ServiceUnavailable(
-            f"the worker owning this key ({owner}) did not answer: {type(exc).__name__}",
-            code="owner_unreachable",
-        ) from exc
+        raise owner_unreachable(owner, exc) from exc
