@@ -99,46 +99,47 @@ class _ScrapeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._owner.snapshot
-        lag = GaugeMetricFamily(
-            f"{NAMESPACE}_consumer_lag",
+        yield _gauge(
+            "consumer_lag",
             "Messages behind the end of each partition this worker consumes "
             "(highwater minus position)",
-            labels=["topic", "partition"],
+            ["topic", "partition"],
+            snap.lag,
         )
-        for (topic, partition), value in sorted(snap.lag.items()):
-            lag.add_metric([topic, str(partition)], value)
-        yield lag
         total = GaugeMetricFamily(
             f"{NAMESPACE}_consumer_lag_total", "Sum of consumer lag over assigned partitions"
         )
         total.add_metric([], sum(snap.lag.values()))
         yield total
-        commit_lag = GaugeMetricFamily(
-            f"{NAMESPACE}_consumer_commit_lag",
+        yield _gauge(
+            "consumer_commit_lag",
             "Messages not yet processed and committed (highwater minus the offset this "
             "worker last committed), per partition it committed since it started",
-            labels=["topic", "partition"],
+            ["topic", "partition"],
+            snap.commit_lag,
         )
-        for (topic, partition), value in sorted(snap.commit_lag.items()):
-            commit_lag.add_metric([topic, str(partition)], value)
-        yield commit_lag
-        dlq = GaugeMetricFamily(
-            f"{NAMESPACE}_dlq_messages",
+        yield _gauge(
+            "dlq_messages",
             "Dead letters held by a DLQ topic (end minus earliest offsets, all partitions)",
-            labels=["topic"],
+            ["topic"],
+            snap.dlq or {},
         )
-        for topic, value in sorted((snap.dlq or {}).items()):
-            dlq.add_metric([topic], value)
-        yield dlq
-        tables = GaugeMetricFamily(
-            f"{NAMESPACE}_table_keys",
+        yield _gauge(
+            "table_keys",
             "Keys in this worker's local store of each table (RocksDB: active partitions)",
-            labels=["table"],
+            ["table"],
+            snap.tables,
         )
-        for name, value in sorted(snap.tables.items()):
-            tables.add_metric([name], value)
-        yield tables
         yield from self._owner.monitor_metrics()
+
+
+def _gauge(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) -> Metric:
+    """A labelled gauge family; a tuple key gives one label value per element."""
+    family = GaugeMetricFamily(f"{NAMESPACE}_{name}", doc, labels=labels)
+    for key, value in sorted(values.items()):
+        parts = key if isinstance(key, tuple) else (key,)
+        family.add_metric([str(p) for p in parts], value)
+    return family
 
 
 class Metrics:
