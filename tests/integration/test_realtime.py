@@ -103,11 +103,17 @@ def local_realtime(stack: Stack, i: int) -> dict[str, Any]:
     return realtime
 
 
-async def test_stream_on_owner_and_relayed_by_the_other_worker(rt: Stack) -> None:
+async def user_on_one_worker(rt: Stack) -> tuple[str, str, int, int]:
+    """A new user with a token, the index of the worker owning the user's partition
+    and of the other worker (once the assignment has settled)."""
     parts = await wait_for(lambda: assignment(rt), timeout=90, what="a settled assignment")
     user_id, token = signup(rt)
     owner = next(i for i, p in enumerate(parts) if partition_for(user_id, PARTITIONS) in p)
-    other = 1 - owner
+    return user_id, token, owner, 1 - owner
+
+
+async def test_stream_on_owner_and_relayed_by_the_other_worker(rt: Stack) -> None:
+    user_id, token, owner, other = await user_on_one_worker(rt)
     auth = {"Authorization": f"Bearer {token}"}
     url = "/api/v1/notifications/stream"
 
@@ -216,10 +222,7 @@ async def test_stats_add_up_both_workers(rt: Stack) -> None:
 async def test_streams_end_promptly_when_a_worker_stops(rt: Stack) -> None:
     """Last in this module: it stops one worker.  The relayed stream ends at once (the
     client reconnects elsewhere); the owner's stream survives the rebalance."""
-    parts = await wait_for(lambda: assignment(rt), timeout=90, what="a settled assignment")
-    user_id, token = signup(rt)
-    owner = next(i for i, p in enumerate(parts) if partition_for(user_id, PARTITIONS) in p)
-    other = 1 - owner
+    user_id, token, owner, other = await user_on_one_worker(rt)
     auth = {"Authorization": f"Bearer {token}"}
     url = "/api/v1/notifications/stream"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
