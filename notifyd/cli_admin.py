@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import sys
 import urllib.error
 import urllib.parse
@@ -340,18 +339,6 @@ async def _open_store() -> CredentialStore:
     return store
 
 
-async def jwt_secret(store: CredentialStore) -> str:
-    """The worker's signing secret: NOTIFYD_JWT_SECRET, else the one shared in the store."""
-    configured = _settings().jwt_secret.get_secret_value()
-    if configured:
-        return str(configured)
-    await store.set_if_absent("config:jwt_secret", secrets.token_urlsafe(48).encode())
-    value = await store.get("config:jwt_secret")
-    if value is None:  # pragma: no cover - just written
-        raise CliError("could not read the JWT secret from the credential store", EXIT_UNAVAILABLE)
-    return value.decode()
-
-
 def _web_error(exc: Exception) -> CliError:
     from .errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized, WebError
 
@@ -443,7 +430,7 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
 
     async def issue() -> dict[str, Any]:
         from .errors import WebError
-        from .web.auth import LoginThrottle, TokenService, UserService
+        from .web.auth import LoginThrottle, TokenService, UserService, resolve_jwt_secret
 
         s = _settings()
         store = await _open_store()
@@ -451,14 +438,8 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
             users = UserService(store, throttle=LoginThrottle(store))
             try:
                 found = await users.authenticate(username, secret, client_ip="cli")
-                tokens = TokenService(
-                    await jwt_secret(store),
-                    store=store,
-                    users=users,
-                    issuer=s.jwt_issuer,
-                    audience=s.jwt_audience,
-                    ttl_s=s.jwt_ttl_s,
-                    refresh_ttl_s=s.session_ttl_s,
+                tokens = TokenService.from_settings(
+                    s, store=store, users=users, secret=await resolve_jwt_secret(s, store)
                 )
                 answer: dict[str, Any] = await tokens.issue(found)
             except WebError as exc:

@@ -8,7 +8,6 @@ request) → handler.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from .auth import (
     UserService,
     auth_middleware,
     error_middleware,
+    resolve_jwt_secret,
 )
 from .auth import require_operator as _require_operator
 from .auth import require_user as _require_user
@@ -70,37 +70,13 @@ def is_public(request: web.Request) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-async def _jwt_secret(store: CredentialStore) -> str:
-    """The configured secret, else one shared through the credential store.
-
-    Every worker of a deployment must sign with the same key; with Redis the
-    first worker creates it and the others read it, with SQLite (single
-    worker) it persists in the data dir.
-    """
-    configured = settings.jwt_secret.get_secret_value()
-    if configured:
-        return configured
-    await store.set_if_absent("config:jwt_secret", secrets.token_urlsafe(48).encode())
-    value = await store.get("config:jwt_secret")
-    if value is None:  # pragma: no cover - just written
-        raise RuntimeError("could not read the generated JWT secret")
-    return value.decode()
-
-
 async def _auth_ctx(webapp: web.Application) -> AsyncIterator[None]:
     settings.datadir.mkdir(parents=True, exist_ok=True)
     store = await open_store(settings.resolved_credential_store_url)
     try:
         users = UserService(store, throttle=LoginThrottle(store))
-        secret = await _jwt_secret(store)
-        tokens = TokenService(
-            secret,
-            store=store,
-            users=users,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-            ttl_s=settings.jwt_ttl_s,
-            refresh_ttl_s=settings.session_ttl_s,
+        tokens = TokenService.from_settings(
+            settings, store=store, users=users, secret=await resolve_jwt_secret(settings, store)
         )
         sessions = SessionService.from_settings(settings, store=store, users=users)
         oidc_session: aiohttp.ClientSession | None = None
