@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import random
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from aiokafka.partitioner import murmur2
-from faust.streams import _current_event
 from faust.types import EventT
 
 from . import clock
@@ -30,7 +28,16 @@ from .metrics import metrics
 from .providers.base import Provider
 from .records import Delivery, Event, dumps, loads, parse_event
 from .rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
-from .tables import inbox, ledger, preferences, scheduled, seen, status, throttle
+from .tables import (
+    current_event,
+    inbox,
+    ledger,
+    preferences,
+    scheduled,
+    seen,
+    status,
+    throttle,
+)
 from .templating import TemplateStore
 from .topics import (
     control_topic,
@@ -248,13 +255,18 @@ def deliver_inapp_inline(delivery: Delivery, now: float) -> dict[str, Any]:
     metrics.delivery_attempted(delivery)
     provider_id = deliver_inapp(delivery)
     metrics.delivery_sent(delivery)
+    return sent_update(delivery, provider_id, clock.now())
+
+
+def sent_update(delivery: Delivery, provider_id: str | None, now: float) -> dict[str, Any]:
+    """The status update of a delivery the provider accepted."""
     return {
         "channel": delivery.channel,
         "status": "sent",
         "attempt": delivery.attempt,
         "ts": now,
         "provider_id": provider_id,
-        "latency_ms": round((clock.now() - delivery.accepted_at) * 1000, 3),
+        "latency_ms": round((now - delivery.accepted_at) * 1000, 3),
     }
 
 
@@ -379,15 +391,9 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     now = clock.now()
     metrics.delivery_sent(delivery)
     _mark(key, "sent", partition)
-    update: dict[str, Any] = {
-        "channel": delivery.channel,
-        "status": "sent",
-        "attempt": delivery.attempt,
-        "ts": now,
-        "provider_id": receipt.provider_id,
-        "latency_ms": round((now - delivery.accepted_at) * 1000, 3),
-    }
-    await publish_status(delivery.notification_id, [update])
+    await publish_status(
+        delivery.notification_id, [sent_update(delivery, receipt.provider_id, now)]
+    )
     log.debug("delivery.sent", send_ms=round((time.monotonic() - started) * 1000, 2))
 
 
@@ -500,28 +506,22 @@ def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     """
     folded: dict[str, tuple[EventT[Any], dict[str, Any]]] = {}
     for ev in events:
-        # Faust reads and writes a RocksDB table in the partition of the *current*
-        # event; in a batch that is whichever came last, so point it at this record.
-        token = _current_event.set(weakref.ref(ev))
-        try:
-            msg = loads(ev.value)
-            nid = msg["notification_id"]
-            prev = folded.get(nid)
-            doc = prev[1] if prev is not None else status.get(nid)
-            folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
-        except Exception:  # one bad record must not lose the rest of the batch
-            m = ev.message
-            log.exception(
-                "status.record_failed", topic=m.topic, partition=m.partition, offset=m.offset
-            )
-        finally:
-            _current_event.reset(token)
+        # In a batch the current event is whichever came last: point it at this record.
+        with current_event(ev):
+            try:
+                msg = loads(ev.value)
+                nid = msg["notification_id"]
+                prev = folded.get(nid)
+                doc = prev[1] if prev is not None else status.get(nid)
+                folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
+            except Exception:  # one bad record must not lose the rest of the batch
+                m = ev.message
+                log.exception(
+                    "status.record_failed", topic=m.topic, partition=m.partition, offset=m.offset
+                )
     for nid, (ev, doc) in folded.items():
-        token = _current_event.set(weakref.ref(ev))
-        try:
+        with current_event(ev):
             status[nid] = doc
-        finally:
-            _current_event.reset(token)
     return len(folded)
 
 

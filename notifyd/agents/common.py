@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import structlog
-from faust.streams import Stream, _current_event
+from faust.streams import Stream
 from faust.types import EventT, StreamT
+
+from ..tables import current_event
 
 log = structlog.stdlib.get_logger("notifyd.agents")
 
@@ -61,9 +62,9 @@ async def run_events_concurrently(
         try:
             if before is not None:
                 await asyncio.wait([before])  # never raises; see below
-            # Table writes go to the changelog partition of the *current* event.
-            _current_event.set(weakref.ref(ev))
-            await _handle(ev, handler)  # catches everything but cancellation
+            # Tables are read and written in the partition of the *current* event.
+            with current_event(ev):
+                await _handle(ev, handler)  # catches everything but cancellation
             await stream.ack(ev)  # not on cancellation: re-consumed after a restart
         finally:
             slots.release()

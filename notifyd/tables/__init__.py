@@ -9,9 +9,13 @@ Every table except ``status`` is written while processing a message keyed by
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
-from faust.types import TableT
+from faust.streams import _current_event
+from faust.types import EventT, TableT
 
 from ..admin import TABLE_NAMES
 from ..app import app, settings
@@ -56,3 +60,16 @@ TABLES: dict[str, TableT[str, Any]] = {
 }
 
 assert tuple(TABLES) == TABLE_NAMES, "notifyd.admin.TABLE_NAMES must list every table"
+
+
+@contextmanager
+def current_event(ev: EventT[Any]) -> Iterator[None]:
+    """Make ``ev`` Faust's current event while table reads and writes happen outside the
+    stream's own iteration (a batch, a task of its own): Faust reads a RocksDB table and
+    writes every changelog record in the partition of the current event.  The one place
+    that touches Faust's private context variable."""
+    token = _current_event.set(weakref.ref(ev))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
