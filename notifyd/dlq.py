@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from .errors import ServiceUnavailable
+from .kafka_read import read_to_end
 
 REASON_HEADER = "notifyd-reason"
 
@@ -75,23 +76,12 @@ async def read_records(
         tps = [TopicPartition(topic, p) for p in partitions]
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
-        pending = {tp: end[tp] for tp in tps if end[tp] > begin[tp]}
-        if not pending:
-            return []
-        consumer.assign(list(pending))
-        for tp, stop in pending.items():
-            consumer.seek(tp, begin[tp] if limit is None else max(begin[tp], stop - limit))
+        starts = {
+            tp: begin[tp] if limit is None else max(begin[tp], end[tp] - limit) for tp in tps
+        }
         records: list[ConsumerRecord[bytes, bytes]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while pending and loop.time() < deadline:
-            batch = await consumer.getmany(*pending, timeout_ms=200, max_records=1000)
-            for tp, recs in batch.items():
-                records.extend(r for r in recs if r.offset < pending.get(tp, 0))
-            for tp in list(pending):
-                # position() skips gaps (compaction, transaction markers) for us.
-                if await consumer.position(tp) >= pending[tp]:
-                    del pending[tp]
+        async for _, recs in read_to_end(consumer, starts, end, timeout_s):
+            records.extend(recs)
         return records
     finally:
         with contextlib.suppress(Exception):

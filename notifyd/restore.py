@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from .admin import TABLE_NAMES
 from .config import Settings
+from .kafka_read import read_to_end
 
 log = structlog.stdlib.get_logger("notifyd.restore")
 
@@ -89,7 +90,7 @@ async def restore_tables(
         ]
         end = await consumer.end_offsets(tps)
         begin = await consumer.beginning_offsets(tps)
-        todo: dict[TopicPartition, int] = {}
+        starts: dict[TopicPartition, int] = {}
         # Blocking file work is fine here: this runs before the worker's loop has any
         # other task (RocksDB writes below block too, by design).
         tabledir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
@@ -103,37 +104,26 @@ async def restore_tables(
                 db.close()
                 continue
             dbs[tp] = db
-            todo[tp] = start
-        if not todo:
-            return report
-        consumer.assign(list(todo))
-        for tp, start in todo.items():
-            consumer.seek(tp, start)
-        report.partitions = len(todo)
-        deadline = started + timeout_s
-        while todo and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200, max_records=50_000)
-            for tp, records in batches.items():
-                if tp not in todo or not records:
-                    continue
-                wb = rocksdict.WriteBatch(raw_mode=True)
-                for r in records:
-                    if r.value is None:
-                        wb.delete(r.key)
-                    else:
-                        wb.put(r.key, r.value)
-                # The offset goes in the same batch: data and offset never disagree.
-                wb.put(OFFSET_KEY, str(records[-1].offset).encode())
-                dbs[tp].write(wb)
-                report.records += len(records)
-                name = topics[tp.topic]
-                report.per_table[name] = report.per_table.get(name, 0) + len(records)
-            for tp in list(todo):
-                # position, not the last record: compaction leaves offset gaps.
-                if await consumer.position(tp) >= end[tp]:
-                    del todo[tp]
-                    consumer.pause(tp)
-        report.complete = not todo
+            starts[tp] = start
+        report.partitions = len(starts)
+        async for tp, records in read_to_end(
+            consumer, starts, end, timeout_s - (time.monotonic() - started), 50_000
+        ):
+            wb = rocksdict.WriteBatch(raw_mode=True)
+            for r in records:
+                if r.value is None:
+                    wb.delete(r.key)
+                else:
+                    wb.put(r.key, r.value)
+            # The offset goes in the same batch: data and offset never disagree.
+            wb.put(OFFSET_KEY, str(records[-1].offset).encode())
+            dbs[tp].write(wb)
+            report.records += len(records)
+            name = topics[tp.topic]
+            report.per_table[name] = report.per_table.get(name, 0) + len(records)
+        for tp in starts:  # short of the end only after a timeout
+            if await consumer.position(tp) < end[tp]:
+                report.complete = False
     finally:
         for db in dbs.values():
             db.close()
