@@ -135,7 +135,7 @@ async def _demo(
         )
         started = time.monotonic()
         await produce(settings, names.events, DEMO_USER.encode(), orjson.dumps(event))
-        nid = notification_id_for(event_id)
+        nid = notification_id_for(DEMO_USER, event_id)
         doc: Any = None
         while time.monotonic() - started < 30:
             doc = await table("status", nid)

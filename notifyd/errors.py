@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
+#: Longest exception message quoted in a dead letter's reason.
+MAX_REASON_DETAIL = 300
+
+
+def clip(text: str, limit: int = MAX_REASON_DETAIL) -> str:
+    """``text`` on one line, cut to ``limit`` characters: reasons travel in Kafka headers
+    and log lines, and an exception message may quote a whole rendered value."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "\u2026"
+
+
+def failure_detail(exc: BaseException) -> str:
+    """``"<Type>: <message>"`` of an unexpected exception, for a dead letter's reason."""
+    msg = clip(str(exc))
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
 
 class NotifydError(Exception):
     """Root of every error notifyd raises on purpose."""

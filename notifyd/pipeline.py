@@ -3,14 +3,17 @@ over these functions, so the logic is testable with Faust's ``test_context()``.
 
 Guarantees (README "Reliability"): processing is at-least-once.  Re-processing the
 same Kafka record is harmless because every output is idempotent downstream: the
-notification id is derived from ``event_id``, channel agents consult the delivery
-ledger (``<notification_id>:<channel>``) before sending, providers get that key as
-an idempotency key, and the status fold never moves a terminal state back.  A
-*re-sent* event (same ``event_id``, another Kafka record) is dropped by ``seen``.
+notification id is derived from ``(user_id, event_id)``, channel agents consult the
+delivery ledger (``<notification_id>:<channel>``) before sending, providers get that
+key as an idempotency key, and the status fold never moves a terminal state back.  A
+*re-sent* event (same ``user_id`` and ``event_id``, another Kafka record) is dropped by
+``seen``.  A record that cannot be handled ends in a dead-letter topic with a reason,
+never in a log line only (:func:`dead_letter`, :func:`dead_letter_failure`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Sequence
@@ -18,17 +21,18 @@ from typing import Any
 
 import structlog
 from aiokafka.partitioner import murmur2
-from faust.types import EventT
+from faust.types import EventT, TopicT
 
 from . import clock
 from .app import settings
-from .errors import DeliveryError, InvalidEvent
+from .errors import DeliveryError, InvalidEvent, failure_detail
 from .kafka_headers import header_value
 from .metrics import metrics
 from .providers.base import Provider
-from .records import Delivery, Event, dumps, loads, parse_event
+from .records import Delivery, Event, dumps, legacy_notification_id_for, loads, parse_event
 from .rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
 from .tables import (
+    any_partition,
     current_event,
     inbox,
     ledger,
@@ -44,6 +48,7 @@ from .topics import (
     deliver_topics,
     deliveries_dlq_topic,
     events_dlq_topic,
+    names,
     rekeyed_topic,
     status_topic,
 )
@@ -74,9 +79,49 @@ def throttle_policy() -> ThrottlePolicy:
     )
 
 
-async def dead_letter(ev: EventT[Any], raw: bytes | None, reason: str) -> None:
-    """Original bytes to ``notifyd.events.dlq``, the reason and origin in headers."""
+#: Backoff between attempts to produce a dead letter: doubles from the base to the cap.
+DEAD_LETTER_RETRY_BASE_S = 0.5
+DEAD_LETTER_RETRY_MAX_S = 30.0
+
+
+def dlq_for(source_topic: str) -> TopicT:
+    """The dead-letter topic for a record of ``source_topic`` that cannot be handled.
+
+    Producers' input (events, re-keyed events, preferences) goes to the events DLQ,
+    whose re-drive sends the original bytes back through validation; notifyd's own
+    records (deliveries, status updates, control messages) go to the deliveries DLQ.
+    The ``notifyd-source-topic`` header tells them apart.
+    """
+    if source_topic in (names.events, names.events_rekeyed, names.preferences):
+        return events_dlq_topic
+    return deliveries_dlq_topic
+
+
+def hold(ev: EventT[Any]) -> None:
+    """Keep ``ev``'s offset from ever being committed by this process.
+
+    For a record whose outcome is not written when its handler is cancelled (the
+    worker stops): Faust's stream acks the current record in a ``finally`` even when
+    the body raises, so an extra reference is what keeps the offset uncommitted, and
+    the record is consumed again after the restart (at-least-once)."""
+    ev.message.incref()
+
+
+async def dead_letter(
+    ev: EventT[Any], raw: bytes | None, reason: str, topic: TopicT | None = None
+) -> None:
+    """Original bytes to a dead-letter topic (default ``notifyd.events.dlq``), the reason
+    and origin in headers; returns once the broker has acknowledged the dead letter.
+
+    A failed produce is retried with capped exponential backoff for as long as the worker
+    runs, rather than raised: an exception out of the handler would not stop the record
+    from being acked (Faust acks in the stream's ``finally``; the status batch is acked
+    by ``take_events``), so the record would be lost, while retrying keeps its partition
+    (and only it) waiting until the broker takes the dead letter.  If the worker stops
+    meanwhile the record is :func:`hold`-ed and handled again after the restart.
+    """
     msg = ev.message
+    dlq = topic if topic is not None else events_dlq_topic
     headers = [
         ("notifyd-reason", reason.encode()),
         ("notifyd-source-topic", msg.topic.encode()),
@@ -84,9 +129,56 @@ async def dead_letter(ev: EventT[Any], raw: bytes | None, reason: str) -> None:
         ("notifyd-source-offset", str(msg.offset).encode()),
         ("notifyd-failed-at", str(clock.now()).encode()),
     ]
-    await events_dlq_topic.send(key=msg.key, value=raw if raw is not None else b"", headers=headers)
-    metrics.event_dead_lettered(reason, events_dlq_topic.get_topic_name())
-    log.warning("event.dead_lettered", reason=reason)
+    attempt = 0
+    try:
+        while True:
+            try:
+                fut = await dlq.send(
+                    key=msg.key, value=raw if raw is not None else b"", headers=headers
+                )
+                await fut
+                break
+            except Exception as exc:
+                attempt += 1
+                delay = min(
+                    DEAD_LETTER_RETRY_MAX_S, DEAD_LETTER_RETRY_BASE_S * 2 ** min(attempt - 1, 10)
+                )
+                log.error(
+                    "dead_letter.produce_failed",
+                    reason=reason,
+                    error=failure_detail(exc),
+                    attempt=attempt,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+    except asyncio.CancelledError:
+        hold(ev)
+        raise
+    metrics.event_dead_lettered(reason, dlq.get_topic_name())
+    log.warning("event.dead_lettered", reason=reason, dlq=dlq.get_topic_name())
+
+
+def raw_value(ev: EventT[Any]) -> bytes | None:
+    """The record's value as it came from Kafka (every notifyd topic is raw bytes)."""
+    value = ev.value
+    if value is None or isinstance(value, bytes):
+        return value
+    raw = ev.message.value
+    return raw if isinstance(raw, bytes) or raw is None else None
+
+
+async def dead_letter_failure(ev: EventT[Any], exc: BaseException) -> None:
+    """Dead-letter a record whose handler raised something nobody expected.
+
+    The last resort of every agent (``agents.common._handle``, the status fold): a bug
+    or an outage while handling one record must neither stop the partition nor lose
+    the record in a log line.  The reason is ``internal_error: <Type>: <message>``; the
+    original bytes go to :func:`dlq_for` the source topic, from where an operator
+    re-drives them once the cause is fixed.
+    """
+    await dead_letter(
+        ev, raw_value(ev), f"internal_error: {failure_detail(exc)}", dlq_for(ev.message.topic)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -126,7 +218,17 @@ async def handle_event(ev: EventT[Any]) -> None:
         or f"{msg.topic}/{msg.partition}/{msg.offset}"
     )
     now = clock.now()
-    prev = seen.get(event.event_id)
+    prev = _scoped_row(seen.get(event.dedupe_key))
+    if prev is None:
+        old = _legacy_row(seen.get(event.event_id))
+        if old is not None and old[2] == origin:
+            # The very record an older worker processed, replayed: same ids as then.
+            event.legacy_ids = True
+            structlog.contextvars.bind_contextvars(notification_id=event.notification_id)
+            prev = old
+        elif old is not None and legacy_duplicate(event):
+            log.info("event.duplicate", first_seen=old[0], first_origin=old[2], legacy=True)
+            return
     if prev is not None and prev[2] != origin:
         log.info("event.duplicate", first_seen=prev[0], first_origin=prev[2])
         return
@@ -138,7 +240,45 @@ async def handle_event(ev: EventT[Any]) -> None:
     if prev is None:
         # Marked after the outputs: a crash before this line replays the record,
         # which is harmless (outputs are idempotent downstream).
-        seen[event.event_id] = [now, msg.partition, origin]
+        seen[event.dedupe_key] = [now, msg.partition, origin, event.user_id]
+
+
+# ``seen`` rows: ``[first_seen, partition, origin, user_id]`` under
+# ``records.idempotency_scope(user_id, event_id)``; rows written before ids were scoped
+# to the user have no user_id and are keyed by the bare event id ("legacy" rows, gone
+# after ``NOTIFYD_DEDUPE_TTL_S``).  A legacy row whose event id happens to read like a
+# scoped key is told apart by its length.
+
+
+def _scoped_row(row: list[Any] | None) -> list[Any] | None:
+    return row if row is not None and len(row) >= 4 else None
+
+
+def _legacy_row(row: list[Any] | None) -> list[Any] | None:
+    return row if row is not None and len(row) == 3 else None
+
+
+def legacy_duplicate(event: Event) -> bool:
+    """Is ``event`` a re-send of the one a legacy ``seen`` row (its bare event id) records?
+
+    Only if that was the same user's event; the legacy row does not say whose it was, so
+    this looks for evidence under the legacy notification id: the status document
+    (``user_id``), when this worker holds its partition, else the user's own inbox or
+    throttle history holding that id (both in the user's partition, i.e. here).  With no
+    evidence the event counts as new and gets a scoped id: a re-send straddling the
+    upgrade may then be delivered twice, which at-least-once allows, where treating it as
+    a duplicate could drop another user's event, the loss scoping the ids prevents.
+    """
+    legacy_nid = legacy_notification_id_for(event.event_id)
+    with any_partition():
+        doc = status.get(legacy_nid)
+    if doc is not None and doc.get("user_id") is not None:
+        return bool(doc["user_id"] == event.user_id)
+    box = inbox.get(event.user_id) or {}
+    if any(it.get("id") == legacy_nid for it in box.get("items", ())):
+        return True
+    history = throttle.get(event.user_id) or {}
+    return any(len(h) > 1 and h[1] == legacy_nid for sends in history.values() for h in sends)
 
 
 def _content(event: Event, locale: str | None) -> tuple[str, str, dict[str, tuple[str, str]]]:
@@ -340,11 +480,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
         delivery = Delivery.from_dict(loads(raw))
     except Exception as exc:  # only notifyd writes these topics; a bad one is a bug
         log.error("delivery.undecodable", error=str(exc))
-        await deliveries_dlq_topic.send(
-            key=ev.message.key,
-            value=raw,
-            headers=[("notifyd-reason", f"undecodable: {exc}".encode())],
-        )
+        await dead_letter(ev, raw, f"undecodable: {failure_detail(exc)}", deliveries_dlq_topic)
         return
     structlog.contextvars.bind_contextvars(
         user_id=delivery.user_id,
@@ -496,15 +632,17 @@ def fold_status(
     return doc
 
 
-def fold_status_events(events: Sequence[EventT[Any]]) -> int:
+async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     """Fold a batch of ``notifyd.status`` records; one table write per notification.
 
     A notification's queued and sent updates usually arrive close together, so under
     load this writes one changelog record where one per update would be written.
     Records of one notification share a key, hence a partition, and keep their order.
-    Returns the number of table writes.
+    A record that cannot be folded is dead-lettered (``internal_error``) before the
+    batch is acked; the rest of the batch is kept.  Returns the number of table writes.
     """
     folded: dict[str, tuple[EventT[Any], dict[str, Any]]] = {}
+    failed: list[tuple[EventT[Any], Exception]] = []
     for ev in events:
         # In a batch the current event is whichever came last: point it at this record.
         with current_event(ev):
@@ -514,14 +652,17 @@ def fold_status_events(events: Sequence[EventT[Any]]) -> int:
                 prev = folded.get(nid)
                 doc = prev[1] if prev is not None else status.get(nid)
                 folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
-            except Exception:  # one bad record must not lose the rest of the batch
+            except Exception as exc:  # one bad record must not lose the rest of the batch
                 m = ev.message
                 log.exception(
                     "status.record_failed", topic=m.topic, partition=m.partition, offset=m.offset
                 )
+                failed.append((ev, exc))
     for nid, (ev, doc) in folded.items():
         with current_event(ev):
             status[nid] = doc
+    for bad, error in failed:
+        await dead_letter_failure(bad, error)
     return len(folded)
 
 

@@ -44,9 +44,44 @@ EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-
 _HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
+#: Namespace of notification ids scoped to (user_id, event_id).  Another namespace than
+#: the legacy ids', so a scoped id can never equal a legacy one.
+_SCOPED_NAMESPACE = uuid.UUID("3ca1e1c5-ff3c-4ef2-83b8-72a7520bc597")
+
+
+def idempotency_scope(user_id: str, event_id: str) -> str:
+    """The unambiguous text of ``(user_id, event_id)``: ``"<len(user_id)>:<user_id>:<event_id>"``.
+
+    The idempotency scope of an event is its recipient *and* its ``event_id``: two
+    producers may use ``order-42-shipped`` for the buyer and for the seller.  User ids
+    may hold any character (``:`` included); the length prefix makes the split unique.
+    It is also the key of the ``seen`` table (see :func:`split_scope`).
+    """
+    return f"{len(user_id)}:{user_id}:{event_id}"
+
+
+def split_scope(key: str) -> tuple[str, str] | None:
+    """``(user_id, event_id)`` of an :func:`idempotency_scope` text; None if it is not one
+    (e.g. a legacy ``seen`` key, the bare event id)."""
+    size, sep, rest = key.partition(":")
+    if not sep or not (size.isascii() and size.isdigit()) or size != str(int(size)):
+        return None
+    n = int(size)
+    if len(rest) <= n or rest[n] != ":":
+        return None
+    return rest[:n], rest[n + 1 :]
+
+
 @functools.lru_cache(maxsize=8192)  # asked several times per event on the hot path
-def notification_id_for(event_id: str) -> str:
-    """Deterministic notification id, so a re-processed event maps to the same id."""
+def notification_id_for(user_id: str, event_id: str) -> str:
+    """Deterministic notification id of ``event_id`` sent to ``user_id``, so a re-processed
+    event maps to the same id, and the same ``event_id`` for two users to two ids."""
+    return str(uuid.uuid5(_SCOPED_NAMESPACE, idempotency_scope(user_id, event_id)))
+
+
+def legacy_notification_id_for(event_id: str) -> str:
+    """The id events got before ids were scoped to the user (``uuid5(event_id)``): still
+    used for an event first processed by an older worker (see ``pipeline.handle_event``)."""
     return str(uuid.uuid5(_NAMESPACE, event_id))
 
 
@@ -73,10 +108,20 @@ class Event:
     priority: str = "normal"
     created_at: float | None = None  # epoch seconds
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Set by the ingest agent for a record first processed before ids were scoped to
+    #: the user: it keeps the notification id it got then.
+    legacy_ids: bool = False
 
     @property
     def notification_id(self) -> str:
-        return notification_id_for(self.event_id)
+        if self.legacy_ids:
+            return legacy_notification_id_for(self.event_id)
+        return notification_id_for(self.user_id, self.event_id)
+
+    @property
+    def dedupe_key(self) -> str:
+        """Key of this event in the ``seen`` table."""
+        return idempotency_scope(self.user_id, self.event_id)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
@@ -97,6 +142,11 @@ class Event:
             out["created_at"] = datetime.fromtimestamp(self.created_at, UTC).isoformat()
         return out
 
+
+#: Fields other notification services use to schedule a send.  notifyd cannot honour
+#: them yet, and an event carrying one must not be mistaken for "send now": it is
+#: rejected (dead letter / HTTP 400 ``unsupported_field``).
+SCHEDULING_FIELDS: tuple[str, ...] = ("send_at", "delay_s")
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -163,6 +213,12 @@ def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
         raise InvalidEvent(f"not_an_object: value must be a JSON object, got {type(obj).__name__}")
     event_id = _req_str(obj, "event_id", MAX_ID_LEN)
     user_id = _req_str(obj, "user_id", MAX_ID_LEN)
+    for name in SCHEDULING_FIELDS:
+        if obj.get(name) is not None:
+            # Delivering it now would break the producer's intent silently.
+            raise InvalidEvent(
+                f"unsupported_field: {name} (scheduled send is not supported yet)"
+            )
     category = _opt_str(obj, "category", MAX_CATEGORY_LEN) or "general"
     if not _CATEGORY_RE.match(category):
         raise InvalidEvent("invalid_category: use letters, digits and _ . : -")

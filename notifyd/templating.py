@@ -17,7 +17,7 @@ import jinja2
 import orjson
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import InvalidEvent
+from .errors import InvalidEvent, failure_detail
 
 DEFAULT_DIR = Path(__file__).parent / "templates"
 MAX_RENDERED = 20_000
@@ -109,4 +109,11 @@ class TemplateStore:
             raise InvalidEvent(f"template_error: {name}: {exc}") from None
         except jinja2.sandbox.SecurityError as exc:
             raise InvalidEvent(f"template_error: {name}: unsafe template ({exc})") from None
+        except InvalidEvent:
+            raise
+        except Exception as exc:
+            # Operators' templates run on untrusted data: ``{{ n + 1 }}`` with n = "x" is
+            # a TypeError, ``{{ a / b }}`` a ZeroDivisionError.  Whatever Jinja raises, the
+            # event cannot be rendered: a dead letter with the reason, never a lost event.
+            raise InvalidEvent(f"template_error: {name}: {failure_detail(exc)}") from None
         return Rendered(title=title, body=body, locale=chosen, per_channel=per_channel)

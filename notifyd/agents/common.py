@@ -10,6 +10,7 @@ import structlog
 from faust.streams import Stream
 from faust.types import EventT, StreamT
 
+from ..pipeline import dead_letter_failure, hold
 from ..tables import current_event
 
 log = structlog.stdlib.get_logger("notifyd.agents")
@@ -18,6 +19,14 @@ Handler = Callable[[EventT[Any]], Awaitable[None]]
 
 
 async def _handle(ev: EventT[Any], handler: Handler) -> None:
+    """Run ``handler`` on one record; whatever it raises ends in a dead letter.
+
+    A bug or an outage while handling one record must neither stop the partition nor
+    lose the record: it goes to its dead-letter topic with ``internal_error: <Type>:
+    <message>`` and its coordinates (``pipeline.dead_letter_failure``), which returns
+    only once the broker has it.  Cancelled (the worker stops) before the outcome is
+    written, the record is held unacked and handled again after the restart.
+    """
     msg = ev.message
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(
@@ -25,10 +34,12 @@ async def _handle(ev: EventT[Any], handler: Handler) -> None:
     )
     try:
         await handler(ev)
-    except Exception:
-        # A bug must not stop the partition; the record is logged with its
-        # coordinates so it can be replayed once fixed.
+    except asyncio.CancelledError:
+        hold(ev)
+        raise
+    except Exception as exc:
         log.exception("agent.record_failed")
+        await dead_letter_failure(ev, exc)
     finally:
         structlog.contextvars.clear_contextvars()
 

@@ -19,4 +19,4 @@ async def status_agent(stream: StreamT[Any]) -> None:
     async for events in stream.take_events(
         settings.status_batch_max, within=settings.status_batch_wait_s
     ):
-        fold_status_events(events)
+        await fold_status_events(events)

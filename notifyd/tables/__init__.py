@@ -42,8 +42,9 @@ def _table(name: str, help_: str) -> TableT[str, Any]:
 
 #: user_id -> preferences document (see records.Preferences.to_dict).
 preferences = _table("preferences", "User preferences and contact addresses")
-#: event_id -> [first_seen_epoch, partition, origin "topic/partition/offset"].
-seen = _table("seen", "Event ids already processed (dedupe, expiring)")
+#: records.idempotency_scope(user_id, event_id) -> [first_seen_epoch, partition,
+#: origin "topic/partition/offset", user_id] (legacy rows: bare event_id -> first three).
+seen = _table("seen", "Event ids already processed per user (dedupe, expiring)")
 #: "<notification_id>:<channel>" -> {"status", "ts", "p"}: the delivery ledger.
 ledger = _table("ledger", "What each channel already did per notification (idempotency)")
 #: "<notification_id>:<channel>" -> {"due", "p", "delivery", "reason"}: deferred sends.
@@ -66,9 +67,21 @@ assert tuple(TABLES) == TABLE_NAMES, "notifyd.admin.TABLE_NAMES must list every 
 def current_event(ev: EventT[Any]) -> Iterator[None]:
     """Make ``ev`` Faust's current event while table reads and writes happen outside the
     stream's own iteration (a batch, a task of its own): Faust reads a RocksDB table and
-    writes every changelog record in the partition of the current event.  The one place
-    that touches Faust's private context variable."""
+    writes every changelog record in the partition of the current event.  With
+    :func:`any_partition`, the one place that touches Faust's private context variable."""
     token = _current_event.set(weakref.ref(ev))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+@contextmanager
+def any_partition() -> Iterator[None]:
+    """Reads (only) that look in every partition this worker holds, for a row keyed by
+    something else than the current event's partition (RocksDB reads only the current
+    event's partition while there is one)."""
+    token = _current_event.set(None)
     try:
         yield
     finally:

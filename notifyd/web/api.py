@@ -498,7 +498,8 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     description="Validated like an event on the events topic (400 with the reason's "
     "code, e.g. `unknown_channel`), then produced keyed by the recipient. `user_id` "
     "defaults to the caller; only operators may notify someone else. `event_id` makes "
-    "the request idempotent.",
+    "the request idempotent for its recipient. `send_at`/`delay_s` are refused "
+    "(400 `unsupported_field`) until scheduled sends exist.",
     responses={
         202: Resp("Accepted for delivery", ref("NotificationAccepted"),
                   headers={"Location": "the notification's status URL"}),

@@ -201,7 +201,7 @@ SCHEMAS: dict[str, Schema] = {
             "event_id": {
                 "type": "string",
                 "maxLength": 200,
-                "description": "idempotency key; a uuid4 when omitted",
+                "description": "idempotency key, per recipient (user_id); a uuid4 when omitted",
             },
             "user_id": {
                 "type": "string",

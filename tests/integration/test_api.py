@@ -463,13 +463,13 @@ async def test_notifications_flow(api: Stack) -> None:
         "category": "news", "data": {"k": 1},
     })
     accepted = first.ok(202)
-    nid = notification_id_for(event_id)
+    nid = notification_id_for(c.user_id, event_id)
     assert accepted == {"notification_id": nid, "event_id": event_id}
     assert first.headers["Location"] == f"/api/v1/notifications/{nid}"
     second = c.call(1, "POST", "/api/v1/notifications",
                     {"title": "Again", "channels": ["inapp"], "priority": "high"}).ok(202)
     nid2 = second["notification_id"]
-    assert notification_id_for(second["event_id"]) == nid2
+    assert notification_id_for(c.user_id, second["event_id"]) == nid2
 
     page = await wait_for(lambda: (lambda p: p if p["total"] == 2 else None)(_inbox(c, 1)),
                           what="two inbox items")

@@ -25,7 +25,7 @@ async def _inbox_flow(stack: Stack) -> None:
     box = await wait_for(lambda: stack.worker.table("inbox", user), what="inbox item")
     assert box["unread"] == 1
     assert box["items"][0]["title"] == "Hello"
-    nid = notification_id_for(event["event_id"])
+    nid = notification_id_for(user, event["event_id"])
     assert box["items"][0]["id"] == nid
 
     def inapp_sent() -> Any:

@@ -112,7 +112,7 @@ async def test_metrics_move_with_traffic(stack: Stack, apprise_target: AppriseTa
          "channels": ["email", "push", "sms"]}
     )
     await stack.produce(names.events, [(user.encode(), b"{not json")])
-    nid = notification_id_for(eid)
+    nid = notification_id_for(user, eid)
 
     def delivered() -> bool:
         doc = stack.worker.table("status", nid)

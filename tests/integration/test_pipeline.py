@@ -74,7 +74,7 @@ async def test_one_event_reaches_every_channel(stack: Stack) -> None:
             "data": {"k": "v"},
         }
     )
-    nid = notification_id_for(event_id)
+    nid = notification_id_for(user, event_id)
     chans = await wait_states(stack, nid, ALL_SENT)
     assert all(chans[ch]["attempts"] == 1 for ch in ALL_SENT)
 
@@ -114,7 +114,7 @@ async def test_opt_out_suppresses_with_reason(stack: Stack) -> None:
     await stack.send_events(
         {"event_id": eid, "user_id": user, "category": "marketing", "title": "Sale", "body": "50%"}
     )
-    nid = notification_id_for(eid)
+    nid = notification_id_for(user, eid)
     chans = await wait_states(
         stack,
         nid,
@@ -141,7 +141,7 @@ async def test_opt_out_suppresses_with_reason(stack: Stack) -> None:
             "body": "from Paris",
         }
     )
-    await wait_states(stack, notification_id_for(eid2), {"email": "sent", "sms": "sent"})
+    await wait_states(stack, notification_id_for(user, eid2), {"email": "sent", "sms": "sent"})
     assert len(emails_to(stack, c["email"])) == 1
 
 
@@ -153,7 +153,7 @@ async def test_channel_restriction(stack: Stack) -> None:
     await stack.send_events(
         {"event_id": eid, "user_id": user, "title": "t", "body": "only sms", "channels": ["sms"]}
     )
-    chans = await wait_states(stack, notification_id_for(eid), {"sms": "sent"})
+    chans = await wait_states(stack, notification_id_for(user, eid), {"sms": "sent"})
     for ch in ("email", "push", "webhook", "inapp"):
         assert chans[ch]["status"] == "suppressed"
         assert chans[ch]["reason"] == "not_requested: event restricted channels to sms"
@@ -176,7 +176,7 @@ async def test_templates_with_locale(stack: Stack) -> None:
         }
     )
     await wait_states(
-        stack, notification_id_for(eid), {"email": "sent", "sms": "sent", "inapp": "sent"}
+        stack, notification_id_for(user, eid), {"email": "sent", "sms": "sent", "inapp": "sent"}
     )
     mail = emails_to(stack, c["email"])[0]
     assert mail["Subject"] == "Bienvenue, Zoé !"  # fr-CA falls back to fr
@@ -192,7 +192,7 @@ async def test_templates_with_locale(stack: Stack) -> None:
         {"event_id": eid_en, "user_id": en_user, "template": "welcome",
          "data": {"name": "Ada"}, "channels": ["sms"]}
     )
-    await wait_states(stack, notification_id_for(eid_en), {"sms": "sent"})
+    await wait_states(stack, notification_id_for(en_user, eid_en), {"sms": "sent"})
     assert sms_to(stack, c_en["phone"])[0]["payload"]["body"] == (
         "Welcome Ada! Your account is ready."
     )
@@ -221,9 +221,9 @@ async def test_throttle_defers_excess_with_reason(stack: Stack) -> None:
     for e in ids:
         chans = await wait_for(
             lambda e=e: (
-                (channel_states(stack, notification_id_for(e)) or {}).get("sms", {}).get("status")
+                (channel_states(stack, notification_id_for(user, e)) or {}).get("sms", {}).get("status")
                 in ("sent", "deferred")
-                and channel_states(stack, notification_id_for(e))
+                and channel_states(stack, notification_id_for(user, e))
             ),
             what="sms decided",
         )
@@ -245,7 +245,7 @@ async def test_throttle_defers_excess_with_reason(stack: Stack) -> None:
             "priority": "critical",
         }
     )
-    await wait_states(stack, notification_id_for(crit), {"sms": "sent"})
+    await wait_states(stack, notification_id_for(user, crit), {"sms": "sent"})
 
 
 async def test_resent_event_id_delivered_once(stack: Stack) -> None:
@@ -261,12 +261,12 @@ async def test_resent_event_id_delivered_once(stack: Stack) -> None:
         "channels": ["sms", "email", "inapp"],
     }
     await stack.send_events(ev)
-    await wait_states(stack, notification_id_for(eid), {"sms": "sent", "email": "sent"})
+    await wait_states(stack, notification_id_for(user, eid), {"sms": "sent", "email": "sent"})
     await stack.send_events(ev, ev)
     # A later, different event proves the re-sent ones were processed (and dropped).
     marker = new_id("evt")
     await stack.send_events({**ev, "event_id": marker})
-    await wait_states(stack, notification_id_for(marker), {"sms": "sent"})
+    await wait_states(stack, notification_id_for(user, marker), {"sms": "sent"})
     assert len(sms_to(stack, c["phone"])) == 2
     assert len(emails_to(stack, c["email"])) == 2
     assert len(stack.worker.table("inbox", user)["items"]) == 2
@@ -303,7 +303,7 @@ async def test_bad_events_interleaved_with_good_ones(stack: Stack) -> None:
         lambda: (b := stack.worker.table("inbox", user)) and len(b["items"]) == 10 and b,
         what="10 good events in the inbox",
     )
-    assert {it["id"] for it in box["items"]} == {notification_id_for(g) for g in good_ids}
+    assert {it["id"] for it in box["items"]} == {notification_id_for(user, g) for g in good_ids}
     recs = await stack.read_topic(
         stack.names.events_dlq, lambda rs: set(bad_reasons) <= {r.key for r in rs}
     )
@@ -330,7 +330,7 @@ async def test_event_keyed_by_something_else_uses_the_users_preferences(stack: S
             },
             key=f"order-{i}-{eid}",
         )
-        await wait_states(stack, notification_id_for(eid), {"sms": "sent"})
+        await wait_states(stack, notification_id_for(user, eid), {"sms": "sent"})
     bodies = sorted(d["payload"]["body"] for d in sms_to(stack, c["phone"]))
     assert bodies == [f"via key {i}" for i in range(4)]
 
@@ -384,13 +384,13 @@ async def test_quiet_hours_defer_until_window_end(quiet_stack: Stack) -> None:
             "priority": "critical",
         },
     )
-    nid = notification_id_for(eid)
+    nid = notification_id_for(user, eid)
     chans = await wait_states(st, nid, {"sms": "deferred", "inapp": "sent"})
     assert chans["sms"]["reason"] == "quiet_hours: until 07:00 Europe/Paris"
     seven = datetime(2026, 3, 2, 7, 0, tzinfo=ZoneInfo("Europe/Paris")).timestamp()
     assert chans["sms"]["deliver_at"] == seven
     # critical bypasses quiet hours
-    await wait_states(st, notification_id_for(crit), {"sms": "sent"})
+    await wait_states(st, notification_id_for(user, crit), {"sms": "sent"})
     assert [d["payload"]["body"] for d in sms_to(st, c["phone"])] == ["now!"]
     # At 07:00 (worker clock) the deferred SMS is released and sent.
     await wait_states(st, nid, {"sms": "sent"}, timeout=40)
@@ -407,7 +407,7 @@ async def test_log_lines_carry_record_coordinates_and_ids(stack: Stack) -> None:
     eid = new_id("evt")
     await stack.send_events({"event_id": eid, "user_id": user, "title": "t",
                              "channels": ["webhook"]})
-    nid = notification_id_for(eid)
+    nid = notification_id_for(user, eid)
 
     def retry_line() -> dict[str, Any] | None:
         for line in stack.worker.log_path.read_text(errors="replace").splitlines():

@@ -153,7 +153,7 @@ async def test_stream_on_owner_and_relayed_by_the_other_worker(rt: Stack) -> Non
             for resp in (direct, relayed):
                 for n, ev in enumerate(events, start=1):
                     name, data, event_id = await next_event(resp)
-                    nid = notification_id_for(ev["event_id"])
+                    nid = notification_id_for(user_id, ev["event_id"])
                     assert (name, event_id) == ("notification", nid)
                     assert data["id"] == nid and data["title"] == ev["title"]
                     assert data["body"] == "live" and data["category"] == "realtime"
@@ -195,13 +195,13 @@ async def test_reconnect_replays_what_was_missed(rt: Stack) -> None:
         for w in rt.workers:
             async with session.get(
                 w.url + "/api/v1/notifications/stream",
-                headers={**auth, "Last-Event-ID": notification_id_for(first["event_id"])},
+                headers={**auth, "Last-Event-ID": notification_id_for(user_id, first["event_id"])},
             ) as resp:
                 assert (await next_event(resp))[:2] == ("unread", {"user_id": user_id,
                                                                    "unread": 2})
                 name, data, event_id = await next_event(resp)
                 assert (name, data["title"], data["unread"]) == ("notification", "missed", 2)
-                assert event_id == notification_id_for(missed["event_id"])
+                assert event_id == notification_id_for(user_id, missed["event_id"])
 
 
 async def test_stats_add_up_both_workers(rt: Stack) -> None:

@@ -139,7 +139,7 @@ async def test_fresh_worker_recovers_compacted_changelog(
                 eid = new_id(f"ev-{store[:4]}")
                 await st.send_events({"event_id": eid, "user_id": users[-1], "title": "T",
                                       "body": "B", "channels": ["inapp"]})
-                nid = notification_id_for(eid)
+                nid = notification_id_for(users[-1], eid)
                 def inapp_sent(w: WorkerProcess = fresh, key: str = nid) -> bool:
                     d = w.table("status", key)
                     return d is not None and d["channels"].get("inapp", {}).get(

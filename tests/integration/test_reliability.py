@@ -94,7 +94,7 @@ async def test_crash_sigkill_loses_nothing_and_sends_nothing_twice(
          "body": "crash test", "channels": ["webhook"]}
         for i in range(n_events)
     ]
-    expected = {f"{notification_id_for(e['event_id'])}:webhook" for e in events}
+    expected = {f"{notification_id_for(e['user_id'], e['event_id'])}:webhook" for e in events}
     started = time.monotonic()
     producing = asyncio.create_task(st.send_events(*events))
     victim = st.workers[1]
@@ -180,7 +180,7 @@ async def test_broker_restart_loses_nothing(
              "channels": ["webhook"]}
             for i in range(1500)
         ]
-        expected = {f"{notification_id_for(e['event_id'])}:webhook" for e in events}
+        expected = {f"{notification_id_for(e['user_id'], e['event_id'])}:webhook" for e in events}
         produce = asyncio.create_task(_produce_resilient(
             restart_broker.bootstrap, st.names.events,
             [(e["user_id"].encode(), orjson.dumps(e)) for e in events], pace_s=0.004,
@@ -227,7 +227,7 @@ async def test_provider_faults_end_sent_or_dead_and_other_channels_unaffected(
     control(stack.sinks, fail_rate=0.3, latency_ms=30, jitter_ms=60)
     try:
         await stack.send_events(*events)
-        nids = [notification_id_for(e["event_id"]) for e in events]
+        nids = [notification_id_for(e["user_id"], e["event_id"]) for e in events]
 
         def all_final() -> list[dict[str, Any]] | None:
             docs = [stack.worker.table("status", n) for n in nids]
@@ -264,7 +264,7 @@ async def test_dead_letter_redriven_after_fix(stack: Stack, tmp_path: Path) -> N
     try:
         await stack.send_events({"event_id": eid, "user_id": user, "title": "t", "body": "b",
                                  "channels": ["sms"]})
-        nid = notification_id_for(eid)
+        nid = notification_id_for(user, eid)
         doc = await wait_for(
             lambda: (d := stack.worker.table("status", nid)) and
             d["channels"]["sms"]["status"] == "dead" and d,
@@ -305,7 +305,7 @@ async def test_dead_letter_redriven_after_fix(stack: Stack, tmp_path: Path) -> N
     await stack.send_events({"event_id": marker, "user_id": user, "title": "m", "body": "m",
                              "channels": ["sms"]})
     await wait_for(
-        lambda: (d := stack.worker.table("status", notification_id_for(marker))) and
+        lambda: (d := stack.worker.table("status", notification_id_for(user, marker))) and
         d["channels"]["sms"]["status"] == "sent", what="marker",
     )
     bodies = [d for d in stack.sinks.deliveries("sms") if d["payload"]["to"] == "+15550009999"]
@@ -344,7 +344,7 @@ async def test_redis_down_auth_503_pipeline_delivers(
     eid = new_id("evt")
     await st.send_events({"event_id": eid, "user_id": user, "title": "still here",
                           "channels": ["webhook"]})
-    key = f"{notification_id_for(eid)}:webhook"
+    key = f"{notification_id_for(user, eid)}:webhook"
     await wait_for(lambda: key in webhook_keys(st.sinks), what="delivery without Redis")
     code, body = st.worker.get("/healthz")
     assert code == 200
@@ -410,7 +410,7 @@ async def _fuzz(stack: Stack, bad: list[bytes]) -> None:
     for i, raw in enumerate(bad):
         if i % 10 == 0:
             eid = f"{tag}-good-{i}"
-            good_keys.add(f"{notification_id_for(eid)}:webhook")
+            good_keys.add(f"{notification_id_for(user, eid)}:webhook")
             values.append((user.encode(), orjson.dumps(
                 {"event_id": eid, "user_id": user, "title": "good", "channels": ["webhook"],
                  "priority": "critical"})))  # critical: this worker's throttle is 4/hour

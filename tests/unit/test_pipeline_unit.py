@@ -25,6 +25,7 @@ from notifyd.agents.inapp import inapp_agent
 from notifyd.app import settings
 from notifyd.records import Delivery
 from notifyd.tables import inbox, ledger
+from tests.support.dead_letters import DeadLetters
 
 # --------------------------------------------------------------------------------------
 # fold_status
@@ -426,11 +427,13 @@ async def test_inbox_op_other_users_untouched(inapp: InappDriver, control: Contr
 
 
 async def test_apply_inbox_op_unknown_action_rejected(
-    inapp: InappDriver, control: ControlDriver
+    inapp: InappDriver, control: ControlDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    dlq = DeadLetters().install(monkeypatch)
     user = new_user()
     await inapp.deliver(delivery(user, "k1"))
-    await control.op(user, "explode", ["k1"])  # logged by the agent, must not apply
+    await control.op(user, "explode", ["k1"])  # dead-lettered by the agent, must not apply
+    assert dlq.reasons() == ["internal_error: KeyError: 'explode'"]
     assert box(user)["unread"] == 1
     assert box(user)["items"][0]["read"] is False
     # the control agent keeps running after the bad record

@@ -22,9 +22,12 @@ from notifyd.records import (
     Event,
     InvalidPreferences,
     Preferences,
+    idempotency_scope,
+    legacy_notification_id_for,
     merge_preferences,
     notification_id_for,
     parse_event,
+    split_scope,
     validate_preferences,
 )
 
@@ -72,7 +75,7 @@ def test_minimal_event_gets_defaults() -> None:
     assert ev.created_at is None
     assert ev.data == {}
     assert ev.extra == {}
-    assert ev.notification_id == notification_id_for("ev-1")
+    assert ev.notification_id == notification_id_for("user-1", "ev-1")
 
 
 def test_null_optional_fields_mean_defaults() -> None:
@@ -625,13 +628,56 @@ def test_idempotency_key_stable_across_attempts() -> None:
 
 
 def test_notification_id_deterministic() -> None:
-    a = notification_id_for("ev-42")
-    assert a == notification_id_for("ev-42")
-    assert a != notification_id_for("ev-43")
+    a = notification_id_for("user-1", "ev-42")
+    assert a == notification_id_for("user-1", "ev-42")
+    assert a != notification_id_for("user-1", "ev-43")
     assert uuid.UUID(a).version == 5
     assert parse_event(raw(event_id="ev-42")).notification_id == a
 
 
-@given(st.text(min_size=1), st.text(min_size=1))
-def test_notification_id_injective_in_practice(a: str, b: str) -> None:
-    assert (notification_id_for(a) == notification_id_for(b)) == (a == b)
+def test_notification_id_scoped_to_the_user() -> None:
+    # order-42-shipped for the buyer and for the seller are two notifications.
+    buyer = notification_id_for("buyer", "order-42-shipped")
+    seller = notification_id_for("seller", "order-42-shipped")
+    assert buyer != seller
+    assert parse_event(raw(user_id="seller", event_id="order-42-shipped")).notification_id == (
+        seller
+    )
+    # Neither can equal the id the event had before ids were scoped (other namespace).
+    assert legacy_notification_id_for("order-42-shipped") not in (buyer, seller)
+
+
+def test_idempotency_scope_is_unambiguous() -> None:
+    # A separator alone would collide: ("a:b", "c") and ("a", "b:c").
+    assert idempotency_scope("a:b", "c") != idempotency_scope("a", "b:c")
+    assert notification_id_for("a:b", "c") != notification_id_for("a", "b:c")
+    assert split_scope(idempotency_scope("a:b", "c")) == ("a:b", "c")
+    assert split_scope(idempotency_scope("1:x", "")) == ("1:x", "")
+    for legacy in ("order-42", "12:ab", "2:ab", "02:ab:c", "²:ab:c", ":x", "3:ab"):
+        assert split_scope(legacy) is None, legacy
+
+
+@given(st.text(min_size=1), st.text(min_size=1), st.text(min_size=1), st.text(min_size=1))
+def test_notification_id_injective_in_practice(u1: str, e1: str, u2: str, e2: str) -> None:
+    same = (u1, e1) == (u2, e2)
+    assert (notification_id_for(u1, e1) == notification_id_for(u2, e2)) == same
+    assert (idempotency_scope(u1, e1) == idempotency_scope(u2, e2)) == same
+    assert split_scope(idempotency_scope(u1, e1)) == (u1, e1)
+    assert legacy_notification_id_for(e1) != notification_id_for(u1, e1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("send_at", "2030-01-01T09:00:00Z"), ("delay_s", 60), ("send_at", 0), ("delay_s", "10")],
+)
+def test_scheduling_fields_are_rejected_not_sent_now(field: str, value: Any) -> None:
+    with pytest.raises(InvalidEvent) as exc:
+        parse_event(raw(**{field: value}))
+    assert exc.value.reason == (
+        f"unsupported_field: {field} (scheduled send is not supported yet)"
+    )
+
+
+def test_null_scheduling_field_means_send_now() -> None:
+    ev = parse_event(raw(send_at=None, delay_s=None))
+    assert ev.extra == {"send_at": None, "delay_s": None}

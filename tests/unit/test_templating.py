@@ -262,3 +262,33 @@ def test_oversized_output_from_template_rejected(tmp_path: Path) -> None:
     write(tmp_path, "big", {"locales": {"en": {"title": "t", "body": "{{ 'x' * 30000 }}"}}})
     with pytest.raises(InvalidEvent, match=r"^template_error: .*exceeds"):
         TemplateStore(tmp_path).render("big", {}, None)
+
+
+@pytest.mark.parametrize(
+    ("source", "data", "kind"),
+    [
+        ("{{ n + 1 }}", {"n": "x"}, "TypeError: "),
+        ("{{ a / b }}", {"a": 1, "b": 0}, "ZeroDivisionError: "),
+        ("{{ '%d' % s }}", {"s": "x"}, "TypeError: "),
+        ("{{ s.index('z') }}", {"s": "abc"}, "ValueError: "),
+        ("{{ items[5] }}", {"items": [1]}, "list object has no element 5"),  # UndefinedError
+    ],
+)
+def test_any_rendering_error_is_template_error(
+    tmp_path: Path, source: str, data: dict[str, Any], kind: str
+) -> None:
+    # Operators' templates on untrusted data: whatever Jinja raises is a reason, never
+    # an exception that escapes to the agent (where the event used to be lost).
+    write(tmp_path, "calc", {"locales": {"en": {"title": source, "body": "b"}}})
+    with pytest.raises(InvalidEvent) as exc:
+        TemplateStore(tmp_path).render("calc", data, None)
+    assert exc.value.reason.startswith(f"template_error: calc: {kind}")
+
+
+def test_template_error_reason_is_one_short_line(tmp_path: Path) -> None:
+    write(tmp_path, "long", {"locales": {"en": {"title": "{{ n + 1 }}", "body": "b"}}})
+    with pytest.raises(InvalidEvent) as exc:
+        TemplateStore(tmp_path).render("long", {"n": "x\n" * 5000}, None)
+    reason = exc.value.reason
+    assert reason.startswith("template_error: long: TypeError: ")
+    assert "\n" not in reason and len(reason) < 400
