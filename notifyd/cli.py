@@ -125,7 +125,7 @@ def broker(kind: str, datadir: Path, port: int) -> None:
 )
 @click.option("--template")
 @click.option("--data", "data_json", help="Template data as a JSON object")
-@click.option("--event-id", help="Idempotency key (default: a new UUID)")
+@click.option("--event-id", help="Idempotency key, per user (default: a new UUID)")
 @click.option("--file", "file", type=click.File("rb"), help="Send this JSON file as the event")
 @click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
 def send(
