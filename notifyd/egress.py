@@ -109,7 +109,8 @@ class EgressDenied(PermanentDeliveryError, PermissionError):
     """
 
     def __init__(self, what: str, label: str) -> None:
-        super().__init__(f"egress_denied: {what} destination refused ({label} address)")
+        kind = label if label.endswith(" name") else f"{label} address"
+        super().__init__(f"egress_denied: {what} destination refused ({kind})")
         self.what = what
         self.label = label
 

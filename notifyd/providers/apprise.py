@@ -20,8 +20,9 @@ Outcome of a push delivery with several targets:
   disabled, push API 4xx) → :class:`~notifyd.errors.PermanentDeliveryError`;
 * otherwise delivered; refused targets are listed in the receipt.
 
-Apprise is synchronous underneath: each target runs in Apprise's own thread pool
-(``plugin.async_notify``) under ``apprise_timeout_s``.  Apprise reports only
+Apprise is synchronous underneath: each target runs in a thread (the provider's own
+pool under the egress policy, see below; else Apprise's, ``plugin.async_notify``)
+under ``apprise_timeout_s``.  Apprise reports only
 success or failure, so a failed target is retried (bounded by
 ``NOTIFYD_RETRY_MAX_ATTEMPTS``) rather than guessed permanent.  URLs carry
 credentials: only Apprise's privacy rendering of a URL appears in reasons and logs.

@@ -110,6 +110,12 @@ def test_public_addresses_pass(address: str) -> None:
 )
 def test_local_host_names_are_refused_before_resolution(host: str) -> None:
     assert DENY_ALL.host_denial(host) is not None
+    with pytest.raises(EgressDenied, match=r"^egress_denied: webhook destination refused \("):
+        DENY_ALL.check_host(host, "webhook")
+    if host.startswith(("l", "L", "a", "i")):
+        assert DENY_ALL.host_denial(host) == "local host name"
+        with pytest.raises(EgressDenied, match=r"refused \(local host name\)$"):
+            DENY_ALL.check_host(host, "webhook")
 
 
 def test_other_names_are_left_to_resolution() -> None:
