@@ -867,6 +867,8 @@ class Bench:
                 "NOTIFYD_TABLE_STORE": store,
                 "NOTIFYD_THROTTLE_LIMIT": "0",
                 "NOTIFYD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                # The webhook sink is on loopback, denied to user URLs by default.
+                "NOTIFYD_EGRESS_ALLOW": "127.0.0.1/32",
                 "NOTIFYD_JWT_SECRET": JWT_SECRET,
                 "NOTIFYD_LOG_LEVEL": self.opts.worker_log_level,
                 "NOTIFYD_LOG_FORMAT": "json",

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     apprise_schemes: str = ""
     apprise_timeout_s: float = Field(default=10.0, gt=0)
     http_timeout_s: float = Field(default=10.0, gt=0)
+    #: Egress allow-list for user-chosen destinations (webhook and Apprise URLs), which
+    #: may not reach loopback, private, link-local (metadata), CGNAT, multicast or
+    #: reserved addresses (notifyd.egress): comma-separated CIDRs and host names
+    #: (``*.example.com`` for subdomains) re-admitted, e.g. ``127.0.0.1/32`` for tests.
+    #: Operator-set URLs (SMTP host, SMS/push API) are not subject to it.
+    egress_allow: str = ""
 
     #: Event loop of the worker: the standard asyncio loop, or uvloop (the asyncio loop
     #: is ~17% of the worker's time; uvloop is not yet verified by the crash test).
@@ -138,6 +144,14 @@ class Settings(BaseSettings):
     def _broker_url(cls, v: str) -> str:
         if not v.startswith(("kafka://", "aiokafka://")):
             raise ValueError("broker_url must look like kafka://host:port[;host:port]")
+        return v
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow(cls, v: str) -> str:
+        from .egress import EgressPolicy
+
+        EgressPolicy.parse(v)  # ValueError names the bad entry
         return v
 
     @property

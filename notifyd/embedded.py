@@ -200,6 +200,9 @@ async def run_embedded(datadir: Path, web_port: int, demo: bool, exit_after_demo
                 "NOTIFYD_PUSH_API_URL": f"{sandbox.url}/v1/push",
                 "NOTIFYD_SMTP_HOST": "127.0.0.1",
                 "NOTIFYD_SMTP_PORT": str(smtp.port),
+                # The demo user's webhook is the sandbox on loopback, which user-chosen
+                # URLs may not reach by default: re-admit that one address only.
+                "NOTIFYD_EGRESS_ALLOW": f"{sandbox.host}/32",
                 "NOTIFYD_TOPIC_PARTITIONS": os.environ.get("NOTIFYD_TOPIC_PARTITIONS", "4"),
             }
         )

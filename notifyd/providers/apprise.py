@@ -20,8 +20,9 @@ Outcome of a push delivery with several targets:
   disabled, push API 4xx) → :class:`~notifyd.errors.PermanentDeliveryError`;
 * otherwise delivered; refused targets are listed in the receipt.
 
-Apprise is synchronous underneath: each target runs in Apprise's own thread pool
-(``plugin.async_notify``) under ``apprise_timeout_s``.  Apprise reports only
+Apprise is synchronous underneath: each target runs in a thread (the provider's own
+pool under the egress policy, see below; else Apprise's, ``plugin.async_notify``)
+under ``apprise_timeout_s``.  Apprise reports only
 success or failure, so a failed target is retried (bounded by
 ``NOTIFYD_RETRY_MAX_ATTEMPTS``) rather than guessed permanent.  URLs carry
 credentials: only Apprise's privacy rendering of a URL appears in reasons and logs.
@@ -31,6 +32,20 @@ HTTP-based targets (``json://``, ``form://``, ``xml://``) get the
 ``NOTIFYD_APPRISE_SCHEMES`` (comma-separated) limits which Apprise services users
 may name; like ``webhook_url``, an Apprise URL makes the worker call a host the user
 chose, so restrict it where that matters.
+
+Egress policy (:mod:`notifyd.egress`, ``NOTIFYD_EGRESS_ALLOW``): a URL whose host is
+a denied literal address or ``localhost`` is refused before Apprise is called; then
+the notify call runs in a thread of the provider's own pool under
+:func:`~notifyd.egress.guard_sockets`, which checks the address of every
+``socket.connect`` Apprise (``requests``, ``smtplib``, its plugins) makes in that call,
+so a host name resolving to a denied address, and any redirect hop, is refused at
+connect time; HTTP redirects are also switched off.  A target refused so is
+``egress_denied`` (permanent).  Limits, stated honestly: connections made by threads a
+plugin starts itself, or by native code not using Python's ``socket`` module, are not
+seen (no bundled HTTP/e-mail plugin does either); behind an HTTP proxy (``HTTPS_PROXY``
+in the worker's environment) only the proxy's address is checked, the proxy must
+enforce the rest.  ``AppriseProvider`` built without ``egress`` (tests, tools) is
+unrestricted; :meth:`AppriseProvider.from_settings` always sets it.
 """
 
 from __future__ import annotations
@@ -38,11 +53,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
 
 from ..config import Settings
+from ..egress import EgressDenied, EgressPolicy, guard_sockets, url_host
 from ..errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
 from ..records import Delivery
 from .base import Provider, SendReceipt
@@ -52,6 +69,8 @@ log = structlog.stdlib.get_logger("notifyd.providers.apprise")
 #: (idempotency key, URL) pairs remembered as delivered, so retries skip them.
 SENT_MEMORY = 10_000
 _HTTP_SCHEMES = frozenset({"json", "jsons", "form", "forms", "xml", "xmls"})
+#: Threads of the guarded notify calls (a timed-out call keeps its thread until done).
+_POOL_THREADS = 32
 
 
 def is_apprise_url(token: str) -> bool:
@@ -101,12 +120,16 @@ class AppriseProvider(Provider):
         enabled: bool = True,
         timeout_s: float = 10.0,
         schemes: frozenset[str] | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.enabled = enabled
         self.timeout_s = timeout_s
         #: Allowed Apprise schemes; None allows every service Apprise supports.
         self.schemes = schemes
+        #: Where targets may connect (see the module doc); None: unrestricted.
+        self.egress = egress
         self._sent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppriseProvider:
@@ -117,6 +140,7 @@ class AppriseProvider(Provider):
             enabled=settings.apprise_enabled,
             timeout_s=settings.apprise_timeout_s,
             schemes=schemes or None,
+            egress=EgressPolicy.from_settings(settings),
         )
 
     async def start(self) -> None:
@@ -125,6 +149,12 @@ class AppriseProvider(Provider):
             import importlib
 
             await asyncio.to_thread(importlib.import_module, "apprise")
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Running calls cannot be interrupted; they end under their own timeouts.
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- targets ----------------------------------------------------------------------
 
@@ -149,6 +179,9 @@ class AppriseProvider(Provider):
             raise PermanentDeliveryError(
                 f"invalid_address: {_masked(url)} is not a valid or supported Apprise URL"
             )
+        if self.egress is not None:
+            # A literal denied host is refused before any call; names at connect time.
+            self.egress.check_host(_target_host(url, plugin), "apprise")
         return plugin
 
     def check(self, delivery: Delivery) -> None:
@@ -183,6 +216,17 @@ class AppriseProvider(Provider):
             "title": delivery.title if delivery.body else "",
             "notify_type": _notify_type(delivery.priority),
         }
+        if self.egress is not None:
+            if hasattr(plugin, "redirects"):
+                plugin.redirects = False  # as for webhooks: no hop to another host
+            loop = asyncio.get_running_loop()
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(_POOL_THREADS, "notifyd-apprise")
+            host = _target_host(url, plugin)
+            guarded = loop.run_in_executor(
+                self._pool, _notify_guarded, self.egress, host, plugin, kwargs
+            )
+            return await asyncio.wait_for(guarded, self.timeout_s)
         notify_async = getattr(plugin, "async_notify", None)
         call = (
             notify_async(**kwargs)
@@ -214,6 +258,9 @@ class AppriseProvider(Provider):
             if result is True:
                 self._remember(key, url)
                 out.sent.append(url)
+            elif isinstance(result, EgressDenied):
+                log.warning("apprise.egress_denied", target=where, reason=result.reason)
+                out.refused.append(result.reason)
             elif isinstance(result, TimeoutError):
                 out.retriable.append(f"timeout: {where} did not answer in {self.timeout_s:g}s")
             elif isinstance(result, BaseException):
@@ -235,6 +282,31 @@ class AppriseProvider(Provider):
             provider_id=None,
             detail={"apprise_sent": len(out.sent), "apprise_refused": out.refused},
         )
+
+
+def _target_host(url: str, plugin: Any) -> str:
+    host = getattr(plugin, "host", None)
+    return host if isinstance(host, str) and host else (url_host(url) or "")
+
+
+def _notify_guarded(
+    policy: EgressPolicy, host: str, plugin: Any, kwargs: dict[str, Any]
+) -> bool:
+    """One Apprise call in a pool thread, every socket it connects checked by ``policy``.
+
+    Raises the :class:`EgressDenied` that made it fail, if one did (Apprise itself only
+    reports False); a call that got through on another address counts as sent.
+    """
+    with guard_sockets(policy, "apprise", [host] if host else []) as guard:
+        try:
+            ok = bool(plugin.notify(**kwargs))
+        except Exception as exc:
+            if guard.denials:
+                raise guard.denials[0] from exc
+            raise
+    if not ok and guard.denials:
+        raise guard.denials[0]
+    return ok
 
 
 def raise_for(out: _Outcome, other_sent: bool = False) -> None:

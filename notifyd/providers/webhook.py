@@ -7,6 +7,11 @@ Signature scheme (what receivers verify, see :func:`verify`)::
 
 The timestamp is inside the MAC so a captured request cannot be replayed later
 than the receiver's tolerance; ``Idempotency-Key`` lets the receiver drop retries.
+
+The URL is the user's choice, so the egress policy (:mod:`notifyd.egress`,
+``NOTIFYD_EGRESS_ALLOW``) decides where the worker may connect, checked on the
+resolved address at connect time; an error answer's body is never copied into the
+reason the user can read back (only ``http_<status>``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import orjson
 
 from ..config import Settings
+from ..egress import EgressPolicy
 from ..records import Delivery
 from .base import SendReceipt
 from .http import HttpProvider, post_json
@@ -75,14 +81,21 @@ class WebhookProvider(HttpProvider):
     channel = "webhook"
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings.http_timeout_s)
+        self.egress = EgressPolicy.from_settings(settings)
+        super().__init__(settings.http_timeout_s, self.egress)
         self._secret = settings.webhook_secret.get_secret_value().encode()
 
+    def _url(self, delivery: Delivery) -> str:
+        url = check_http_url(delivery.address)
+        # Early refusal of a literal denied host; the connector checks resolved addresses.
+        self.egress.check_url(url, self.channel)
+        return url
+
     def check(self, delivery: Delivery) -> None:
-        check_http_url(delivery.address)
+        self._url(delivery)
 
     async def send(self, delivery: Delivery) -> SendReceipt:
-        url = check_http_url(delivery.address)
+        url = self._url(delivery)
         body = orjson.dumps(webhook_payload(delivery))
         timestamp = str(int(time.time()))
         headers = {
@@ -92,7 +105,9 @@ class WebhookProvider(HttpProvider):
         # Without a configured secret there is nothing meaningful to sign with.
         if self._secret:
             headers["X-Notifyd-Signature"] = sign(self._secret, timestamp, body)
-        answer = await post_json(self.session, url, body, headers, what="webhook")
+        answer = await post_json(
+            self.session, url, body, headers, what="webhook", echo_body=False
+        )
         provider_id = answer.get("id")
         return SendReceipt(
             provider_id=str(provider_id) if provider_id is not None else None,

@@ -30,6 +30,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from .. import dlq
 from ..app import settings
+from ..egress import EgressPolicy, url_host
 from ..errors import (
     BadRequest,
     Forbidden,
@@ -421,11 +422,30 @@ async def _get_preferences(call: Call, user_id: str) -> web.StreamResponse:
     return json_response(doc)
 
 
+def _check_destinations(fields: dict[str, Any]) -> None:
+    """Refuse now what the egress policy would surely refuse at delivery (a literal
+    denied address, ``localhost``): better UX.  Host names are judged on what they
+    resolve to when the worker connects, which is the real guard (notifyd.egress)."""
+    policy = EgressPolicy.from_settings(settings)
+    urls = [("webhook_url", fields.get("webhook_url"))]
+    urls += [("apprise_urls", u) for u in fields.get("apprise_urls") or []]
+    for name, url in urls:
+        host = url_host(url) if url else None
+        label = policy.host_denial(host) if host else None
+        if label is not None:
+            raise BadRequest(
+                f"{name}: host {host!r} is refused by the egress policy ({label}); "
+                "notifyd does not deliver to internal addresses",
+                code="invalid_preferences",
+            )
+
+
 async def _write_preferences(call: Call, user_id: str, op: str) -> web.StreamResponse:
     try:
         fields = validate_preferences(user_id, call.body, partial=(op == "patch"))
     except InvalidPreferences as exc:
         raise BadRequest(str(exc), code="invalid_preferences") from None
+    _check_destinations(fields)
     routed = await route(call.request, "preferences", user_id)
     if routed is not None:
         return routed

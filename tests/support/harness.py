@@ -75,6 +75,9 @@ class Sinks:
             "NOTIFYD_SMTP_HOST": "127.0.0.1",
             "NOTIFYD_SMTP_PORT": str(self.smtp.port),
             "NOTIFYD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            # Users' webhooks and Apprise URLs point at sinks on 127.0.0.1, which the
+            # egress policy denies by default; only that address is re-admitted.
+            "NOTIFYD_EGRESS_ALLOW": "127.0.0.1/32",
         }
 
     def webhook_url(self, name: str) -> str:

@@ -94,6 +94,8 @@ def make_settings(sandbox: SandboxServer, **kw: object) -> Settings:
         webhook_secret=SECRET.decode(),
         http_timeout_s=5.0,
         smtp_timeout_s=5.0,
+        # The webhook goes to the sandbox on loopback, which the egress policy denies.
+        egress_allow="127.0.0.1/32",
     )
     values.update(kw)
     return Settings(**values)  # type: ignore[arg-type]
