@@ -148,6 +148,20 @@ async def test_gate_is_extended_by_a_later_pause() -> None:
     assert await waiter == 6.0
 
 
+def channel_pauses(channel: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "notifyd_channel_pauses_total", {"channel": channel}
+    )
+    return value or 0.0
+
+
+def waited(channel: str, cause: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "notifyd_provider_wait_seconds_total", {"channel": channel, "cause": cause}
+    )
+    return value or 0.0
+
+
 class Recording(MemoryProvider):
     """Records the (virtual) time of every call; fails the first ones on demand."""
 
@@ -179,11 +193,11 @@ async def test_limited_provider_pauses_only_on_a_providers_rate_limit(
     inner = Recording(channel, vc)
     provider = LimitedProvider(inner, limits)
     inner.fail_next(error)
-    pauses = metrics.channel_pauses.labels(channel)._value.get()
+    pauses = channel_pauses(channel)
     with pytest.raises(type(error)):
         await provider.send(delivery(channel, "u", "n1"))
     assert limits.gate.remaining() == paused_for
-    assert metrics.channel_pauses.labels(channel)._value.get() == pauses + (paused_for > 0)
+    assert channel_pauses(channel) == pauses + (paused_for > 0)
     second = asyncio.create_task(provider.send(delivery(channel, "u", "n2")))
     if paused_for:
         await until(lambda: len(vc.sleepers) == 1)
@@ -197,6 +211,7 @@ async def test_rate_limit_spaces_provider_calls() -> None:
     limits = ChannelLimits("sms", rate=4.0, clock=vc.time, sleep=vc.sleep)
     inner = Recording("sms", vc)
     provider = LimitedProvider(inner, limits)
+    before = waited("sms", "rate_limit")
     sends = [asyncio.create_task(provider.send(delivery("sms", "u", f"n{i}"))) for i in range(6)]
     await until(lambda: len(inner.times) == 4 and len(vc.sleepers) == 2)
     for _ in range(2):
@@ -204,6 +219,7 @@ async def test_rate_limit_spaces_provider_calls() -> None:
         await until(lambda: len(vc.sleepers) == 0 or vc.sleepers[0][0] > vc.now)
     await asyncio.gather(*sends)
     assert inner.times == [0.0, 0.0, 0.0, 0.0, 0.25, 0.5]
+    assert waited("sms", "rate_limit") - before == pytest.approx(0.75)
 
 
 # --- on the channel agents --------------------------------------------------------------
@@ -266,7 +282,8 @@ async def test_each_channel_keeps_its_own_number_of_calls_in_flight(
         try:
             # Both streams hold six deliveries; SMS has all of them at its provider at
             # once, e-mail only two, the other four waiting for a slot.
-            await until(lambda: sms.active == len(users) and email.active == 2)
+            await until(lambda: sms.active == len(users) and email.active >= 2)
+            assert email.active == 2
         finally:
             email.release.set()
             sms.release.set()
@@ -300,7 +317,7 @@ async def test_a_429_pauses_its_channel_only_and_the_delivery_is_retried(
     providers.update(sms=sms, push=push)
     sms.fail_next(RateLimitedDeliveryError("http_429: sms api answered 429", retry_after=5.0))
     tag = uuid.uuid4().hex[:6]
-    status = {}
+    paused_before = waited("sms", "paused"), waited("push", "paused")
     async with sms_agent.test_context() as sa, push_agent.test_context() as pa:
         first = delivery("sms", f"a-{tag}", f"{tag}-s0")
         await sa.put(first.dumps(), key=first.user_id.encode(), partition=0)
@@ -320,6 +337,9 @@ async def test_a_429_pauses_its_channel_only_and_the_delivery_is_retried(
         await until(lambda: len(sms.deliveries) == 3)
         await until(lambda: len(published) == 7)
     assert sms.times == [0.0, 5.0, 5.0, 5.0]
+    # Three SMS waited 5 s each; push never waited.
+    assert waited("sms", "paused") - paused_before[0] == pytest.approx(15.0)
+    assert waited("push", "paused") == paused_before[1]
 
 
 async def test_a_webhook_receivers_429_does_not_pause_the_other_webhooks(
