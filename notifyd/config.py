@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "webhook", "inapp")
+#: Email's default concurrency when ``email_concurrency`` is 0 (see there).
+SMTP_DEFAULT_CONCURRENCY = 8
 
 
 class Settings(BaseSettings):
@@ -84,6 +86,19 @@ class Settings(BaseSettings):
     #: Deliveries each channel agent keeps in flight (per worker); one user's are sent
     #: in order.  1 = one at a time per channel.
     delivery_concurrency: int = Field(default=32, ge=1, le=1024)
+    #: Per channel: provider calls one worker keeps in flight on that channel (one
+    #: user's stay in order); 0 = ``delivery_concurrency``.  Email's 0 means at most
+    #: ``SMTP_DEFAULT_CONCURRENCY`` (8): SMTP relays commonly cap connections per client
+    #: and answer more with 421, and each send opens a connection.
+    email_concurrency: int = Field(default=0, ge=0, le=1024)
+    sms_concurrency: int = Field(default=0, ge=0, le=1024)
+    push_concurrency: int = Field(default=0, ge=0, le=1024)
+    webhook_concurrency: int = Field(default=0, ge=0, le=1024)
+    #: Per provider: calls per second one worker makes to it (token bucket, bursts of up
+    #: to one second's worth); 0 = no limit.  Other channels never wait for it.
+    email_rate_limit: float = Field(default=0.0, ge=0.0)
+    sms_rate_limit: float = Field(default=0.0, ge=0.0)
+    push_rate_limit: float = Field(default=0.0, ge=0.0)
     #: The status agent folds up to this many ``notifyd.status`` records at a time, one
     #: table write (changelog record) per notification, waiting at most
     #: ``status_batch_wait_s`` to fill a batch (status is not on the delivery path).
@@ -159,6 +174,19 @@ class Settings(BaseSettings):
         """``host:port`` list for raw aiokafka clients (admin, producers in tests/bench)."""
         rest = self.broker_url.split("://", 1)[1]
         return [s.strip() for s in rest.replace(",", ";").split(";") if s.strip()]
+
+    def concurrency_for(self, channel: str) -> int:
+        """Deliveries the agent of ``channel`` keeps in flight (see ``*_concurrency``)."""
+        own = int(getattr(self, f"{channel}_concurrency", 0) or 0)
+        if own:
+            return own
+        if channel == "email":
+            return min(SMTP_DEFAULT_CONCURRENCY, self.delivery_concurrency)
+        return self.delivery_concurrency
+
+    def rate_limit_for(self, channel: str) -> float:
+        """Provider calls per second allowed on ``channel``; 0 = unlimited."""
+        return float(getattr(self, f"{channel}_rate_limit", 0.0) or 0.0)
 
     @property
     def resolved_credential_store_url(self) -> str:

@@ -56,6 +56,15 @@ class RetriableDeliveryError(DeliveryError):
         super().__init__(reason, retriable=True, retry_after=retry_after)
 
 
+class RateLimitedDeliveryError(RetriableDeliveryError):
+    """The provider refused for its rate limit (HTTP 429).
+
+    Retried like any retriable failure; in addition a channel whose deliveries all go to
+    one provider pauses new calls for ``retry_after`` (:mod:`notifyd.ratelimit`), since
+    every other call would be refused too.
+    """
+
+
 class WebError(NotifydError):
     """An HTTP error answered as JSON ``{code, detail}``; ``code`` is stable for clients."""
 

@@ -10,8 +10,10 @@ Two kinds of metrics:
   :mod:`notifyd.pipeline`): events received per topic, accepted, dead-lettered per
   reason code; delivery transitions per channel and status (``queued``, ``sent``,
   ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
-  retries; end-to-end latency per channel, from the producer's Kafka timestamp
-  (else the moment notifyd accepted the event) to the provider's success.
+  retries; channel pauses on a provider's 429 and time spent waiting for a channel's
+  rate limit or pause (:mod:`notifyd.ratelimit`); end-to-end latency per channel, from
+  the producer's Kafka timestamp (else the moment notifyd accepted the event) to the
+  provider's success.
 * **Gauges read when scraped** (:meth:`Metrics.refresh`): consumer lag per assigned
   partition (the consumer's highwater minus its position), dead letters held by the
   two DLQ topics (end minus earliest offsets, cached), table sizes (local data of
@@ -183,6 +185,17 @@ class Metrics:
             "End to end: producer timestamp (else acceptance) to provider success",
             ["channel"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=r,
         )
+        self.channel_pauses = Counter(
+            "channel_pauses",
+            "Channel-wide pauses of provider calls after the provider answered 429",
+            ["channel"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_wait = Counter(
+            "provider_wait_seconds",
+            "Time provider calls waited before being made, by channel and cause "
+            "(rate_limit: the channel's token bucket; paused: a 429 pause)",
+            ["channel", "cause"], namespace=NAMESPACE, registry=r,
+        )
         self.snapshot = Snapshot()
         self.app: Any = None
         #: A group-less consumer asking the broker for DLQ offsets (started when needed).
@@ -220,6 +233,12 @@ class Metrics:
 
     def delivery_dead(self, topic: str) -> None:
         self.dead_letters_produced.labels(topic).inc()
+
+    def channel_paused(self, channel: str) -> None:
+        self.channel_pauses.labels(channel).inc()
+
+    def provider_waited(self, channel: str, cause: str, seconds: float) -> None:
+        self.provider_wait.labels(channel, cause).inc(seconds)
 
     # --- scrape -----------------------------------------------------------------------
 

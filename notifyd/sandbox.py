@@ -4,7 +4,8 @@ It plays the remote side of every channel for tests, benchmarks and demos, and
 behaves like a careful real provider: it validates the channel rules, honours
 ``Idempotency-Key`` (a replay gets the original answer with HTTP 200 and is not
 delivered again), and can inject faults (503 + ``Retry-After``, latency, and
-"lost acks": delivered but answered 503, the case idempotency exists for).
+"lost acks": delivered but answered 503, the case idempotency exists for; 429 +
+``Retry-After`` on demand, and requests in flight per kind, through ``/v1/_load``).
 
 It keeps a ledger of unique deliveries per kind and counts every raw request, so
 tests can assert "exactly once" (one delivery) despite "at least once" (several
@@ -100,6 +101,7 @@ class SandboxState:
         self.replies: dict[tuple[str, str], dict[str, Any]] = {}
         self._seq = 0
         self._file: IO[bytes] | None = None
+        self.load = Load()
 
     def config(self) -> dict[str, Any]:
         return {
@@ -127,6 +129,7 @@ class SandboxState:
     def reset(self) -> None:
         self.ledgers = {k: Ledger() for k in KINDS}
         self.replies.clear()
+        self.load = Load()
 
     def next_id(self, kind: str) -> str:
         self._seq += 1
@@ -152,6 +155,54 @@ class SandboxState:
         if self._file is not None:
             # Unbuffered single write: a killed process leaves whole lines behind.
             self._file.write(orjson.dumps(entry) + b"\n")
+
+
+class Load:
+    """Requests in flight per kind (and the most seen at once), and injected 429s.
+
+    ``rate_limit(kind, count, retry_after)`` makes the next ``count`` requests of
+    ``kind`` answer 429 with that ``Retry-After`` (seconds or an HTTP-date); each such
+    answer is kept in ``rate_limited`` with the time it was given.
+    """
+
+    def __init__(self) -> None:
+        self.inflight: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.max_inflight: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.pending_429: dict[str, tuple[int, str]] = {}
+        self.rate_limited: list[dict[str, Any]] = []
+
+    def enter(self, kind: str) -> None:
+        self.inflight[kind] += 1
+        self.max_inflight[kind] = max(self.max_inflight[kind], self.inflight[kind])
+
+    def leave(self, kind: str) -> None:
+        self.inflight[kind] -= 1
+
+    def rate_limit(self, kind: str, count: int, retry_after: str) -> None:
+        if kind not in KINDS:
+            raise Reject(422, "unknown_kind", f"kind must be one of {KINDS}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise Reject(422, "wrong_type", "count must be a non-negative integer")
+        self.pending_429[kind] = (count, retry_after)
+
+    def check_rate_limit(self, kind: str, received_at: float) -> None:
+        """Raise the injected 429 if one is pending for ``kind``."""
+        count, retry_after = self.pending_429.get(kind, (0, ""))
+        if count <= 0:
+            return
+        self.pending_429[kind] = (count - 1, retry_after)
+        self.rate_limited.append(
+            {"kind": kind, "received_at": received_at, "answered_at": time.time(),
+             "retry_after": retry_after}
+        )
+        raise Reject(429, "rate_limited", "injected rate limit", {"Retry-After": retry_after})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "inflight": dict(self.inflight),
+            "max_inflight": dict(self.max_inflight),
+            "rate_limited": list(self.rate_limited),
+        }
 
 
 STATE = web.AppKey("sandbox_state", SandboxState)
@@ -240,9 +291,12 @@ async def _accept(
         "duplicate": False,
         **(extra or {}),
     }
+    load = state.load
+    load.enter(kind)
     try:
         await state.delay()
         authenticate(raw)
+        load.check_rate_limit(kind, received_at)
         if state.fail_rate and state.rng.random() < state.fail_rate:
             raise Reject(503, "unavailable", "injected fault", {"Retry-After": "1"})
         # From here to the end there is no await: lookup and record are atomic.
@@ -275,6 +329,7 @@ async def _accept(
         entry.update(status=rej.status, error=rej.code)
         return _json(rej.status, {"code": rej.code, "detail": rej.detail}, rej.headers)
     finally:
+        load.leave(kind)
         state.log_receipt(entry)
 
 
@@ -336,6 +391,21 @@ async def _control(request: web.Request) -> web.Response:
         except Reject as rej:
             return _json(rej.status, {"code": rej.code, "detail": rej.detail})
     return _json(200, state.config())
+
+
+async def _load(request: web.Request) -> web.Response:
+    """``GET``: requests in flight and injected 429s; ``POST {"kind", "count",
+    "retry_after"}``: answer the next ``count`` requests of ``kind`` with 429."""
+    state = request.app[STATE]
+    if request.method == "POST":
+        try:
+            obj = _parse_object(await request.read())
+            state.load.rate_limit(
+                str(obj.get("kind")), obj.get("count", 1), str(obj.get("retry_after", "1"))
+            )
+        except Reject as rej:
+            return _json(rej.status, {"code": rej.code, "detail": rej.detail})
+    return _json(200, state.load.snapshot())
 
 
 async def _reset(request: web.Request) -> web.Response:
@@ -401,6 +471,8 @@ def make_sandbox_app(
     app.router.add_get("/v1/_control", _control)
     app.router.add_post("/v1/_control", _control)
     app.router.add_post("/v1/_reset", _reset)
+    app.router.add_get("/v1/_load", _load)
+    app.router.add_post("/v1/_load", _load)
     app.router.add_route("*", "/v1/_status/{code}", _status)
     app.router.add_get("/healthz", _healthz)
     return app

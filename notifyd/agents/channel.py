@@ -1,4 +1,8 @@
-"""The body shared by the channel agents: own the provider for the stream's lifetime."""
+"""The body shared by the channel agents: own the provider for the stream's lifetime.
+
+Each channel has its own limits (``Settings.concurrency_for``, and the rate limit and
+429 pause of :mod:`notifyd.ratelimit`); they hold up that channel's stream only.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +14,25 @@ from ..app import settings
 from ..pipeline import handle_delivery
 from ..providers.base import Provider
 from ..providers.registry import build_provider
+from ..ratelimit import LimitedProvider, channel_limits
 from .common import run_events, run_events_concurrently
 
 
 async def run_channel(channel: str, stream: StreamT[Any], provider: Provider | None = None) -> None:
-    provider = provider or build_provider(channel, settings)
-    await provider.start()
+    limited = LimitedProvider(
+        provider or build_provider(channel, settings), channel_limits(channel, settings)
+    )
+    await limited.start()
     try:
 
         async def handle(ev: EventT[Any]) -> None:
-            await handle_delivery(ev, provider)
+            await handle_delivery(ev, limited)
 
-        if settings.delivery_concurrency > 1:
-            await run_events_concurrently(stream, handle, settings.delivery_concurrency)
+        limit = settings.concurrency_for(channel)
+        if limit > 1:
+            await run_events_concurrently(stream, handle, limit)
         else:
             async for _ in run_events(stream, handle):
                 pass
     finally:
-        await provider.stop()
+        await limited.stop()

@@ -4,7 +4,8 @@ The mapping from an HTTP answer to a :class:`~notifyd.errors.DeliveryError` live
 only here, so the webhook, SMS and push providers cannot disagree on what to retry:
 
 * 2xx: delivered;
-* 408, 425, 429 and 5xx: retriable (429/503 pass the ``Retry-After`` hint on);
+* 408, 425, 429 and 5xx: retriable (429/503 pass the ``Retry-After`` hint on); 429 is a
+  :class:`~notifyd.errors.RateLimitedDeliveryError`, which pauses the channel;
 * any other status (other 4xx, and 3xx since redirects are not followed): permanent;
 * connection errors and timeouts: retriable;
 * a destination refused by the egress policy (:mod:`notifyd.egress`): permanent,
@@ -30,7 +31,12 @@ import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from ..egress import EgressDenied, EgressPolicy, denial_in
-from ..errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
+from ..errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RateLimitedDeliveryError,
+    RetriableDeliveryError,
+)
 from .base import Provider
 
 RETRIABLE_STATUSES = frozenset({408, 425, 429})
@@ -73,6 +79,8 @@ def error_for_status(
         retry_after = None
         if status in (429, 503):
             retry_after = parse_retry_after(headers.get("Retry-After"))
+        if status == 429:
+            return RateLimitedDeliveryError(reason, retry_after=retry_after)
         return RetriableDeliveryError(reason, retry_after=retry_after)
     return PermanentDeliveryError(reason)
 
