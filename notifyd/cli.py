@@ -41,7 +41,9 @@ def main() -> None:
 
 @main.command()
 @click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
-@click.option("--web-port", type=int, help="Port of the web view (NOTIFYD_WEB_PORT)")
+@click.option(
+    "--web-port", type=click.IntRange(1, 65535), help="Port of the web view (NOTIFYD_WEB_PORT)"
+)
 @click.option("--web-host", help="Address of the web view (NOTIFYD_WEB_HOST)")
 @click.option("--datadir", type=click.Path(path_type=Path), help="Table data (NOTIFYD_DATADIR)")
 @click.option("--loglevel", "log_level", help="DEBUG, INFO, WARNING (NOTIFYD_LOG_LEVEL)")
@@ -60,6 +62,9 @@ def worker(
         datadir=datadir,
         log_level=log_level,
     )
+    from .cli_admin import _settings
+
+    _settings()  # a bad NOTIFYD_* variable: one line on stderr, not a traceback
     from .worker import run_worker
 
     sys.exit(run_worker())
@@ -272,7 +277,7 @@ def show_config() -> None:
 @click.option(
     "--datadir", type=click.Path(path_type=Path), default=Path("var/run"), show_default=True
 )
-@click.option("--web-port", type=int, default=6066, show_default=True)
+@click.option("--web-port", type=click.IntRange(1, 65535), default=6066, show_default=True)
 @click.option(
     "--demo/--no-demo",
     default=True,

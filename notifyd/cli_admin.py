@@ -49,11 +49,20 @@ class CliError(click.ClickException):
 
 
 def _settings() -> Any:
+    from pydantic import ValidationError
+
     from .config import get_settings
 
     try:
         return get_settings()
-    except Exception as exc:  # pydantic ValidationError: a bad NOTIFYD_* variable
+    except ValidationError as exc:  # a bad NOTIFYD_* variable: name it (not its value,
+        # which may be a secret) and say what is wrong
+        problems = "; ".join(
+            f"NOTIFYD_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise CliError(f"invalid settings: {problems}", EXIT_USAGE) from exc
+    except Exception as exc:
         raise CliError(f"invalid settings: {exc}", EXIT_USAGE) from exc
 
 

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
 
     # --- web view --------------------------------------------------------------------
     web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    #: 1-65535.  Not 0 ("any free port"): other workers forward table look-ups to the
+    #: URL each worker announces when it joins the group, so the port must be known first.
+    web_port: int = Field(default=6066, ge=1, le=65535)
     #: URL other workers use to reach this one (table routing); derived when empty.
     web_canonical_url: str = ""
     max_request_bytes: int = Field(default=64 * 1024, ge=1024)

@@ -9,8 +9,9 @@ state table.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,26 +44,78 @@ def _hhmm(s: str) -> dtime:
     return dtime(int(h), int(m))
 
 
+def _inside(t: dtime, start: dtime, end: dtime) -> bool:
+    """Whether the wall-clock time ``t`` is in the window [start, end) (may cross midnight).
+
+    Only the time on the wall counts, not which pass of a repeated hour it is: at the
+    second 02:15 of an autumn clock change the wall shows 02:15 again, so a 01:00-02:30
+    window holds again."""
+    t = t.replace(fold=0)
+    return start <= t < end if start < end else (t >= start or t < end)
+
+
+def _epoch(d: date, wall: dtime, tz: ZoneInfo, fold: int) -> float:
+    return datetime.combine(d, wall, tzinfo=tz).replace(fold=fold).timestamp()
+
+
+def _wall(ts: float, tz: ZoneInfo) -> datetime:
+    """Naive local wall-clock datetime at epoch ``ts``."""
+    return datetime.fromtimestamp(ts, tz).replace(tzinfo=None, fold=0)
+
+
+def _reaches(d: date, wall: dtime, tz: ZoneInfo) -> list[float]:
+    """The epochs at which the wall clock of ``tz`` reaches ``wall`` on day ``d``.
+
+    One, or two in a repeated hour (both passes, by ``fold``).  In a skipped hour
+    (``wall`` does not exist that day) the clock jumps over it: then the one epoch is
+    the first instant after the gap, found by bisection on whole seconds (zoneinfo's
+    transitions are whole seconds; it does not expose them).  Epochs are computed by
+    ``timestamp()`` of aware datetimes, never by arithmetic on them, which Python
+    does on wall times."""
+    target = datetime.combine(d, wall)
+    hits = sorted({ts for fold in (0, 1) if _wall(ts := _epoch(d, wall, tz, fold), tz) == target})
+    if hits:
+        return hits
+    # In a gap, fold=1 applies the offset after the change (an instant before the gap)
+    # and fold=0 the offset before it (an instant after it).
+    before, after = math.floor(_epoch(d, wall, tz, 1)), math.ceil(_epoch(d, wall, tz, 0))
+    while after - before > 1:
+        mid = (before + after) // 2
+        if _wall(mid, tz) > target:
+            after = mid
+        else:
+            before = mid
+    return [float(after)]
+
+
 def quiet_hours_end(qh: dict[str, str], now: float) -> float | None:
     """If ``now`` falls inside the quiet window, the epoch at which it ends, else None.
 
-    Windows may cross midnight (22:00-07:00).  The end is computed as a local wall
-    time in the user's zone, so DST changes move it correctly.
+    Everything is wall-clock time in the user's IANA zone (``qh["timezone"]``):
+
+    * ``now`` is inside when the local wall time is in [start, end); windows may cross
+      midnight (22:00-07:00).  In a repeated hour (autumn) both passes count: at the
+      second 02:15 a 01:00-02:30 window holds again.
+    * The window ends at the first instant after ``now`` at which the wall clock
+      reaches ``end`` (in a repeated hour, the pass still ahead); if the clock skips
+      ``end`` (spring: 02:30 in a 02:00->03:00 jump), at the first instant after the
+      gap.  So the end is always later than ``now``, and the night is an hour shorter
+      or longer across a change, as the wall clock says.
     """
     tz = ZoneInfo(qh["timezone"])
-    local = datetime.fromtimestamp(now, tz)
     start, end = _hhmm(qh["start"]), _hhmm(qh["end"])
-    t = local.time()
-    if start < end:
-        inside = start <= t < end
-        end_date = local.date()
-    else:
-        inside = t >= start or t < end
-        end_date = local.date() if t < end else local.date() + timedelta(days=1)
-    if not inside:
+    local = datetime.fromtimestamp(now, tz)
+    if not _inside(local.time(), start, end):
         return None
-    end_local = datetime.combine(end_date, end, tzinfo=tz)
-    return end_local.timestamp()
+    # Inside, the wall clock reaches ``end`` within a day; the day before is a candidate
+    # too, for a clock change that moves the date back.
+    today = local.date()
+    return min(
+        ts
+        for offset in (-1, 0, 1, 2)
+        for ts in _reaches(today + timedelta(days=offset), end, tz)
+        if ts > now
+    )
 
 
 def _address(channel: str, prefs: dict[str, Any] | None) -> tuple[str | None, list[str] | None]:

@@ -73,7 +73,7 @@ from .openapi import (
     to_openapi_30,
     validate,
 )
-from .routes import json_response
+from .routes import TABLE_QUERY, json_response
 from .routing import route
 
 log = structlog.stdlib.get_logger("notifyd.web.api")
@@ -233,7 +233,9 @@ registry.document(
 registry.document(
     "GET", "/api/v1/admin/tables/{table}/{key}", summary="Read one table entry",
     auth="operator", tags=("admin",), operation_id="admin_table_get", routed=True,
-    errors=(404,), responses={200: Resp("The entry", ref("TableEntry"))},
+    description="Answered by the worker that holds the row, through any worker. Rows of "
+    "seen, ledger and scheduled live in their user's partition: name the user.",
+    query=TABLE_QUERY, errors=(404,), responses={200: Resp("The entry", ref("TableEntry"))},
 )
 
 

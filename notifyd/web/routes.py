@@ -10,10 +10,27 @@ import faust
 from aiohttp import web
 
 from ..app import recovery_done, settings
-from ..errors import NotFound
+from ..errors import BadRequest, NotFound
 from ..records import dumps
 from ..topics import active_partitions, names
+from .openapi import Param, parse_query
 from .routing import HTTP_CLIENT, route
+
+#: Tables whose rows are written while a record keyed by the user is processed (an
+#: event, a delivery): a row lives in its user's partition, whatever its own key hashes
+#: to, so a look-up must name the user to reach the worker that holds it.
+USER_PARTITIONED = frozenset({"seen", "ledger", "scheduled"})
+
+#: Query of ``GET /api/v1/admin/tables/{table}/{key}`` (also in the OpenAPI document).
+TABLE_QUERY = (
+    Param(
+        "user_id",
+        {"type": "string", "minLength": 1, "maxLength": 200},
+        "The user whose partition holds the row: required for "
+        f"{', '.join(sorted(USER_PARTITIONED))}; not accepted for the other tables, "
+        "whose key chooses the partition (user id, or notification id for status).",
+    ),
+)
 
 
 def json_response(
@@ -74,12 +91,26 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
                 f"no table named {name!r}; tables: {', '.join(sorted(TABLES))}",
                 code="unknown_table",
             )
-        routed = await route(request, name, key)
+        user_id: str | None = parse_query(request.query, TABLE_QUERY).get("user_id")
+        if name in USER_PARTITIONED and user_id is None:
+            raise BadRequest(
+                f"{name} rows live in their user's partition: give ?user_id=",
+                code="missing_parameter",
+            )
+        if name not in USER_PARTITIONED and user_id is not None:
+            raise BadRequest(
+                f"user_id is only for {', '.join(sorted(USER_PARTITIONED))}: "
+                f"the key of {name} chooses its partition",
+                code="invalid_parameter",
+            )
+        # Routed by the key that chose the row's partition (all tables are co-partitioned).
+        routed = await route(request, name, user_id or key)
         if routed is not None:
             return routed
         value = table.get(key)
         if value is None:
-            raise NotFound(f"{name}[{key!r}] has no value", code="key_not_found")
+            where = f" in user {user_id!r}'s partition" if user_id else ""
+            raise NotFound(f"{name}[{key!r}] has no value{where}", code="key_not_found")
         return json_response(
             {"table": name, "key": key, "value": value, "worker": str(app.conf.canonical_url)}
         )

@@ -16,6 +16,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import jwt
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 from openapi_spec_validator import validate as validate_spec
 
 from notifyd.broker.base import free_port
@@ -648,3 +650,95 @@ async def test_unknown_routes_and_methods_are_json(api: Stack) -> None:
         http("PUT", f"{w.url}/api/v1/users/me", {}, token=c.token).error(
             405, "method_not_allowed")
         http("GET", f"{w.url}/docs/static/nope.js").error(404, "not_found")
+
+
+# --- operator table look-ups: routed by the key that chose the row's partition -----------
+
+
+def _partition(key: str, partitions: int = 4) -> int:
+    """Kafka's default partitioner (murmur2) over the harness's 4 partitions."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _owners(stack: Stack) -> dict[int, int]:
+    """partition -> index of the worker that owns it."""
+    return {p: i for i, w in enumerate(stack.workers)
+            for p in http("GET", f"{w.url}/readyz").ok()["partitions"]}
+
+
+def _elsewhere(owners: dict[int, int], user_worker: int, *keys: str) -> bool:
+    return all(owners[_partition(k)] != user_worker for k in keys)
+
+
+async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None:
+    """seen, ledger and scheduled rows live in their user's partition, whatever their
+    own key hashes to; status rows in their notification id's.  Each is found through
+    either worker.  The event ids are picked so that every seen/ledger/scheduled key
+    hashes to a partition of the OTHER worker: routed by its own key, a look-up lands
+    on the worker that does not hold the row."""
+    op = op_token(api)
+    owners = _owners(api)
+    assert set(owners.values()) == {0, 1}, owners
+    user = new_id("u-rows")
+    home = owners[_partition(user)]
+    eids: list[str] = []
+    while len(eids) < 2:
+        eid = new_id("evt")
+        if _elsewhere(owners, home, eid, f"{notification_id_for(eid)}:sms"):
+            eids.append(eid)
+    sent_eid, deferred_eid = eids
+    now = datetime.now(UTC)
+    quiet = {"start": (now - timedelta(hours=1)).strftime("%H:%M"),
+             "end": (now + timedelta(hours=2)).strftime("%H:%M"), "timezone": "UTC"}
+    await api.set_preferences(user, {"phone": "+15550001234", "quiet_hours": quiet})
+    await api.send_events(
+        {"event_id": sent_eid, "user_id": user, "title": "now", "channels": ["sms"],
+         "priority": "critical"},  # bypasses quiet hours: sent, in the ledger
+        {"event_id": deferred_eid, "user_id": user, "title": "later", "channels": ["sms"]},
+    )
+    sent_nid, deferred_nid = notification_id_for(sent_eid), notification_id_for(deferred_eid)
+
+    def sms_state(nid: str, want: str) -> dict[str, Any] | None:
+        doc = api.worker.table("status", nid)
+        sms = ((doc or {}).get("channels") or {}).get("sms") or {}
+        return sms if sms.get("status") == want else None
+
+    await wait_for(lambda: sms_state(sent_nid, "sent"), what="the critical SMS sent")
+    deferred = await wait_for(lambda: sms_state(deferred_nid, "deferred"),
+                              what="the SMS deferred")
+    user_p = _partition(user)
+    home_url = api.workers[home].url
+
+    def lookup(i: int, table: str, key: str, user_id: str | None = user) -> Reply:
+        query = f"?user_id={urllib.parse.quote(user_id)}" if user_id else ""
+        return http("GET", f"{api.workers[i].url}/api/v1/admin/tables/{table}/{key}{query}",
+                    token=op)
+
+    rows = [("seen", sent_eid, user), ("seen", deferred_eid, user),
+            ("ledger", f"{sent_nid}:sms", user), ("scheduled", f"{deferred_nid}:sms", user),
+            ("status", sent_nid, None), ("status", deferred_nid, None)]
+    answers = {(i, table, key): lookup(i, table, key, uid).status
+               for i in BOTH for table, key, uid in rows}
+    assert answers == dict.fromkeys(answers, 200)
+    for i in BOTH:
+        for table, key in (("seen", sent_eid), ("seen", deferred_eid)):
+            entry = lookup(i, table, key).ok()
+            assert (entry["table"], entry["key"]) == (table, key)
+            assert entry["value"][1] == user_p  # [first_seen, partition, origin]
+            assert entry["worker"].rstrip("/") == home_url
+        ledger = lookup(i, "ledger", f"{sent_nid}:sms").ok()
+        assert ledger["value"]["s"] == "sent" and ledger["value"]["p"] == user_p
+        assert ledger["worker"].rstrip("/") == home_url
+        scheduled = lookup(i, "scheduled", f"{deferred_nid}:sms").ok()
+        assert scheduled["value"]["p"] == user_p
+        assert scheduled["value"]["due"] == deferred["deliver_at"]
+        assert scheduled["value"]["delivery"]["user_id"] == user
+        assert scheduled["worker"].rstrip("/") == home_url
+        for nid in (sent_nid, deferred_nid):  # status: keyed (and partitioned) by nid
+            status = lookup(i, "status", nid, user_id=None).ok()
+            assert status["value"]["user_id"] == user
+            assert status["worker"].rstrip("/") == api.workers[owners[_partition(nid)]].url
+        # What is not there is a clean 404 from the owner; a missing user a clean 400.
+        lookup(i, "ledger", f"{deferred_nid}:sms").error(404, "key_not_found")
+        lookup(i, "seen", sent_eid, user_id=None).error(400, "missing_parameter")
+        lookup(i, "status", sent_nid).error(400, "invalid_parameter")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +147,18 @@ async def test_dlq_list_shows_the_reason_and_undecodable_bytes(stack: Stack) -> 
     item = await wait_for(listed, interval=1.0, what="dead letter listed")
     assert item["value_base64"] is True and base64.b64decode(item["value"]) == raw
     assert item["reason"] and item["topic"] == stack.names.events_dlq
+
+
+def test_worker_refuses_web_port_zero_with_one_clean_line(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """NOTIFYD_WEB_PORT=0 against the real broker: a settings error naming the variable,
+    exit 2, before anything starts (it used to start, then die in a Faust traceback)."""
+    name = new_id("port0")
+    res = notifyd(stack, "worker", NOTIFYD_WEB_PORT="0", NOTIFYD_APP_ID=name,
+                  NOTIFYD_TOPIC_PREFIX=name, NOTIFYD_DATADIR=str(tmp_path))
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "Error: invalid settings: NOTIFYD_WEB_PORT: Input should be greater than or equal to 1"
+    ]

@@ -397,6 +397,66 @@ async def test_quiet_hours_defer_until_window_end(quiet_stack: Stack) -> None:
     assert sorted(d["payload"]["body"] for d in sms_to(st, c["phone"])) == ["later please", "now!"]
 
 
+
+# --------------------------------------------------------------------------------------
+# Quiet hours in a repeated hour: a worker whose clock starts at the SECOND 02:29:00 of
+# the autumn change in Paris (27 Oct 2024, 03:00 CEST -> 02:00 CET), 01:29 UTC.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fall_back_stack(
+    kafka: KafkaBroker, sinks: Sinks, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    start = datetime(2024, 10, 27, 2, 29, tzinfo=ZoneInfo("Europe/Paris"), fold=1)
+    assert start.isoformat() == "2024-10-27T02:29:00+01:00"
+    st = start_stack(
+        kafka.url,
+        kafka.bootstrap,
+        tmp_path_factory.mktemp("fallback"),
+        "fallback",
+        sinks,
+        {"NOTIFYD_CLOCK_START": start.isoformat()},
+        redis_url=redis.url,
+    )
+    yield st
+    for w in st.workers:
+        w.stop()
+
+
+async def test_quiet_hours_in_the_repeated_hour_end_at_the_second_pass(
+    fall_back_stack: Stack,
+) -> None:
+    """01:00-02:30 Paris at the second 02:29: quiet until the second 02:30 (01:30 UTC),
+    not the first one an hour ago, which sent at once during quiet hours."""
+    st = fall_back_stack
+    user = new_id("u-fold")
+    c = contact(st.sinks, user)
+    await st.set_preferences(
+        user, {**c, "quiet_hours": {"start": "01:00", "end": "02:30", "timezone": "Europe/Paris"}}
+    )
+    eid = new_id("evt")
+    await st.send_events(
+        {"event_id": eid, "user_id": user, "title": "night", "body": "after 02:30 CET",
+         "channels": ["sms", "inapp"]}
+    )
+    nid = notification_id_for(eid)
+    # Sent in the end either way; the status document tells when and after what.
+    chans = await wait_states(st, nid, {"sms": "sent", "inapp": "sent"}, timeout=150)
+    sms = chans["sms"]
+    second_half_past_two = datetime(2024, 10, 27, 1, 30, tzinfo=ZoneInfo("UTC")).timestamp()
+    assert sms["history"][0] == {
+        "status": "deferred", "ts": sms["history"][0]["ts"],
+        "reason": "quiet_hours: until 02:30 Europe/Paris",
+    }
+    assert sms["deliver_at"] == second_half_past_two, datetime.fromtimestamp(
+        sms["deliver_at"], ZoneInfo("Europe/Paris")
+    ).isoformat()
+    # Deferred inside the window, sent once the worker's clock left it; in-app at once.
+    assert sms["history"][0]["ts"] < second_half_past_two <= sms["ts"]
+    assert chans["inapp"]["ts"] < second_half_past_two
+    assert [d["payload"]["body"] for d in sms_to(st, c["phone"])] == ["after 02:30 CET"]
+
 async def test_log_lines_carry_record_coordinates_and_ids(stack: Stack) -> None:
     """structlog JSON: a record's log lines carry topic, partition, offset, ids."""
     from notifyd.broker.base import free_port

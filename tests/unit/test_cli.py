@@ -98,6 +98,21 @@ def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
     assert message in result.output
 
 
+def test_worker_with_a_bad_setting_exits_2_naming_it() -> None:
+    from notifyd.broker.base import free_port
+
+    # A broker nobody listens on: were the setting accepted, the worker would start.
+    broker = f"kafka://127.0.0.1:{free_port()}"
+    result = run("worker", NOTIFYD_WEB_PORT="0", NOTIFYD_BROKER_URL=broker)
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert result.output.strip() == (
+        "Error: invalid settings: NOTIFYD_WEB_PORT: Input should be greater than or equal to 1"
+    )
+    # The flag is checked by click itself.
+    result = run("worker", "--web-port", "0", NOTIFYD_BROKER_URL=broker)
+    assert result.exit_code == EXIT_USAGE
+    assert "'--web-port': 0 is not in the range 1<=x<=65535" in result.output
+
 def test_prefs_without_token_exit_77() -> None:
     result = run("prefs", "get", "u1", "--url", "http://127.0.0.1:1")
     assert result.exit_code == EXIT_NOPERM

@@ -106,6 +106,18 @@ def test_invalid_env_values(monkeypatch: pytest.MonkeyPatch, name: str, value: s
         Settings()
 
 
+def test_web_port_zero_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Other workers route look-ups to the port this one announces: it must be a real one.
+    monkeypatch.setenv("NOTIFYD_WEB_PORT", "0")
+    with pytest.raises(ValidationError, match="web_port") as err:
+        Settings()
+    assert [(e["loc"], e["type"]) for e in err.value.errors()] == [
+        (("web_port",), "greater_than_equal")
+    ]
+    for port in (1, 65535):
+        monkeypatch.setenv("NOTIFYD_WEB_PORT", str(port))
+        assert Settings().web_port == port
+
 @pytest.mark.parametrize(
     "url",
     ["kafka://broker:9092", "aiokafka://b1:9092", "kafka://a:1;b:2"],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
+from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from notifyd.config import CHANNELS
@@ -107,6 +109,186 @@ def test_dst_fall_back_paris() -> None:
     end = quiet_hours_end(window, now)
     assert end == at(UTC, 2024, 10, 27, 6, 0)  # 07:00 CET
     assert end is not None and end - now == 9 * 3600
+
+
+# --- quiet hours across clock changes: the end is the wall clock's next `end` -----------
+
+
+def wall(tz: ZoneInfo, *args: int, fold: int = 0) -> float:
+    """Epoch of a local wall time; ``fold=1`` is the second pass of a repeated hour."""
+    return datetime(*args, tzinfo=tz, fold=fold).timestamp()
+
+
+def utc(*args: int) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+AUCKLAND = ZoneInfo("Pacific/Auckland")
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
+
+
+CLOCK_CHANGES: list[tuple[str, tuple[str, str], float, float | None]] = [
+        # Paris, 27 Oct 2024: 03:00 CEST -> 02:00 CET, 02:00-02:59 happens twice.
+        # The issue's case: at the second 02:15 the end was the first 02:30, 45 min ago.
+        ("Europe/Paris", ("01:00", "02:30"), wall(PARIS, 2024, 10, 27, 2, 15, fold=1),
+         utc(2024, 10, 27, 1, 30)),  # the second 02:30 (CET)
+        ("Europe/Paris", ("01:00", "02:30"), wall(PARIS, 2024, 10, 27, 2, 15),
+         utc(2024, 10, 27, 0, 30)),  # first pass: the first 02:30 (CEST)
+        ("Europe/Paris", ("01:00", "02:30"), wall(PARIS, 2024, 10, 27, 2, 0, fold=1),
+         utc(2024, 10, 27, 1, 30)),  # the instant of the change: wall 02:00 again, inside
+        ("Europe/Paris", ("22:00", "02:30"), wall(PARIS, 2024, 10, 26, 23, 0),
+         utc(2024, 10, 27, 0, 30)),  # across midnight: the first 02:30 ends it
+        # Paris, 31 Mar 2024: 02:00 CET -> 03:00 CEST; 02:30 does not exist that night.
+        ("Europe/Paris", ("01:00", "02:30"), wall(PARIS, 2024, 3, 31, 1, 45),
+         utc(2024, 3, 31, 1, 0)),  # 03:00 CEST, the first instant after the gap
+        ("Europe/Paris", ("22:00", "02:00"), wall(PARIS, 2024, 3, 30, 23, 0),
+         utc(2024, 3, 31, 1, 0)),  # an end at the gap's first minute
+        ("Europe/Paris", ("22:00", "03:00"), wall(PARIS, 2024, 3, 30, 23, 0),
+         utc(2024, 3, 31, 1, 0)),  # 03:00 CEST exists: the same instant
+        # New York, 3 Nov 2024: 02:00 EDT -> 01:00 EST.
+        ("America/New_York", ("00:00", "01:30"), wall(NEW_YORK, 2024, 11, 3, 1, 10, fold=1),
+         utc(2024, 11, 3, 6, 30)),
+        ("America/New_York", ("00:00", "01:30"), wall(NEW_YORK, 2024, 11, 3, 1, 40),
+         None),  # first pass, after 01:30 EDT: outside (until the clock goes back)
+        ("America/New_York", ("00:00", "01:30"), wall(NEW_YORK, 2024, 11, 3, 1, 0, fold=1),
+         utc(2024, 11, 3, 6, 30)),  # ... and inside again when it does
+        # New York, 10 Mar 2024: 02:00 EST -> 03:00 EDT.
+        ("America/New_York", ("23:00", "02:30"), wall(NEW_YORK, 2024, 3, 10, 1, 50),
+         utc(2024, 3, 10, 7, 0)),
+        # Auckland (southern hemisphere), 7 Apr 2024: 03:00 NZDT -> 02:00 NZST.
+        ("Pacific/Auckland", ("01:00", "02:30"), wall(AUCKLAND, 2024, 4, 7, 2, 15, fold=1),
+         utc(2024, 4, 6, 14, 30)),
+        ("Pacific/Auckland", ("01:00", "02:30"), wall(AUCKLAND, 2024, 4, 7, 2, 15),
+         utc(2024, 4, 6, 13, 30)),
+        # Auckland, 29 Sep 2024: 02:00 NZST -> 03:00 NZDT, a window across midnight.
+        ("Pacific/Auckland", ("22:00", "02:30"), wall(AUCKLAND, 2024, 9, 28, 23, 0),
+         utc(2024, 9, 28, 14, 0)),
+        ("Pacific/Auckland", ("22:00", "07:00"), wall(AUCKLAND, 2024, 9, 28, 23, 0),
+         utc(2024, 9, 28, 18, 0)),  # 07:00 NZDT: the night is an hour shorter
+        # Lord Howe, 7 Apr 2024: a 30-minute change, 02:00 (+11) -> 01:30 (+10:30).
+        ("Australia/Lord_Howe", ("00:00", "01:45"), wall(LORD_HOWE, 2024, 4, 7, 1, 40, fold=1),
+         utc(2024, 4, 6, 15, 15)),
+        ("Australia/Lord_Howe", ("00:00", "01:45"), wall(LORD_HOWE, 2024, 4, 7, 1, 40),
+         utc(2024, 4, 6, 14, 45)),
+        # Lord Howe, 6 Oct 2024: 02:00 (+10:30) -> 02:30 (+11); 02:15 does not exist.
+        ("Australia/Lord_Howe", ("01:00", "02:15"), wall(LORD_HOWE, 2024, 10, 6, 1, 50),
+         utc(2024, 10, 5, 15, 30)),
+]
+
+
+def _case_id(case: tuple[str, tuple[str, str], float, float | None]) -> str:
+    tz, (start, end), now, _ = case
+    local = datetime.fromtimestamp(now, ZoneInfo(tz))
+    return f"{tz}-{start}-{end}-at-{local.isoformat()}"
+
+
+@pytest.mark.parametrize(
+    ("tz", "window", "now", "expected"), CLOCK_CHANGES, ids=[_case_id(c) for c in CLOCK_CHANGES]
+)
+def test_quiet_hours_across_clock_changes(
+    tz: str, window: tuple[str, str], now: float, expected: float | None
+) -> None:
+    end = quiet_hours_end(qh(*window, tz), now)
+    assert end == expected
+    if end is not None:
+        assert end > now
+
+
+def test_repeated_hour_defers_every_channel_to_the_second_pass() -> None:
+    # Through decide(): the deferral the worker stores is in the future, not 45 min ago.
+    prefs = {**FULL_PREFS, "quiet_hours": qh("01:00", "02:30", "Europe/Paris")}
+    now = wall(PARIS, 2024, 10, 27, 2, 15, fold=1)
+    d = run(ev(), prefs, now)
+    for ch in ("email", "sms", "push", "webhook"):
+        assert d[ch].action == DEFER
+        assert d[ch].deliver_at == utc(2024, 10, 27, 1, 30) > now
+
+
+ZONES = (
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "Pacific/Auckland",
+    "Australia/Lord_Howe",
+    "America/Santiago",  # changes at midnight: the repeated hour is 23:00 of the day before
+    "Asia/Kolkata",  # +05:30, no DST
+)
+
+
+@functools.cache
+def transitions(zone: str) -> tuple[float, ...]:
+    """Epochs of the zone's offset changes in 2024-2026, found by a 15-minute scan."""
+    tz = ZoneInfo(zone)
+    out = []
+    t, stop = utc(2024, 1, 1), utc(2027, 1, 1)
+    prev = datetime.fromtimestamp(t, tz).utcoffset()
+    while t < stop:
+        t += 900
+        off = datetime.fromtimestamp(t, tz).utcoffset()
+        if off != prev:
+            out.append(t)
+            prev = off
+    return tuple(out) or (utc(2025, 6, 1),)
+
+
+def naive_wall(ts: float, tz: ZoneInfo) -> datetime:
+    return datetime.fromtimestamp(ts, tz).replace(tzinfo=None, fold=0)
+
+
+def scan_for_end(window: dict[str, str], now: float) -> float | None:
+    """Reference: minute by minute, the first instant after ``now`` whose wall clock
+    shows ``end`` or jumps over it (every offset and change here is whole minutes)."""
+    tz = ZoneInfo(window["timezone"])
+    sh, sm = map(int, window["start"].split(":"))
+    eh, em = map(int, window["end"].split(":"))
+    local = naive_wall(now, tz)
+    minute = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    start, end = sh * 60 + sm, eh * 60 + em
+    if (minute - start) % 1440 >= (end - start) % 1440:
+        return None  # outside the window
+    prev, t = local, (now // 60 + 1) * 60
+    for _ in range(27 * 60):
+        cur = naive_wall(t, tz)
+        if (cur.hour, cur.minute, cur.second) == (eh, em, 0):
+            return t
+        for day in {prev.date(), cur.date()}:
+            if prev < datetime(day.year, day.month, day.day, eh, em) < cur:
+                return t  # the clock jumped over the end
+        prev, t = cur, t + 60
+    raise AssertionError("the wall clock never reached the end of the window")
+
+
+HHMM = st.builds(
+    lambda h, m: f"{h:02d}:{m:02d}",
+    st.integers(0, 23),
+    st.one_of(st.sampled_from([0, 15, 30, 45]), st.integers(0, 59)),
+)
+
+
+@st.composite
+def near_a_change(draw: st.DrawFn) -> tuple[str, float]:
+    zone = draw(st.sampled_from(ZONES))
+    pivot = draw(st.sampled_from(transitions(zone)))
+    return zone, pivot + draw(st.integers(-30 * 3600, 30 * 3600))
+
+
+@settings(max_examples=300, deadline=None)
+@given(near_a_change(), HHMM, HHMM)
+def test_quiet_hours_end_property(zone_now: tuple[str, float], start: str, end: str) -> None:
+    zone, now = zone_now
+    assume(start != end)  # validate_preferences refuses an empty window
+    window = qh(start, end, zone)
+    got = quiet_hours_end(window, now)
+    assert got == scan_for_end(window, now)
+    if got is None:
+        return
+    tz = ZoneInfo(zone)
+    assert got > now
+    target = datetime.combine(naive_wall(got, tz).date(), dtime(*map(int, end.split(":"))))
+    at_end = naive_wall(got, tz)
+    # The wall clock shows `end` then, or it just jumped over it (a skipped hour).
+    assert at_end == target or naive_wall(got - 1, tz) < target < at_end
 
 
 # --------------------------------------------------------------------------------------
