@@ -30,7 +30,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from notifyd.broker.base import free_port
 from notifyd.broker.kafka import KafkaBroker
-from notifyd.records import notification_id_for
+from notifyd.records import idempotency_scope, notification_id_for
 from tests.integration.conftest import start_stack
 from tests.support.harness import JWT_SECRET, LoopThread, Sinks, Stack, new_id, wait_for
 from tests.support.oidc_provider import OidcTestProvider
@@ -684,7 +684,8 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
     eids: list[str] = []
     while len(eids) < 2:
         eid = new_id("evt")
-        if _elsewhere(owners, home, eid, f"{notification_id_for(eid)}:sms"):
+        if _elsewhere(owners, home, idempotency_scope(user, eid),
+                      f"{notification_id_for(user, eid)}:sms"):
             eids.append(eid)
     sent_eid, deferred_eid = eids
     now = datetime.now(UTC)
@@ -696,7 +697,9 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
          "priority": "critical"},  # bypasses quiet hours: sent, in the ledger
         {"event_id": deferred_eid, "user_id": user, "title": "later", "channels": ["sms"]},
     )
-    sent_nid, deferred_nid = notification_id_for(sent_eid), notification_id_for(deferred_eid)
+    sent_nid = notification_id_for(user, sent_eid)
+    deferred_nid = notification_id_for(user, deferred_eid)
+    sent_seen, deferred_seen = idempotency_scope(user, sent_eid), idempotency_scope(user, deferred_eid)
 
     def sms_state(nid: str, want: str) -> dict[str, Any] | None:
         doc = api.worker.table("status", nid)
@@ -711,20 +714,21 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
 
     def lookup(i: int, table: str, key: str, user_id: str | None = user) -> Reply:
         query = f"?user_id={urllib.parse.quote(user_id)}" if user_id else ""
-        return http("GET", f"{api.workers[i].url}/api/v1/admin/tables/{table}/{key}{query}",
+        path = urllib.parse.quote(key, safe="")
+        return http("GET", f"{api.workers[i].url}/api/v1/admin/tables/{table}/{path}{query}",
                     token=op)
 
-    rows = [("seen", sent_eid, user), ("seen", deferred_eid, user),
+    rows = [("seen", sent_seen, user), ("seen", deferred_seen, user),
             ("ledger", f"{sent_nid}:sms", user), ("scheduled", f"{deferred_nid}:sms", user),
             ("status", sent_nid, None), ("status", deferred_nid, None)]
     answers = {(i, table, key): lookup(i, table, key, uid).status
                for i in BOTH for table, key, uid in rows}
     assert answers == dict.fromkeys(answers, 200)
     for i in BOTH:
-        for table, key in (("seen", sent_eid), ("seen", deferred_eid)):
+        for table, key in (("seen", sent_seen), ("seen", deferred_seen)):
             entry = lookup(i, table, key).ok()
             assert (entry["table"], entry["key"]) == (table, key)
-            assert entry["value"][1] == user_p  # [first_seen, partition, origin]
+            assert entry["value"][1] == user_p  # [first_seen, partition, origin, user_id]
             assert entry["worker"].rstrip("/") == home_url
         ledger = lookup(i, "ledger", f"{sent_nid}:sms").ok()
         assert ledger["value"]["s"] == "sent" and ledger["value"]["p"] == user_p
@@ -740,5 +744,5 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
             assert status["worker"].rstrip("/") == api.workers[owners[_partition(nid)]].url
         # What is not there is a clean 404 from the owner; a missing user a clean 400.
         lookup(i, "ledger", f"{deferred_nid}:sms").error(404, "key_not_found")
-        lookup(i, "seen", sent_eid, user_id=None).error(400, "missing_parameter")
+        lookup(i, "seen", sent_seen, user_id=None).error(400, "missing_parameter")
         lookup(i, "status", sent_nid).error(400, "invalid_parameter")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -399,63 +400,75 @@ async def test_quiet_hours_defer_until_window_end(quiet_stack: Stack) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Quiet hours in a repeated hour: a worker whose clock starts at the SECOND 02:29:00 of
-# the autumn change in Paris (27 Oct 2024, 03:00 CEST -> 02:00 CET), 01:29 UTC.
+# Quiet hours in a repeated hour: a worker whose clock starts at the SECOND 02:05:00 of
+# the autumn change in Paris (27 Oct 2024, 03:00 CEST -> 02:00 CET), 01:05 UTC.  The
+# test picks a window end a minute or two ahead of the worker's clock, still inside the
+# repeated hour, however long the worker took to start.
 # --------------------------------------------------------------------------------------
+
+FALL_BACK_START = datetime(2024, 10, 27, 2, 5, tzinfo=ZoneInfo("Europe/Paris"), fold=1)
 
 
 @pytest.fixture(scope="module")
 def fall_back_stack(
     kafka: KafkaBroker, sinks: Sinks, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    start = datetime(2024, 10, 27, 2, 29, tzinfo=ZoneInfo("Europe/Paris"), fold=1)
-    assert start.isoformat() == "2024-10-27T02:29:00+01:00"
+) -> Iterator[tuple[Stack, float]]:
+    assert FALL_BACK_START.isoformat() == "2024-10-27T02:05:00+01:00"
+    launched = time.time()
     st = start_stack(
         kafka.url,
         kafka.bootstrap,
         tmp_path_factory.mktemp("fallback"),
         "fallback",
         sinks,
-        {"NOTIFYD_CLOCK_START": start.isoformat()},
+        {"NOTIFYD_CLOCK_START": FALL_BACK_START.isoformat()},
         redis_url=redis.url,
     )
-    yield st
+    yield st, launched
     for w in st.workers:
         w.stop()
 
 
 async def test_quiet_hours_in_the_repeated_hour_end_at_the_second_pass(
-    fall_back_stack: Stack,
+    fall_back_stack: tuple[Stack, float],
 ) -> None:
-    """01:00-02:30 Paris at the second 02:29: quiet until the second 02:30 (01:30 UTC),
-    not the first one an hour ago, which sent at once during quiet hours."""
-    st = fall_back_stack
+    """A window ending inside the repeated hour, asked at its second pass: quiet until the
+    second pass of the end time, not the first one an hour ago (which sent at once,
+    during quiet hours)."""
+    st, launched = fall_back_stack
+    # The worker's clock started at FALL_BACK_START when its process started, after
+    # ``launched``: it reads at most this now.
+    worker_now = FALL_BACK_START.timestamp() + (time.time() - launched)
+    end_utc = (int(worker_now + 90) // 60 + 1) * 60  # 1.5-2.5 minutes ahead, whole minute
+    end_local = datetime.fromtimestamp(end_utc, ZoneInfo("Europe/Paris"))
+    assert end_local.fold == 1 and end_local.hour == 2, "worker took 50+ minutes to start"
+    end_hhmm = end_local.strftime("%H:%M")
     user = new_id("u-fold")
     c = contact(st.sinks, user)
     await st.set_preferences(
-        user, {**c, "quiet_hours": {"start": "01:00", "end": "02:30", "timezone": "Europe/Paris"}}
+        user, {**c, "quiet_hours": {"start": "01:00", "end": end_hhmm, "timezone": "Europe/Paris"}}
     )
     eid = new_id("evt")
     await st.send_events(
-        {"event_id": eid, "user_id": user, "title": "night", "body": "after 02:30 CET",
+        {"event_id": eid, "user_id": user, "title": "night", "body": f"after {end_hhmm} CET",
          "channels": ["sms", "inapp"]}
     )
-    nid = notification_id_for(eid)
+    nid = notification_id_for(user, eid)
     # Sent in the end either way; the status document tells when and after what.
-    chans = await wait_states(st, nid, {"sms": "sent", "inapp": "sent"}, timeout=150)
+    chans = await wait_states(st, nid, {"sms": "sent", "inapp": "sent"}, timeout=300)
     sms = chans["sms"]
-    second_half_past_two = datetime(2024, 10, 27, 1, 30, tzinfo=ZoneInfo("UTC")).timestamp()
     assert sms["history"][0] == {
         "status": "deferred", "ts": sms["history"][0]["ts"],
-        "reason": "quiet_hours: until 02:30 Europe/Paris",
+        "reason": f"quiet_hours: until {end_hhmm} Europe/Paris",
     }
-    assert sms["deliver_at"] == second_half_past_two, datetime.fromtimestamp(
+    assert sms["deliver_at"] == end_utc, datetime.fromtimestamp(
         sms["deliver_at"], ZoneInfo("Europe/Paris")
     ).isoformat()
     # Deferred inside the window, sent once the worker's clock left it; in-app at once.
-    assert sms["history"][0]["ts"] < second_half_past_two <= sms["ts"]
-    assert chans["inapp"]["ts"] < second_half_past_two
-    assert [d["payload"]["body"] for d in sms_to(st, c["phone"])] == ["after 02:30 CET"]
+    assert sms["history"][0]["ts"] < end_utc <= sms["ts"]
+    assert chans["inapp"]["ts"] < end_utc
+    assert [d["payload"]["body"] for d in sms_to(st, c["phone"])] == [f"after {end_hhmm} CET"]
+
 
 async def test_log_lines_carry_record_coordinates_and_ids(stack: Stack) -> None:
     """structlog JSON: a record's log lines carry topic, partition, offset, ids."""
