@@ -94,6 +94,8 @@ def make_settings(sandbox: SandboxServer, **kw: object) -> Settings:
         webhook_secret=SECRET.decode(),
         http_timeout_s=5.0,
         smtp_timeout_s=5.0,
+        # The key of e-mail unsubscribe links (else derived from a JWT secret in the store).
+        unsubscribe_secret="unsubscribe-links-key-for-unit-tests",
     )
     values.update(kw)
     return Settings(**values)  # type: ignore[arg-type]
