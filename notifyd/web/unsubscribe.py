@@ -21,8 +21,11 @@ notifyd.
 from __future__ import annotations
 
 import asyncio
+import email.policy
+from email.parser import BytesParser
 from html import escape
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
@@ -141,23 +144,45 @@ async def unsubscribe_page(call: Call) -> web.StreamResponse:
     )
 
 
+def _form_fields(content_type: str, raw: bytes) -> dict[str, str]:
+    """The fields of a form body (urlencoded or multipart), from bytes already read: the
+    same bytes are then proxied intact to the partition owner if need be."""
+    try:
+        if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
+            head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+            msg = BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+            if not msg.is_multipart() or msg.defects:
+                raise ValueError("not a multipart body")
+            fields: dict[str, str] = {}
+            for part in msg.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True)
+                if isinstance(name, str) and isinstance(payload, bytes):
+                    fields[name] = payload.decode("utf-8").strip()
+            return fields
+        text = raw.decode("utf-8").strip()
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        return {k: v.strip() for k, v in pairs}
+    except (ValueError, UnicodeDecodeError, LookupError):
+        raise BadRequest("request body is not valid form data", code="invalid_form") from None
+
+
 async def _check_body(request: web.Request) -> None:
     """RFC 8058's body is ``List-Unsubscribe=One-Click`` (form-encoded or multipart);
     an empty body is accepted too.  Anything else is a 400."""
+    raw = await request.read()  # kept by aiohttp: route() proxies the same bytes
+    if not raw.strip():
+        return
     if request.content_type in _FORM_TYPES:
-        try:
-            form = await request.post()
-        except (ValueError, UnicodeDecodeError, AssertionError):
-            raise BadRequest("request body is not valid form data", code="invalid_form") from None
-        value = form.get("List-Unsubscribe")
+        value = _form_fields(request.headers.get("Content-Type", ""), raw).get(
+            "List-Unsubscribe"
+        )
         if value is not None and value != "One-Click":
             raise BadRequest(
-                f"expected {ONE_CLICK}, got List-Unsubscribe={str(value)[:40]}",
-                code="invalid_value",
+                f"expected {ONE_CLICK}, got List-Unsubscribe={value[:40]}", code="invalid_value"
             )
         return
-    raw = (await request.read()).strip()
-    if raw and raw != ONE_CLICK.encode():
+    if raw.strip() != ONE_CLICK.encode():
         raise BadRequest(
             f"the body must be empty or {ONE_CLICK} (form-encoded)", code="invalid_body"
         )
@@ -176,12 +201,12 @@ async def _check_body(request: web.Request) -> None:
 )
 async def unsubscribe(call: Call) -> web.StreamResponse:
     request = call.request
-    # Checked here first: a forged token is refused by whichever worker gets it.
+    # Token and body checked here first: whichever worker gets a bad request refuses it.
     target = (await _signer(request)).verify(call.query["t"])
+    await _check_body(request)
     routed = await route(request, "preferences", target.user_id)
     if routed is not None:
         return routed
-    await _check_body(request)
     await _command(
         preferences_topic,
         target.user_id,

@@ -354,3 +354,14 @@ def test_html_errors_are_template_errors(tmp_path: Path) -> None:
     write(tmp_path, "h", {"locales": {"en": {"title": "T", "body": "B", "html": 5}}})
     with pytest.raises(ValueError, match="html must be a string"):
         TemplateStore(tmp_path)
+
+
+def test_readme_shows_the_shipped_html_template() -> None:
+    """The README's HTML e-mail example is the shipped template (its en locale)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## E-mail: HTML and one-click unsubscribe", 1)[1]
+    shown = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "notifyd" / "templates"
+                          / "order_shipped.json").read_text(encoding="utf-8"))
+    assert shown["locales"]["en"] == shipped["locales"]["en"]
+    assert shown["description"] == shipped["description"]

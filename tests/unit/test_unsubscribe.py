@@ -14,6 +14,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jwt
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import notifyd.tables  # noqa: F401 - registers the tables with the app
@@ -264,3 +267,11 @@ async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPa
         )
         await until(lambda: bool(dlq.records))
     assert dlq.reasons() == ["invalid_preferences: opt_out: invalid category '*'"]
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300) | st.from_regex(r"[A-Za-z0-9_\-]{0,80}(\.[A-Za-z0-9_\-=]{0,80}){2}"))
+def test_any_text_is_a_clear_refusal(token: str) -> None:
+    """Whatever arrives as ``t`` is refused with a 400 or 403, never another exception."""
+    with pytest.raises((BadRequest, Forbidden)):
+        signer.verify(token)
