@@ -8,20 +8,27 @@ mailbox provider does (RFC 8058), and checks the preferences API and the next ev
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 import pytest
 
+from notifyd.broker.kafka import KafkaBroker
 from notifyd.providers.smtp import message_id_for
 from notifyd.records import notification_id_for
+from notifyd.store import SqliteStore
 from notifyd.unsubscribe import PATH, UnsubscribeSigner, derive_key
-from tests.support.harness import JWT_SECRET, Stack, http_json, new_id, wait_for
+from tests.integration.conftest import start_stack
+from tests.support.harness import JWT_SECRET, Sinks, Stack, http_json, new_id, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +37,15 @@ FORM = "application/x-www-form-urlencoded"
 
 
 def request(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+    answer_headers: dict[str, str] | None = None,
 ) -> tuple[int, str, bytes]:
     """(status, content type, body) of a plain HTTP request: no credentials at all."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:
+            if answer_headers is not None:
+                answer_headers.update(resp.headers.items())
             return resp.status, resp.headers.get_content_type(), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get_content_type(), exc.read()
@@ -49,10 +59,10 @@ def error(result: tuple[int, str, bytes]) -> tuple[int, str]:
     return status, doc["code"]
 
 
-def prefs(stack: Stack, user: str) -> dict[str, Any]:
+def prefs(stack: Stack, user: str, worker: int = 0) -> dict[str, Any]:
+    w = stack.workers[worker]
     status, body = http_json(
-        "GET", f"{stack.worker.url}/api/v1/users/{user}/preferences",
-        headers=stack.worker.op_headers,
+        "GET", f"{w.url}/api/v1/users/{user}/preferences", headers=w.op_headers
     )
     assert status == 200, body
     return cast(dict[str, Any], body)
@@ -225,3 +235,60 @@ async def test_unsubscribe_is_public_and_documented(stack: Stack) -> None:
         assert op["security"] == [] and op["x-notifyd-auth"] == "public"
         assert {"400", "403"} <= set(op["responses"])
     assert "text/html" in item["get"]["responses"]["200"]["content"]
+
+
+# --- two workers, the JWT secret shared through the credential store -------------------------
+
+
+async def _seed_jwt_secret(path: Path) -> None:
+    store = await SqliteStore.open(path, purge_interval_s=0)
+    try:
+        await store.set("config:jwt_secret", JWT_SECRET.encode())
+    finally:
+        await store.close()
+
+
+@pytest.fixture(scope="module")
+def pair(
+    kafka: KafkaBroker, sinks: Sinks, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """Two workers without NOTIFYD_JWT_SECRET: they share the one in their credential
+    store (a SQLite file here, seeded with the secret the harness signs tokens with), so
+    both the SMTP provider and the web view must derive the link key from the store."""
+    root: Path = tmp_path_factory.mktemp("unsub")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _seed_jwt_secret(root / "credentials.db")).result()
+    st = start_stack(kafka.url, kafka.bootstrap, root, "unsub", sinks,
+                     {"NOTIFYD_JWT_SECRET": ""}, workers=2)
+    try:
+        yield st
+    finally:
+        for w in st.workers:
+            w.stop()
+
+
+async def test_link_posted_to_another_worker_is_applied_by_the_owner(pair: Stack) -> None:
+    user = new_id("u-pair")
+    await pair.set_preferences(user, {"email": f"{user}@example.com"})
+    _, msg = await send_order_email(pair, user, "orders", "7")
+    web, _ = unsubscribe_uris(msg)
+    url = urlsplit(web)
+    [token] = parse_qs(url.query)["t"]
+    # The key is HKDF of the secret the workers share through the store.
+    assert UnsubscribeSigner(derive_key(JWT_SECRET)).verify(token).user_id == user
+    # The e-mail went out from the owner of the user's partition (its canonical URL is
+    # the link's base): POST the same link to the other worker, which proxies it.
+    origin = f"{url.scheme}://{url.netloc}"
+    assert origin in {w.url for w in pair.workers}
+    other = next(i for i, w in enumerate(pair.workers) if w.url != origin)
+    seen: dict[str, str] = {}
+    status, _, body = request(
+        "POST", f"{pair.workers[other].url}{url.path}?{url.query}", ONE_CLICK,
+        {"Content-Type": FORM}, answer_headers=seen,
+    )
+    assert status == 200, body
+    assert orjson.loads(body)["category"] == "orders"
+    assert seen.get("X-Notifyd-Served-By", "").rstrip("/") == origin
+    # Read-your-writes through either worker.
+    for w in (0, 1):
+        assert prefs(pair, user, w)["opt_out"] == {"orders": ["email"]}
