@@ -25,7 +25,7 @@ import email.policy
 from email.parser import BytesParser
 from html import escape
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
@@ -132,8 +132,9 @@ def _html(text: str) -> web.Response:
                          content_type="text/html")},
 )
 async def unsubscribe_page(call: Call) -> web.StreamResponse:
-    target = (await _signer(call.request)).verify(call.query["t"])
-    action = f"{PATH}?{call.request.rel_url.query_string}"
+    token = call.query["t"]
+    target = (await _signer(call.request)).verify(token)
+    action = f"{PATH}?{urlencode({'t': token})}"
     return _html(
         _page(
             "Unsubscribe",
