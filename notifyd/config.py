@@ -148,6 +148,20 @@ class Settings(BaseSettings):
     #: Operator-set URLs (SMTP host, SMS/push API) are not subject to it.
     egress_allow: str = ""
 
+    # --- e-mail unsubscribe (List-Unsubscribe, RFC 2369; one-click POST, RFC 8058) -------
+    #: Add ``List-Unsubscribe`` (signed https link + mailto:) and ``List-Unsubscribe-Post``
+    #: to every e-mail; false omits them (e.g. a purely transactional sender).
+    email_unsubscribe: bool = True
+    #: Base URL at which mail recipients reach the web view (links in e-mail).  Mailbox
+    #: providers only honour one-click unsubscribe over https.  Empty: the canonical URL.
+    public_url: str = Field(default="", pattern=r"^(https?://[^\s<>,]+)?$")
+    #: HMAC key of unsubscribe links (at least 32 bytes, the same on every worker).  Empty:
+    #: derived from the JWT secret (HKDF), so changing that one also voids old links.
+    unsubscribe_secret: SecretStr = SecretStr("")
+    #: Address of the ``mailto:`` unsubscribe (its subject carries the signed token; notifyd
+    #: does not read that mailbox).  Empty: the address of ``smtp_from``.
+    unsubscribe_mailto: str = Field(default="", pattern=r"^([^\s<>,?@]+@[^\s<>,?@]+)?$")
+
     #: Event loop of the worker: the standard asyncio loop, or uvloop (the asyncio loop
     #: is ~17% of the worker's time; uvloop is not yet verified by the crash test).
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"
@@ -171,6 +185,13 @@ class Settings(BaseSettings):
         EgressPolicy.parse(v)  # ValueError names the bad entry
         return v
 
+    @field_validator("unsubscribe_secret")
+    @classmethod
+    def _unsubscribe_secret(cls, v: SecretStr) -> SecretStr:
+        if v.get_secret_value() and len(v.get_secret_value().encode()) < 32:
+            raise ValueError("unsubscribe_secret must be at least 32 bytes (or empty)")
+        return v
+
     @property
     def bootstrap_servers(self) -> list[str]:
         """``host:port`` list for raw aiokafka clients (admin, producers in tests/bench)."""
@@ -189,6 +210,12 @@ class Settings(BaseSettings):
     def rate_limit_for(self, channel: str) -> float:
         """Provider calls per second allowed on ``channel``; 0 = unlimited."""
         return float(getattr(self, f"{channel}_rate_limit", 0.0) or 0.0)
+
+    @property
+    def resolved_public_url(self) -> str:
+        """Base URL of links in e-mail: ``public_url``, else the web view's canonical URL."""
+        fallback = f"http://{self.web_host}:{self.web_port}"
+        return (self.public_url or self.web_canonical_url or fallback).rstrip("/")
 
     @property
     def resolved_credential_store_url(self) -> str:

@@ -281,11 +281,14 @@ def legacy_duplicate(event: Event) -> bool:
     return any(len(h) > 1 and h[1] == legacy_nid for sends in history.values() for h in sends)
 
 
-def _content(event: Event, locale: str | None) -> tuple[str, str, dict[str, tuple[str, str]]]:
+def _content(
+    event: Event, locale: str | None
+) -> tuple[str, str, dict[str, tuple[str, str]], str | None]:
+    """(title, body, per-channel overrides, HTML part of the e-mail or None)."""
     if event.template:
         r = templates().render(event.template, event.data, locale)
-        return r.title, r.body, r.per_channel
-    return event.title or "", event.body or "", {}
+        return r.title, r.body, r.per_channel, r.html
+    return event.title or "", event.body or "", {}, None
 
 
 async def process_event(
@@ -293,7 +296,7 @@ async def process_event(
 ) -> None:
     prefs = preferences.get(event.user_id)
     locale = (prefs or {}).get("locale") or settings.default_locale
-    title, body, per_channel = _content(event, locale)
+    title, body, per_channel, html = _content(event, locale)
     policy = throttle_policy()
     if policy.limit > 0:
         stored = throttle.get(event.user_id) or {}
@@ -326,6 +329,7 @@ async def process_event(
                 locale=locale,
                 accepted_at=now,
                 produced_at=produced_at,
+                html=html if d.channel == "email" else None,
             )
             if d.action == SEND and d.channel == "inapp":
                 updates.append(deliver_inapp_inline(delivery, now))
@@ -720,8 +724,16 @@ def apply_inbox_op(msg: dict[str, Any]) -> dict[str, Any] | None:
 
 
 async def handle_preferences(ev: EventT[Any]) -> None:
-    """``{"op": "put"|"patch"|"delete", "user_id", "fields", "request_id"?}``."""
-    from .records import InvalidPreferences, merge_preferences, validate_preferences
+    """``{"op": "put"|"patch"|"delete", "user_id", "fields", "request_id"?}``, or
+    ``{"op": "opt_out", "user_id", "category", "channel"}`` (an unsubscribe link): adds
+    that one opt-out to the current document here, on the owner, so no other write is
+    lost to a read-modify-write elsewhere."""
+    from .records import (
+        InvalidPreferences,
+        add_opt_out,
+        merge_preferences,
+        validate_preferences,
+    )
     from .waiters import waiters
 
     raw: bytes | None = ev.value
@@ -731,24 +743,32 @@ async def handle_preferences(ev: EventT[Any]) -> None:
             raise InvalidPreferences("message must be an object with a string user_id")
         user_id: str = msg["user_id"]
         op = msg.get("op", "put")
-        if op not in ("put", "patch", "delete"):
+        if op not in ("put", "patch", "delete", "opt_out"):
             raise InvalidPreferences(f"unknown op {str(op)[:20]!r}")
         if partition_for(user_id) != ev.message.partition:
             raise InvalidPreferences("message key must be the user_id")
-        fields = (
-            {}
-            if op == "delete"
-            else validate_preferences(user_id, msg.get("fields"), partial=(op == "patch"))
-        )
+        write = op
+        if op == "opt_out":
+            added = add_opt_out(preferences.get(user_id), msg.get("category"), msg.get("channel"))
+            write = "patch" if added is not None else "none"
+            fields = {} if added is None else {"opt_out": added}
+        else:
+            fields = (
+                {}
+                if op == "delete"
+                else validate_preferences(user_id, msg.get("fields"), partial=(op == "patch"))
+            )
     except (InvalidPreferences, ValueError) as exc:
         await dead_letter(ev, raw, f"invalid_preferences: {exc}")
         return
-    if op == "delete":
+    if write == "none":  # already opted out: answer the current document, write nothing
+        doc = preferences.get(user_id)
+    elif write == "delete":
         if preferences.get(user_id) is not None:
             del preferences[user_id]
         doc = None
     else:
-        base = None if op == "put" else preferences.get(user_id)
+        base = None if write == "put" else preferences.get(user_id)
         doc = merge_preferences(base, user_id, fields, clock.now())
         preferences[user_id] = doc
     if msg.get("request_id"):

@@ -478,6 +478,29 @@ def merge_preferences(
     return merged
 
 
+def add_opt_out(
+    current: dict[str, Any] | None, category: Any, channel: Any
+) -> dict[str, list[str]] | None:
+    """The ``opt_out`` of ``current`` with ``category`` on ``channel`` added, keeping every
+    other opt-out; None if the user is already opted out of it (nothing to write).
+
+    Applied by the preferences agent on the owner of the user's partition (the
+    ``opt_out`` op of ``notifyd.preferences``), so it cannot race another write."""
+    if not isinstance(category, str) or not _CATEGORY_RE.match(category):
+        raise InvalidPreferences(f"opt_out: invalid category {str(category)[:100]!r}")
+    if channel not in CHANNELS:
+        raise InvalidPreferences(f"opt_out: unknown channel {str(channel)[:40]!r}")
+    opt_out: dict[str, list[str]] = {
+        k: list(v) for k, v in ((current or {}).get("opt_out") or {}).items()
+    }
+    for cat in (category, "*"):
+        chans = opt_out.get(cat) or []
+        if channel in chans or "*" in chans:
+            return None
+    opt_out[category] = [*opt_out.get(category, []), channel]
+    return opt_out
+
+
 # ---------------------------------------------------------------------------------------
 # Deliveries (channel topics) and status updates (notifyd.status)
 # ---------------------------------------------------------------------------------------
@@ -508,6 +531,9 @@ class Delivery:
     produced_at: float | None = None
     #: set by an operator's re-drive of a dead letter: a "dead" ledger entry may be retried.
     redrive: bool = False
+    #: e-mail only: the HTML part rendered from the template (autoescaped), if it has one.
+    #: Absent from records written before HTML e-mail existed (``from_dict`` accepts them).
+    html: str | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -532,6 +558,7 @@ class Delivery:
             "accepted_at": self.accepted_at,
             "produced_at": self.produced_at,
             "redrive": self.redrive,
+            "html": self.html,
         }
 
     @classmethod

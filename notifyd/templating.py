@@ -1,10 +1,17 @@
 """Templates: JSON files of Jinja2 snippets rendered in a sandbox with locale fallback.
 
-A template file ``<name>.json`` holds ``locales: {<locale>: {title, body}}`` and
-optional per-channel overrides ``channels: {<channel>: {<locale>: {title?, body?}}}``.
+A template file ``<name>.json`` holds ``locales: {<locale>: {title, body, html?}}`` and
+optional per-channel overrides ``channels: {<channel>: {<locale>: {title?, body?, html?}}}``.
 Locales fall back from ``fr-CA`` to ``fr`` to the default locale.  Rendering uses
 Jinja2's ``SandboxedEnvironment`` (event data is untrusted) with ``StrictUndefined``
 so a missing variable is an error with a reason, not a blank in a customer's SMS.
+
+``html`` is the HTML part of an e-mail (sent as ``multipart/alternative`` next to the
+text ``body``).  It is rendered in a second sandbox with **autoescaping**, so a value
+such as ``<script>`` in the event data arrives as text, never as markup; the template
+itself may write ``{{ value | safe }}`` only for data it trusts.  It comes from the
+chosen locale (or the e-mail override of that locale) like the text, and is left out
+when that locale has none: a message never mixes two languages.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from .errors import InvalidEvent, failure_detail
 
 DEFAULT_DIR = Path(__file__).parent / "templates"
 MAX_RENDERED = 20_000
+#: HTML e-mail bodies are markup-heavy: a larger limit than for text.
+MAX_RENDERED_HTML = 100_000
 
 
 @dataclass(slots=True)
@@ -30,6 +39,8 @@ class Rendered:
     locale: str
     #: channel -> (title, body) where a channel override exists.
     per_channel: dict[str, tuple[str, str]]
+    #: The HTML part of the e-mail (autoescaped), if the chosen locale has one.
+    html: str | None = None
 
 
 def locale_chain(locale: str | None, default: str) -> list[str]:
@@ -51,8 +62,13 @@ class TemplateStore:
         self.env = ImmutableSandboxedEnvironment(
             undefined=jinja2.StrictUndefined, autoescape=False, auto_reload=False
         )
+        #: For ``html`` parts: the same sandbox, but every ``{{ }}`` is HTML-escaped.
+        self.html_env = ImmutableSandboxedEnvironment(
+            undefined=jinja2.StrictUndefined, autoescape=True, auto_reload=False
+        )
         self._docs: dict[str, dict[str, Any]] = {}
         self._compiled: dict[str, jinja2.Template] = {}
+        self._compiled_html: dict[str, jinja2.Template] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -62,9 +78,13 @@ class TemplateStore:
                 doc = orjson.loads(path.read_bytes())
                 if not isinstance(doc, dict) or not isinstance(doc.get("locales"), dict):
                     raise ValueError(f"{path}: a template needs a 'locales' object")
+                for loc, entry in doc["locales"].items():
+                    if not isinstance(entry, dict) or not isinstance(entry.get("html", ""), str):
+                        raise ValueError(f"{path}: locales.{loc}: html must be a string")
                 docs[path.stem] = doc
         self._docs = docs
         self._compiled.clear()
+        self._compiled_html.clear()
 
     def names(self) -> list[str]:
         return sorted(self._docs)
@@ -76,6 +96,17 @@ class TemplateStore:
         out = tpl.render(data)
         if len(out) > MAX_RENDERED:
             raise InvalidEvent(f"template_error: rendered text exceeds {MAX_RENDERED} chars")
+        return out
+
+    def _render_html(self, source: str, data: dict[str, Any]) -> str:
+        tpl = self._compiled_html.get(source)
+        if tpl is None:
+            tpl = self._compiled_html[source] = self.html_env.from_string(source)
+        out = tpl.render(data)
+        if len(out) > MAX_RENDERED_HTML:
+            raise InvalidEvent(
+                f"template_error: rendered HTML exceeds {MAX_RENDERED_HTML} chars"
+            )
         return out
 
     def render(self, name: str, data: dict[str, Any], locale: str | None) -> Rendered:
@@ -103,6 +134,15 @@ class TemplateStore:
                     self._render(v["title"], data) if "title" in v else title,
                     self._render(v["body"], data) if "body" in v else body,
                 )
+            # HTML is e-mail only: the e-mail override's, else the chosen locale's.
+            email_variants = (doc.get("channels") or {}).get("email") or {}
+            email_loc = next((x for x in allowed if x in email_variants), None)
+            html_source = (
+                email_variants[email_loc].get("html") if email_loc is not None else None
+            )
+            if html_source is None:
+                html_source = base.get("html")
+            html = self._render_html(html_source, data) if html_source is not None else None
         except jinja2.UndefinedError as exc:
             raise InvalidEvent(f"template_error: {name}: {exc.message}") from None
         except jinja2.TemplateError as exc:
@@ -116,4 +156,6 @@ class TemplateStore:
             # a TypeError, ``{{ a / b }}`` a ZeroDivisionError.  Whatever Jinja raises, the
             # event cannot be rendered: a dead letter with the reason, never a lost event.
             raise InvalidEvent(f"template_error: {name}: {failure_detail(exc)}") from None
-        return Rendered(title=title, body=body, locale=chosen, per_channel=per_channel)
+        return Rendered(
+            title=title, body=body, locale=chosen, per_channel=per_channel, html=html
+        )

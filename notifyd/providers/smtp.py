@@ -5,22 +5,46 @@ to detect and recover from); notification volumes per worker make the extra
 handshake cheap.  The Message-ID is derived from the idempotency key, so a retried
 send carries the same Message-ID and mail systems (and the sandbox sink) can
 recognise the duplicate.
+
+A delivery with an HTML part (``Delivery.html``) becomes ``multipart/alternative``
+(text first, HTML last: the part clients prefer).  Every message carries
+``List-Unsubscribe`` (a signed https link and a mailto:, RFC 2369) and
+``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058) for the delivery's
+user and category (``notifyd.unsubscribe``), unless ``NOTIFYD_EMAIL_UNSUBSCRIBE`` is
+false.  The message is written with :data:`WIRE_POLICY`, never refolding those headers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.policy
 import hashlib
 from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import format_datetime
+from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
+import structlog
 
 from ..config import Settings
-from ..errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
+from ..errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    RetriableDeliveryError,
+    ServiceUnavailable,
+)
 from ..records import Delivery
+from ..unsubscribe import ONE_CLICK, UnsubscribeLinks, UnsubscribeSigner, links_for, resolve_key
 from .base import Provider, SendReceipt
 from .rules import check_email
+
+log = structlog.stdlib.get_logger("notifyd.providers.smtp")
+
+#: SMTP line ends; 7bit transfer encodings (quoted-printable/base64 where needed), so any
+#: relay takes it without 8BITMIME; headers set pre-folded (``List-Unsubscribe``) are
+#: written as they are: Python would turn a long URI into RFC 2047 encoded words, which
+#: mailbox providers do not decode there.
+WIRE_POLICY = email.policy.SMTP.clone(cte_type="7bit", refold_source="none")
 
 
 def message_id_for(idempotency_key: str) -> str:
@@ -52,14 +76,43 @@ class SmtpProvider(Provider):
         self._starttls = settings.smtp_starttls
         self._tls = settings.smtp_tls
         self._from = settings.smtp_from
+        self._envelope_from = parseaddr(settings.smtp_from)[1] or settings.smtp_from
         self._timeout = settings.smtp_timeout_s
+        self._settings = settings
+        self._unsubscribe = settings.email_unsubscribe
+        self._signer: UnsubscribeSigner | None = None
+        self._signer_lock = asyncio.Lock()
 
     def check(self, delivery: Delivery) -> None:
         check_email(delivery.address)
 
-    def build_message(self, delivery: Delivery) -> EmailMessage:
+    async def unsubscribe_links(self, delivery: Delivery) -> UnsubscribeLinks | None:
+        """The delivery's unsubscribe links (None when switched off).  The key is resolved
+        on first use: it may live in the credential store (then a retriable failure
+        while the store is down, never a mail without its headers)."""
+        if not self._unsubscribe:
+            return None
+        if self._signer is None:
+            async with self._signer_lock:
+                if self._signer is None:
+                    try:
+                        key = await resolve_key(self._settings)
+                    except ServiceUnavailable as exc:
+                        raise RetriableDeliveryError(f"unsubscribe_key: {exc.detail}") from None
+                    self._signer = UnsubscribeSigner(key)
+                    if not self._settings.resolved_public_url.startswith("https://"):
+                        log.warning(
+                            "email.unsubscribe_url_not_https",
+                            public_url=self._settings.resolved_public_url,
+                            hint="set NOTIFYD_PUBLIC_URL: one-click unsubscribe needs https",
+                        )
+        return links_for(self._settings, self._signer, delivery.user_id, delivery.category)
+
+    def build_message(
+        self, delivery: Delivery, unsubscribe: UnsubscribeLinks | None = None
+    ) -> EmailMessage:
         to = check_email(delivery.address)
-        msg = EmailMessage()
+        msg = EmailMessage(policy=WIRE_POLICY)
         msg["From"] = self._from
         msg["To"] = to
         msg["Subject"] = _one_line(delivery.title)
@@ -67,18 +120,30 @@ class SmtpProvider(Provider):
         msg["Message-ID"] = message_id_for(delivery.idempotency_key)
         msg["X-Notifyd-Idempotency-Key"] = _one_line(delivery.idempotency_key)
         msg["X-Notifyd-Notification-Id"] = _one_line(delivery.notification_id)
+        header = unsubscribe.header_value() if unsubscribe is not None else None
+        if header is not None:
+            # Pre-folded, written as is (see WIRE_POLICY); made of a URL-safe token and
+            # validated settings, so it holds no CR/LF of anyone else's.
+            msg.set_raw("List-Unsubscribe", header)
+            msg["List-Unsubscribe-Post"] = ONE_CLICK
+        elif unsubscribe is not None:
+            log.warning("email.unsubscribe_link_too_long", notification_id=delivery.notification_id)
         msg.set_content(delivery.body or delivery.title)
+        if delivery.html:
+            msg.add_alternative(delivery.html, subtype="html")
         # After set_content, which clears every Content-* header.
         if delivery.locale:
             msg["Content-Language"] = _one_line(delivery.locale)
         return msg
 
     async def send(self, delivery: Delivery) -> SendReceipt:
-        msg = self.build_message(delivery)
+        msg = self.build_message(delivery, await self.unsubscribe_links(delivery))
         what = f"smtp {self._host}:{self._port}"
         try:
             responses, _ = await aiosmtplib.send(
-                msg,
+                msg.as_bytes(),
+                sender=self._envelope_from,
+                recipients=[str(msg["To"])],
                 hostname=self._host,
                 port=self._port,
                 username=self._username,

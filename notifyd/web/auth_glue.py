@@ -44,6 +44,7 @@ PUBLIC_PATHS = frozenset(
         "/api/v1/auth/refresh",
         "/api/v1/auth/login",
         "/api/v1/auth/callback",
+        "/api/v1/unsubscribe",  # e-mail unsubscribe links: the signed token is the credential
         "/",
     }
 )

@@ -96,6 +96,8 @@ def make_settings(sandbox: SandboxServer, **kw: object) -> Settings:
         smtp_timeout_s=5.0,
         # The webhook goes to the sandbox on loopback, which the egress policy denies.
         egress_allow="127.0.0.1/32",
+        # The key of e-mail unsubscribe links (else derived from a JWT secret in the store).
+        unsubscribe_secret="unsubscribe-links-key-for-unit-tests",
     )
     values.update(kw)
     return Settings(**values)  # type: ignore[arg-type]

@@ -292,3 +292,76 @@ def test_template_error_reason_is_one_short_line(tmp_path: Path) -> None:
     reason = exc.value.reason
     assert reason.startswith("template_error: long: TypeError: ")
     assert "\n" not in reason and len(reason) < 400
+
+
+# --------------------------------------------------------------------------------------
+# HTML parts (e-mail): autoescaped, same locale as the text
+# --------------------------------------------------------------------------------------
+
+
+def test_order_shipped_html_is_autoescaped(store: TemplateStore) -> None:
+    r = store.render("order_shipped", {"order_id": "<script>x()</script>", "eta": "Mo & Di"}, "en")
+    assert r.html is not None
+    assert "<strong>&lt;script&gt;x()&lt;/script&gt;</strong>" in r.html
+    assert "<em>Mo &amp; Di</em>" in r.html
+    assert "<script>" not in r.html
+    # The text part is text: not escaped.
+    assert r.body == "Your order <script>x()</script> is on its way, expected Mo & Di."
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("fr-CA", "fr"), ("en-GB", "en"), ("ja", "en")])
+def test_html_follows_the_locale_fallback(store: TemplateStore, locale: str, lang: str) -> None:
+    r = store.render("order_shipped", {"order_id": "A1"}, locale)
+    assert r.locale == lang
+    assert r.html is not None and f'<html lang="{lang}">' in r.html
+
+
+def test_no_html_part_without_one_in_the_chosen_locale(tmp_path: Path) -> None:
+    write(tmp_path, "mixed", {"locales": {
+        "en": {"title": "Hi", "body": "text", "html": "<p>{{ name }}</p>"},
+        "de": {"title": "Hallo", "body": "Text"},
+    }})
+    s = TemplateStore(tmp_path)
+    assert s.render("mixed", {"name": "<b>"}, "en").html == "<p>&lt;b&gt;</p>"
+    # German has no HTML: plain text only, never the English HTML.
+    assert s.render("mixed", {"name": "x"}, "de").html is None
+    assert TemplateStore().render("welcome", {"name": "Ann"}, "en").html is None
+
+
+def test_email_override_may_carry_the_html(tmp_path: Path) -> None:
+    write(tmp_path, "t", {
+        "locales": {"en": {"title": "T", "body": "B", "html": "<p>base {{ v }}</p>"},
+                    "fr": {"title": "T", "body": "B"}},
+        "channels": {"email": {"en": {"html": "<p>mail {{ v }}</p>"},
+                               "fr": {"html": "<p>courriel {{ v | safe }}</p>"}}},
+    })
+    s = TemplateStore(tmp_path)
+    r = s.render("t", {"v": "<i>"}, "en")
+    assert r.html == "<p>mail &lt;i&gt;</p>"
+    assert r.per_channel == {"email": ("T", "B")}
+    # ``| safe`` is the template author's explicit choice for trusted data.
+    assert s.render("t", {"v": "<i>"}, "fr").html == "<p>courriel <i></p>"
+
+
+def test_html_errors_are_template_errors(tmp_path: Path) -> None:
+    write(tmp_path, "h", {"locales": {"en": {"title": "T", "body": "B",
+                                             "html": "{{ ''.__class__.__mro__ }}{{ x }}"}}})
+    with pytest.raises(InvalidEvent, match=r"^template_error: h:"):
+        TemplateStore(tmp_path).render("h", {"x": 1}, None)
+    write(tmp_path, "h", {"locales": {"en": {"title": "T", "body": "B", "html": "<p>{{ y }}"}}})
+    with pytest.raises(InvalidEvent, match=r"^template_error: h:.*'y'"):
+        TemplateStore(tmp_path).render("h", {}, None)
+    write(tmp_path, "h", {"locales": {"en": {"title": "T", "body": "B", "html": 5}}})
+    with pytest.raises(ValueError, match="html must be a string"):
+        TemplateStore(tmp_path)
+
+
+def test_readme_shows_the_shipped_html_template() -> None:
+    """The README's HTML e-mail example is the shipped template (its en locale)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## E-mail: HTML and one-click unsubscribe", 1)[1]
+    shown = json.loads(section.split("```json\n", 1)[1].split("```", 1)[0])
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "notifyd" / "templates"
+                          / "order_shipped.json").read_text(encoding="utf-8"))
+    assert shown["locales"]["en"] == shipped["locales"]["en"]
+    assert shown["description"] == shipped["description"]
