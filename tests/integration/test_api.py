@@ -575,12 +575,42 @@ async def test_admin_dlq_and_refusals(api: Stack) -> None:
                                          (bin_key, b"\xff\xfe\x00\x01")])
     op = op_token(api)
 
+    # Known table state: the sign-up's contact patch applied (asynchronously), then one
+    # write whose answer is the stored document.
+    def seeded() -> Any:
+        return c.call(1, "GET", "/api/v1/preferences").ok().get("email")
+
+    assert await wait_for(seeded, what="seeded contact preferences") == (
+        f"{c.username}@example.com")
+    # A delivery that runs out of retries: the user's webhook answers 503 every time.
+    failing_hook = f"{api.sinks.url}/v1/_status/503"
+    prefs = c.call(0, "PATCH", "/api/v1/preferences", {"webhook_url": failing_hook}).ok()
+    assert prefs["user_id"] == c.user_id and prefs["webhook_url"] == failing_hook
+    nid = c.call(1, "POST", "/api/v1/notifications", {
+        "event_id": new_id("dead"), "title": "t", "body": "b", "channels": ["webhook"],
+    }).ok(202)["notification_id"]
+
+    def dead() -> Any:
+        reply = c.call(0, "GET", f"/api/v1/notifications/{nid}")
+        if reply.status == 404:  # not processed yet
+            return None
+        doc = reply.ok()
+        return doc if doc["channels"]["webhook"]["status"] == "dead" else None
+
+    doc = await wait_for(dead, timeout=60, what="webhook delivery dead after retries")
+    assert doc["channels"]["webhook"]["attempts"] == 3
+
     def find(i: int) -> Any:
         page = c.call(i, "GET", "/api/v1/admin/dlq?topic=events&limit=50", token=op).ok()
         by_key = {it["key"]: it for it in page["items"]}
         if key.decode() in by_key and bin_key.decode() in by_key:
             return page
         return None
+
+    def dead_delivery(i: int) -> Any:
+        page = c.call(i, "GET", "/api/v1/admin/dlq?topic=deliveries", token=op).ok()
+        mine = [it for it in page["items"] if nid in (it["value"] or "")]
+        return (page, mine) if mine else None
 
     for i in BOTH:
         page = await wait_for(lambda i=i: find(i), what="dead letters listed")
@@ -598,17 +628,31 @@ async def test_admin_dlq_and_refusals(api: Stack) -> None:
         assert stamps == sorted(stamps, reverse=True)  # newest first
         one = c.call(i, "GET", "/api/v1/admin/dlq?limit=1", token=op).ok()
         assert len(one["items"]) == 1
-        deliveries = c.call(i, "GET", "/api/v1/admin/dlq?topic=deliveries", token=op).ok()
+        # The dead delivery, exactly once, as the channel agent wrote it.
+        deliveries, mine = await wait_for(lambda i=i: dead_delivery(i),
+                                          what="dead delivery listed")
         assert deliveries["topic"] == api.names.deliveries_dlq
-        assert isinstance(deliveries["items"], list)
+        [rec] = mine
+        assert rec["topic"] == api.names.deliveries_dlq
+        assert rec["key"] == c.user_id and rec["key_base64"] is False
+        assert rec["reason"].startswith("http_503"), rec["reason"]
+        assert rec["headers"]["notifyd-attempts"] == "3"
+        assert rec["value_base64"] is False
+        value = json.loads(rec["value"])
+        assert (value["notification_id"], value["user_id"], value["channel"], value["attempt"]) \
+            == (nid, c.user_id, "webhook", 3)
         c.call(i, "GET", "/api/v1/admin/dlq?topic=nope", token=op).error(
             400, "invalid_parameter")
+        # Table look-ups: the entry written above, and exact refusals.
         entry = c.call(i, "GET", f"/api/v1/admin/tables/preferences/{c.user_id}",
-                       token=op)
-        if entry.status == 200:  # the sign-up's contact patch may still be on its way
-            assert entry.body["value"]["user_id"] == c.user_id
-        else:
-            entry.error(404, "key_not_found")
+                       token=op).ok()
+        assert {k: entry[k] for k in ("table", "key", "value")} == {
+            "table": "preferences", "key": c.user_id, "value": prefs}
+        nobody = new_id("nobody")
+        c.call(i, "GET", f"/api/v1/admin/tables/preferences/{nobody}", token=op).error(
+            404, "key_not_found")
+        c.call(i, "GET", f"/api/v1/admin/tables/nosuchtable/{c.user_id}", token=op).error(
+            404, "unknown_table")
         # Non-operators are refused every admin endpoint.
         c.call(i, "GET", "/api/v1/admin/dlq").error(403, "operator_required")
         c.call(i, "GET", f"/api/v1/admin/tables/inbox/{c.user_id}").error(

@@ -95,21 +95,49 @@ async def test_crash_sigkill_loses_nothing_and_sends_nothing_twice(
         for i in range(n_events)
     ]
     expected = {f"{notification_id_for(e['user_id'], e['event_id'])}:webhook" for e in events}
+    # Four bursts; the victim is killed in the middle of each of the first three, as soon
+    # as the sink has seen some of that burst (and before it has seen all of it).
+    bursts = [events[k * n_events // 4:(k + 1) * n_events // 4] for k in range(4)]
     started = time.monotonic()
-    producing = asyncio.create_task(st.send_events(*events))
     victim = st.workers[1]
-    kills = 0
-    for _ in range(3):
-        await asyncio.sleep(4)
-        victim.kill()  # SIGKILL: no commit, no flush, no goodbye
-        kills += 1
-        await asyncio.sleep(1.5)
+    producing: list[asyncio.Task[None]] = []
+    at_kill: list[tuple[int, int]] = []  # (delivered, outstanding) at each SIGKILL
+
+    def delivered(keys: set[str]) -> int:
+        return len(keys & set(webhook_keys(st.sinks)))
+
+    for k in range(3):
+        if k:
+            # Back, with partitions of its own, before the next burst: the kill hits a
+            # worker that is delivering, not one still starting.
+            await victim.wait_ready_async(180)
+        burst = {f"{notification_id_for(e['event_id'])}:webhook" for e in bursts[k]}
+        producing.append(asyncio.create_task(st.send_events(*bursts[k])))
+        some = max(1, len(burst) // 20)
+        await wait_for(lambda burst=burst, some=some: delivered(burst) >= some,
+                       timeout=120, interval=0.05, what=f"deliveries of burst {k} under way")
+        done_before = delivered(expected)
+        victim.kill()  # SIGKILL: no commit, no flush, no goodbye (returns once it is gone)
+        done_after, burst_after = delivered(expected), delivered(burst)
+        # Deliveries only grow: done before the kill, outstanding after it => in flight.
+        assert done_before > 0, "killed before anything was delivered"
+        assert burst_after < len(burst), f"burst {k} was complete before the kill"
+        at_kill.append((done_before, n_events - done_after))
         victim.start(wait=False)
-    await producing
-    await wait_for(
-        lambda: expected <= set(webhook_keys(st.sinks)), timeout=420, interval=1,
-        what=f"{n_events} webhooks delivered",
-    )
+    producing.append(asyncio.create_task(st.send_events(*bursts[3])))
+    await asyncio.gather(*producing)
+    kills = len(at_kill)
+    try:
+        await wait_for(
+            lambda: expected <= set(webhook_keys(st.sinks)), timeout=420, interval=1,
+            what=f"{n_events} webhooks delivered",
+        )
+    except AssertionError as exc:
+        # Say what became of the missing ones (their status documents) before failing.
+        missing = sorted(expected - set(webhook_keys(st.sinks)))
+        docs = {k: st.workers[0].table("status", k.rsplit(":", 1)[0]) for k in missing[:5]}
+        raise AssertionError(f"{exc}; {len(missing)} missing, kills at {at_kill}; "
+                             f"status of the first: {docs}") from None
     elapsed = time.monotonic() - started
     keys = webhook_keys(st.sinks)
     dup_deliveries = [k for k, c in Counter(keys).items() if c > 1]
@@ -122,7 +150,8 @@ async def test_crash_sigkill_loses_nothing_and_sends_nothing_twice(
         f"\nCRASH TEST: {n_events} events, 2 workers, {kills} SIGKILLs: delivered "
         f"{len(set(keys) & expected)}/{n_events}, duplicate deliveries {len(dup_deliveries)}, "
         f"re-sent requests absorbed by idempotency keys {repeats}, "
-        f"reconciler re-queue rounds {requeued}, {elapsed:.0f}s"
+        f"reconciler re-queue rounds {requeued}, {elapsed:.0f}s; "
+        f"(delivered, outstanding) at each kill: {at_kill}"
     )
     assert set(keys) == expected
     assert dup_deliveries == []
@@ -144,8 +173,9 @@ def restart_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBr
 
 
 async def _produce_resilient(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]],
-                             pace_s: float) -> None:
-    """A producer that keeps retrying through a broker outage (as a real service would)."""
+                             pace_s: float, failures: list[str] | None = None) -> None:
+    """A producer that keeps retrying through a broker outage (as a real service would);
+    each failed attempt is appended to ``failures``."""
     i = 0
     while i < len(values):
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
@@ -156,9 +186,11 @@ async def _produce_resilient(bootstrap: str, topic: str, values: list[tuple[byte
                 k, v = values[i]
                 await producer.send_and_wait(topic, v, key=k)
                 i += 1
-                await asyncio.sleep(pace_s)
-        except Exception:
-            await asyncio.sleep(0.5)
+                await asyncio.sleep(pace_s)  # pacing: a steady trickle, not a burst
+        except Exception as exc:
+            if failures is not None:
+                failures.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(0.5)  # back-off before reconnecting, as a client would
         finally:
             await producer.stop()
 
@@ -181,13 +213,26 @@ async def test_broker_restart_loses_nothing(
             for i in range(1500)
         ]
         expected = {f"{notification_id_for(e['user_id'], e['event_id'])}:webhook" for e in events}
+        failures: list[str] = []
         produce = asyncio.create_task(_produce_resilient(
             restart_broker.bootstrap, st.names.events,
             [(e["user_id"].encode(), orjson.dumps(e)) for e in events], pace_s=0.004,
+            failures=failures,
         ))
-        await asyncio.sleep(2)
-        await asyncio.to_thread(restart_broker.stop)
-        await asyncio.sleep(3)
+
+        def delivered() -> int:
+            return len(expected & set(webhook_keys(sinks)))
+
+        # Stop the broker mid-run: once deliveries are under way, before they are done.
+        await wait_for(lambda: delivered() >= 20, timeout=120, interval=0.05,
+                       what="deliveries under way")
+        done_before = delivered()
+        await asyncio.to_thread(restart_broker.stop)  # returns once the broker has exited
+        outstanding = len(expected) - delivered()
+        assert done_before > 0 and outstanding > 0, (done_before, outstanding)
+        # Down until a client noticed: the producer's sends fail.
+        await wait_for(lambda: failures, timeout=60, interval=0.1,
+                       what="the producer noticing the outage")
         await asyncio.to_thread(restart_broker.start)
         await restart_broker.wait_ready(120)
         await produce
@@ -195,7 +240,9 @@ async def test_broker_restart_loses_nothing(
                        what="all events delivered after the broker restart")
         keys = webhook_keys(sinks)
         print(f"\nBROKER RESTART: {len(expected)} events, delivered {len(set(keys) & expected)}, "
-              f"duplicates {len(keys) - len(set(keys))}, worker alive: {st.worker.alive()}")
+              f"duplicates {len(keys) - len(set(keys))}, worker alive: {st.worker.alive()}; "
+              f"at the stop {done_before} delivered, {outstanding} outstanding; "
+              f"producer failures during the outage {len(failures)}")
         assert set(keys) == expected
         assert len(keys) == len(set(keys))
     finally:

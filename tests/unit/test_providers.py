@@ -247,6 +247,67 @@ async def test_sandbox_validates_sms_rules(sandbox: SandboxServer) -> None:
     assert (status, answer["segments"]) == (201, 2)
 
 
+# Numbers of the form notifyd's E.164 pattern accepts (a +, a non-zero digit and 7 to 15
+# digits) that no numbering plan has: a real provider refuses them.
+IMPOSSIBLE_BUT_E164_SHAPED = [
+    "+1234567",  # +1 (NANP) needs 10 national digits
+    "+15550001",  # 7 national digits: a local-only number, not dialable from abroad
+    "+123456789012345",  # too long for +1
+    "+33123456",  # too short for France
+    "+99912345678",  # +999 is no country calling code
+    # Holes in the pattern itself: ``\d`` matches any Unicode digit, ``$`` a final newline.
+    "+1555123456\uff17",  # a fullwidth 7
+    "+15551234567\n",
+]
+
+
+@pytest.mark.parametrize("to", IMPOSSIBLE_BUT_E164_SHAPED)
+async def test_sandbox_refuses_numbers_notifyd_lets_through(
+    sandbox: SandboxServer, sms_provider: SmsProvider, to: str
+) -> None:
+    """The sandbox checks numbers with libphonenumber, not with notifyd's own pattern."""
+    d = sms(address=to)
+    sms_provider.check(d)  # notifyd's own check lets it through ...
+    with pytest.raises(PermanentDeliveryError) as exc_info:
+        await sms_provider.send(d)  # ... the provider does not
+    assert exc_info.value.reason.startswith("http_422"), exc_info.value.reason
+    assert "invalid_to" in exc_info.value.reason
+    assert sandbox.deliveries("sms") == []
+    assert sandbox.receipts("sms") == 1
+
+
+@pytest.mark.parametrize(
+    "to", ["555-1234", "15551234567", "+05551234567", "+1 555 123 4567", "+1-555-123-4567",
+           "", "+"],
+)
+async def test_sandbox_refuses_what_notifyd_must_never_send(
+    sandbox: SandboxServer, sms_provider: SmsProvider, to: str
+) -> None:
+    """notifyd refuses these before sending; were that check gone, the sandbox would
+    still refuse them (posted here as notifyd would post them), on its own judgement."""
+    with pytest.raises(PermanentDeliveryError, match=r"^invalid_address"):
+        sms_provider.check(sms(address=to))
+    status, answer = await post_raw(
+        f"{sandbox.url}/v1/sms", orjson.dumps({"to": to, "body": "Hello"}),
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert (status, answer["code"]) == (422, "invalid_to"), answer
+    assert sandbox.deliveries("sms") == []
+
+
+@pytest.mark.parametrize(
+    "to", ["+15551234567", "+14155550123", "+442071838750", "+33612345678", "+4915112345678",
+           "+61412345678", "+818012345678"],
+)
+async def test_sandbox_accepts_possible_numbers(
+    sandbox: SandboxServer, sms_provider: SmsProvider, to: str
+) -> None:
+    receipt = await sms_provider.send(sms(address=to))
+    [entry] = sandbox.deliveries("sms")
+    assert entry["id"] == receipt.provider_id
+    assert entry["payload"]["to"] == to
+
+
 # --- push ----------------------------------------------------------------------------
 
 
