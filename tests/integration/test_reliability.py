@@ -111,7 +111,7 @@ async def test_crash_sigkill_loses_nothing_and_sends_nothing_twice(
             # Back, with partitions of its own, before the next burst: the kill hits a
             # worker that is delivering, not one still starting.
             await victim.wait_ready_async(180)
-        burst = {f"{notification_id_for(e['event_id'])}:webhook" for e in bursts[k]}
+        burst = {f"{notification_id_for(e['user_id'], e['event_id'])}:webhook" for e in bursts[k]}
         producing.append(asyncio.create_task(st.send_events(*bursts[k])))
         some = max(1, len(burst) // 20)
         await wait_for(lambda burst=burst, some=some: delivered(burst) >= some,
