@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -183,6 +183,25 @@ class Metrics:
             "End to end: producer timestamp (else acceptance) to provider success",
             ["channel"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=r,
         )
+        # Failover chains (notifyd.providers.chain): per channel and configured provider.
+        self.provider_attempts = Counter(
+            "provider_attempts", "Calls to a provider of a failover chain",
+            ["channel", "provider"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_failures = Counter(
+            "provider_failures",
+            "Failed calls to a provider of a failover chain, by kind (retriable, permanent)",
+            ["channel", "provider", "kind"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_skipped_total = Counter(
+            "provider_skipped", "Deliveries that skipped a provider because its circuit was open",
+            ["channel", "provider"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_circuit_state = Gauge(
+            "provider_circuit_state",
+            "Circuit of a provider on this worker: 0 closed, 1 half-open, 2 open",
+            ["channel", "provider"], namespace=NAMESPACE, registry=r,
+        )
         self.snapshot = Snapshot()
         self.app: Any = None
         #: A group-less consumer asking the broker for DLQ offsets (started when needed).
@@ -220,6 +239,20 @@ class Metrics:
 
     def delivery_dead(self, topic: str) -> None:
         self.dead_letters_produced.labels(topic).inc()
+
+    def provider_attempted(self, channel: str, provider: str) -> None:
+        self.provider_attempts.labels(channel, provider).inc()
+
+    def provider_failed(self, channel: str, provider: str, kind: str) -> None:
+        self.provider_failures.labels(channel, provider, kind).inc()
+
+    def provider_skipped(self, channel: str, provider: str) -> None:
+        self.provider_skipped_total.labels(channel, provider).inc()
+
+    def provider_circuit(self, channel: str, provider: str, state: str) -> None:
+        from .providers.chain import STATE_VALUES
+
+        self.provider_circuit_state.labels(channel, provider).set(STATE_VALUES[state])
 
     # --- scrape -----------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Builds the provider of each channel from settings.
 
-Each channel agent owns its provider: started before its stream, stopped after.
+Each channel agent owns its provider: started before its stream, stopped after.  A
+channel's providers are configured as an ordered list (:mod:`.spec`); several are
+wrapped in a failover chain (:mod:`.chain`).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from ..config import Settings
 from ..records import Delivery
 from .base import Provider, SendReceipt
+from .spec import BUILTINS, ProviderSpec
 
 
 class InboxProvider(Provider):
@@ -21,8 +24,8 @@ class InboxProvider(Provider):
         return SendReceipt(provider_id=deliver_inapp(delivery))
 
 
-def build_provider(channel: str, settings: Settings) -> Provider:
-    """The provider configured for ``channel`` (imports only what is used)."""
+def build_builtin(channel: str, settings: Settings) -> Provider:
+    """The built-in provider of ``channel`` (imports only what is used)."""
     if channel == "email":
         from .smtp import SmtpProvider
 
@@ -43,3 +46,42 @@ def build_provider(channel: str, settings: Settings) -> Provider:
     if channel == "inapp":
         return InboxProvider()
     raise ValueError(f"no provider for channel {channel!r}")
+
+
+def build_one(channel: str, spec: ProviderSpec, settings: Settings) -> Provider:
+    """One configured provider: a built-in, or an Apprise service URL (.service)."""
+    if spec.url is not None:
+        from .service import ServiceProvider
+
+        provider: Provider = ServiceProvider(
+            channel, spec.url, name=spec.name, timeout_s=settings.apprise_timeout_s
+        )
+    else:
+        provider = build_builtin(channel, settings)
+    provider.name = spec.name
+    return provider
+
+
+def build_provider(channel: str, settings: Settings) -> Provider:
+    """The provider of ``channel`` as configured (``NOTIFYD_<CHANNEL>_PROVIDERS``).
+
+    One entry (the default: the built-in one) gives that provider itself, exactly as
+    before failover existed; several give a :class:`~.chain.FailoverProvider`.
+    """
+    if channel == "inapp":
+        provider: Provider = InboxProvider()
+        provider.name = "inapp"
+        return provider
+    if channel not in BUILTINS:
+        raise ValueError(f"no provider for channel {channel!r}")
+    specs = settings.provider_specs(channel)
+    if len(specs) == 1:
+        return build_one(channel, specs[0], settings)
+    from .chain import FailoverProvider
+
+    return FailoverProvider(
+        channel,
+        [(spec.name, build_one(channel, spec, settings)) for spec in specs],
+        failures=settings.circuit_failures,
+        cooldown_s=settings.circuit_cooldown_s,
+    )
