@@ -24,8 +24,9 @@ Apprise URLs, which are user-chosen and go through the egress policy, are delive
 the built-in ``http`` push provider only).  Delivery reuses
 :class:`~.apprise.AppriseProvider` (thread-pool notify, timeout, ``Idempotency-Key`` on
 ``json://``/``form://``/``xml://``, targets already accepted not re-sent on a retry)
-without its egress policy: these URLs are the operator's, not a user's.  Only Apprise's
-privacy rendering of a URL reaches reasons and logs.
+without its egress policy: these URLs are the operator's, not a user's.  Reasons and
+logs name the service by its scheme only (see :meth:`ServiceProvider._reason`), and
+Apprise's own debug logging, which prints headers, is kept off (``notifyd.logging``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from urllib.parse import quote
 
 import structlog
 
-from ..errors import PermanentDeliveryError
+from ..errors import PermanentDeliveryError, RetriableDeliveryError
 from ..records import Delivery
 from .apprise import AppriseProvider, raise_for, split_targets
 from .base import Provider, SendReceipt
@@ -88,7 +89,8 @@ class ServiceProvider(Provider):
 
     @property
     def masked(self) -> str:
-        return f"{scheme_of(self._template)}://..."
+        """How reasons and logs name the service: its scheme, nothing of the URL."""
+        return f"{scheme_of(self._template)}://…"
 
     async def start(self) -> None:
         await self._apprise.start()
@@ -147,10 +149,24 @@ class ServiceProvider(Provider):
             return dataclasses.replace(delivery, title="")
         return delivery
 
+    def _reason(self, reasons: list[str], total: int) -> str:
+        """A failure reason naming the service by scheme only.
+
+        Apprise's privacy rendering masks passwords but not custom headers
+        (``json://host/?+Authorization=...``) nor payload parameters (the recipient),
+        so the reasons of :meth:`AppriseProvider.deliver` are not quoted: only their
+        codes (``apprise_failed``, ``timeout``, ``apprise_error``).
+        """
+        codes = sorted({r.split(":", 1)[0] for r in reasons})
+        return (f"{', '.join(codes)}: {self.masked} failed for {len(reasons)} of {total} "
+                f"target{'s' if total != 1 else ''}")
+
     async def send(self, delivery: Delivery) -> SendReceipt:
         self.check(delivery)
         urls = self.targets(delivery)
         out = await self._apprise.deliver(self._content(delivery), urls)
+        if out.retriable:
+            raise RetriableDeliveryError(self._reason(out.retriable, len(urls)))
         raise_for(out)
         detail: dict[str, Any] = {"service": scheme_of(self._template), "targets": len(out.sent)}
         return SendReceipt(provider_id=None, detail=detail)

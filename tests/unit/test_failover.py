@@ -5,6 +5,7 @@ the circuit breaker on a fake clock, per-provider metrics, and real Apprise serv
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,12 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from notifyd.config import Settings
 from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
+from notifyd.logging import configure
 from notifyd.metrics import Metrics
 from notifyd.providers.apprise import PushRouter
 from notifyd.providers.chain import CLOSED, HALF_OPEN, OPEN, Circuit, FailoverProvider, board
@@ -401,19 +404,40 @@ async def test_failing_service_then_healthy_one_same_idempotency_key(
     assert receipt.provider == "up"
     [down], [up] = receiver.at("/down"), receiver.at("/up")
     assert down["headers"]["Idempotency-Key"] == up["headers"]["Idempotency-Key"] == "n-1:sms"
-    assert "apprise_failed: json://127.0.0.1" in receipt.detail["failed_over"][0]
+    assert receipt.detail["failed_over"] == [
+        "down: apprise_failed: json://\u2026 failed for 1 of 1 target"]
     assert metric(m, "provider_failures_total", channel="sms", provider="down",
                   kind="retriable") == 1
 
 
-async def test_secrets_in_a_service_url_never_reach_reasons(receiver: Receiver) -> None:
+async def test_secrets_in_a_service_url_never_reach_reasons_or_logs(
+    receiver: Receiver, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Apprise's privacy rendering masks the password but not a custom header's value.
     receiver.status["/x"] = 503
-    svc = ServiceProvider("sms", f"json://alice:s3cr3t-pw@127.0.0.1:{receiver.port}/x"
-                          "?:to={phone}", name="j", timeout_s=5)
-    c = chain(("j", svc), ("j2", MemoryProvider("sms")))
-    receipt = await c.send(sms())
-    assert "s3cr3t-pw" not in json.dumps(receipt.detail)
-    assert "s3cr3t-pw" not in json.dumps(c.health())
+    url = (f"json://alice:s3cr3t-pw@127.0.0.1:{receiver.port}/x?+X-Api-Key=s3cr3t-key"
+           "&:to={phone}")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure("json", "DEBUG")
+    try:
+        svc = ServiceProvider("sms", url, name="j", timeout_s=5)
+        c = chain(("j", svc), ("j2", MemoryProvider("sms")))
+        await c.start()
+        try:
+            receipt = await c.send(sms())
+        finally:
+            await c.stop()
+        logged = capfd.readouterr().err
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    assert receiver.at("/x")[0]["headers"]["X-Api-Key"] == "s3cr3t-key"  # it was used
+    assert receipt.provider == "j2"
+    assert "provider.failover" in logged  # the worker's own debug/info lines are there
+    for text in (json.dumps(receipt.detail), json.dumps(c.health()), logged):
+        assert "s3cr3t" not in text and "+15551234567" not in text
 
 
 async def test_mailto_service_to_a_local_smtp_server() -> None:
