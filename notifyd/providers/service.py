@@ -19,9 +19,9 @@ preferences (addresses, push tokens) or producers (user ids):
   of becoming several or other targets;
 * addresses are checked by the channel's rules first (E.164, e-mail syntax).
 
-``{token}`` on the push channel expands to one URL per device token (a user's own
-Apprise URLs, which are user-chosen and go through the egress policy, are delivered by
-the built-in ``http`` push provider only).  Delivery reuses
+``{token}`` on the push channel expands to one URL per device token; a user's own
+Apprise URLs (user-chosen, under the egress policy) are not this provider's business:
+the registry wraps each push provider in a :class:`~.apprise.PushRouter` for them.  Delivery reuses
 :class:`~.apprise.AppriseProvider` (thread-pool notify, timeout, ``Idempotency-Key`` on
 ``json://``/``form://``/``xml://``, targets already accepted not re-sent on a retry)
 without its egress policy: these URLs are the operator's, not a user's.  Reasons and

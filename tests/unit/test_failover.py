@@ -32,7 +32,7 @@ from notifyd.providers.service import ServiceProvider, encode_value, expand
 from notifyd.providers.smtp import SmtpProvider
 from notifyd.providers.spec import ProviderSpec, parse_providers
 from notifyd.records import Delivery
-from notifyd.sandbox import SmtpSink
+from notifyd.sandbox import SandboxServer, SmtpSink
 
 HOSTILE = "a@evil/x?y#z"
 
@@ -123,6 +123,12 @@ def test_registry_single_provider_is_unchanged_and_several_chain() -> None:
     assert build_provider("email", Settings()).name == "smtp"
     only = build_provider("sms", Settings(sms_providers="json://127.0.0.1:1/x?:to={phone}"))
     assert isinstance(only, ServiceProvider) and only.name == "json"
+    push = build_provider("push", Settings(push_providers="fcm://proj/{token}?keyfile=/k http"))
+    assert isinstance(push, FailoverProvider)
+    routers = [link.provider for link in push.links]
+    assert all(isinstance(r, PushRouter) for r in routers)
+    assert isinstance(routers[0], PushRouter) and isinstance(routers[0].push, ServiceProvider)
+    assert isinstance(routers[1], PushRouter) and routers[0].apprise is routers[1].apprise
     built = build_provider("email", Settings(
         email_providers="ses=mailtos://u:p@h/?to={email} smtp", circuit_failures=7))
     assert isinstance(built, FailoverProvider)
@@ -451,3 +457,36 @@ async def test_mailto_service_to_a_local_smtp_server() -> None:
         [msg] = sink.messages
     assert msg["To"].endswith("bob+tag@example.com") or "bob+tag@example.com" in msg["To"]
     assert msg["Subject"] == "Your order"
+
+
+async def test_push_chain_fails_over_devices_and_sends_user_urls_once(
+    receiver: Receiver,
+) -> None:
+    """A push chain: device tokens through an Apprise service (failing) then the
+    built-in push API (the sandbox); the user's own Apprise URL gets it exactly once."""
+    receiver.status["/fcm/dev-1"] = 500
+    async with SandboxServer() as sandbox:
+        settings = Settings(
+            push_providers=f"svc=form://127.0.0.1:{receiver.port}/fcm/{{token}} http",
+            push_api_url=f"{sandbox.url}/v1/push", egress_allow="127.0.0.1/32",
+            apprise_timeout_s=5,
+        )
+        c = build_provider("push", settings)
+        assert isinstance(c, FailoverProvider)
+        c.metrics = Metrics(CollectorRegistry())
+        user_url = f"json://127.0.0.1:{receiver.port}/mine"
+        d = Delivery("n-1", "e-1", "u-1", "push", "Hi", "there",
+                     tokens=["dev-1", user_url])
+        await c.start()
+        try:
+            c.check(d)
+            receipt = await c.send(d)
+        finally:
+            await c.stop()
+        [pushed] = sandbox.deliveries("push")
+    assert receipt.provider == "http"
+    assert pushed["payload"]["tokens"] == ["dev-1"]
+    assert pushed["idempotency_key"] == "n-1:push"
+    assert len(receiver.at("/fcm/dev-1")) == 1
+    [mine] = receiver.at("/mine")  # sent by the first entry, not again by the second
+    assert mine["headers"]["Idempotency-Key"] == "n-1:push"
