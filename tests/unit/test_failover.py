@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from notifyd.config import Settings
 from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
 from notifyd.logging import configure
 from notifyd.metrics import Metrics
-from notifyd.providers.apprise import PushRouter
+from notifyd.providers.apprise import AppriseProvider, PushRouter
 from notifyd.providers.chain import CLOSED, HALF_OPEN, OPEN, Circuit, FailoverProvider, board
 from notifyd.providers.httpapi import SmsProvider
 from notifyd.providers.memory import MemoryProvider
@@ -135,6 +137,29 @@ def test_registry_single_provider_is_unchanged_and_several_chain() -> None:
     assert [(link.name, type(link.provider)) for link in built.links] == [
         ("ses", ServiceProvider), ("smtp", SmtpProvider)]
     assert built.links[0].circuit.threshold == 7
+
+
+def test_readme_examples_resolve_to_exactly_the_recipient() -> None:
+    """The README's provider settings parse, build chains, and each Apprise URL becomes
+    a service with the substituted recipient as its only target."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme[readme.index("## Providers"):readme.index("## Command line")]
+    env = dict(re.findall(r"^NOTIFYD_(\w+)='([^']*)'", block, re.M))
+    assert set(env) == {"SMS_PROVIDERS", "EMAIL_PROVIDERS", "PUSH_PROVIDERS"}
+    settings = Settings(**{k.lower(): v for k, v in env.items()})
+    recipient = {"sms": "+15551234567", "email": "bob@example.com", "push": "dXyz:APA91b"}
+    apprise = AppriseProvider()
+    for channel, want in recipient.items():
+        assert isinstance(build_provider(channel, settings), FailoverProvider)
+        for spec in settings.provider_specs(channel):
+            if spec.url is None:
+                continue
+            values = {"user_id": "u-123", "token": want, "phone": want, "email": want,
+                      "address": want}
+            plugin = apprise.instantiate(expand(spec.url, values))
+            targets = getattr(plugin, "targets", None) or getattr(plugin, "topics", None)
+            flat = [t[-1] if isinstance(t, tuple) else t for t in targets or ()]
+            assert flat == ["u-123" if "{user_id}" in spec.url else want], spec.name
 
 
 # --- the chain ----------------------------------------------------------------------------
