@@ -11,15 +11,17 @@ Two kinds of metrics:
   reason code; delivery transitions per channel and status (``queued``, ``sent``,
   ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
   retries; end-to-end latency per channel, from the producer's Kafka timestamp
-  (else the moment notifyd accepted the event) to the provider's success.
+  (else the moment notifyd accepted the event) to the provider's success; per
+  provider of a failover chain (``notifyd.providers.chain``): attempts, failures,
+  skips for an open circuit, and the circuit's state (a gauge set on each change).
 * **Gauges read when scraped** (:meth:`Metrics.refresh`): consumer lag per assigned
   partition (the consumer's highwater minus its position), dead letters held by the
   two DLQ topics (end minus earliest offsets, cached), table sizes (local data of
   each table, cached) and a few counters of Faust's own monitor (``app.monitor``).
 
-Label values are bounded: channels and statuses come from fixed lists, a
-dead-letter reason is reduced to its code (``"invalid_json: ..."`` → ``invalid_json``),
-topics are notifyd's own.
+Label values are bounded: channels, statuses and configured provider names come from
+fixed lists, a dead-letter reason is reduced to its code (``"invalid_json: ..."`` →
+``invalid_json``), topics are notifyd's own.
 """
 
 from __future__ import annotations

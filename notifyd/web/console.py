@@ -9,6 +9,9 @@ the API, called with the operator's bearer token, which the page keeps in
 computed from the ``status`` table: each worker looks at the notifications of the
 partitions it owns (``scope=local``), and by default the answering worker asks every
 other worker of the group and adds their numbers up (``scope=cluster``).
+
+``/api/v1/admin/providers`` lists the failover chains' providers and their circuits
+(the console's Providers panel), each worker's own view, gathered the same way.
 """
 
 from __future__ import annotations
