@@ -4,12 +4,15 @@ One worker on Apache Kafka whose SMS channel is ``flaky`` (an Apprise ``json://`
 service pointing at a local HTTP server that answers 500) then ``http`` (notifyd's HTTP
 format, the sandbox).  SMS deliveries fail over to the sandbox with the same
 idempotency key; after ``NOTIFYD_CIRCUIT_FAILURES`` failures the first provider's
-circuit is open (console endpoint and Prometheus metrics) and it is not called again.
+circuit is open (console endpoint and Prometheus metrics) and it is not called again;
+once the server answers 200, the first delivery after the cool-down probes it and the
+circuit closes.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +30,8 @@ from tests.support.redis_server import RedisServer
 pytestmark = pytest.mark.integration
 
 FAILURES = 2
+#: Long enough for the steps between opening and the probe, short enough to wait out.
+COOLDOWN_S = 15
 
 
 class FlakyService:
@@ -35,6 +40,12 @@ class FlakyService:
     def __init__(self) -> None:
         self.lt = LoopThread()
         self.target = self.lt.call(HttpTarget(status=500).start())
+
+    def answer(self, status: int) -> None:
+        async def set_status() -> None:
+            self.target.status = status
+
+        self.lt.call(set_status())
 
     def requests(self) -> list[dict[str, Any]]:
         async def get() -> list[dict[str, Any]]:
@@ -65,8 +76,7 @@ def failover_stack(
         kafka.url, kafka.bootstrap, tmp_path_factory.mktemp("failover"), "failover", sinks,
         {"NOTIFYD_SMS_PROVIDERS": providers,
          "NOTIFYD_CIRCUIT_FAILURES": str(FAILURES),
-         # Open for the rest of the test: the probe is covered by the unit tests.
-         "NOTIFYD_CIRCUIT_COOLDOWN_S": "3600"},
+         "NOTIFYD_CIRCUIT_COOLDOWN_S": str(COOLDOWN_S)},
         redis_url=redis.url,
     )
     try:
@@ -78,8 +88,10 @@ def failover_stack(
 
 async def _send_sms(st: Stack, user: str, phone: str) -> tuple[str, dict[str, Any]]:
     eid = new_id("fo")
+    # critical: not throttled (the probe step sends one user a few dozen SMS).
     await st.send_events({"event_id": eid, "user_id": user, "title": "Order",
-                          "body": f"shipped {eid}", "channels": ["sms"]})
+                          "body": f"shipped {eid}", "channels": ["sms"],
+                          "priority": "critical"})
     nid = notification_id_for(user, eid)
     doc = await wait_for(
         lambda: (d := st.worker.table("status", nid)) and
@@ -89,7 +101,7 @@ async def _send_sms(st: Stack, user: str, phone: str) -> tuple[str, dict[str, An
     return nid, doc["channels"]["sms"]
 
 
-async def test_sms_fails_over_then_circuit_opens(
+async def test_sms_fails_over_circuit_opens_then_probe_closes_it(
     failover_stack: Stack, flaky: FlakyService
 ) -> None:
     st = failover_stack
@@ -148,3 +160,20 @@ async def test_sms_fails_over_then_circuit_opens(
                  kind="retriable") == FAILURES
     assert value("provider_skipped_total", channel="sms", provider="flaky") == 1
     assert value("provider_attempts_total", channel="sms", provider="http") == 3
+
+    # 4. The service recovers: after the cool-down one delivery probes it, succeeds, and
+    #    the circuit closes (deliveries before that keep going to the sandbox).
+    flaky.answer(200)
+    deadline = time.monotonic() + COOLDOWN_S + 45
+    while True:
+        nid5, sms5 = await _send_sms(st, user, phone)
+        assert sms5["status"] == "sent"
+        if sms5["provider"] == "flaky":
+            break
+        assert time.monotonic() < deadline, "no probe of the recovered provider"
+    [probe] = [r for r in flaky.requests() if r["headers"].get("idempotency-key") == f"{nid5}:sms"]
+    assert json.loads(probe["body"])["to"] == phone
+    code, health = http_json("GET", f"{st.worker.url}/api/v1/admin/providers?scope=local",
+                             headers=st.worker.op_headers)
+    rows = {r["provider"]: r for r in health["providers"] if r["channel"] == "sms"}
+    assert rows["flaky"]["state"] == "closed" and rows["flaky"]["consecutive_failures"] == 0
