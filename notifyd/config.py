@@ -12,8 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .providers.spec import ProviderSpec, masked, parse_providers
 
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "webhook", "inapp")
 #: Email's default concurrency when ``email_concurrency`` is 0 (see there).
@@ -22,7 +24,9 @@ SMTP_DEFAULT_CONCURRENCY = 8
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="NOTIFYD_", env_file=None, extra="ignore", validate_default=True
+        env_prefix="NOTIFYD_", env_file=None, extra="ignore", validate_default=True,
+        # A bad value is named, never echoed: it may be a secret (tokens, provider URLs).
+        hide_input_in_errors=True,
     )
 
     # --- identity, broker, storage ------------------------------------------------
@@ -147,6 +151,21 @@ class Settings(BaseSettings):
     #: (``*.example.com`` for subdomains) re-admitted, e.g. ``127.0.0.1/32`` for tests.
     #: Operator-set URLs (SMTP host, SMS/push API) are not subject to it.
     egress_allow: str = ""
+    #: Providers of a channel, tried in order (failover), separated by spaces: built-in
+    #: names (email ``smtp``; sms and push ``http``, notifyd's HTTP format; webhook
+    #: ``webhook``) and/or Apprise service URLs with per-recipient placeholders in their
+    #: path or query, e.g. ``twilio://SID:TOKEN@+15550001111/{phone}``, ``[name=]URL``
+    #: (notifyd.providers.spec).  Empty: the built-in provider alone.  Secrets (the URLs
+    #: carry credentials): only names and schemes are shown by ``notifyd config``.
+    email_providers: SecretStr = SecretStr("")
+    sms_providers: SecretStr = SecretStr("")
+    push_providers: SecretStr = SecretStr("")
+    webhook_providers: SecretStr = SecretStr("")
+    #: Consecutive retriable failures after which a provider's circuit opens: the
+    #: deliveries skip it (to the channel's next provider) for ``circuit_cooldown_s``,
+    #: then one probe delivery decides whether it closes (notifyd.providers.chain).
+    circuit_failures: int = Field(default=5, ge=1)
+    circuit_cooldown_s: float = Field(default=30.0, gt=0)
 
     # --- e-mail unsubscribe (List-Unsubscribe, RFC 2369; one-click POST, RFC 8058) -------
     #: Add ``List-Unsubscribe`` (signed https link + mailto:) and ``List-Unsubscribe-Post``
@@ -191,6 +210,18 @@ class Settings(BaseSettings):
         if v.get_secret_value() and len(v.get_secret_value().encode()) < 32:
             raise ValueError("unsubscribe_secret must be at least 32 bytes (or empty)")
         return v
+
+    @field_validator("email_providers", "sms_providers", "push_providers", "webhook_providers")
+    @classmethod
+    def _providers(cls, v: SecretStr, info: ValidationInfo) -> SecretStr:
+        # ValueError names the entry by position, never quotes the URL.
+        parse_providers(str(info.field_name).removesuffix("_providers"), v.get_secret_value())
+        return v
+
+    def provider_specs(self, channel: str) -> list[ProviderSpec]:
+        """The ordered providers of ``channel`` (see :mod:`notifyd.providers.spec`)."""
+        field: SecretStr = getattr(self, f"{channel}_providers")
+        return parse_providers(channel, field.get_secret_value())
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -240,6 +271,10 @@ class Settings(BaseSettings):
             "oidc_token_url",
         ):
             out[name] = _mask_url_password(str(out[name]))
+        for channel in ("email", "sms", "push", "webhook"):
+            # Names and schemes of the providers, not the URLs' credentials.
+            secret: SecretStr = getattr(self, f"{channel}_providers")
+            out[f"{channel}_providers"] = masked(channel, secret.get_secret_value())
         return out
 
 

@@ -64,6 +64,8 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiokafka is chatty about reconnects; warnings and up are what operators need.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+    # Apprise's debug lines carry request headers and URL parameters (tokens, API keys).
+    logging.getLogger("apprise").setLevel(max(logging.INFO, root.level))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -13,15 +13,17 @@ Two kinds of metrics:
   retries; channel pauses on a provider's 429 and time spent waiting for a channel's
   rate limit or pause (:mod:`notifyd.ratelimit`); end-to-end latency per channel, from
   the producer's Kafka timestamp (else the moment notifyd accepted the event) to the
-  provider's success.
+  provider's success; per provider of a failover chain (``notifyd.providers.chain``):
+  attempts, failures, skips for an open circuit, and the circuit's state (a gauge set on
+  each change).
 * **Gauges read when scraped** (:meth:`Metrics.refresh`): consumer lag per assigned
   partition (the consumer's highwater minus its position), dead letters held by the
   two DLQ topics (end minus earliest offsets, cached), table sizes (local data of
   each table, cached) and a few counters of Faust's own monitor (``app.monitor``).
 
-Label values are bounded: channels and statuses come from fixed lists, a
-dead-letter reason is reduced to its code (``"invalid_json: ..."`` → ``invalid_json``),
-topics are notifyd's own.
+Label values are bounded: channels, statuses and configured provider names come from
+fixed lists, a dead-letter reason is reduced to its code (``"invalid_json: ..."`` →
+``invalid_json``), topics are notifyd's own.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -196,6 +198,25 @@ class Metrics:
             "(rate_limit: the channel's token bucket; paused: a 429 pause)",
             ["channel", "cause"], namespace=NAMESPACE, registry=r,
         )
+        # Failover chains (notifyd.providers.chain): per channel and configured provider.
+        self.provider_attempts = Counter(
+            "provider_attempts", "Calls to a provider of a failover chain",
+            ["channel", "provider"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_failures = Counter(
+            "provider_failures",
+            "Failed calls to a provider of a failover chain, by kind (retriable, permanent)",
+            ["channel", "provider", "kind"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_skipped_total = Counter(
+            "provider_skipped", "Deliveries that skipped a provider because its circuit was open",
+            ["channel", "provider"], namespace=NAMESPACE, registry=r,
+        )
+        self.provider_circuit_state = Gauge(
+            "provider_circuit_state",
+            "Circuit of a provider on this worker: 0 closed, 1 half-open, 2 open",
+            ["channel", "provider"], namespace=NAMESPACE, registry=r,
+        )
         self.snapshot = Snapshot()
         self.app: Any = None
         #: A group-less consumer asking the broker for DLQ offsets (started when needed).
@@ -239,6 +260,20 @@ class Metrics:
 
     def provider_waited(self, channel: str, cause: str, seconds: float) -> None:
         self.provider_wait.labels(channel, cause).inc(seconds)
+
+    def provider_attempted(self, channel: str, provider: str) -> None:
+        self.provider_attempts.labels(channel, provider).inc()
+
+    def provider_failed(self, channel: str, provider: str, kind: str) -> None:
+        self.provider_failures.labels(channel, provider, kind).inc()
+
+    def provider_skipped(self, channel: str, provider: str) -> None:
+        self.provider_skipped_total.labels(channel, provider).inc()
+
+    def provider_circuit(self, channel: str, provider: str, state: str) -> None:
+        from .providers.chain import STATE_VALUES
+
+        self.provider_circuit_state.labels(channel, provider).set(STATE_VALUES[state])
 
     # --- scrape -----------------------------------------------------------------------
 

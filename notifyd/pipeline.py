@@ -399,12 +399,15 @@ def deliver_inapp_inline(delivery: Delivery, now: float) -> dict[str, Any]:
     metrics.delivery_attempted(delivery)
     provider_id = deliver_inapp(delivery)
     metrics.delivery_sent(delivery)
-    return sent_update(delivery, provider_id, clock.now())
+    return sent_update(delivery, provider_id, clock.now(), "inapp")
 
 
-def sent_update(delivery: Delivery, provider_id: str | None, now: float) -> dict[str, Any]:
-    """The status update of a delivery the provider accepted."""
-    return {
+def sent_update(
+    delivery: Delivery, provider_id: str | None, now: float, provider: str | None = None
+) -> dict[str, Any]:
+    """The status update of a delivery the provider accepted (``provider``: its
+    configured name, the one that delivered in a failover chain)."""
+    update = {
         "channel": delivery.channel,
         "status": "sent",
         "attempt": delivery.attempt,
@@ -412,6 +415,9 @@ def sent_update(delivery: Delivery, provider_id: str | None, now: float) -> dict
         "provider_id": provider_id,
         "latency_ms": round((now - delivery.accepted_at) * 1000, 3),
     }
+    if provider:
+        update["provider"] = provider
+    return update
 
 
 async def publish_status(
@@ -532,7 +538,8 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     metrics.delivery_sent(delivery)
     _mark(key, "sent", partition)
     await publish_status(
-        delivery.notification_id, [sent_update(delivery, receipt.provider_id, now)]
+        delivery.notification_id,
+        [sent_update(delivery, receipt.provider_id, now, receipt.provider or provider.name)],
     )
     log.debug("delivery.sent", send_ms=round((time.monotonic() - started) * 1000, 2))
 

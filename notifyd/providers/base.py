@@ -23,10 +23,15 @@ class SendReceipt:
 
     provider_id: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    #: Name of the configured provider that delivered (failover chains; see .spec).
+    provider: str | None = None
 
 
 class Provider(abc.ABC):
     channel: ClassVar[str]
+    #: The configured name (``NOTIFYD_<CHANNEL>_PROVIDERS``, see .spec): shown in status
+    #: documents, metrics and the console instead of a URL.  Set by the registry.
+    name: str = ""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open long-lived resources (HTTP sessions, connections)."""

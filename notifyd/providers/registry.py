@@ -1,13 +1,21 @@
 """Builds the provider of each channel from settings.
 
-Each channel agent owns its provider: started before its stream, stopped after.
+Each channel agent owns its provider: started before its stream, stopped after.  A
+channel's providers are configured as an ordered list (:mod:`.spec`); several are
+wrapped in a failover chain (:mod:`.chain`).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config import Settings
 from ..records import Delivery
 from .base import Provider, SendReceipt
+from .spec import BUILTINS, ProviderSpec
+
+if TYPE_CHECKING:
+    from .apprise import AppriseProvider
 
 
 class InboxProvider(Provider):
@@ -21,8 +29,8 @@ class InboxProvider(Provider):
         return SendReceipt(provider_id=deliver_inapp(delivery))
 
 
-def build_provider(channel: str, settings: Settings) -> Provider:
-    """The provider configured for ``channel`` (imports only what is used)."""
+def build_builtin(channel: str, settings: Settings) -> Provider:
+    """The built-in provider of ``channel`` (imports only what is used)."""
     if channel == "email":
         from .smtp import SmtpProvider
 
@@ -43,3 +51,68 @@ def build_provider(channel: str, settings: Settings) -> Provider:
     if channel == "inapp":
         return InboxProvider()
     raise ValueError(f"no provider for channel {channel!r}")
+
+
+def build_one(
+    channel: str, spec: ProviderSpec, settings: Settings,
+    user_urls: AppriseProvider | None = None,
+) -> Provider:
+    """One configured provider: a built-in, or an Apprise service URL (.service).
+
+    On the push channel each one is wrapped with the delivery of users' own Apprise
+    URLs (:class:`~.apprise.PushRouter`, egress policy included), so a push reaches a
+    user's devices through the configured service *and* the URLs the user chose.
+    ``user_urls`` is the :class:`~.apprise.AppriseProvider` the entries of one chain
+    share: it remembers the URLs that already accepted a notification, so failing over
+    to the next provider for the devices does not send to those URLs twice.
+    """
+    provider: Provider
+    if spec.url is not None:
+        from .service import ServiceProvider
+
+        provider = ServiceProvider(
+            channel, spec.url, name=spec.name, timeout_s=settings.apprise_timeout_s
+        )
+        if channel == "push":
+            from .apprise import AppriseProvider, PushRouter
+
+            provider = PushRouter(provider, user_urls or AppriseProvider.from_settings(settings))
+    elif channel == "push" and user_urls is not None:
+        from .apprise import PushRouter
+        from .httpapi import PushProvider
+
+        provider = PushRouter(PushProvider(settings), user_urls)
+    else:
+        provider = build_builtin(channel, settings)
+    provider.name = spec.name
+    return provider
+
+
+def build_provider(channel: str, settings: Settings) -> Provider:
+    """The provider of ``channel`` as configured (``NOTIFYD_<CHANNEL>_PROVIDERS``).
+
+    One entry (the default: the built-in one) gives that provider itself, exactly as
+    before failover existed; several give a :class:`~.chain.FailoverProvider`.
+    """
+    if channel == "inapp":
+        provider: Provider = InboxProvider()
+        provider.name = "inapp"
+        return provider
+    if channel not in BUILTINS:
+        raise ValueError(f"no provider for channel {channel!r}")
+    specs = settings.provider_specs(channel)
+    if len(specs) == 1:
+        return build_one(channel, specs[0], settings)
+    from .chain import FailoverProvider
+
+    shared: AppriseProvider | None = None
+    if channel == "push":
+        from .apprise import AppriseProvider
+
+        shared = AppriseProvider.from_settings(settings)
+    return FailoverProvider(
+        channel,
+        [(spec.name, build_one(channel, spec, settings, shared)) for spec in specs],
+        failures=settings.circuit_failures,
+        cooldown_s=settings.circuit_cooldown_s,
+    )

@@ -9,6 +9,9 @@ the API, called with the operator's bearer token, which the page keeps in
 computed from the ``status`` table: each worker looks at the notifications of the
 partitions it owns (``scope=local``), and by default the answering worker asks every
 other worker of the group and adds their numbers up (``scope=cluster``).
+
+``/api/v1/admin/providers`` lists the failover chains' providers and their circuits
+(the console's Providers panel), each worker's own view, gathered the same way.
 """
 
 from __future__ import annotations
@@ -475,3 +478,100 @@ async def admin_stats(call: Call) -> web.StreamResponse:
 def _worker_line(w: dict[str, Any]) -> dict[str, Any]:
     keys = ("worker", "partitions", "source", "covered_s", "realtime", "error")
     return {k: w[k] for k in keys if k in w}
+
+
+# --- provider health (failover chains) ------------------------------------------------------
+#
+# Each worker keeps its own circuits (notifyd.providers.chain): a worker learns that a
+# provider is down from its own calls.  scope=local is this worker's view; the default
+# asks every worker of the group (as the stats do) and lists each one's view.
+
+_PROVIDER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "worker": {"type": "string"},
+        "channel": {"type": "string"},
+        "provider": {"type": "string", "description": "configured name (never the URL)"},
+        "position": {"type": "integer", "description": "1 = tried first"},
+        "state": {"type": "string", "enum": ["closed", "half_open", "open"]},
+        "consecutive_failures": {"type": "integer"},
+        "failure_threshold": {"type": "integer"},
+        "retry_in_s": {"type": "number", "description": "open: seconds until a probe"},
+        "attempts": {"type": "integer"},
+        "failures": {"type": "integer"},
+        "skipped": {"type": "integer", "description": "deliveries that skipped it (open)"},
+        "last_error": {"type": ["string", "null"]},
+    },
+}
+_PROVIDERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["configured", "providers", "workers"],
+    "properties": {
+        "configured": {
+            "type": "object",
+            "description": "channel → provider names in failover order (this worker's "
+                           "settings); one name: no failover",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "providers": {"type": "array", "items": _PROVIDER_SCHEMA,
+                      "description": "per worker and provider of a failover chain"},
+        "workers": {"type": "array", "items": {"type": "object"},
+                    "description": "per worker: worker, error if it did not answer"},
+    },
+}
+
+
+def local_providers() -> dict[str, Any]:
+    """This worker's failover chains and their circuits."""
+    from ..app import settings
+    from ..providers.chain import board
+    from ..providers.spec import BUILTINS
+
+    worker = str(app.conf.canonical_url)
+    return {
+        "worker": worker,
+        "configured": {ch: [s.name for s in settings.provider_specs(ch)] for ch in BUILTINS},
+        "providers": [{"worker": worker, **row} for row in board.snapshot()],
+    }
+
+
+async def _peer_providers(request: web.Request, peer: URL) -> dict[str, Any]:
+    headers = {ROUTED_HEADER: str(app.conf.canonical_url)}
+    if request.headers.get("Authorization"):
+        headers["Authorization"] = request.headers["Authorization"]
+    url = peer.with_path("/api/v1/admin/providers").with_query({"scope": "local"})
+    try:
+        async with request.app[HTTP_CLIENT].get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+        ) as resp:
+            body = await resp.json()
+            if resp.status != 200 or not isinstance(body, dict):
+                return {"worker": str(peer), "error": f"HTTP {resp.status}: {body}"[:300]}
+            return {"worker": str(peer), "providers": list(body.get("providers") or [])}
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return {"worker": str(peer), "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+@registry.route(
+    "GET", "/api/v1/admin/providers", summary="Provider health (failover and circuits)",
+    auth="operator", tags=("admin",),
+    description="Per channel, the configured providers in failover order; per worker and "
+    "provider of a failover chain, its circuit (closed, half_open, open), consecutive "
+    "failures, attempts, failures and skips since the worker started. Circuits are "
+    "per worker (each learns from its own calls): `scope=cluster` (default) lists every "
+    "worker's view, `scope=local` this worker's only.",
+    query=(Param("scope", {"type": "string", "enum": ["cluster", "local"],
+                           "default": "cluster"}),),
+    responses={200: Resp("Provider health", _PROVIDERS_SCHEMA)},
+)
+async def admin_providers(call: Call) -> web.StreamResponse:
+    local = local_providers()
+    views = [{"worker": local["worker"], "providers": local["providers"]}]
+    if call.query["scope"] != "local" and not call.request.headers.get(ROUTED_HEADER):
+        views += await asyncio.gather(*(_peer_providers(call.request, p) for p in _peers()))
+    rows = [row for v in views for row in v.get("providers", ())]
+    return json_response({
+        "configured": local["configured"],
+        "providers": rows,
+        "workers": [{k: v[k] for k in ("worker", "error") if k in v} for v in views],
+    })

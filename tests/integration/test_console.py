@@ -65,8 +65,11 @@ def console_stack(
     kafka: KafkaBroker, sinks: Sinks, redis: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
+    # Two SMS providers, so the Providers panel shows a failover chain.
     st = start_stack(kafka.url, kafka.bootstrap, tmp_path_factory.mktemp("console"),
-                     "console", sinks, redis_url=redis.url)
+                     "console", sinks, redis_url=redis.url,
+                     extra_env={"NOTIFYD_SMS_PROVIDERS":
+                                "http backup=json://127.0.0.1:9/sms?:to={phone}"})
     try:
         yield st
     finally:
@@ -162,6 +165,12 @@ async def test_operator_console_end_to_end(console_stack: Stack, page: Any) -> N
     await expect(page.locator("#channel-table")).to_contain_text("inapp", timeout=30_000)
     assert (await page.text_content("#kpi-sent")).strip() not in ("", "\u2013", "0")  # en dash: no figure yet
     assert "live streams" in await page.text_content("#workers")
+
+    # Provider health: the SMS chain's two circuits, and the single-provider channels.
+    providers = page.locator("#providers-table")
+    await expect(providers).to_contain_text("backup", timeout=30_000)
+    assert "closed" in await providers.text_content()
+    assert "only provider: no failover" in await providers.text_content()
 
     # The dead letter, with its reason.
     for _ in range(30):

@@ -120,8 +120,9 @@
     $("whoami").hidden = false;
     $("who").textContent = sessionStorage.getItem(USER_KEY) || "";
     refreshStats();
+    refreshProviders();
     refreshDlq();
-    statsTimer = setInterval(refreshStats, STATS_EVERY_MS);
+    statsTimer = setInterval(() => { refreshStats(); refreshProviders(); }, STATS_EVERY_MS);
     sentTimer = setInterval(refreshSent, STATS_EVERY_MS);
   }
 
@@ -212,6 +213,46 @@
     ctx.beginPath();
     ctx.arc(xs[xs.length - 1], ys[ys.length - 1], 3, 0, 2 * Math.PI);
     ctx.fill();
+  }
+
+  // --- provider health (failover chains) ---------------------------------------------------
+
+  async function refreshProviders() {
+    if (!sessionStorage.getItem(TOKEN_KEY)) return;
+    let p;
+    try {
+      p = await api("GET", "/api/v1/admin/providers");
+    } catch (err) {
+      showError("providers-error", err);
+      return;
+    }
+    showError("providers-error", null);
+    const tbody = $("providers-table").querySelector("tbody");
+    clear(tbody);
+    for (const r of p.providers) {
+      tbody.append(el("tr", {},
+        el("td", { text: r.channel }),
+        el("td", { class: "num", text: String(r.position) }),
+        el("td", { text: r.provider }),
+        el("td", { class: "code", text: r.worker }),
+        el("td", {}, stateChip(r.state, r.state === "open" ? "(" + Math.ceil(r.retry_in_s) + " s)" : undefined)),
+        el("td", { class: "num", text: r.consecutive_failures + " / " + r.failure_threshold }),
+        el("td", { class: "num", text: String(r.attempts) }),
+        el("td", { class: "num", text: String(r.failures) }),
+        el("td", { class: "num", text: String(r.skipped) }),
+        el("td", { class: "small", text: r.last_error || "" })));
+    }
+    // Channels with a single provider have no chain (and no circuit).
+    for (const [channel, names] of Object.entries(p.configured || {})) {
+      if (names.length !== 1) continue;
+      tbody.append(el("tr", {},
+        el("td", { text: channel }), el("td", { class: "num", text: "1" }),
+        el("td", { text: names[0] }),
+        el("td", { colspan: "7", class: "muted", text: "only provider: no failover, no circuit" })));
+    }
+    const down = (p.workers || []).filter((w) => w.error).map((w) => w.worker);
+    $("providers-note").textContent = "circuits are per worker: each learns from its own calls" +
+      (down.length ? " · unreachable: " + down.join(", ") : "");
   }
 
   // --- dead letters ------------------------------------------------------------------------
