@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .records import HHMM_RE
+
 if TYPE_CHECKING:
     from .store import CredentialStore
 
@@ -37,7 +39,6 @@ EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
 EXIT_NOPERM = 77  # EX_NOPERM
 
 _QUIET_RE = re.compile(r"^(\d{1,2}:\d{2})-(\d{1,2}:\d{2})@(\S+)$")
-_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 class CliError(click.ClickException):
@@ -176,7 +177,7 @@ def parse_quiet_hours(value: str) -> dict[str, str] | None:
     start, end, tz = m.groups()
     start, end = start.zfill(5), end.zfill(5)
     for t in (start, end):
-        if not _HHMM_RE.match(t):
+        if not HHMM_RE.match(t):
             raise click.BadParameter(f"{t!r} is not a 24 h time HH:MM")
     if start == end:
         raise click.BadParameter("start and end must differ")

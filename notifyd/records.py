@@ -37,11 +37,13 @@ MAX_TITLE_LEN = 1_000
 MAX_BODY_LEN = 20_000
 MAX_DATA_BYTES = 64 * 1024
 _NAMESPACE = uuid.UUID("6f1d2c8e-7d0b-4c1e-9a55-0b5f3f1e2a10")
-_CATEGORY_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
-E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+_CATEGORY_RE = re.compile(r"\A[A-Za-z0-9_.:\-]+\Z")
+# \A..\Z and [0-9], not ^..$ and \d: "$" also matches before a trailing newline and
+# "\d" matches any Unicode digit (U+FF11, fullwidth one), both of which providers refuse.
+E164_RE = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
 # Pragmatic address check (RFC 5322 is broader than any real mailbox provider accepts).
-EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+EMAIL_RE = re.compile(r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
+HHMM_RE = re.compile(r"\A([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 
 
 #: Namespace of notification ids scoped to (user_id, event_id).  Another namespace than
@@ -445,7 +447,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             if not isinstance(qh, dict) or set(qh) != {"start", "end", "timezone"}:
                 raise InvalidPreferences("quiet_hours needs exactly start, end and timezone")
             for k in ("start", "end"):
-                if not isinstance(qh[k], str) or not _HHMM_RE.match(qh[k]):
+                if not isinstance(qh[k], str) or not HHMM_RE.match(qh[k]):
                     raise InvalidPreferences(f"quiet_hours.{k} must be HH:MM (24 h)")
             if qh["start"] == qh["end"]:
                 raise InvalidPreferences("quiet_hours.start and end must differ")

@@ -36,6 +36,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import SecretStr
 
 from ..errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
+from ..records import E164_RE
 from ..store import CredentialStore
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ _EMAIL_RE = re.compile(
     r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 )
-_E164_RE = re.compile(r"\+[1-9][0-9]{1,14}")
 _MIN_PASSWORD, _MAX_PASSWORD = 8, 1024
 _MAX_TOKEN_CHARS = 8192
 _MIN_SECRET_BYTES = 32
@@ -158,7 +158,7 @@ def validate_email(email: str) -> None:
 
 
 def validate_phone(phone: str) -> None:
-    if not isinstance(phone, str) or not _E164_RE.fullmatch(phone):
+    if not isinstance(phone, str) or not E164_RE.fullmatch(phone):
         raise BadRequest(
             "phone must be in E.164 format, e.g. +14155550123", code="invalid_phone"
         )

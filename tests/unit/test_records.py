@@ -457,7 +457,9 @@ def test_preferences_not_an_object(doc: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "email", ["plain", "a@b", "@example.com", "a b@example.com", "a@exa mple.com", "a@@b.com", 5]
+    "email",
+    ["plain", "a@b", "@example.com", "a b@example.com", "a@exa mple.com", "a@@b.com", 5,
+     "a@example.com\n"],  # "$" would have matched before the newline
 )
 def test_invalid_email(email: Any) -> None:
     _bad({"email": email}, "email")
@@ -470,7 +472,9 @@ def test_valid_email(email: str) -> None:
 
 @pytest.mark.parametrize(
     "phone",
-    ["15551234567", "+05551234567", "+1555", "+1234567890123456", "+1 555 123 4567", "+1-555"],
+    ["15551234567", "+05551234567", "+1555", "+1234567890123456", "+1 555 123 4567", "+1-555",
+     "+15551234567\n",  # "$" would have matched before the newline
+     "+1555123456\uff17"],  # a fullwidth digit, which "\\d" matches
 )
 def test_invalid_phone(phone: str) -> None:
     _bad({"phone": phone}, "E.164")
@@ -542,6 +546,8 @@ def test_opt_out_wildcards_accepted() -> None:
         ({"start": "7:00", "end": "08:00", "timezone": "UTC"}, "quiet_hours.start must be HH:MM"),
         ({"start": "22:00", "end": "07:60", "timezone": "UTC"}, "quiet_hours.end must be HH:MM"),
         ({"start": "22:00", "end": 700, "timezone": "UTC"}, "quiet_hours.end must be HH:MM"),
+        ({"start": "22:00\n", "end": "07:00", "timezone": "UTC"}, "quiet_hours.start must be"),
+        ({"start": "22:00", "end": "0\u0667:00", "timezone": "UTC"}, "quiet_hours.end must be"),
         ({"start": "08:00", "end": "08:00", "timezone": "UTC"}, "must differ"),
         ({"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"}, "IANA"),
         ({"start": "22:00", "end": "07:00", "timezone": "../../etc/passwd"}, "IANA"),
