@@ -25,7 +25,7 @@ pool under the egress policy, see below; else Apprise's, ``plugin.async_notify``
 under ``apprise_timeout_s``.  Apprise reports only
 success or failure, so a failed target is retried (bounded by
 ``NOTIFYD_RETRY_MAX_ATTEMPTS``) rather than guessed permanent.  URLs carry
-credentials: only Apprise's privacy rendering of a URL appears in reasons and logs.
+credentials: only a URL's scheme and host appear in reasons and logs.
 HTTP-based targets (``json://``, ``form://``, ``xml://``) get the
 ``Idempotency-Key`` header like every other notifyd provider call.
 
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import urllib.parse
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -90,12 +91,17 @@ def url_scheme(url: str) -> str:
 
 
 def _masked(url: str, plugin: Any = None) -> str:
-    if plugin is not None:
-        try:
-            return str(plugin.url(privacy=True))
-        except Exception:  # a plugin without a URL rendering
-            pass
-    return f"{url_scheme(url)[:20]}://..."
+    """``scheme://host/…`` of a URL, for reasons and logs.
+
+    Not Apprise's privacy rendering: it masks passwords but keeps custom header values
+    (``?+X-Api-Key=…``) and payload parameters, which can be secrets too.
+    """
+    del plugin  # kept for callers; nothing of the plugin's own rendering is shown
+    try:
+        host = urllib.parse.urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    return f"{url_scheme(url)[:20]}://{host[:100]}/…" if host else f"{url_scheme(url)[:20]}://…"
 
 
 def _notify_type(priority: str) -> str:
