@@ -101,7 +101,7 @@ class Scheduler:
         from .tables import status
         from .topics import deliver_topics
 
-        requeued = 0
+        requeued: list[str] = []
         grace = settings.requeue_after_s
         for nid, doc in list(status.data.items()):
             if not doc or doc.get("p") not in self.active:
@@ -129,10 +129,13 @@ class Scheduler:
                         }
                     ],
                 )
-                requeued += 1
+                requeued.append(f"{nid}:{channel}")
         if requeued:
-            log.warning("reconcile.requeued", count=requeued)
-        return requeued
+            log.warning("reconcile.requeued", count=len(requeued), keys=requeued[:20])
+            # Every key, for tracing what was re-queued (tests/integration/test_reliability).
+            for i in range(20, len(requeued), 500):
+                log.info("reconcile.requeued_keys", keys=requeued[i : i + 500])
+        return len(requeued)
 
     async def sweep(self, now: float) -> None:
         from .tables import ledger, scheduled, seen, status
