@@ -23,8 +23,11 @@ import structlog
 from aiokafka.partitioner import murmur2
 from faust.types import EventT, TopicT
 
-from . import clock
+from . import audience, clock
 from .app import settings
+from .callbacks import channel_states, fold_callbacks
+from .callbacks import enqueue as enqueue_callbacks
+from .callbacks import jobs_for as callback_jobs_for
 from .errors import DeliveryError, InvalidEvent, failure_detail
 from .kafka_headers import header_value
 from .metrics import metrics
@@ -190,6 +193,10 @@ async def handle_event(ev: EventT[Any]) -> None:
     msg = ev.message
     raw: bytes | None = ev.value
     metrics.event_received(msg.topic)
+    addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
+    if addressed_to_topic is not None:
+        await audience.handle_topic_event(ev, addressed_to_topic)
+        return
     try:
         event = parse_event(raw, settings.max_event_bytes)
     except InvalidEvent as exc:
@@ -411,11 +418,16 @@ def sent_update(delivery: Delivery, provider_id: str | None, now: float) -> dict
 
 
 async def publish_status(
-    nid: str, updates: list[dict[str, Any]], content: dict[str, Any] | None = None
+    nid: str,
+    updates: list[dict[str, Any]],
+    content: dict[str, Any] | None = None,
+    callbacks: list[dict[str, Any]] | None = None,
 ) -> None:
     value: dict[str, Any] = {"notification_id": nid, "updates": updates}
     if content is not None:
         value["content"] = content
+    if callbacks:
+        value["callbacks"] = callbacks  # outcomes of delivery callbacks (notifyd.callbacks)
     await status_topic.send(key=nid.encode(), value=dumps(value))
     metrics.status_updates(updates)
 
@@ -612,6 +624,8 @@ def fold_status(
     doc["p"] = partition
     if "content" in msg:
         doc.update(msg["content"])
+    if "callbacks" in msg:
+        fold_callbacks(doc, msg["callbacks"])
     channels: dict[str, Any] = doc["channels"]
     for u in msg.get("updates", ()):
         ch = u["channel"]
@@ -643,6 +657,7 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     """
     folded: dict[str, tuple[EventT[Any], dict[str, Any]]] = {}
     failed: list[tuple[EventT[Any], Exception]] = []
+    callback_jobs: list[dict[str, Any]] = []
     for ev in events:
         # In a batch the current event is whichever came last: point it at this record.
         with current_event(ev):
@@ -651,7 +666,9 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
                 nid = msg["notification_id"]
                 prev = folded.get(nid)
                 doc = prev[1] if prev is not None else status.get(nid)
+                before = channel_states(doc)
                 folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
+                callback_jobs += callback_jobs_for(before, folded[nid][1], settings.callback_url)
             except Exception as exc:  # one bad record must not lose the rest of the batch
                 m = ev.message
                 log.exception(
@@ -661,6 +678,7 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     for nid, (ev, doc) in folded.items():
         with current_event(ev):
             status[nid] = doc
+    await enqueue_callbacks(callback_jobs)  # before the batch is acked: at least once
     for bad, error in failed:
         await dead_letter_failure(bad, error)
     return len(folded)

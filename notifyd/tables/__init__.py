@@ -55,9 +55,17 @@ throttle = _table("throttle", "Recent sends per user and channel (throttle windo
 inbox = _table("inbox", "In-app inbox per user, bounded")
 #: notification_id -> content and per-channel delivery state.
 status = _table("status", "Delivery state per notification and channel")
+#: "<topic>#<bucket>" -> {user_id: subscribed_at}: a topic's subscribers, in the topic's
+#: partition, sharded in buckets (layout: notifyd.audience).
+subscribers = _table("subscribers", "Subscribers of each topic, in buckets")
+#: user_id -> {topic: subscribed_at}: the topics a user subscribed to (user's partition).
+subscriptions = _table("subscriptions", "Topics each user subscribed to")
 
 TABLES: dict[str, TableT[str, Any]] = {
-    t.name: t for t in (preferences, seen, ledger, scheduled, throttle, inbox, status)
+    t.name: t
+    for t in (
+        preferences, seen, ledger, scheduled, throttle, inbox, status, subscribers, subscriptions
+    )
 }
 
 assert tuple(TABLES) == TABLE_NAMES, "notifyd.admin.TABLE_NAMES must list every table"

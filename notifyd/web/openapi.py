@@ -365,6 +365,48 @@ SCHEMAS: dict[str, Schema] = {
         "required": ["table", "key", "value", "worker"],
         "properties": {"table": _STR, "key": _STR, "value": {}, "worker": _STR},
     },
+    "Subscription": {
+        "type": "object",
+        "required": ["topic", "user_id", "subscribed_at"],
+        "properties": {
+            "topic": _STR,
+            "user_id": _STR,
+            "subscribed_at": {"type": "number", "description": "epoch seconds"},
+        },
+    },
+    "SubscriptionList": {
+        "type": "object",
+        "required": ["user_id", "topics"],
+        "properties": {
+            "user_id": _STR,
+            "topics": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["topic", "subscribed_at"],
+                    "properties": {"topic": _STR, "subscribed_at": {"type": "number"}},
+                },
+            },
+        },
+    },
+    "SubscriberPage": {
+        "type": "object",
+        "required": ["topic", "items", "next_cursor", "total", "limit"],
+        "properties": {
+            "topic": _STR,
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["user_id", "subscribed_at"],
+                    "properties": {"user_id": _STR, "subscribed_at": {"type": "number"}},
+                },
+            },
+            "next_cursor": nullable({"type": "string", "description": "null on the last page"}),
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+        },
+    },
 }
 
 _ERROR_RESPONSES: dict[int, tuple[str, str]] = {

@@ -134,7 +134,7 @@ def setup(app: faust.App) -> None:
     install(app, webapp)
     webapp.add_routes(make_handlers(app))
     from ..metrics import metrics
-    from . import console, realtime  # their routes join the registry
+    from . import audience_api, console, realtime  # noqa: F401  (their routes join the registry)
     from .api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
     from .api import registry as api_registry
 

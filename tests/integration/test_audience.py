@@ -1,0 +1,179 @@
+"""Issue #17 on the real stack (Apache Kafka, two workers): topics and fan-out, delivery
+callbacks to producers, channel fallback chains.
+
+One two-worker stack serves the module: a topic's subscribers are spread over both
+workers' partitions, so the fan-out crosses workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from notifyd.broker.kafka import KafkaBroker
+from notifyd.pipeline import partition_for
+from notifyd.records import notification_id_for
+from tests.integration.conftest import start_stack
+from tests.support.harness import Sinks, Stack, http_json, new_id, wait_for
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def aud(
+    kafka: KafkaBroker, sinks: Sinks, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    root: Path = tmp_path_factory.mktemp("audience")
+    env = {"NOTIFYD_THROTTLE_LIMIT": "0"}
+    st = start_stack(kafka.url, kafka.bootstrap, root, "audience", sinks, env, workers=2,
+                     redis_url=redis.url)
+    try:
+        yield st
+    finally:
+        for w in st.workers:
+            w.stop()
+
+
+def call(st: Stack, i: int, method: str, path: str, body: Any = None,
+         token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token or st.operator_token}"}
+    return http_json(method, f"{st.workers[i].url}{path}", body, headers)
+
+
+def signup(st: Stack) -> tuple[str, str]:
+    username = new_id("aud").replace("-", "_")
+    status, user = http_json("POST", f"{st.worker.url}/api/v1/users", {
+        "username": username, "password": PASSWORD, "email": f"{username}@example.com"})
+    assert status == 201, user
+    status, tokens = http_json("POST", f"{st.worker.url}/api/v1/auth/token",
+                               {"username": username, "password": PASSWORD})
+    assert status == 200, tokens
+    return user["user_id"], tokens["access_token"]
+
+
+def users_on_every_partition(prefix: str, per_partition: int = 3) -> list[str]:
+    """User ids covering each of the 4 partitions (so both workers) ``per_partition`` times."""
+    out: list[str] = []
+    counts = dict.fromkeys(range(4), 0)
+    i = 0
+    while min(counts.values()) < per_partition:
+        u = f"{prefix}-{i}"
+        p = partition_for(u, 4)
+        if counts[p] < per_partition:
+            counts[p] += 1
+            out.append(u)
+        i += 1
+    return out
+
+
+def all_subscribers(st: Stack, topic: str, limit: int) -> list[str]:
+    """Every page of the operator listing, alternating the worker asked."""
+    users: list[str] = []
+    cursor: str | None = None
+    page = 0
+    while True:
+        q = f"?limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        status, body = call(st, page % 2, "GET", f"/api/v1/topics/{topic}/subscribers{q}")
+        assert status == 200, body
+        assert len(body["items"]) <= limit
+        users += [it["user_id"] for it in body["items"]]
+        cursor = body["next_cursor"]
+        page += 1
+        if cursor is None:
+            return users
+
+
+def inbox_ids(st: Stack, user_id: str) -> list[str]:
+    box = st.worker.table("inbox", user_id) or {"items": []}
+    return [it["id"] for it in box["items"]]
+
+
+def delivered_inapp(st: Stack, users: list[str], event_id: str) -> bool:
+    for u in users:
+        doc = st.worker.table("status", notification_id_for(u, event_id))
+        if not doc or doc["channels"].get("inapp", {}).get("status") != "sent":
+            return False
+    return True
+
+
+# --- topics and fan-out ----------------------------------------------------------------
+
+
+async def test_subscriptions_api_and_fan_out_across_two_workers(aud: Stack) -> None:
+    topic = new_id("release-notes")
+    subs = users_on_every_partition(new_id("sub"))
+    me, token = signup(aud)
+    # Operators subscribe users through either worker (each request is routed to the
+    # owner of the user's partition); one user subscribes themself.
+    for n, u in enumerate(subs):
+        status, body = call(aud, n % 2, "PUT", f"/api/v1/topics/{topic}/subscribers/{u}")
+        assert status == 200, body
+        assert body["topic"] == topic and body["user_id"] == u
+    status, body = call(aud, 1, "PUT", f"/api/v1/subscriptions/{topic}", token=token)
+    assert status == 200, body
+    everyone = [*subs, me]
+    # Read your writes, on both sides: the user's list and the topic's (paged) listing.
+    for i in (0, 1):
+        status, mine = call(aud, i, "GET", "/api/v1/subscriptions", token=token)
+        assert status == 200 and [t["topic"] for t in mine["topics"]] == [topic], mine
+    listed = all_subscribers(aud, topic, limit=5)
+    assert sorted(listed) == sorted(everyone) and len(listed) == len(set(listed))
+    status, first = call(aud, 0, "GET", f"/api/v1/topics/{topic}/subscribers?limit=1")
+    assert first["total"] == len(everyone)
+    # Invalid topic names and cursors are 400 with {code, detail}.
+    status, err = call(aud, 0, "PUT", "/api/v1/subscriptions/bad%20topic!", token=token)
+    assert status == 400 and err["code"] == "invalid_parameter", err
+    status, err = call(aud, 0, "GET", f"/api/v1/topics/{topic}/subscribers?cursor=zz")
+    assert status == 400 and err["code"] == "invalid_cursor", err
+
+    # One subscriber opted out of the category in-app: their own preferences apply.
+    picky = subs[0]
+    await aud.set_preferences(picky, {"opt_out": {"releases": ["inapp"]}})
+
+    event_id = new_id("rn")
+    event = {"event_id": event_id, "topic": topic, "title": "v2 is out", "body": "notes",
+             "category": "releases", "channels": ["inapp"]}
+    await aud.send_events(event, key=topic)
+    others = [u for u in everyone if u != picky]
+    await wait_for(lambda: delivered_inapp(aud, others, event_id), timeout=60,
+                   what="every subscriber's in-app notification")
+    doc = await wait_for(
+        lambda: aud.worker.table("status", notification_id_for(picky, event_id)),
+        what="the opted-out subscriber's status")
+    assert doc["channels"]["inapp"]["status"] == "suppressed"
+    assert doc["channels"]["inapp"]["reason"].startswith("opted_out")
+    for u in others:
+        assert inbox_ids(aud, u).count(notification_id_for(u, event_id)) == 1
+
+    # Re-sending the topic event (another record) fans out nothing.  Both records below
+    # are keyed by something else than the topic, so both are re-keyed to the topic's
+    # partition, in order: once the marker is fanned out, the re-send was handled.
+    unsub = subs[1]
+    status, _ = call(aud, 0, "DELETE", f"/api/v1/topics/{topic}/subscribers/{unsub}")
+    assert status == 204
+    marker = {**event, "event_id": new_id("rn2")}
+    await aud.send_events(event, marker, key="not-the-topic")
+    remaining = [u for u in others if u != unsub]
+    await wait_for(lambda: delivered_inapp(aud, remaining, marker["event_id"]), timeout=60,
+                   what="the second topic event")
+    copies = await aud.read_topic(
+        aud.names.events,
+        lambda recs: sum(1 for r in recs if b'"user_id"' in r.value
+                         and orjson.loads(r.value)["event_id"] == marker["event_id"])
+        >= len(remaining) + 1,
+    )
+    per_recipient = [orjson.loads(r.value) for r in copies if b'"user_id"' in r.value]
+    first_copies = [e["user_id"] for e in per_recipient if e["event_id"] == event_id]
+    assert sorted(first_copies) == sorted(everyone), "the re-sent topic event fanned out again"
+    second = [e["user_id"] for e in per_recipient if e["event_id"] == marker["event_id"]]
+    assert sorted(second) == sorted([u for u in everyone if u != unsub])
+    assert aud.worker.table("status", notification_id_for(unsub, marker["event_id"])) is None
+    status, body = call(aud, 1, "GET", f"/api/v1/topics/{topic}/subscribers?limit=100")
+    assert unsub not in [it["user_id"] for it in body["items"]]
