@@ -51,9 +51,13 @@ def check_callback_url(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidEvent(f"wrong_type: callback_url must be a string, got {type(value).__name__}")
+        raise InvalidEvent(
+            f"wrong_type: callback_url must be a string, got {type(value).__name__}"
+        )
     if len(value) > MAX_URL_LEN or not value.startswith(("http://", "https://")):
-        raise InvalidEvent("invalid_callback_url: must be an http(s) URL of at most 2000 characters")
+        raise InvalidEvent(
+            "invalid_callback_url: must be an http(s) URL of at most 2000 characters"
+        )
     return value
 
 

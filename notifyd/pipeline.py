@@ -23,7 +23,7 @@ import structlog
 from aiokafka.partitioner import murmur2
 from faust.types import EventT, TopicT
 
-from . import audience, clock
+from . import audience, clock, fallback
 from .app import settings
 from .callbacks import channel_states, fold_callbacks
 from .callbacks import enqueue as enqueue_callbacks
@@ -299,6 +299,7 @@ async def process_event(
     event: Event, partition: int, now: float, produced_at: float | None = None
 ) -> None:
     prefs = preferences.get(event.user_id)
+    plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain (#17)
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel = _content(event, locale)
     policy = throttle_policy()
@@ -365,6 +366,7 @@ async def process_event(
             updates.append(
                 {"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now}
             )
+    updates += await fallback.after_decisions(plan, event, decisions, partition, now)
     await publish_status(
         nid,
         updates,
@@ -378,6 +380,7 @@ async def process_event(
             "template": event.template,
             "created_at": event.created_at,
             "accepted_at": now,
+            **plan.content,
         },
     )
     metrics.event_accepted()
@@ -447,6 +450,9 @@ def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> Non
 
 async def release(key: str, entry: dict[str, Any]) -> None:
     """Hand a due delivery to its channel topic, then ask the owner to drop the entry."""
+    if "fallback" in entry:  # a fallback step: its condition is checked on its partition
+        await fallback.release_step(key, entry)
+        return
     d = entry["delivery"]
     await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
     await publish_status(
@@ -558,6 +564,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
         _mark(key, "failed", partition)
         await publish_status(delivery.notification_id, [{**base, "status": "failed"}])
         log.warning("delivery.failed", reason=err.reason)
+        await fallback.on_delivery_failed(delivery, partition, "failed")
         return
     if delivery.attempt >= settings.retry_max_attempts:
         _mark(key, "dead", partition)
@@ -572,6 +579,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
         )
         metrics.delivery_dead(deliveries_dlq_topic.get_topic_name())
         log.warning("delivery.dead", reason=err.reason)
+        await fallback.on_delivery_failed(delivery, partition, "dead")
         return
     delay = backoff(delivery.attempt, err.retry_after)
     retry = Delivery.from_dict({**delivery.to_dict(), "attempt": delivery.attempt + 1})
@@ -701,10 +709,15 @@ async def handle_control(ev: EventT[Any]) -> None:
         for key in msg["keys"]:
             if table.get(key) is not None:
                 del table[key]
+    elif op == "fallback_step":
+        await fallback.run_step(msg, ev.message.partition)
     elif op == "inbox":
         from .waiters import waiters
 
         box = apply_inbox_op(msg)
+        if box is not None and msg.get("action") == "read":  # cancels fallback steps
+            ids = [it["id"] for it in box["items"]] if msg.get("all") else msg.get("ids") or []
+            await fallback.on_read(msg["user_id"], list(ids))
         if msg.get("request_id"):
             waiters.resolve(str(msg["request_id"]), box)
     else:

@@ -14,11 +14,12 @@ from typing import Any
 import orjson
 import pytest
 
+from notifyd.broker.base import free_port
 from notifyd.broker.kafka import KafkaBroker
 from notifyd.pipeline import partition_for
 from notifyd.records import notification_id_for
 from tests.integration.conftest import start_stack
-from tests.support.harness import Sinks, Stack, http_json, new_id, wait_for
+from tests.support.harness import WEBHOOK_SECRET, Sinks, Stack, http_json, new_id, wait_for
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,8 @@ def aud(
     kafka: KafkaBroker, sinks: Sinks, redis: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("audience")
-    env = {"NOTIFYD_THROTTLE_LIMIT": "0"}
+    # Callbacks are signed with the sandbox receiver's secret, so it verifies them.
+    env = {"NOTIFYD_THROTTLE_LIMIT": "0", "NOTIFYD_CALLBACK_SECRET": WEBHOOK_SECRET}
     st = start_stack(kafka.url, kafka.bootstrap, root, "audience", sinks, env, workers=2,
                      redis_url=redis.url)
     try:
@@ -177,3 +179,169 @@ async def test_subscriptions_api_and_fan_out_across_two_workers(aud: Stack) -> N
     assert aud.worker.table("status", notification_id_for(unsub, marker["event_id"])) is None
     status, body = call(aud, 1, "GET", f"/api/v1/topics/{topic}/subscribers?limit=100")
     assert unsub not in [it["user_id"] for it in body["items"]]
+
+
+# --- delivery callbacks ------------------------------------------------------------------
+
+
+def callbacks_received(st: Stack, name: str) -> list[dict[str, Any]]:
+    return [d for d in st.sinks.deliveries("webhook") if d.get("name") == name]
+
+
+async def test_callbacks_post_each_terminal_state_once_signed(aud: Stack) -> None:
+    user = new_id("cb")
+    await aud.set_preferences(user, {"email": f"{user}@example.com"})  # no phone
+    name = new_id("producer")
+    event_id = new_id("ev")
+    await aud.send_events({
+        "event_id": event_id, "user_id": user, "title": "t", "body": "b",
+        "channels": ["inapp", "sms", "email"], "callback_url": aud.sinks.webhook_url(name),
+    })
+    nid = notification_id_for(user, event_id)
+    got = await wait_for(lambda: len(callbacks_received(aud, name)) >= 3 and
+                         callbacks_received(aud, name), timeout=60, what="three callbacks")
+    # The sandbox receiver accepted them: the signature verified with the shared secret.
+    keys = [d["idempotency_key"] for d in got]
+    assert sorted(keys) == sorted(
+        [f"{nid}:inapp:sent", f"{nid}:sms:suppressed", f"{nid}:email:sent"]
+    )
+    by_channel = {d["payload"]["channel"]: d["payload"] for d in got}
+    assert by_channel["sms"]["status"] == "suppressed"
+    assert by_channel["sms"]["reason"].startswith("no_address")
+    assert by_channel["email"]["status"] == "sent"
+    assert {p["notification_id"] for p in by_channel.values()} == {nid}
+    assert {p["user_id"] for p in by_channel.values()} == {user}
+    doc = await wait_for(
+        lambda: (d := aud.worker.table("status", nid)) and len(d.get("callbacks", {})) == 3 and d,
+        what="callback outcomes in the status document")
+    assert {v["result"] for v in doc["callbacks"].values()} == {"delivered"}
+    assert doc["callback_url"] == aud.sinks.webhook_url(name)
+
+
+async def test_callback_to_a_denied_address_is_recorded_not_retried(aud: Stack) -> None:
+    user = new_id("cbd")
+    event_id = new_id("ev")
+    await aud.send_events({
+        "event_id": event_id, "user_id": user, "title": "t", "channels": ["inapp"],
+        "callback_url": "http://10.20.30.40/hooks/notifyd",
+    })
+    nid = notification_id_for(user, event_id)
+    doc = await wait_for(
+        lambda: (d := aud.worker.table("status", nid)) and d.get("callbacks") and d,
+        what="the denied callback's outcome")
+    outcome = doc["callbacks"][f"{nid}:inapp:sent"]
+    assert outcome["result"] == "failed" and outcome["attempts"] == 1, outcome
+    assert outcome["reason"].startswith("egress_denied"), outcome
+    assert "10.20.30.40" not in outcome["reason"]
+
+
+async def test_invalid_callback_url_is_dead_lettered(aud: Stack) -> None:
+    user = new_id("cbx")
+    event_id = new_id("ev")
+    await aud.send_events({"event_id": event_id, "user_id": user, "title": "t",
+                           "callback_url": "ftp://example.com/x"})
+    recs = await aud.read_topic(
+        aud.names.events_dlq, lambda rs: any(event_id.encode() in r.value for r in rs))
+    mine = [r for r in recs if event_id.encode() in r.value]
+    assert mine and dict(mine[0].headers)["notifyd-reason"].startswith(b"invalid_callback_url")
+
+
+# --- channel fallback ------------------------------------------------------------------
+
+
+def status_of(st: Stack, nid: str) -> dict[str, Any] | None:
+    doc: dict[str, Any] | None = st.worker.table("status", nid)
+    return doc
+
+
+def channel_state(st: Stack, nid: str, channel: str) -> str | None:
+    doc = status_of(st, nid)
+    return None if doc is None else doc["channels"].get(channel, {}).get("status")
+
+
+async def test_fallback_read_in_time_skips_the_later_steps(aud: Stack) -> None:
+    user, token = signup(aud)
+    await aud.set_preferences(user, {"email": f"{user}@example.com",
+                                     "push_tokens": [f"tok-{user}"]})
+    event_id = new_id("fb")
+    await aud.send_events({
+        "event_id": event_id, "user_id": user, "title": "Your report", "body": "ready",
+        "fallback": [{"channel": "inapp"},
+                     {"channel": "push", "after_s": 600, "unless": "read"},
+                     {"channel": "email", "after_s": 1200, "unless": "read"}],
+    })
+    nid = notification_id_for(user, event_id)
+    await wait_for(lambda: channel_state(aud, nid, "inapp") == "sent", what="in-app sent")
+    doc = status_of(aud, nid)
+    assert doc is not None
+    assert [s["channel"] for s in doc["fallback"]] == ["inapp", "push", "email"]
+    assert doc["channels"]["push"]["status"] == "pending"
+    assert doc["channels"]["push"]["deliver_at"] == doc["accepted_at"] + 600
+    assert doc["channels"]["email"]["status"] == "pending"
+    # The user reads it (through the other worker: routed to their partition's owner).
+    status, item = call(aud, 1, "PATCH", f"/api/v1/notifications/{nid}", {"read": True},
+                        token=token)
+    assert status == 200 and item["read"] is True, item
+    await wait_for(lambda: channel_state(aud, nid, "push") == "skipped"
+                   and channel_state(aud, nid, "email") == "skipped", what="steps skipped")
+    doc = status_of(aud, nid)
+    assert doc is not None and doc["channels"]["push"]["reason"] == "fallback: read"
+
+
+async def test_fallback_escalates_when_not_read_at_the_right_time(aud: Stack) -> None:
+    user = new_id("fbe")
+    # The chain comes from the user's preferences for the category.
+    await aud.set_preferences(user, {
+        "push_tokens": [f"tok-{user}"], "email": f"{user}@example.com",
+        "fallback": {"alerts": [{"channel": "inapp"},
+                                {"channel": "push", "after_s": 2, "unless": "read"},
+                                {"channel": "email", "after_s": 4, "unless": "delivered"}]},
+    })
+    event_id = new_id("fb")
+    await aud.send_events({"event_id": event_id, "user_id": user, "title": "Disk almost full",
+                           "category": "alerts"})
+    nid = notification_id_for(user, event_id)
+    await wait_for(lambda: channel_state(aud, nid, "push") == "sent", timeout=60,
+                   what="the push step")
+    doc = status_of(aud, nid)
+    assert doc is not None
+    queued = [h for h in doc["channels"]["push"]["history"] if h["status"] == "queued"]
+    assert queued and queued[0]["ts"] >= doc["accepted_at"] + 2, doc["channels"]["push"]
+    push = [d for d in aud.sinks.deliveries("push") if d["payload"]["tokens"] == [f"tok-{user}"]]
+    assert len(push) == 1 and push[0]["received_at"] >= doc["accepted_at"] + 2
+    # The in-app item was delivered, so "unless delivered" skips the e-mail step when due.
+    await wait_for(lambda: channel_state(aud, nid, "email") == "skipped", timeout=60,
+                   what="the e-mail step skipped")
+    doc = status_of(aud, nid)
+    assert doc is not None and doc["channels"]["email"]["reason"] == "fallback: delivered"
+
+
+async def test_fallback_previous_channel_dead_sends_the_next_step_at_once(aud: Stack) -> None:
+    user = new_id("fbd")
+    # Nothing listens on this port: connection refused, retried, then dead.
+    await aud.set_preferences(user, {
+        "webhook_url": f"http://127.0.0.1:{free_port()}/hook", "email": f"{user}@example.com"})
+    event_id = new_id("fb")
+    await aud.send_events({
+        "event_id": event_id, "user_id": user, "title": "Payment failed",
+        "fallback": [{"channel": "webhook"}, {"channel": "email", "after_s": 3600}],
+    })
+    nid = notification_id_for(user, event_id)
+    await wait_for(lambda: channel_state(aud, nid, "webhook") == "dead", timeout=60,
+                   what="the webhook step dead")
+    await wait_for(lambda: channel_state(aud, nid, "email") == "sent", timeout=60,
+                   what="the e-mail step sent at once")
+    doc = status_of(aud, nid)
+    assert doc is not None
+    assert any(h.get("reason") == "fallback: previous step dead"
+               for h in doc["channels"]["email"]["history"]), doc["channels"]["email"]
+    assert any(m["To"] == f"{user}@example.com" for m in aud.sinks.emails())
+
+
+async def test_invalid_fallback_chain_is_refused(aud: Stack) -> None:
+    status, err = call(aud, 0, "POST", "/api/v1/notifications", {
+        "title": "t", "fallback": [{"channel": "inapp"}, {"channel": "inapp", "after_s": 5}]})
+    assert status == 400 and err["code"] == "invalid_fallback", err
+    status, err = call(aud, 0, "PUT", "/api/v1/users/someone/preferences",
+                       {"fallback": {"x": [{"channel": "push", "after_s": 5}]}})
+    assert status == 400 and err["code"] == "invalid_preferences", err
