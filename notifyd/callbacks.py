@@ -3,7 +3,8 @@
 Where they start: the status fold (``pipeline.fold_status_events``) sees every
 transition of a channel.  A channel that *reaches* a callback state (``sent``,
 ``failed``, ``dead``, ``suppressed``, ``cancelled``) it was not in yet yields one
-callback job; the fold never moves a finished channel back, and a re-stated outcome is
+callback job (a channel the event did not request, ``suppressed: not_requested``,
+is not reported); the fold never moves a finished channel back, and a re-stated outcome is
 no transition, so each terminal state is called back once logically.  A status record
 folded twice after a crash yields the job again: on the wire callbacks are
 at-least-once, with the same ``Idempotency-Key: <notification_id>:<channel>:<state>``.
@@ -80,6 +81,8 @@ def jobs_for(
         state = entry.get("status")
         if state not in CALLBACK_STATES or before.get(ch) == state:
             continue
+        if state == "suppressed" and str(entry.get("reason", "")).startswith("not_requested"):
+            continue  # a channel the event did not ask for is no outcome to report
         nid = doc["notification_id"]
         payload = {
             "notification_id": nid,

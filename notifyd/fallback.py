@@ -169,13 +169,33 @@ def _step_key(nid: str, channel: str) -> str:
 
 
 async def after_decisions(
+    plan: Plan, event: Any, decisions: list[Any], partition: int, now: float,
+    updates: list[dict[str, Any]],
+) -> None:
+    """Schedule the later steps (first run) or hurry the next one; adjusts ``updates``.
+
+    The rules see the event restricted to the current step's channel, so they call
+    every other channel ``not_requested``: not so for the chain's later steps (they
+    are pending), nor, when a step runs, for any channel (stated by the first run)."""
+    if not plan.steps:
+        return
+    chain = {s["channel"] for s in plan.steps}
+    updates[:] = [
+        u for u in updates
+        if not (
+            u["status"] == "suppressed"
+            and str(u.get("reason", "")).startswith("not_requested")
+            and (plan.step > 0 or u["channel"] in chain)
+        )
+    ]
+    updates += await _after_decisions(plan, event, decisions, partition, now)
+
+
+async def _after_decisions(
     plan: Plan, event: Any, decisions: list[Any], partition: int, now: float
 ) -> list[dict[str, Any]]:
-    """Schedule the later steps (first run) or hurry the next one; status updates."""
     from .rules import DEFER, SEND
 
-    if not plan.steps:
-        return []
     nid = event.notification_id
     current = plan.steps[plan.step]
     d = next((d for d in decisions if d.channel == current["channel"]), None)

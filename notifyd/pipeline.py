@@ -366,7 +366,7 @@ async def process_event(
             updates.append(
                 {"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now}
             )
-    updates += await fallback.after_decisions(plan, event, decisions, partition, now)
+    await fallback.after_decisions(plan, event, decisions, partition, now, updates)
     await publish_status(
         nid,
         updates,
