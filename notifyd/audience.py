@@ -147,7 +147,7 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
     if phase not in ("topic", "user"):
         raise InvalidSubscription(f"unknown phase {str(phase)[:20]!r}")
     topic = check_topic_name(msg.get("topic"))
-    users = msg.get("user_ids") if phase == "topic" else [msg.get("user_id")]
+    users = msg.get("user_ids")
     if (
         not isinstance(users, list)
         or not users
@@ -171,8 +171,8 @@ async def handle_subscription(ev: EventT[Any]) -> None:
     try:
         msg = loads(raw or b"")
         op, phase, topic, users = _check_command(msg)
-        owner = topic if phase == "topic" else users[0]
-        if partition_for(owner) != ev.message.partition:
+        owners = [topic] if phase == "topic" else users
+        if any(partition_for(o) != ev.message.partition for o in owners):
             raise InvalidSubscription(f"message key must be the {phase} ({phase} phase)")
     except (InvalidSubscription, ValueError) as exc:
         await dead_letter(ev, raw, f"invalid_subscription: {exc}", dlq_for(ev.message.topic))
@@ -198,29 +198,40 @@ async def handle_subscription(ev: EventT[Any]) -> None:
                     subscribers[key] = row
                 else:
                     del subscribers[key]
+        # Phase two: one record per partition of the users (a bulk command of 5,000
+        # users is a few records, not 5,000), keyed by one of them.
+        by_partition: dict[int, list[str]] = {}
         for user in dict.fromkeys(users):
-            forward = {"op": op, "phase": "user", "topic": topic, "user_id": user}
+            by_partition.setdefault(partition_for(user), []).append(user)
+        for members in by_partition.values():
+            forward: dict[str, Any] = {
+                "op": op, "phase": "user", "topic": topic, "user_ids": members,
+            }
             if msg.get("request_id") and len(users) == 1:
                 forward["request_id"] = msg["request_id"]
-            since = (subscribers.get(bucket_key(topic, bucket_of(user))) or {}).get(user)
-            if since is not None:
-                forward["since"] = since
-            await subscriptions_topic.send(key=user.encode(), value=dumps(forward))
+            if op == "subscribe":
+                forward["since"] = {
+                    u: (subscribers.get(bucket_key(topic, bucket_of(u))) or {}).get(u, now)
+                    for u in members
+                }
+            await subscriptions_topic.send(key=members[0].encode(), value=dumps(forward))
         log.info("subscriptions.topic_applied", topic=topic, op=op, users=len(users))
         return
-    user = users[0]
-    mine: dict[str, float] = dict(subscriptions.get(user) or {})
-    if op == "subscribe":
-        since = msg.get("since")
-        if mine.get(topic) is None or not isinstance(since, int | float):
-            mine[topic] = since if isinstance(since, int | float) else now
-    else:
-        mine.pop(topic, None)
-    if mine != (subscriptions.get(user) or {}):
-        if mine:
-            subscriptions[user] = mine
+    since_of = msg.get("since") if isinstance(msg.get("since"), dict) else {}
+    mine: dict[str, float] = {}
+    for user in users:
+        stored = subscriptions.get(user) or {}
+        mine = dict(stored)
+        if op == "subscribe":
+            since = since_of.get(user)
+            mine[topic] = since if isinstance(since, int | float) else mine.get(topic, now)
         else:
-            del subscriptions[user]
+            mine.pop(topic, None)
+        if mine != stored:
+            if mine:
+                subscriptions[user] = mine
+            else:
+                del subscriptions[user]
     if msg.get("request_id"):
         waiters.resolve(str(msg["request_id"]), mine)
 
