@@ -17,8 +17,9 @@ Layout (why it looks like this):
   user's partition, for ``GET /api/v1/subscriptions``.
 
 A change is one command on ``notifyd.subscriptions`` applied in two phases: keyed by
-the topic, it updates the buckets, then it is forwarded keyed by the user and updates
-the user's list.  The API routes the request to the user's partition owner and waits
+the topic, it updates the buckets, then it is forwarded keyed by the user (a bulk
+command: one record per partition of its users, keyed by one of them) and updates the
+users' lists.  The API routes the request to the user's partition owner and waits
 for the second phase there, so when it answers both sides are applied (read your
 writes on both lists).  Both phases are idempotent (set semantics), so re-processing
 after a crash changes nothing.

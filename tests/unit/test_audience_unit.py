@@ -263,3 +263,28 @@ def test_no_callback_for_channels_the_event_did_not_request() -> None:
     d = doc(email="sent", sms="suppressed")
     d["channels"]["sms"]["reason"] = "not_requested: event restricted channels to email"
     assert [j["payload"]["channel"] for j in callbacks.jobs_for({}, d, "")] == ["email"]
+
+
+# --- the bench's fan-out phase -----------------------------------------------------------
+
+
+def test_fanout_counter_counts_distinct_recipients_and_completion() -> None:
+    from notifyd.bench_fanout import _FanoutCounter, format_fanout
+    from notifyd.records import notification_id_for
+
+    users = ["a", "b"]
+    c = _FanoutCounter("ev-1", {notification_id_for(u, "ev-1"): u for u in users})
+    for u in ("a", "b", "a"):  # a copy produced twice (a resumed chunk) counts once
+        c.on_event(orjson.dumps({"event_id": "ev-1", "user_id": u, "topic": "t"}), 1.0)
+    c.on_event(orjson.dumps({"event_id": "ev-1", "topic": "t"}), 1.0)  # the topic event
+    assert c.produced == {"a", "b"} and c.copies == 3
+    for u in users:
+        assert not c.all_delivered.is_set()
+        c.on_status(orjson.dumps({"notification_id": notification_id_for(u, "ev-1"),
+                                  "updates": [{"channel": "inapp", "status": "sent"}]}), 2.0)
+    assert c.all_delivered.is_set() and c.last_delivered_at == 2.0
+    text = format_fanout({"subscribers": 2, "runs": [
+        {"workers": 1, "fanout_s": 0.5, "fanout_per_s": 4.0, "delivered_s": 1.0,
+         "recipients_per_s": 2.0}]})
+    assert "fan-out of one topic event to 2 subscribers" in text
+    assert format_fanout({"skipped": True}) == ""
