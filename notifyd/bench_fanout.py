@@ -93,17 +93,18 @@ async def _wait_balanced(workers: list[Any], partitions: int, timeout: float = 1
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        owned: list[int] = []
+        owned: list[list[int]] = []
         for w in workers:
             try:
                 with await asyncio.to_thread(
                     urllib.request.urlopen, f"{w.url}/readyz", timeout=2
                 ) as resp:
-                    owned += orjson.loads(resp.read())["partitions"]
+                    owned.append(orjson.loads(resp.read())["partitions"])
             except OSError:
                 break
         else:
-            if sorted(owned) == list(range(partitions)) and all(owned):
+            every = sorted(p for parts in owned for p in parts)
+            if every == list(range(partitions)) and all(owned):  # each worker owns some
                 return
         await asyncio.sleep(0.5)
     raise TimeoutError("workers did not settle on an assignment")
