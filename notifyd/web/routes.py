@@ -103,8 +103,10 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
                 f"the key of {name} chooses its partition",
                 code="invalid_parameter",
             )
-        # Routed by the key that chose the row's partition (all tables are co-partitioned).
-        routed = await route(request, name, user_id or key)
+        # Routed by the key that chose the row's partition (all tables are co-partitioned);
+        # a "<topic>#<bucket>" row of subscribers lives in its topic's partition.
+        owner_key = key.split("#", 1)[0] if name == "subscribers" else (user_id or key)
+        routed = await route(request, name, owner_key)
         if routed is not None:
             return routed
         value = table.get(key)

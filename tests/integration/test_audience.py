@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from notifyd.audience import bucket_of
 from notifyd.broker.base import free_port
 from notifyd.broker.kafka import KafkaBroker
 from notifyd.pipeline import partition_for
@@ -130,6 +131,11 @@ async def test_subscriptions_api_and_fan_out_across_two_workers(aud: Stack) -> N
     assert sorted(listed) == sorted(everyone) and len(listed) == len(set(listed))
     status, first = call(aud, 0, "GET", f"/api/v1/topics/{topic}/subscribers?limit=1")
     assert first["total"] == len(everyone)
+    # A bucket row, read through either worker (routed by its topic).
+    row_key = f"{topic}%23{bucket_of(me):03d}"
+    for i in (0, 1):
+        status, row = call(aud, i, "GET", f"/api/v1/admin/tables/subscribers/{row_key}")
+        assert status == 200 and me in row["value"], row
     # Invalid topic names and cursors are 400 with {code, detail}.
     status, err = call(aud, 0, "PUT", "/api/v1/subscriptions/bad%20topic!", token=token)
     assert status == 400 and err["code"] == "invalid_parameter", err
