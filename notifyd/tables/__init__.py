@@ -2,9 +2,10 @@
 key hashes to the same partition as the Kafka message key producers use (murmur2 of
 the UTF-8 bytes): the table's partition for a user is the events' partition.
 
-Every table except ``status`` is written while processing a message keyed by
-``user_id`` and so lives in that user's partition; ``status`` is fed by
-``notifyd.status``, keyed by notification id.
+Every table except ``status`` and ``subscribers`` is written while processing a
+message keyed by ``user_id`` and so lives in that user's partition; ``status`` is fed
+by ``notifyd.status``, keyed by notification id; ``subscribers`` rows are written
+while processing a message keyed by their topic name (``notifyd.audience``).
 """
 
 from __future__ import annotations
