@@ -53,6 +53,21 @@ class TopicNames:
     def deliver(self, channel: str) -> str:
         return f"{self.prefix}.deliver.{channel}"
 
+    @property
+    def subscriptions(self) -> str:
+        """Subscription commands (keyed by topic name, then by user: notifyd.audience)."""
+        return f"{self.prefix}.subscriptions"
+
+    @property
+    def fanout(self) -> str:
+        """Fan-out progress of topic-addressed events (keyed by topic name)."""
+        return f"{self.prefix}.fanout"
+
+    @property
+    def callbacks(self) -> str:
+        """Delivery callbacks to producers (keyed by notification id: notifyd.callbacks)."""
+        return f"{self.prefix}.callbacks"
+
     def source_topics(self) -> tuple[str, ...]:
         """Topics that must exist before a worker subscribes."""
         return (
@@ -64,6 +79,9 @@ class TopicNames:
             self.status,
             self.deliveries_dlq,
             *(self.deliver(ch) for ch in CHANNELS),
+            self.subscriptions,
+            self.fanout,
+            self.callbacks,
         )
 
 
@@ -76,6 +94,8 @@ TABLE_NAMES: tuple[str, ...] = (
     "throttle",
     "inbox",
     "status",
+    "subscribers",
+    "subscriptions",
 )
 
 

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import orjson
 
+from .bench_fanout import fanout_phase, format_fanout
 from .bench_stats import (
     SCHEMA,
     batch_to_send,
@@ -116,6 +117,9 @@ class BenchOptions:
     drain_timeout: float = 180.0
     workdir: Path | None = None
     quick: bool = False
+    #: Subscribers of the topic in the fan-out phase (notifyd.bench_fanout).
+    fanout_subscribers: int = 100_000
+    skip_fanout: bool = False
 
     @classmethod
     def quick_defaults(cls) -> dict[str, Any]:
@@ -128,6 +132,7 @@ class BenchOptions:
             "state_users": 20_000,
             "partitions": 4,
             "quick": True,
+            "fanout_subscribers": 2_000,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -816,6 +821,7 @@ class Bench:
         self.rng = random.Random(1234)
         self.baseline_ready_s: float | None = None
         self._group = ""
+        self._fanout_group = ""
         self._drain_topics: list[str] = []
 
     # -- plumbing ----------------------------------------------------------------------
@@ -1302,6 +1308,10 @@ class Bench:
                 result["notifyd"] = await self.notifyd()
                 result["ratios"] = compute_ratios(result["floor"], result["notifyd"])
                 result["state"] = {"skipped": True} if o.skip_state else await self.state()
+                result["fanout"] = (
+                    {"skipped": True} if o.skip_fanout
+                    else await fanout_phase(self, o.fanout_subscribers)
+                )
             finally:
                 await self.producer.stop()
                 await self.sink.stop()
@@ -1424,5 +1434,6 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
     result = runner(main())
     print(format_summary(result))
+    print(format_fanout(result.get("fanout") or {}))
     print(f"\nwritten: {result['artifacts']}")
     return result

@@ -334,6 +334,10 @@ def _now() -> float:
 @click.option("--partitions", type=int, help="Partitions of every topic [8]")
 @click.option("--skip-state", is_flag=True, help="Skip the RocksDB state/recovery test")
 @click.option("--skip-floor", is_flag=True, help="Skip the raw aiokafka floor")
+@click.option(
+    "--fanout-subscribers", type=int, help="Subscribers of the topic in the fan-out phase [100000]"
+)
+@click.option("--skip-fanout", is_flag=True, help="Skip the topic fan-out phase")
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a minute or so")
 @click.option(
     "--out",
@@ -372,7 +376,8 @@ def bench(**kw: Any) -> None:
     from .bench import BenchOptions, run_bench
 
     values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
-    for name in ("events", "floor_events", "users", "duration", "state_users", "partitions"):
+    for name in ("events", "floor_events", "users", "duration", "state_users", "partitions",
+                 "fanout_subscribers"):
         if kw[name] is not None:
             values[name] = kw[name]
     if kw["rates"]:
@@ -393,6 +398,7 @@ def bench(**kw: Any) -> None:
         broker_url=kw["broker_url"],
         skip_state=kw["skip_state"],
         skip_floor=kw["skip_floor"],
+        skip_fanout=kw["skip_fanout"],
         out=kw["out"],
         profile=kw["profile"],
         worker_log_level=kw["worker_log_level"],

@@ -181,6 +181,16 @@ class Settings(BaseSettings):
     #: does not read that mailbox).  Empty: the address of ``smtp_from``.
     unsubscribe_mailto: str = Field(default="", pattern=r"^([^\s<>,?@]+@[^\s<>,?@]+)?$")
 
+    # --- delivery callbacks to producers (notifyd.callbacks) --------------------------
+    #: Default URL notifyd POSTs each terminal delivery state to (an event's own
+    #: ``callback_url`` wins); empty: no callbacks unless the event names one.  Subject
+    #: to the egress policy like users' webhooks.
+    callback_url: str = ""
+    #: HMAC key of callbacks' ``X-Notifyd-Signature``; empty: ``webhook_secret``.
+    callback_secret: SecretStr = SecretStr("")
+    #: Attempts per callback (retriable failures back off like deliveries), then ``dead``.
+    callback_max_attempts: int = Field(default=5, ge=1)
+
     #: Event loop of the worker: the standard asyncio loop, or uvloop (the asyncio loop
     #: is ~17% of the worker's time; uvloop is not yet verified by the crash test).
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"

@@ -23,8 +23,11 @@ import structlog
 from aiokafka.partitioner import murmur2
 from faust.types import EventT, TopicT
 
-from . import clock
+from . import audience, clock, fallback
 from .app import settings
+from .callbacks import channel_states, fold_callbacks
+from .callbacks import enqueue as enqueue_callbacks
+from .callbacks import jobs_for as callback_jobs_for
 from .errors import DeliveryError, InvalidEvent, failure_detail
 from .kafka_headers import header_value
 from .metrics import metrics
@@ -190,6 +193,10 @@ async def handle_event(ev: EventT[Any]) -> None:
     msg = ev.message
     raw: bytes | None = ev.value
     metrics.event_received(msg.topic)
+    addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
+    if addressed_to_topic is not None:
+        await audience.handle_topic_event(ev, addressed_to_topic)
+        return
     try:
         event = parse_event(raw, settings.max_event_bytes)
     except InvalidEvent as exc:
@@ -295,6 +302,7 @@ async def process_event(
     event: Event, partition: int, now: float, produced_at: float | None = None
 ) -> None:
     prefs = preferences.get(event.user_id)
+    plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain (#17)
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel, html = _content(event, locale)
     policy = throttle_policy()
@@ -362,6 +370,7 @@ async def process_event(
             updates.append(
                 {"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now}
             )
+    await fallback.after_decisions(plan, event, decisions, partition, now, updates)
     await publish_status(
         nid,
         updates,
@@ -375,6 +384,7 @@ async def process_event(
             "template": event.template,
             "created_at": event.created_at,
             "accepted_at": now,
+            **plan.content,
         },
     )
     metrics.event_accepted()
@@ -421,11 +431,16 @@ def sent_update(
 
 
 async def publish_status(
-    nid: str, updates: list[dict[str, Any]], content: dict[str, Any] | None = None
+    nid: str,
+    updates: list[dict[str, Any]],
+    content: dict[str, Any] | None = None,
+    callbacks: list[dict[str, Any]] | None = None,
 ) -> None:
     value: dict[str, Any] = {"notification_id": nid, "updates": updates}
     if content is not None:
         value["content"] = content
+    if callbacks:
+        value["callbacks"] = callbacks  # outcomes of delivery callbacks (notifyd.callbacks)
     await status_topic.send(key=nid.encode(), value=dumps(value))
     metrics.status_updates(updates)
 
@@ -445,6 +460,9 @@ def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> Non
 
 async def release(key: str, entry: dict[str, Any]) -> None:
     """Hand a due delivery to its channel topic, then ask the owner to drop the entry."""
+    if "fallback" in entry:  # a fallback step: its condition is checked on its partition
+        await fallback.release_step(key, entry)
+        return
     d = entry["delivery"]
     await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
     await publish_status(
@@ -557,6 +575,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
         _mark(key, "failed", partition)
         await publish_status(delivery.notification_id, [{**base, "status": "failed"}])
         log.warning("delivery.failed", reason=err.reason)
+        await fallback.on_delivery_failed(delivery, partition, "failed")
         return
     if delivery.attempt >= settings.retry_max_attempts:
         _mark(key, "dead", partition)
@@ -571,6 +590,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
         )
         metrics.delivery_dead(deliveries_dlq_topic.get_topic_name())
         log.warning("delivery.dead", reason=err.reason)
+        await fallback.on_delivery_failed(delivery, partition, "dead")
         return
     delay = backoff(delivery.attempt, err.retry_after)
     retry = Delivery.from_dict({**delivery.to_dict(), "attempt": delivery.attempt + 1})
@@ -623,6 +643,8 @@ def fold_status(
     doc["p"] = partition
     if "content" in msg:
         doc.update(msg["content"])
+    if "callbacks" in msg:
+        fold_callbacks(doc, msg["callbacks"])
     channels: dict[str, Any] = doc["channels"]
     for u in msg.get("updates", ()):
         ch = u["channel"]
@@ -654,6 +676,7 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     """
     folded: dict[str, tuple[EventT[Any], dict[str, Any]]] = {}
     failed: list[tuple[EventT[Any], Exception]] = []
+    callback_jobs: list[dict[str, Any]] = []
     for ev in events:
         # In a batch the current event is whichever came last: point it at this record.
         with current_event(ev):
@@ -662,7 +685,9 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
                 nid = msg["notification_id"]
                 prev = folded.get(nid)
                 doc = prev[1] if prev is not None else status.get(nid)
+                before = channel_states(doc)
                 folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
+                callback_jobs += callback_jobs_for(before, folded[nid][1], settings.callback_url)
             except Exception as exc:  # one bad record must not lose the rest of the batch
                 m = ev.message
                 log.exception(
@@ -672,6 +697,7 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     for nid, (ev, doc) in folded.items():
         with current_event(ev):
             status[nid] = doc
+    await enqueue_callbacks(callback_jobs)  # before the batch is acked: at least once
     for bad, error in failed:
         await dead_letter_failure(bad, error)
     return len(folded)
@@ -694,10 +720,15 @@ async def handle_control(ev: EventT[Any]) -> None:
         for key in msg["keys"]:
             if table.get(key) is not None:
                 del table[key]
+    elif op == "fallback_step":
+        await fallback.run_step(msg, ev.message.partition)
     elif op == "inbox":
         from .waiters import waiters
 
         box = apply_inbox_op(msg)
+        if box is not None and msg.get("action") == "read":  # cancels fallback steps
+            ids = [it["id"] for it in box["items"]] if msg.get("all") else msg.get("ids") or []
+            await fallback.on_read(msg["user_id"], list(ids))
         if msg.get("request_id"):
             waiters.resolve(str(msg["request_id"]), box)
     else:

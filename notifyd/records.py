@@ -373,7 +373,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
     """
     if not isinstance(data, dict):
         raise InvalidPreferences("preferences must be a JSON object")
-    unknown = set(data) - PREFERENCE_FIELDS - {"user_id", "updated_at"}
+    unknown = set(data) - PREFERENCE_FIELDS - {"user_id", "updated_at", "fallback"}
     if unknown:
         raise InvalidPreferences(f"unknown field(s): {', '.join(sorted(unknown))}")
     if "user_id" in data and data["user_id"] != user_id:
@@ -464,6 +464,13 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
                 "end": qh["end"],
                 "timezone": qh["timezone"],
             }
+    if "fallback" in data:  # per-category channel fallback chains (notifyd.fallback)
+        from .fallback import InvalidChain, parse_preferences_chains
+
+        try:
+            out["fallback"] = parse_preferences_chains(data["fallback"])
+        except InvalidChain as exc:
+            raise InvalidPreferences(str(exc)) from None
     if not partial:
         # A full document resets every field not given.
         defaults = Preferences(user_id=user_id).to_dict()

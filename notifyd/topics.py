@@ -37,6 +37,9 @@ control_topic = _topic(names.control)
 status_topic = _topic(names.status)
 deliveries_dlq_topic = _topic(names.deliveries_dlq)
 deliver_topics: dict[str, TopicT] = {ch: _topic(names.deliver(ch)) for ch in CHANNELS}
+subscriptions_topic = _topic(names.subscriptions)
+fanout_topic = _topic(names.fanout)
+callbacks_topic = _topic(names.callbacks)
 
 
 

@@ -2,9 +2,10 @@
 key hashes to the same partition as the Kafka message key producers use (murmur2 of
 the UTF-8 bytes): the table's partition for a user is the events' partition.
 
-Every table except ``status`` is written while processing a message keyed by
-``user_id`` and so lives in that user's partition; ``status`` is fed by
-``notifyd.status``, keyed by notification id.
+Every table except ``status`` and ``subscribers`` is written while processing a
+message keyed by ``user_id`` and so lives in that user's partition; ``status`` is fed
+by ``notifyd.status``, keyed by notification id; ``subscribers`` rows are written
+while processing a message keyed by their topic name (``notifyd.audience``).
 """
 
 from __future__ import annotations
@@ -55,9 +56,17 @@ throttle = _table("throttle", "Recent sends per user and channel (throttle windo
 inbox = _table("inbox", "In-app inbox per user, bounded")
 #: notification_id -> content and per-channel delivery state.
 status = _table("status", "Delivery state per notification and channel")
+#: "<topic>#<bucket>" -> {user_id: subscribed_at}: a topic's subscribers, in the topic's
+#: partition, sharded in buckets (layout: notifyd.audience).
+subscribers = _table("subscribers", "Subscribers of each topic, in buckets")
+#: user_id -> {topic: subscribed_at}: the topics a user subscribed to (user's partition).
+subscriptions = _table("subscriptions", "Topics each user subscribed to")
 
 TABLES: dict[str, TableT[str, Any]] = {
-    t.name: t for t in (preferences, seen, ledger, scheduled, throttle, inbox, status)
+    t.name: t
+    for t in (
+        preferences, seen, ledger, scheduled, throttle, inbox, status, subscribers, subscriptions
+    )
 }
 
 assert tuple(TABLES) == TABLE_NAMES, "notifyd.admin.TABLE_NAMES must list every table"

@@ -39,6 +39,7 @@ from ..errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from ..fallback import check_extras
 from ..records import (
     InvalidPreferences,
     Preferences,
@@ -521,7 +522,8 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     "code, e.g. `unknown_channel`), then produced keyed by the recipient. `user_id` "
     "defaults to the caller; only operators may notify someone else. `event_id` makes "
     "the request idempotent for its recipient. `send_at`/`delay_s` are refused "
-    "(400 `unsupported_field`) until scheduled sends exist.",
+    "(400 `unsupported_field`) until scheduled sends exist. With `topic` and no "
+    "`user_id` (operators only) every subscriber of the topic gets their own notification.",
     responses={
         202: Resp("Accepted for delivery", ref("NotificationAccepted"),
                   headers={"Location": "the notification's status URL"}),
@@ -530,6 +532,8 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
 async def create_notification(call: Call) -> web.StreamResponse:
     me = _me(call)
     event = dict(call.body)
+    if event.get("topic") is not None and event.get("user_id") is None:
+        return await _create_topic_notification(call, event)
     if event.get("user_id") is None:
         event["user_id"] = me.user_id
     if event.get("event_id") is None:
@@ -537,6 +541,7 @@ async def create_notification(call: Call) -> web.StreamResponse:
     raw = dumps(event)
     try:
         parsed = parse_event(raw, settings.max_event_bytes)
+        check_extras(parsed)  # callback_url, fallback (notifyd.fallback)
     except InvalidEvent as exc:
         code, sep, detail = exc.reason.partition(": ")
         raise BadRequest(detail if sep else exc.reason,
@@ -550,6 +555,28 @@ async def create_notification(call: Call) -> web.StreamResponse:
     return json_response(
         {"notification_id": nid, "event_id": parsed.event_id}, 202,
         headers={"Location": f"/api/v1/notifications/{nid}"},
+    )
+
+
+async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.StreamResponse:
+    """An operator's event to every subscriber of ``topic`` (notifyd.audience)."""
+    from ..audience import check_topic_event
+
+    if not _me(call).is_operator:
+        raise Forbidden("only operators may notify a topic", code="forbidden_recipient")
+    if event.get("event_id") is None:
+        event["event_id"] = str(uuid.uuid4())
+    try:
+        topic = check_topic_event(event, settings.max_event_bytes)
+    except InvalidEvent as exc:
+        code, sep, detail = exc.reason.partition(": ")
+        raise BadRequest(detail if sep else exc.reason,
+                         code=code if sep else "invalid_event") from None
+    fut = await events_topic.send(key=topic.encode(), value=dumps(event))
+    await _acked(fut, "notification")
+    log.info("api.topic_notification_accepted", topic=topic, event_id=event["event_id"])
+    return json_response(
+        {"notification_id": None, "event_id": event["event_id"], "topic": topic}, 202
     )
 
 

@@ -168,6 +168,11 @@ SCHEMAS: dict[str, Schema] = {
             },
             "quiet_hours": nullable(ref("QuietHours")),
             "locale": nullable({"type": "string", "examples": ["en", "de-DE"]}),
+            "fallback": nullable({
+                "type": "object",
+                "description": "category (or *) -> channel fallback chain for its events",
+                "additionalProperties": ref("FallbackChain"),
+            }),
             "updated_at": nullable({"type": "number"}),
         },
     },
@@ -192,6 +197,28 @@ SCHEMAS: dict[str, Schema] = {
             "quiet_hours": nullable(ref("QuietHours")),
             "locale": nullable(_STR),
             "updated_at": nullable({"type": "number", "description": "epoch seconds"}),
+            "fallback": nullable(
+                {"type": "object", "additionalProperties": ref("FallbackChain")}
+            ),
+        },
+    },
+    "FallbackChain": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": len(CHANNELS),
+        "description": "Ordered channels: the first at once, each later one after_s seconds "
+        "after acceptance unless the condition holds (read: the in-app item was read; "
+        "delivered: an earlier step was sent). A failed/dead/suppressed step makes the "
+        "next one due at once.",
+        "items": {
+            "type": "object",
+            "required": ["channel"],
+            "additionalProperties": False,
+            "properties": {
+                "channel": {"type": "string", "enum": list(CHANNELS)},
+                "after_s": {"type": "number", "minimum": 0, "maximum": 30 * 24 * 3600},
+                "unless": {"type": "string", "enum": ["read", "delivered"]},
+            },
         },
     },
     "NotificationCreate": {
@@ -220,12 +247,34 @@ SCHEMAS: dict[str, Schema] = {
             },
             "priority": {"type": "string", "enum": list(PRIORITIES)},
             "created_at": {"type": "string", "format": "date-time"},
+            "topic": {
+                "type": "string",
+                "pattern": r"^[A-Za-z0-9_.:\-]{1,100}$",
+                "description": "operators, without user_id: every subscriber of the topic "
+                "gets their own notification (fan-out); with user_id: recorded only",
+            },
+            "callback_url": {
+                "type": "string",
+                "format": "uri",
+                "maxLength": 2000,
+                "description": "POSTed each terminal state per channel (signed, retried, "
+                "egress policy); default NOTIFYD_CALLBACK_URL",
+            },
+            "fallback": ref("FallbackChain"),
         },
     },
     "NotificationAccepted": {
         "type": "object",
         "required": ["notification_id", "event_id"],
-        "properties": {"notification_id": _STR, "event_id": _STR},
+        "properties": {
+            "notification_id": nullable({
+                "type": "string",
+                "description": "null for a topic: each subscriber's id is derived from "
+                "(user_id, event_id)",
+            }),
+            "event_id": _STR,
+            "topic": {"type": "string", "description": "set when sent to a topic"},
+        },
     },
     "InboxItem": {
         "type": "object",
@@ -265,7 +314,9 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "status": {
                 "type": "string",
-                "examples": ["queued", "sent", "failed", "suppressed", "deferred", "retrying"],
+                "examples": ["queued", "sent", "failed", "suppressed", "deferred", "retrying",
+                             "pending", "skipped"],
+                "description": "pending/skipped: a later step of a fallback chain",
             },
             "reason": _STR,
             "attempts": {"type": "integer"},
@@ -288,6 +339,24 @@ SCHEMAS: dict[str, Schema] = {
             "created_at": nullable({"type": "number"}),
             "accepted_at": {"type": "number"},
             "channels": {"type": "object", "additionalProperties": ref("ChannelStatus")},
+            "topic": {"type": "string", "description": "the topic it was fanned out from"},
+            "callback_url": _STR,
+            "fallback": ref("FallbackChain"),
+            "callbacks": {
+                "type": "object",
+                "description": "Idempotency-Key -> outcome of the delivery callback",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "channel": _STR,
+                        "state": _STR,
+                        "result": {"type": "string", "enum": ["delivered", "failed", "dead"]},
+                        "attempts": {"type": "integer"},
+                        "reason": _STR,
+                        "ts": {"type": "number"},
+                    },
+                },
+            },
         },
     },
     "DeadLetter": {
@@ -364,6 +433,48 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["table", "key", "value", "worker"],
         "properties": {"table": _STR, "key": _STR, "value": {}, "worker": _STR},
+    },
+    "Subscription": {
+        "type": "object",
+        "required": ["topic", "user_id", "subscribed_at"],
+        "properties": {
+            "topic": _STR,
+            "user_id": _STR,
+            "subscribed_at": {"type": "number", "description": "epoch seconds"},
+        },
+    },
+    "SubscriptionList": {
+        "type": "object",
+        "required": ["user_id", "topics"],
+        "properties": {
+            "user_id": _STR,
+            "topics": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["topic", "subscribed_at"],
+                    "properties": {"topic": _STR, "subscribed_at": {"type": "number"}},
+                },
+            },
+        },
+    },
+    "SubscriberPage": {
+        "type": "object",
+        "required": ["topic", "items", "next_cursor", "total", "limit"],
+        "properties": {
+            "topic": _STR,
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["user_id", "subscribed_at"],
+                    "properties": {"user_id": _STR, "subscribed_at": {"type": "number"}},
+                },
+            },
+            "next_cursor": nullable({"type": "string", "description": "null on the last page"}),
+            "total": {"type": "integer"},
+            "limit": {"type": "integer"},
+        },
     },
 }
 

@@ -103,8 +103,10 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
                 f"the key of {name} chooses its partition",
                 code="invalid_parameter",
             )
-        # Routed by the key that chose the row's partition (all tables are co-partitioned).
-        routed = await route(request, name, user_id or key)
+        # Routed by the key that chose the row's partition (all tables are co-partitioned);
+        # a "<topic>#<bucket>" row of subscribers lives in its topic's partition.
+        owner_key = key.split("#", 1)[0] if name == "subscribers" else (user_id or key)
+        routed = await route(request, name, owner_key)
         if routed is not None:
             return routed
         value = table.get(key)
@@ -134,7 +136,7 @@ def setup(app: faust.App) -> None:
     install(app, webapp)
     webapp.add_routes(make_handlers(app))
     from ..metrics import metrics
-    from . import console, realtime, unsubscribe  # their routes join the registry
+    from . import audience_api, console, realtime, unsubscribe  # noqa: F401  (their routes join the registry)
     from .api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
     from .api import registry as api_registry
 

@@ -190,3 +190,58 @@ async def test_operator_console_end_to_end(console_stack: Stack, page: Any) -> N
     await page.click("#logout")
     await page.wait_for_selector("#login-view", state="visible")
     assert await page.evaluate("sessionStorage.getItem('notifyd.console.token')") is None
+
+
+async def test_console_shows_topic_subscribers_and_fallback_steps(
+    console_stack: Stack, page: Any
+) -> None:
+    """Issue #17: a topic's subscribers (paged) and a notification's fallback steps."""
+    from notifyd.records import notification_id_for
+    from tests.support.harness import http_json, wait_for
+
+    expect = pytest.importorskip("playwright.async_api").expect
+    st = console_stack
+    base = st.worker.url
+    ops = {"Authorization": f"Bearer {st.operator_token}"}
+    topic = new_id("console-topic")
+    subs = [new_id("sub") for _ in range(55)]  # more than one page of 50
+    for u in subs:
+        status, body = http_json("PUT", f"{base}/api/v1/topics/{topic}/subscribers/{u}",
+                                 headers=ops)
+        assert status == 200, body
+    user = new_id("console-fb")
+    event_id = new_id("fb")
+    await st.send_events({
+        "event_id": event_id, "user_id": user, "title": "Escalating",
+        "fallback": [{"channel": "inapp"},
+                     {"channel": "email", "after_s": 3600, "unless": "read"}],
+    })
+    nid = notification_id_for(user, event_id)
+    await wait_for(lambda: (st.worker.table("status", nid) or {}).get("channels", {})
+                   .get("inapp", {}).get("status") == "sent", what="the first step sent")
+
+    await page.goto(f"{base}/console")
+    await page.fill("#login-username", "op-console")
+    await page.fill("#login-password", PASSWORD)
+    await page.click("#login-form button[type=submit]")
+    await page.wait_for_selector("#app-view", state="visible")
+
+    await page.fill("#topic-name", topic)
+    await page.click("#topic-form button[type=submit]")
+    await expect(page.locator("#topic-total")).to_have_text("55")
+    await expect(page.locator("#topic-subscribers tbody tr")).to_have_count(50)
+    await page.click("#topic-more")
+    await expect(page.locator("#topic-subscribers tbody tr")).to_have_count(55)
+    shown = await page.locator("#topic-subscribers tbody td:first-child").all_text_contents()
+    assert sorted(shown) == sorted(subs)
+
+    await page.fill("#notification-id", nid)
+    await page.click("#notification-form button[type=submit]")
+    steps = page.locator("#notification-fallback tbody tr")
+    await expect(steps).to_have_count(2)
+    await expect(steps.nth(0)).to_contain_text("inapp")
+    await expect(steps.nth(0)).to_contain_text("sent")
+    await expect(steps.nth(1)).to_contain_text("email")
+    await expect(steps.nth(1)).to_contain_text("pending")
+    await expect(steps.nth(1)).to_contain_text("3600 s")
+    assert page.errors == []

@@ -428,7 +428,83 @@
 
   // --- wiring ----------------------------------------------------------------------------------------
 
+  // --- topics and notifications (issue #17) -------------------------------------------------
+
+  let topicCursor = null;
+
+  async function lookupTopic(ev, more) {
+    if (ev) ev.preventDefault();
+    const topic = $("topic-name").value.trim();
+    showError("topic-error", null);
+    if (!more) { topicCursor = null; clear($("topic-subscribers").tBodies[0]); }
+    let q = "?limit=50";
+    if (topicCursor) q += "&cursor=" + encodeURIComponent(topicCursor);
+    try {
+      const page = await api("GET", "/api/v1/topics/" + encodeURIComponent(topic) + "/subscribers" + q);
+      $("topic-total").textContent = String(page.total);
+      const body = $("topic-subscribers").tBodies[0];
+      for (const it of page.items) {
+        body.append(el("tr", {}, el("td", { text: it.user_id }),
+          el("td", { text: new Date(it.subscribed_at * 1000).toLocaleString() })));
+      }
+      topicCursor = page.next_cursor;
+      $("topic-more").hidden = !topicCursor;
+      $("topic-result").hidden = false;
+    } catch (err) {
+      showError("topic-error", err);
+    }
+  }
+
+  async function lookupNotification(ev) {
+    if (ev) ev.preventDefault();
+    const nid = $("notification-id").value.trim();
+    showError("notification-error", null);
+    let doc;
+    try {
+      doc = await api("GET", "/api/v1/notifications/" + encodeURIComponent(nid));
+    } catch (err) {
+      $("notification-result").hidden = true;
+      showError("notification-error", err);
+      return;
+    }
+    const dl = $("notification-summary");
+    clear(dl);
+    for (const k of ["user_id", "title", "category", "topic", "callback_url"]) {
+      if (doc[k] === undefined || doc[k] === null) continue;
+      dl.append(el("dt", { text: k }), el("dd", { text: String(doc[k]) }));
+    }
+    const chans = $("notification-channels");
+    clear(chans);
+    chans.append(channelChips(doc));
+    const steps = doc.fallback || [];
+    const fbBody = $("notification-fallback").tBodies[0];
+    clear(fbBody);
+    steps.forEach((step, i) => {
+      const c = (doc.channels || {})[step.channel] || {};
+      const state = c.status || "pending";
+      const due = state === "pending" && c.deliver_at ? "due " + fmtTime(c.deliver_at) : (c.reason || "");
+      fbBody.append(el("tr", { class: "step" },
+        el("td", { text: String(i + 1) }), el("td", { text: step.channel }),
+        el("td", { text: step.after_s ? step.after_s + " s" : "at once" }),
+        el("td", { text: step.unless || "" }), el("td", {}, stateChip(state)),
+        el("td", { text: due })));
+    });
+    $("notification-fallback-block").hidden = !steps.length;
+    const cbs = Object.entries(doc.callbacks || {});
+    const cbList = $("notification-callbacks");
+    clear(cbList);
+    for (const [key, c] of cbs) {
+      cbList.append(el("li", {}, el("div", { class: "title", text: c.channel + ": " + c.state + " → " + c.result }),
+        el("div", { class: "meta", text: key + (c.reason ? " · " + c.reason : "") + " · attempts " + c.attempts })));
+    }
+    $("notification-callbacks-block").hidden = !cbs.length;
+    $("notification-result").hidden = false;
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    $("topic-form").addEventListener("submit", lookupTopic);
+    $("topic-more").addEventListener("click", () => lookupTopic(null, true));
+    $("notification-form").addEventListener("submit", lookupNotification);
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", () => logout());
     $("send-form").addEventListener("submit", send);
