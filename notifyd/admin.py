@@ -76,6 +76,7 @@ TABLE_NAMES: tuple[str, ...] = (
     "throttle",
     "inbox",
     "status",
+    "cancels",
 )
 
 

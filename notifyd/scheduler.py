@@ -1,7 +1,8 @@
 """Releases deferred deliveries when they are due, on the worker owning their partition.
 
-Deferred deliveries (quiet hours, throttle, retry backoff) are rows of the
-changelog-backed ``scheduled`` table, written in the owning partition.  This
+Deferred deliveries (quiet hours, throttle, retry backoff), scheduled events and
+digest windows (``notifyd.timing``) are rows of the changelog-backed ``scheduled``
+table, written in the owning partition.  This
 in-memory heap is only an index over them: rebuilt from the table whenever the
 assignment changes, so a crashed or rebalanced worker loses nothing.  Releasing
 produces the delivery to its channel topic, then a control message that deletes
@@ -23,6 +24,7 @@ import structlog
 
 from . import clock
 from .app import app, recovery_done, settings
+from .metrics import metrics
 from .records import dumps
 from .topics import active_partitions
 
@@ -75,6 +77,7 @@ class Scheduler:
                 continue  # replaced by a newer schedule or already released
             try:
                 await release(key, entry)
+                metrics.due_lag(entry.get("kind") or "delivery", clock.now() - due)
             except Exception:
                 log.exception("scheduler.release_failed", key=key)
                 heapq.heappush(self.heap, (due, key, partition))
@@ -135,7 +138,7 @@ class Scheduler:
         return requeued
 
     async def sweep(self, now: float) -> None:
-        from .tables import ledger, scheduled, seen, status
+        from .tables import cancels, ledger, scheduled, seen, status
         from .topics import control_topic
 
         for key in [k for k in self.released if scheduled.get(k) is None]:
@@ -144,6 +147,7 @@ class Scheduler:
             ("seen", seen, settings.dedupe_ttl_s, 0),
             ("ledger", ledger, settings.dedupe_ttl_s, 1),
             ("status", status, settings.status_ttl_s, 2),
+            ("cancels", cancels, settings.dedupe_ttl_s, 0),
         ]
         status_partitions = self.active  # status is co-partitioned by notification id
         for name, table, ttl, kind in plans:

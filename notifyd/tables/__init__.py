@@ -47,7 +47,8 @@ preferences = _table("preferences", "User preferences and contact addresses")
 seen = _table("seen", "Event ids already processed per user (dedupe, expiring)")
 #: "<notification_id>:<channel>" -> {"status", "ts", "p"}: the delivery ledger.
 ledger = _table("ledger", "What each channel already did per notification (idempotency)")
-#: "<notification_id>:<channel>" -> {"due", "p", "delivery", "reason"}: deferred sends.
+#: "<notification_id>:<channel>" -> {"due", "p", "delivery", "reason"}: deferred sends;
+#: "event:<scope>" -> a scheduled event, "digest:<scope>" -> an open digest (notifyd.timing).
 scheduled = _table("scheduled", "Deliveries waiting for a time (quiet hours, throttle, retry)")
 #: user_id -> {channel: [[epoch, notification_id], ...]} recent sends for the throttle.
 throttle = _table("throttle", "Recent sends per user and channel (throttle window)")
@@ -55,9 +56,12 @@ throttle = _table("throttle", "Recent sends per user and channel (throttle windo
 inbox = _table("inbox", "In-app inbox per user, bounded")
 #: notification_id -> content and per-channel delivery state.
 status = _table("status", "Delivery state per notification and channel")
+#: records.idempotency_scope(user_id, event_id) -> [cancelled_at, partition, user_id]:
+#: cancels remembered (expiring like ``seen``) so one that arrives before its event wins.
+cancels = _table("cancels", "Cancelled (user_id, event_id) pairs (expiring)")
 
 TABLES: dict[str, TableT[str, Any]] = {
-    t.name: t for t in (preferences, seen, ledger, scheduled, throttle, inbox, status)
+    t.name: t for t in (preferences, seen, ledger, scheduled, throttle, inbox, status, cancels)
 }
 
 assert tuple(TABLES) == TABLE_NAMES, "notifyd.admin.TABLE_NAMES must list every table"
