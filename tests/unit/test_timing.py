@@ -90,11 +90,11 @@ def test_cancel_request_on_the_events_topic() -> None:
     req = parse_input(orjson.dumps({"op": "cancel", "user_id": "u1", "event_id": "e1"}))
     assert req == CancelRequest("u1", "e1")
     assert req.notification_id == notification_id_for("u1", "e1")
-    with pytest.raises(InvalidEvent, match="^missing_field: event_id"):
+    with pytest.raises(InvalidEvent, match=r"^missing_field: event_id"):
         parse_input(orjson.dumps({"op": "cancel", "user_id": "u1"}))
-    with pytest.raises(InvalidEvent, match="^unknown_op:"):
+    with pytest.raises(InvalidEvent, match=r"^unknown_op:"):
         parse_input(orjson.dumps({"op": "drop", "user_id": "u1", "event_id": "e1"}))
-    with pytest.raises(InvalidEvent, match="^not_an_event:"):
+    with pytest.raises(InvalidEvent, match=r"^not_an_event:"):
         parse_event(orjson.dumps({"op": "cancel", "user_id": "u1", "event_id": "e1"}))
 
 
