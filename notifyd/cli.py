@@ -372,6 +372,9 @@ def _now() -> float:
 @click.option("--state-users", type=int, help="Users in the RocksDB state test [1000000]")
 @click.option("--partitions", type=int, help="Partitions of every topic [8]")
 @click.option("--skip-state", is_flag=True, help="Skip the RocksDB state/recovery test")
+@click.option("--schedule-entries", type=int,
+              help="Pending scheduled sends in the schedule phase [1000000]")
+@click.option("--skip-schedule", is_flag=True, help="Skip the pending-schedules phase")
 @click.option("--skip-floor", is_flag=True, help="Skip the raw aiokafka floor")
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a minute or so")
 @click.option(
@@ -411,7 +414,8 @@ def bench(**kw: Any) -> None:
     from .bench import BenchOptions, run_bench
 
     values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
-    for name in ("events", "floor_events", "users", "duration", "state_users", "partitions"):
+    for name in ("events", "floor_events", "users", "duration", "state_users", "partitions",
+                 "schedule_entries"):
         if kw[name] is not None:
             values[name] = kw[name]
     if kw["rates"]:
@@ -431,6 +435,7 @@ def bench(**kw: Any) -> None:
         broker=kw["broker_kind"],
         broker_url=kw["broker_url"],
         skip_state=kw["skip_state"],
+        skip_schedule=kw["skip_schedule"],
         skip_floor=kw["skip_floor"],
         out=kw["out"],
         profile=kw["profile"],

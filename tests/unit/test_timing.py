@@ -482,3 +482,33 @@ async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.Monk
         await until(lambda: published)
     assert published[0][1][0]["status"] == "cancelled"
     assert ledger.get(d.idempotency_key)["s"] == "cancelled"
+
+
+# --------------------------------------------------------------------------------------
+# Metrics and the bench's reading of them
+# --------------------------------------------------------------------------------------
+
+
+def test_due_lag_histogram_and_digest_counter_as_the_bench_reads_them() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from notifyd.bench_schedule import _METRIC_RE, lag_from_histogram
+    from notifyd.metrics import Metrics
+
+    m = Metrics(CollectorRegistry(auto_describe=True))
+    m.due_lag("event", 0.2)
+    m.due_lag("event", 0.6)
+    m.due_lag("digest", -1.0)  # clock skew never counts as negative lateness
+    m.digest_sent()
+    text = m.render().decode()
+    parsed: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _METRIC_RE.match(line)
+        if match:
+            parsed[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    lag = lag_from_histogram(parsed, "event")
+    assert lag["count"] == 2 and lag["mean_s"] == pytest.approx(0.4)
+    assert lag["le_buckets"]["0.25"] == 1.0 and lag["le_buckets"]["1.0"] == 2.0
+    assert lag_from_histogram(parsed, "digest")["le_buckets"]["0.01"] == 1.0
+    assert parsed["notifyd_digests_sent_total"] == 1.0
+    assert "notifyd_scheduled" in parsed
