@@ -301,7 +301,7 @@ async def test_crash_with_pending_schedules_and_open_digests(pair: Stack) -> Non
     base = time.time()
     events = []
     for i in range(160):
-        due = base + 15 + (i % 40)  # 15..54 s ahead: some due while the worker is down
+        due = base + 6 + (i % 48) * 0.75  # 6..41 s ahead: before, during and after the kill
         events.append({"event_id": new_id("se"), "user_id": users[i % 16], "title": f"s{i}",
                        "body": "scheduled", "channels": ["webhook"],
                        "send_at": datetime.fromtimestamp(due, UTC).isoformat()})
@@ -324,8 +324,11 @@ async def test_crash_with_pending_schedules_and_open_digests(pair: Stack) -> Non
     pending = await asyncio.to_thread(scheduled_gauge, victim)
     assert pending > 0, "the worker to kill holds no pending schedule"
     victim.kill()  # SIGKILL: holds half of the partitions, so half of the schedules
+    killed_at = time.time()
     await asyncio.sleep(1.5)  # let the kill land before the restart (not a sync point)
     victim.start(wait=False)
+    await victim.wait_ready_async()
+    back_at = time.time()
     want = {f"{nid}:webhook" for nid in nids} | {f"{d}:webhook" for d in digests.values()}
     await wait_for(lambda: want <= {d["idempotency_key"] for d in
                                     st.sinks.deliveries("webhook")},
@@ -337,6 +340,8 @@ async def test_crash_with_pending_schedules_and_open_digests(pair: Stack) -> Non
     early = [x for x in late if x < 0]
     print(f"\nTIMING CRASH TEST: {len(nids)} schedules + {len(digests)} digests, 1 SIGKILL "
           f"of a worker holding {pending:.0f} pending entries: "
+          f"{sum(1 for d in nids.values() if killed_at <= d <= back_at)} schedules due while "
+          f"it was down ({back_at - killed_at:.1f}s): "
           f"delivered {len(counts)}/{len(want)}, duplicates "
           f"{sum(1 for c in counts.values() if c > 1)}, lateness min {min(late):.2f}s "
           f"max {max(late):.2f}s")
