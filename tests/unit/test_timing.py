@@ -512,3 +512,28 @@ def test_due_lag_histogram_and_digest_counter_as_the_bench_reads_them() -> None:
     assert lag_from_histogram(parsed, "digest")["le_buckets"]["0.01"] == 1.0
     assert parsed["notifyd_digests_sent_total"] == 1.0
     assert "notifyd_scheduled" in parsed
+
+
+async def test_scheduler_index_rebuild_keeps_entries_pushed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from notifyd import scheduler as sched_mod
+
+    monkeypatch.setattr(sched_mod, "REBUILD_CHUNK", 1)  # yield after every row
+    s = sched_mod.Scheduler()
+    rows = {f"rebuild-{i}": {"due": float(i), "p": i % 2, "kind": "event", "user_id": "u"}
+            for i in range(6)}
+    for k, v in rows.items():
+        scheduled.data[k] = v
+    try:
+        task = asyncio.create_task(s.rebuild(frozenset({0})))
+        await asyncio.sleep(0)  # the rebuild is under way
+        s.push(99.0, "pushed-meanwhile", 0)
+        await task
+        mine = sorted(k for _, k, _ in s.heap if k.startswith(("rebuild-", "pushed")))
+        assert mine == ["pushed-meanwhile", "rebuild-0", "rebuild-2", "rebuild-4"]
+        assert s.active == frozenset({0})
+        assert s.heap[0][0] == min(d for d, _, _ in s.heap)  # a heap again
+    finally:
+        for k in rows:
+            scheduled.data.pop(k, None)
