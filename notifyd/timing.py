@@ -83,10 +83,13 @@ async def schedule_event(
     event: Event, raw: dict[str, Any], due: float, partition: int, now: float
 ) -> None:
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
-    from .pipeline import publish_status
+    from .pipeline import publish_status, templates
     from .scheduler import scheduler
-    from .tables import scheduled
+    from .tables import preferences, scheduled
 
+    if event.template:  # rendered now only to refuse a broken event at once (DLQ)
+        locale = (preferences.get(event.user_id) or {}).get("locale") or settings.default_locale
+        templates().render(event.template, event.data, locale)
     key = event_key(event.user_id, event.event_id)
     channels = requested(event)
     scheduled[key] = {
@@ -142,7 +145,14 @@ async def fire(ev: EventT[Any], kind: str) -> None:
         log.info("timer.stale", key=key)
         return
     if kind == "event":
-        await _release_event(row, ev.message.partition, due)
+        try:
+            await _release_event(row, ev.message.partition, due)
+        except InvalidEvent as exc:
+            # E.g. a template changed since it was scheduled: the event's own bytes go
+            # to the events DLQ with the reason, as they would have on arrival.
+            from .pipeline import dead_letter
+
+            await dead_letter(ev, dumps(row["event"]), exc.reason)
     elif kind == "digest":
         await close_digest(row, ev.message.partition, due)
     else:

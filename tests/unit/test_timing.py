@@ -537,3 +537,24 @@ async def test_scheduler_index_rebuild_keeps_entries_pushed_meanwhile(
     finally:
         for k in rows:
             scheduled.data.pop(k, None)
+
+
+async def test_scheduled_event_with_a_broken_template_is_refused_on_arrival(
+    ingest: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support.dead_letters import DeadLetters
+
+    dlq = DeadLetters().install(monkeypatch)
+    user, eid = fresh("u"), fresh("e")
+    await ingest.put(user, {"event_id": eid, "user_id": user, "template": "no_such_one",
+                            "channels": ["inapp"], "delay_s": 60})
+    far = {"event_id": fresh("far"), "user_id": user, "title": "t", "channels": ["inapp"],
+           "delay_s": 400 * 86400}
+    await ingest.put(user, far)
+    await ingest.flush()
+    assert dlq.reasons() == [
+        "unknown_template: no template named 'no_such_one'",
+        "schedule_too_far: more than 365 days ahead (NOTIFYD_MAX_SCHEDULE_DAYS)",
+    ]
+    assert scheduled.get(timing.event_key(user, eid)) is None
+    assert ingest.channels(notification_id_for(user, eid)) == {}
