@@ -266,7 +266,10 @@ async def handle_event(ev: EventT[Any]) -> None:
                                             row.get("scheduled_at", now))
             # else: replayed after its schedule fired or was cancelled: nothing to do
         else:
-            digest_key = await process_event(event, msg.partition, now, produced_at=msg.timestamp)
+            digest_key = await process_event(
+                event, msg.partition, now, produced_at=msg.timestamp,
+                digest_key=prev[4] if prev is not None and len(prev) > 4 else None,
+            )
     except InvalidEvent as exc:  # e.g. a template variable missing from data
         await dead_letter(ev, raw, exc.reason)
         return
@@ -331,9 +334,11 @@ async def process_event(
     now: float,
     produced_at: float | None = None,
     collect: bool = True,
+    digest_key: str | None = None,
 ) -> str | None:
     """Rules, fan-out and status of one event at ``now``.  Returns the row key of the
-    digest it went into instead (``notifyd.timing``), else None."""
+    digest it went into instead (``notifyd.timing``), else None.  ``digest_key``: the
+    digest a replayed record already went into (its ``seen`` row)."""
     prefs = preferences.get(event.user_id)
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel = _content(event, locale)
@@ -342,7 +347,7 @@ async def process_event(
 
         spec = timing.digest_spec(event, prefs)
         if spec is not None:
-            return await timing.collect(event, spec, prefs, title, partition, now)
+            return await timing.collect(event, spec, prefs, title, partition, now, digest_key)
     policy = throttle_policy()
     if policy.limit > 0:
         stored = throttle.get(event.user_id) or {}

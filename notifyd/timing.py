@@ -323,35 +323,47 @@ async def collect(
     title: str,
     partition: int,
     now: float,
+    known: str | None = None,
 ) -> str:
     """Add ``event`` to the user's open digest for ``spec``; returns the digest's row key.
 
-    Idempotent per notification id (a replayed event is one item).  Every requested
-    channel of the item is ``digested`` with the digest's id and closing time."""
+    Idempotent per notification id (a replayed event is one item).  A replayed record
+    whose digest is ``known`` (its ``seen`` row) stays in that digest, or, if that one
+    was sent already, joins none.  Every requested channel of the item is ``digested``
+    with the digest's id and closing time."""
     from .pipeline import publish_status
     from .scheduler import scheduler
     from .tables import scheduled
 
-    start, close = window_bounds(spec["window"], now, user_zone(prefs))
-    dg_event = digest_event_id(spec["category"], spec["window"], start)
-    key = DIGEST_PREFIX + idempotency_scope(event.user_id, dg_event)
-    digest_id = notification_id_for(event.user_id, dg_event)
-    row = scheduled.get(key)
-    new = row is None
-    if row is None:
-        row = {
-            "kind": "digest",
-            "due": close,
-            "p": partition,
-            "user_id": event.user_id,
-            "category": spec["category"],
-            "window": spec["window"],
-            "start": start,
-            "event_id": dg_event,
-            "digest_id": digest_id,
-            "items": [],
-            "count": 0,
-        }
+    row: dict[str, Any] | None = None
+    if known is not None:
+        row = scheduled.get(known)
+        if row is None:
+            log.info("digest.item_already_sent", digest=known)
+            return known
+    if row is not None and known is not None:
+        key, new = known, False
+    else:
+        start, close = window_bounds(spec["window"], now, user_zone(prefs))
+        dg_event = digest_event_id(spec["category"], spec["window"], start)
+        key = DIGEST_PREFIX + idempotency_scope(event.user_id, dg_event)
+        row = scheduled.get(key)
+        new = row is None
+        if row is None:
+            row = {
+                "kind": "digest",
+                "due": close,
+                "p": partition,
+                "user_id": event.user_id,
+                "category": spec["category"],
+                "window": spec["window"],
+                "start": start,
+                "event_id": dg_event,
+                "digest_id": notification_id_for(event.user_id, dg_event),
+                "items": [],
+                "count": 0,
+            }
+    close, digest_id = float(row["due"]), str(row["digest_id"])
     nid = event.notification_id
     items: list[dict[str, Any]] = row["items"]
     if not any(it["id"] == nid for it in items):

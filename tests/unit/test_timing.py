@@ -558,3 +558,26 @@ async def test_scheduled_event_with_a_broken_template_is_refused_on_arrival(
     ]
     assert scheduled.get(timing.event_key(user, eid)) is None
     assert ingest.channels(notification_id_for(user, eid)) == {}
+
+
+async def test_replayed_item_of_a_sent_digest_joins_no_other_digest(ingest: Driver) -> None:
+    user, eid = fresh("u"), fresh("c")
+    preferences.data[user] = {"user_id": user,
+                              "digests": [{"category": "comments", "window": "1h"}]}
+    event = {"event_id": eid, "user_id": user, "title": "once", "category": "comments",
+             "channels": ["inapp"]}
+    origin = [(pipeline.ORIGIN_HEADER, b"notifyd.events/1/41")]
+    await ingest.put(user, event, headers=origin)
+    await ingest.flush()
+    mark = seen.get(idempotency_scope(user, eid))
+    key = mark[4]
+    assert key.startswith(timing.user_prefixes(user)[1])
+    await ingest.fire(key)
+    await ingest.flush()
+    assert len(inbox.get(user)["items"]) == 1
+    # The same Kafka record again (a crash before its offset was committed), in
+    # whatever window the clock is in now: it is not collected a second time.
+    await ingest.put(user, event, headers=origin)
+    await ingest.flush()
+    assert timing.pending_for(user)["digests"] == []
+    assert len(inbox.get(user)["items"]) == 1
