@@ -96,6 +96,7 @@ TABLE_NAMES: tuple[str, ...] = (
     "status",
     "subscribers",
     "subscriptions",
+    "cancels",
 )
 
 

@@ -16,6 +16,9 @@ Phases (each one's figures are in the result JSON under the same name):
 3. **ratios** — notifyd ÷ floor.
 4. **state** — a fresh worker on ``rocksdb://`` recovers a preferences changelog of
    ``state_users`` users: time to ready, RSS, that rocksdict backs the store.
+5. **schedule** — a fresh worker on ``rocksdb://`` recovers ``schedule_entries`` pending
+   scheduled sends: recovery and index time, RSS, and how late the scheduler fires
+   (:mod:`notifyd.bench_schedule`).
 
 Everything (broker, sink, workers) runs on this machine, started and stopped here.
 """
@@ -103,6 +106,9 @@ class BenchOptions:
     rates: tuple[int, ...] = (500, 1000, 2000)
     state_users: int = 1_000_000
     skip_state: bool = False
+    #: Pending scheduled sends recovered by one worker (phase "schedule").
+    schedule_entries: int = 1_000_000
+    skip_schedule: bool = False
     skip_floor: bool = False
     partitions: int = 8
     out: Path = Path("docs/bench/latest.json")
@@ -130,6 +136,7 @@ class BenchOptions:
             "duration": 3.0,
             "rates": (200, 500),
             "state_users": 20_000,
+            "schedule_entries": 20_000,
             "partitions": 4,
             "quick": True,
             "fanout_subscribers": 2_000,
@@ -1312,6 +1319,9 @@ class Bench:
                     {"skipped": True} if o.skip_fanout
                     else await fanout_phase(self, o.fanout_subscribers)
                 )
+                result["schedule"] = (
+                    {"skipped": True} if o.skip_schedule else await schedule_phase(self)
+                )
             finally:
                 await self.producer.stop()
                 await self.sink.stop()
@@ -1410,6 +1420,12 @@ def _ver(pkg: str) -> str | None:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+async def schedule_phase(b: Bench) -> dict[str, Any]:
+    from .bench_schedule import schedule_phase as phase
+
+    return await phase(b)
 
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:

@@ -133,6 +133,8 @@ def broker(kind: str, datadir: Path, port: int) -> None:
 @click.option("--event-id", help="Idempotency key, per user (default: a new UUID)")
 @click.option("--file", "file", type=click.File("rb"), help="Send this JSON file as the event")
 @click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
+@click.option("--send-at", help="Send at this RFC 3339 time (with offset)")
+@click.option("--delay-s", type=float, help="Send this many seconds after acceptance")
 def send(
     user_id: str | None,
     title: str | None,
@@ -145,6 +147,8 @@ def send(
     event_id: str | None,
     file: Any,
     broker_url: str | None,
+    send_at: str | None = None,
+    delay_s: float | None = None,
 ) -> None:
     """Produce one event onto notifyd.events (as any other service would)."""
     import orjson
@@ -168,6 +172,10 @@ def send(
                 event[k] = v
         if channels:
             event["channels"] = list(channels)
+        if send_at is not None:
+            event["send_at"] = send_at
+        if delay_s is not None:
+            event["delay_s"] = delay_s
         if data_json:
             try:
                 event["data"] = orjson.loads(data_json)
@@ -186,6 +194,37 @@ def send(
     meta = asyncio.run(produce(s, TopicNames(s.topic_prefix).events, parsed.user_id.encode(), raw))
     click.echo(
         f"sent event_id={parsed.event_id} notification_id={parsed.notification_id} "
+        f"partition={meta[0]} offset={meta[1]}"
+    )
+
+
+@main.command()
+@click.option("--event-id", required=True, help="The event to cancel (its producer's id)")
+@click.option("--user", "user_id", required=True, help="Its recipient (also the message key)")
+@click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
+def cancel(event_id: str, user_id: str, broker_url: str | None) -> None:
+    """Cancel what is still pending of an event (scheduled, deferred, retrying, in an
+    open digest): ``{"op": "cancel"}`` on notifyd.events, as a producer would send it.
+
+    Harmless twice; wins even if it arrives before the event itself."""
+    import orjson
+
+    from .records import InvalidEvent, parse_input
+
+    _set_env(broker_url=broker_url)
+    raw = orjson.dumps({"op": "cancel", "user_id": user_id, "event_id": event_id})
+    try:
+        req = parse_input(raw)
+    except InvalidEvent as exc:
+        raise click.ClickException(f"invalid cancel: {exc.reason}") from exc
+    from .admin import TopicNames
+    from .config import get_settings
+    from .producer import produce
+
+    s = get_settings()
+    meta = asyncio.run(produce(s, TopicNames(s.topic_prefix).events, user_id.encode(), raw))
+    click.echo(
+        f"cancel sent for event_id={event_id} notification_id={req.notification_id} "
         f"partition={meta[0]} offset={meta[1]}"
     )
 
@@ -333,6 +372,9 @@ def _now() -> float:
 @click.option("--state-users", type=int, help="Users in the RocksDB state test [1000000]")
 @click.option("--partitions", type=int, help="Partitions of every topic [8]")
 @click.option("--skip-state", is_flag=True, help="Skip the RocksDB state/recovery test")
+@click.option("--schedule-entries", type=int,
+              help="Pending scheduled sends in the schedule phase [1000000]")
+@click.option("--skip-schedule", is_flag=True, help="Skip the pending-schedules phase")
 @click.option("--skip-floor", is_flag=True, help="Skip the raw aiokafka floor")
 @click.option(
     "--fanout-subscribers", type=int, help="Subscribers of the topic in the fan-out phase [100000]"
@@ -377,7 +419,7 @@ def bench(**kw: Any) -> None:
 
     values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
     for name in ("events", "floor_events", "users", "duration", "state_users", "partitions",
-                 "fanout_subscribers"):
+                 "fanout_subscribers", "schedule_entries"):
         if kw[name] is not None:
             values[name] = kw[name]
     if kw["rates"]:
@@ -397,6 +439,7 @@ def bench(**kw: Any) -> None:
         broker=kw["broker_kind"],
         broker_url=kw["broker_url"],
         skip_state=kw["skip_state"],
+        skip_schedule=kw["skip_schedule"],
         skip_floor=kw["skip_floor"],
         skip_fanout=kw["skip_fanout"],
         out=kw["out"],

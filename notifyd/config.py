@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     #: Start the worker's clock at this instant (it then advances in real time).
     #: For simulations and tests of time rules (quiet hours); unset in production.
     clock_start: datetime | None = None
+    #: An event scheduled further ahead (``send_at``/``delay_s``) is dead-lettered.
+    max_schedule_days: float = Field(default=365.0, gt=0)
+    #: Titles listed in a digest message (the count covers every item).
+    digest_max_titles: int = Field(default=10, ge=1, le=200)
 
     # --- retries -------------------------------------------------------------------------
     retry_max_attempts: int = Field(default=5, ge=1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
     300.0, 900.0, 3600.0, 6 * 3600.0, 24 * 3600.0,
 )
+#: Scheduler lateness: its tick is at most 0.5 s, so most releases sit below 1 s.
+DUE_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _REASON_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 #: Scrape-time values are recomputed at most this often (seconds).
 LAG_TTL_S = 2.0
@@ -134,7 +137,21 @@ class _ScrapeCollector(Collector):
             ["table"],
             snap.tables,
         )
+        yield _scheduled_gauge()
         yield from self._owner.monitor_metrics()
+
+
+def _scheduled_gauge() -> Metric:
+    """Entries in this worker's scheduler index (deferred deliveries, scheduled events,
+    open digests; superseded entries count until they come due)."""
+    family = GaugeMetricFamily(
+        f"{NAMESPACE}_scheduled",
+        "Pending entries in this worker's scheduler index (deferred and retrying "
+        "deliveries, scheduled sends, open digests)",
+    )
+    mod = sys.modules.get("notifyd.scheduler")  # only in a worker; never imported here
+    family.add_metric([], float(len(mod.scheduler.heap)) if mod is not None else 0.0)
+    return family
 
 
 def _gauge(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) -> Metric:
@@ -217,6 +234,16 @@ class Metrics:
             "Circuit of a provider on this worker: 0 closed, 1 half-open, 2 open",
             ["channel", "provider"], namespace=NAMESPACE, registry=r,
         )
+        self.scheduler_due_lag = Histogram(
+            "scheduler_due_lag_seconds",
+            "How late the scheduler released a due entry (release time minus due time), "
+            "by kind: delivery (deferred/retry), event (scheduled send), digest (window)",
+            ["kind"], buckets=DUE_LAG_BUCKETS, namespace=NAMESPACE, registry=r,
+        )
+        self.digests_sent = Counter(
+            "digests_sent", "Digest notifications sent (window closed with items)",
+            namespace=NAMESPACE, registry=r,
+        )
         self.snapshot = Snapshot()
         self.app: Any = None
         #: A group-less consumer asking the broker for DLQ offsets (started when needed).
@@ -274,6 +301,12 @@ class Metrics:
         from .providers.chain import STATE_VALUES
 
         self.provider_circuit_state.labels(channel, provider).set(STATE_VALUES[state])
+
+    def due_lag(self, kind: str, seconds: float) -> None:
+        self.scheduler_due_lag.labels(kind).observe(max(0.0, seconds))
+
+    def digest_sent(self) -> None:
+        self.digests_sent.inc()
 
     # --- scrape -----------------------------------------------------------------------
 

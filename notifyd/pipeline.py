@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import structlog
@@ -32,10 +32,20 @@ from .errors import DeliveryError, InvalidEvent, failure_detail
 from .kafka_headers import header_value
 from .metrics import metrics
 from .providers.base import Provider
-from .records import Delivery, Event, dumps, legacy_notification_id_for, loads, parse_event
+from .records import (
+    CancelRequest,
+    Delivery,
+    Event,
+    dumps,
+    idempotency_scope,
+    legacy_notification_id_for,
+    loads,
+    parse_input,
+)
 from .rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
 from .tables import (
     any_partition,
+    cancels,
     current_event,
     inbox,
     ledger,
@@ -58,7 +68,7 @@ from .topics import (
 
 log = structlog.stdlib.get_logger("notifyd.pipeline")
 
-TERMINAL = frozenset({"sent", "failed", "dead", "suppressed"})
+TERMINAL = frozenset({"sent", "failed", "dead", "suppressed", "cancelled", "digested"})
 ORIGIN_HEADER = "notifyd-origin"
 _templates: TemplateStore | None = None
 
@@ -190,15 +200,21 @@ async def dead_letter_failure(ev: EventT[Any], exc: BaseException) -> None:
 
 
 async def handle_event(ev: EventT[Any]) -> None:
+    from . import timing
+
     msg = ev.message
     raw: bytes | None = ev.value
+    timer = header_value(msg.headers, timing.TIMER_HEADER)
+    if timer is not None and msg.topic != names.events:  # producers' topic: not trusted
+        await timing.fire(ev, timer)  # a schedule or digest window came due (notifyd.timing)
+        return
     metrics.event_received(msg.topic)
     addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
     if addressed_to_topic is not None:
         await audience.handle_topic_event(ev, addressed_to_topic)
         return
     try:
-        event = parse_event(raw, settings.max_event_bytes)
+        event = parse_input(raw, settings.max_event_bytes)
     except InvalidEvent as exc:
         await dead_letter(ev, raw, exc.reason)
         return
@@ -225,6 +241,9 @@ async def handle_event(ev: EventT[Any]) -> None:
         or f"{msg.topic}/{msg.partition}/{msg.offset}"
     )
     now = clock.now()
+    if isinstance(event, CancelRequest):
+        await timing.cancel(event, msg.partition, now)
+        return
     prev = _scoped_row(seen.get(event.dedupe_key))
     if prev is None:
         old = _legacy_row(seen.get(event.event_id))
@@ -239,15 +258,36 @@ async def handle_event(ev: EventT[Any]) -> None:
     if prev is not None and prev[2] != origin:
         log.info("event.duplicate", first_seen=prev[0], first_origin=prev[2])
         return
+    digest_key: str | None = None
     try:
-        await process_event(event, msg.partition, now, produced_at=msg.timestamp)
+        if cancels.get(event.dedupe_key) is not None:
+            await timing.drop_cancelled_event(event, now)  # its cancel came first
+        elif (due := event.due(now, settings.max_schedule_days)) is not None and due > now:
+            key = timing.event_key(event.user_id, event.event_id)
+            if prev is None:
+                assert raw is not None
+                await timing.schedule_event(event, loads(raw), due, msg.partition, now)
+            elif (row := scheduled.get(key)) is not None:
+                # The same record replayed: keep the due time it got the first time.
+                await timing.schedule_event(event, row["event"], row["due"], msg.partition,
+                                            row.get("scheduled_at", now))
+            # else: replayed after its schedule fired or was cancelled: nothing to do
+        else:
+            digest_key = await process_event(
+                event, msg.partition, now, produced_at=msg.timestamp,
+                digest_key=prev[4] if prev is not None and len(prev) > 4 else None,
+            )
     except InvalidEvent as exc:  # e.g. a template variable missing from data
         await dead_letter(ev, raw, exc.reason)
         return
-    if prev is None:
+    if prev is None or (digest_key is not None and len(prev) < 5):
         # Marked after the outputs: a crash before this line replays the record,
-        # which is harmless (outputs are idempotent downstream).
-        seen[event.dedupe_key] = [now, msg.partition, origin, event.user_id]
+        # which is harmless (outputs are idempotent downstream).  The digest an event
+        # went into is kept with it, so a cancel can take it out again.
+        mark: list[Any] = [now, msg.partition, origin, event.user_id]
+        if prev is not None:
+            mark = list(prev[:4])
+        seen[event.dedupe_key] = [*mark, digest_key] if digest_key is not None else mark
 
 
 # ``seen`` rows: ``[first_seen, partition, origin, user_id]`` under
@@ -299,12 +339,26 @@ def _content(
 
 
 async def process_event(
-    event: Event, partition: int, now: float, produced_at: float | None = None
-) -> None:
+    event: Event,
+    partition: int,
+    now: float,
+    produced_at: float | None = None,
+    collect: bool = True,
+    digest_key: str | None = None,
+) -> str | None:
+    """Rules, fan-out and status of one event at ``now``.  Returns the row key of the
+    digest it went into instead (``notifyd.timing``), else None.  ``digest_key``: the
+    digest a replayed record already went into (its ``seen`` row)."""
     prefs = preferences.get(event.user_id)
-    plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain (#17)
+    plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel, html = _content(event, locale)
+    if collect:
+        from . import timing
+
+        spec = timing.digest_spec(event, prefs)
+        if spec is not None:
+            return await timing.collect(event, spec, prefs, title, partition, now, digest_key)
     policy = throttle_policy()
     if policy.limit > 0:
         stored = throttle.get(event.user_id) or {}
@@ -394,6 +448,7 @@ async def process_event(
         "event.accepted",
         decisions={d.channel: d.action for d in decisions},
     )
+    return None
 
 
 def deliver_inapp_inline(delivery: Delivery, now: float) -> dict[str, Any]:
@@ -435,12 +490,15 @@ async def publish_status(
     updates: list[dict[str, Any]],
     content: dict[str, Any] | None = None,
     callbacks: list[dict[str, Any]] | None = None,
+    cancel: dict[str, Any] | None = None,
 ) -> None:
     value: dict[str, Any] = {"notification_id": nid, "updates": updates}
     if content is not None:
         value["content"] = content
     if callbacks:
         value["callbacks"] = callbacks  # outcomes of delivery callbacks (notifyd.callbacks)
+    if cancel is not None:
+        value["cancel"] = cancel
     await status_topic.send(key=nid.encode(), value=dumps(value))
     metrics.status_updates(updates)
 
@@ -459,9 +517,25 @@ def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> Non
 
 
 async def release(key: str, entry: dict[str, Any]) -> None:
-    """Hand a due delivery to its channel topic, then ask the owner to drop the entry."""
+    """Hand a due delivery to its channel topic, then ask the owner to drop the entry.
+
+    A fallback step (``notifyd.fallback``) has its condition checked on its partition
+    first.  A scheduled event or a digest window (``notifyd.timing``) becomes a timer
+    record to the ingest agent of the user's partition instead, which handles it and
+    drops the row.
+    """
     if "fallback" in entry:  # a fallback step: its condition is checked on its partition
         await fallback.release_step(key, entry)
+        return
+    kind = entry.get("kind")
+    if kind is not None:
+        from .timing import TIMER_HEADER
+
+        await rekeyed_topic.send(
+            key=str(entry["user_id"]).encode(),
+            value=dumps({"key": key, "due": entry["due"]}),
+            headers=[(TIMER_HEADER, str(kind).encode())],
+        )
         return
     d = entry["delivery"]
     await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
@@ -518,6 +592,16 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     )
     key = delivery.idempotency_key
     done = ledger.get(key)
+    if done is None and cancels.get(idempotency_scope(delivery.user_id, delivery.event_id)):
+        # Cancelled while queued, deferred or retrying: not sent (notifyd.timing).
+        _mark(key, "cancelled", partition)
+        await publish_status(
+            delivery.notification_id,
+            [{"channel": delivery.channel, "status": "cancelled", "ts": clock.now(),
+              "reason": "cancelled: before it was sent", "force": True}],
+        )
+        log.info("delivery.cancelled")
+        return
     if done is not None and done["s"] in TERMINAL:
         if not (delivery.redrive and done["s"] in ("dead", "failed")):
             log.info("delivery.already_done", state=done["s"])
@@ -646,15 +730,33 @@ def fold_status(
     if "callbacks" in msg:
         fold_callbacks(doc, msg["callbacks"])
     channels: dict[str, Any] = doc["channels"]
-    for u in msg.get("updates", ()):
+    _fold_updates(channels, msg.get("updates", ()))
+    cancel = msg.get("cancel")
+    if cancel is not None:
+        # Every channel not finished yet is cancelled, whichever worker holds it now.
+        doc["cancelled_at"] = doc.get("cancelled_at") or cancel.get("at")
+        _fold_updates(
+            channels,
+            [
+                {"channel": ch, "status": "cancelled", "ts": cancel.get("at"),
+                 "reason": "cancelled: before it was sent"}
+                for ch, cur in channels.items()
+                if cur.get("status") not in TERMINAL
+            ],
+        )
+    return doc
+
+
+def _fold_updates(channels: dict[str, Any], updates: Iterable[dict[str, Any]]) -> None:
+    for u in updates:
         ch = u["channel"]
         cur = channels.get(ch)
-        if cur is not None and cur["status"] in TERMINAL and u["status"] not in TERMINAL:
+        if cur is not None and cur["status"] in TERMINAL and not _may_move(cur["status"], u):
             continue  # a re-processed record must not move a finished channel back
         entry = dict(cur or {})
         history = entry.get("history", [])
         history.append({k: u[k] for k in ("status", "ts", "reason") if k in u})
-        entry.update({k: v for k, v in u.items() if k != "channel"})
+        entry.update({k: v for k, v in u.items() if k not in ("channel", "force")})
         if u["status"] in TERMINAL:
             entry.pop("delivery", None)  # kept only while an outcome is pending
         entry["history"] = history[-20:]
@@ -662,7 +764,21 @@ def fold_status(
         if u["status"] in ("sent", "queued", "retrying") and "reason" not in u:
             entry.pop("reason", None)
         channels[ch] = entry
-    return doc
+
+
+def _may_move(current: str, update: dict[str, Any]) -> bool:
+    """May a finished channel take ``update``?  Only to another finished state (a
+    re-processed record never moves it back); ``cancelled`` only to ``sent`` (the send
+    was already under way at the provider: the truth wins), ``digested`` only to
+    ``cancelled`` forced by a cancel (the item left a still-open digest)."""
+    new = update["status"]
+    if new not in TERMINAL:
+        return False
+    if current == "cancelled":
+        return new == "sent"
+    if current == "digested":
+        return new == "cancelled" and bool(update.get("force"))
+    return True
 
 
 async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
@@ -716,7 +832,9 @@ async def handle_control(ev: EventT[Any]) -> None:
         if entry is not None and entry["due"] == msg["due"]:
             del scheduled[msg["id"]]
     elif op == "expire":
-        table = {"seen": seen, "ledger": ledger, "status": status}[msg["table"]]
+        table = {"seen": seen, "ledger": ledger, "status": status, "cancels": cancels}[
+            msg["table"]
+        ]
         for key in msg["keys"]:
             if table.get(key) is not None:
                 del table[key]

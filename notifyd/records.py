@@ -9,6 +9,7 @@ rejection carries a reason ``"<code>: <detail>"`` for the dead-letter topic.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ STATUSES: tuple[str, ...] = (
     "deferred",
     "retrying",
     "dead",
+    "scheduled",
+    "cancelled",
+    "digested",
 )
 MAX_ID_LEN = 200
 MAX_CATEGORY_LEN = 100
@@ -113,6 +117,11 @@ class Event:
     #: Set by the ingest agent for a record first processed before ids were scoped to
     #: the user: it keeps the notification id it got then.
     legacy_ids: bool = False
+    #: Scheduled send (epoch seconds, from ``send_at``) or delay after arrival (``delay_s``).
+    send_at: float | None = None
+    delay_s: float | None = None
+    #: ``{"window": "1h" | "daily@09:00", "category"?}``: collect into a digest.
+    digest: dict[str, str] | None = None
 
     @property
     def notification_id(self) -> str:
@@ -142,13 +151,79 @@ class Event:
             out["channels"] = list(self.channels)
         if self.created_at is not None:
             out["created_at"] = datetime.fromtimestamp(self.created_at, UTC).isoformat()
+        if self.send_at is not None:
+            out["send_at"] = datetime.fromtimestamp(self.send_at, UTC).isoformat()
+        if self.delay_s is not None:
+            out["delay_s"] = self.delay_s
+        if self.digest is not None:
+            out["digest"] = dict(self.digest)
         return out
 
+    def due(self, now: float, max_days: float) -> float | None:
+        """When a scheduled event is due (None: not scheduled); a past time is ``now``.
 
-#: Fields other notification services use to schedule a send.  notifyd cannot honour
-#: them yet, and an event carrying one must not be mistaken for "send now": it is
-#: rejected (dead letter / HTTP 400 ``unsupported_field``).
+        ``delay_s`` counts from ``now``, the moment notifyd accepts the event.  Raises
+        :class:`InvalidEvent` (``schedule_too_far``) beyond ``max_days`` from now."""
+        if self.send_at is not None:
+            due = self.send_at
+        elif self.delay_s is not None:
+            due = now + self.delay_s
+        else:
+            return None
+        if due - now > max_days * 86400:
+            raise InvalidEvent(
+                f"schedule_too_far: more than {max_days:g} days ahead "
+                "(NOTIFYD_MAX_SCHEDULE_DAYS)"
+            )
+        return max(due, now)
+
+
+#: Fields that schedule a send (``send_at``: RFC 3339 with offset; ``delay_s``: seconds).
 SCHEDULING_FIELDS: tuple[str, ...] = ("send_at", "delay_s")
+#: A digest window: a period (``30m``, ``1h``, ``2d``) or a daily time (``daily@09:00``).
+DIGEST_WINDOW_RE = re.compile(r"^(?:(\d{1,4})([mhd])|daily@([01]\d|2[0-3]):([0-5]\d))$")
+MAX_DIGEST_WINDOW_S = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """``{"op": "cancel", "user_id", "event_id"}`` on ``notifyd.events``."""
+
+    user_id: str
+    event_id: str
+
+    @property
+    def notification_id(self) -> str:
+        return notification_id_for(self.user_id, self.event_id)
+
+    @property
+    def dedupe_key(self) -> str:
+        return idempotency_scope(self.user_id, self.event_id)
+
+
+def parse_digest_spec(value: Any, where: str = "digest") -> dict[str, str]:
+    """Validate ``{"window", "category"?}``; raises ``ValueError`` with the reason."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be an object like {{\"window\": \"1h\"}}")
+    unknown = set(value) - {"window", "category"}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    window = value.get("window")
+    if not isinstance(window, str) or not (m := DIGEST_WINDOW_RE.match(window)):
+        raise ValueError(f"{where}.window must be like 30m, 1h, 1d or daily@09:00")
+    if m.group(1) is not None:
+        seconds = int(m.group(1)) * {"m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        if not 60 <= seconds <= MAX_DIGEST_WINDOW_S:
+            raise ValueError(f"{where}.window must be between 1m and 7d")
+    out = {"window": window}
+    category = value.get("category")
+    if category is not None:
+        if not isinstance(category, str) or not _CATEGORY_RE.match(category):
+            raise ValueError(f"{where}.category: use letters, digits and _ . : -")
+        if len(category) > MAX_CATEGORY_LEN:
+            raise ValueError(f"{where}.category is longer than {MAX_CATEGORY_LEN} characters")
+        out["category"] = category
+    return out
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -162,6 +237,9 @@ _KNOWN_FIELDS = frozenset(
         "channels",
         "priority",
         "created_at",
+        "send_at",
+        "delay_s",
+        "digest",
     }
 )
 
@@ -199,6 +277,14 @@ def parse_rfc3339(value: str) -> float:
 
 def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
     """Validate one raw Kafka value into an :class:`Event` or raise :class:`InvalidEvent`."""
+    parsed = parse_input(raw, max_bytes)
+    if isinstance(parsed, CancelRequest):
+        raise InvalidEvent("not_an_event: a cancel request is not an event")
+    return parsed
+
+
+def parse_input(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event | CancelRequest:
+    """A record of ``notifyd.events``: an event, or ``{"op": "cancel", ...}``."""
     if raw is None:
         raise InvalidEvent("empty: message has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -213,14 +299,23 @@ def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
         raise InvalidEvent(f"invalid_json: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent(f"not_an_object: value must be a JSON object, got {type(obj).__name__}")
+    op = obj.get("op")
+    if op is not None:
+        if op != "cancel":
+            raise InvalidEvent(f"unknown_op: {str(op)[:40]!r} (the only op is \"cancel\")")
+        return CancelRequest(
+            user_id=_req_str(obj, "user_id", MAX_ID_LEN),
+            event_id=_req_str(obj, "event_id", MAX_ID_LEN),
+        )
     event_id = _req_str(obj, "event_id", MAX_ID_LEN)
     user_id = _req_str(obj, "user_id", MAX_ID_LEN)
-    for name in SCHEDULING_FIELDS:
-        if obj.get(name) is not None:
-            # Delivering it now would break the producer's intent silently.
-            raise InvalidEvent(
-                f"unsupported_field: {name} (scheduled send is not supported yet)"
-            )
+    send_at, delay_s = _schedule_fields(obj)
+    digest: dict[str, str] | None = None
+    if obj.get("digest") is not None:
+        try:
+            digest = parse_digest_spec(obj["digest"])
+        except ValueError as exc:
+            raise InvalidEvent(f"invalid_digest: {exc}") from None
     category = _opt_str(obj, "category", MAX_CATEGORY_LEN) or "general"
     if not _CATEGORY_RE.match(category):
         raise InvalidEvent("invalid_category: use letters, digits and _ . : -")
@@ -279,7 +374,34 @@ def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
         priority=priority,
         created_at=created_at,
         extra=extra,
+        send_at=send_at,
+        delay_s=delay_s,
+        digest=digest,
     )
+
+
+def _schedule_fields(obj: dict[str, Any]) -> tuple[float | None, float | None]:
+    raw_at, raw_delay = obj.get("send_at"), obj.get("delay_s")
+    if raw_at is not None and raw_delay is not None:
+        raise InvalidEvent("ambiguous_schedule: give send_at or delay_s, not both")
+    send_at: float | None = None
+    delay_s: float | None = None
+    if raw_at is not None:
+        if not isinstance(raw_at, str):
+            raise InvalidEvent("wrong_type: send_at must be an RFC 3339 string")
+        try:
+            send_at = parse_rfc3339(raw_at)
+        except (ValueError, OverflowError):
+            raise InvalidEvent(
+                f"invalid_send_at: {raw_at[:40]!r} is not RFC 3339 with an offset"
+            ) from None
+    if raw_delay is not None:
+        if isinstance(raw_delay, bool) or not isinstance(raw_delay, int | float):
+            raise InvalidEvent("wrong_type: delay_s must be a number of seconds")
+        if not math.isfinite(raw_delay) or raw_delay < 0:
+            raise InvalidEvent("invalid_delay_s: delay_s must be a finite number >= 0")
+        delay_s = float(raw_delay)
+    return send_at, delay_s
 
 
 # ---------------------------------------------------------------------------------------
@@ -316,6 +438,10 @@ class Preferences:
     quiet_hours: QuietHours | None = None
     locale: str | None = None
     updated_at: float | None = None
+    #: IANA zone of the user (daily digests); else the quiet hours' zone, else UTC.
+    timezone: str | None = None
+    #: ``[{"category", "window"}]``: categories the user wants as digests.
+    digests: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -330,6 +456,8 @@ class Preferences:
             "quiet_hours": self.quiet_hours.to_dict() if self.quiet_hours else None,
             "locale": self.locale,
             "updated_at": self.updated_at,
+            "timezone": self.timezone,
+            "digests": [dict(d) for d in self.digests],
         }
 
     @classmethod
@@ -348,6 +476,8 @@ class Preferences:
             quiet_hours=QuietHours(**qh) if qh else None,
             locale=data.get("locale"),
             updated_at=data.get("updated_at"),
+            timezone=data.get("timezone"),
+            digests=[dict(d) for d in data.get("digests") or ()],
         )
 
 
@@ -362,8 +492,11 @@ PREFERENCE_FIELDS = frozenset(
         "opt_out",
         "quiet_hours",
         "locale",
+        "timezone",
+        "digests",
     }
 )
+MAX_DIGEST_PREFERENCES = 50
 
 
 def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> dict[str, Any]:
@@ -471,6 +604,33 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             out["fallback"] = parse_preferences_chains(data["fallback"])
         except InvalidChain as exc:
             raise InvalidPreferences(str(exc)) from None
+    if "timezone" in data:
+        tz = data["timezone"]
+        if tz is not None:
+            try:
+                if not isinstance(tz, str) or not tz:
+                    raise ValueError
+                ZoneInfo(tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise InvalidPreferences(f"timezone {tz!r} is not an IANA time zone") from None
+        out["timezone"] = tz
+    if "digests" in data:
+        v = data["digests"] or []
+        if not isinstance(v, list) or len(v) > MAX_DIGEST_PREFERENCES:
+            raise InvalidPreferences(
+                f"digests must be a list of at most {MAX_DIGEST_PREFERENCES} "
+                '{"category", "window"} objects'
+            )
+        specs: dict[str, dict[str, str]] = {}
+        for i, item in enumerate(v):
+            try:
+                spec = parse_digest_spec(item, f"digests[{i}]")
+            except ValueError as exc:
+                raise InvalidPreferences(str(exc)) from None
+            if "category" not in spec:
+                raise InvalidPreferences(f"digests[{i}].category is required")
+            specs[spec["category"]] = spec  # the last one per category wins
+        out["digests"] = list(specs.values())
     if not partial:
         # A full document resets every field not given.
         defaults = Preferences(user_id=user_id).to_dict()

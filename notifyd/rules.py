@@ -88,6 +88,11 @@ def _reaches(d: date, wall: dtime, tz: ZoneInfo) -> list[float]:
     return [float(after)]
 
 
+def reaches(d: date, wall: dtime, tz: ZoneInfo) -> list[float]:
+    """Public name of :func:`_reaches` (daily digest windows use the same wall clock)."""
+    return _reaches(d, wall, tz)
+
+
 def quiet_hours_end(qh: dict[str, str], now: float) -> float | None:
     """If ``now`` falls inside the quiet window, the epoch at which it ends, else None.
 

@@ -48,7 +48,8 @@ preferences = _table("preferences", "User preferences and contact addresses")
 seen = _table("seen", "Event ids already processed per user (dedupe, expiring)")
 #: "<notification_id>:<channel>" -> {"status", "ts", "p"}: the delivery ledger.
 ledger = _table("ledger", "What each channel already did per notification (idempotency)")
-#: "<notification_id>:<channel>" -> {"due", "p", "delivery", "reason"}: deferred sends.
+#: "<notification_id>:<channel>" -> {"due", "p", "delivery", "reason"}: deferred sends;
+#: "event:<scope>" -> a scheduled event, "digest:<scope>" -> an open digest (notifyd.timing).
 scheduled = _table("scheduled", "Deliveries waiting for a time (quiet hours, throttle, retry)")
 #: user_id -> {channel: [[epoch, notification_id], ...]} recent sends for the throttle.
 throttle = _table("throttle", "Recent sends per user and channel (throttle window)")
@@ -56,6 +57,10 @@ throttle = _table("throttle", "Recent sends per user and channel (throttle windo
 inbox = _table("inbox", "In-app inbox per user, bounded")
 #: notification_id -> content and per-channel delivery state.
 status = _table("status", "Delivery state per notification and channel")
+#: records.idempotency_scope(user_id, event_id) -> [cancelled_at, partition, user_id]:
+#: cancels remembered (expiring like ``seen``) so one that arrives before its event wins.
+cancels = _table("cancels", "Cancelled (user_id, event_id) pairs (expiring)")
+
 #: "<topic>#<bucket>" -> {user_id: subscribed_at}: a topic's subscribers, in the topic's
 #: partition, sharded in buckets (layout: notifyd.audience).
 subscribers = _table("subscribers", "Subscribers of each topic, in buckets")
@@ -65,7 +70,8 @@ subscriptions = _table("subscriptions", "Topics each user subscribed to")
 TABLES: dict[str, TableT[str, Any]] = {
     t.name: t
     for t in (
-        preferences, seen, ledger, scheduled, throttle, inbox, status, subscribers, subscriptions
+        preferences, seen, ledger, scheduled, throttle, inbox, status, subscribers,
+        subscriptions, cancels,
     )
 }
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 import faust
 import orjson
 import structlog
@@ -28,7 +29,7 @@ from aiohttp import web
 from faust.types import TopicT
 from swagger_ui_bundle import swagger_ui_path
 
-from .. import dlq
+from .. import clock, dlq
 from ..app import settings
 from ..egress import EgressPolicy, url_host
 from ..errors import (
@@ -521,8 +522,11 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     description="Validated like an event on the events topic (400 with the reason's "
     "code, e.g. `unknown_channel`), then produced keyed by the recipient. `user_id` "
     "defaults to the caller; only operators may notify someone else. `event_id` makes "
-    "the request idempotent for its recipient. `send_at`/`delay_s` are refused "
-    "(400 `unsupported_field`) until scheduled sends exist. With `topic` and no "
+    "the request idempotent for its recipient. `send_at` (RFC 3339 with offset) or "
+    "`delay_s` schedule it: every channel is `scheduled` until then, then the rules apply "
+    "as if it arrived at that moment (400 `ambiguous_schedule` for both, "
+    "`schedule_too_far` beyond NOTIFYD_MAX_SCHEDULE_DAYS). `digest` collects it into a "
+    "digest (`{\"window\": \"1h\"}` or `daily@09:00`). With `topic` and no "
     "`user_id` (operators only) every subscriber of the topic gets their own notification.",
     responses={
         202: Resp("Accepted for delivery", ref("NotificationAccepted"),
@@ -542,6 +546,7 @@ async def create_notification(call: Call) -> web.StreamResponse:
     try:
         parsed = parse_event(raw, settings.max_event_bytes)
         check_extras(parsed)  # callback_url, fallback (notifyd.fallback)
+        parsed.due(clock.now(), settings.max_schedule_days)  # too far ahead: 400 here
     except InvalidEvent as exc:
         code, sep, detail = exc.reason.partition(": ")
         raise BadRequest(detail if sep else exc.reason,
@@ -679,10 +684,30 @@ async def update_notification(call: Call) -> web.StreamResponse:
     return json_response(item)
 
 
+#: Channel states a cancel can still change.
+_CANCELLABLE = frozenset({"scheduled", "queued", "deferred", "retrying", "digested"})
+_PENDING = frozenset({"scheduled", "queued", "deferred", "retrying"})
+#: How long ``DELETE`` waits for the cancel to show in the status document.
+CANCEL_WAIT_S = 5.0
+
+
 @registry.route(
-    "DELETE", "/api/v1/notifications/{notification_id}", summary="Delete from my inbox",
-    auth="user", tags=("notifications",), routed=True, errors=(404,),
-    responses={204: Resp("Deleted")},
+    "DELETE", "/api/v1/notifications/{notification_id}",
+    summary="Cancel what is pending, or delete from my inbox",
+    auth="user", tags=("notifications",), routed=True, errors=(404, 503),
+    description="An item of the caller's in-app inbox is deleted from it (204). Otherwise "
+    "the notification is cancelled (owner or operator): every channel still `scheduled`, "
+    "`queued`, `deferred`, `retrying` or collected in an open digest becomes `cancelled`; "
+    "a channel already sent stays `sent`. The cancel is produced to the events topic keyed "
+    "by the recipient (as `{\"op\": \"cancel\"}` from a producer); the answer is the "
+    "status document once the cancel shows in it (200), or as it is when that takes longer "
+    "than a few seconds (202). Cancelling twice is harmless (200). 404 for an unknown id, "
+    "another user's notification, or one with nothing left to cancel.",
+    responses={
+        200: Resp("Cancelled: the resulting channel states", ref("NotificationStatus")),
+        202: Resp("Cancel accepted; the channel states so far", ref("NotificationStatus")),
+        204: Resp("Deleted from the inbox"),
+    },
 )
 async def delete_notification(call: Call) -> web.StreamResponse:
     me = _me(call)
@@ -690,10 +715,61 @@ async def delete_notification(call: Call) -> web.StreamResponse:
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
         return routed
-    if _inbox_item(inbox.get(me.user_id), nid) is None:
+    if _inbox_item(inbox.get(me.user_id), nid) is not None:
+        await _inbox_command(me.user_id, "delete", nid)
+        return web.Response(status=204)
+    doc = await _status_doc(call, nid)
+    if doc is None or not isinstance(doc.get("event_id"), str):
         raise _not_found(nid)
-    await _inbox_command(me.user_id, "delete", nid)
-    return web.Response(status=204)
+    states = {e.get("status") for e in doc.get("channels", {}).values()}
+    if "cancelled_at" not in doc and not states & _CANCELLABLE:
+        raise _not_found(nid)
+    user_id = str(doc["user_id"])
+    cancel = {"op": "cancel", "user_id": user_id, "event_id": doc["event_id"]}
+    fut = await events_topic.send(key=user_id.encode(), value=dumps(cancel))
+    await _acked(fut, "cancel")
+    log.info("api.cancel_requested", notification_id=nid, user_id=user_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CANCEL_WAIT_S
+    while True:
+        doc = await _status_doc(call, nid) or doc
+        done = "cancelled_at" in doc and not any(
+            e.get("status") in _PENDING for e in doc.get("channels", {}).values()
+        )
+        if done or loop.time() >= deadline:
+            body = {k: v for k, v in doc.items() if k != "p"}
+            return json_response(body, 200 if done else 202)
+        await asyncio.sleep(0.05)  # polling the status fold, bounded by the deadline
+
+
+async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
+    """The caller's view of a status document (None: unknown or not theirs), read here
+    or asked of the worker owning the notification id's partition."""
+    from .routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable
+
+    owner = owner_of("status", nid)
+    if is_local(owner):
+        me = _me(call)
+        doc: dict[str, Any] | None = status.get(nid)
+        if doc is None or (doc.get("user_id") != me.user_id and not me.is_operator):
+            return None
+        return doc
+    keep = ("authorization", "cookie", "host", "origin")
+    headers = {k: v for k, v in call.request.headers.items() if k.lower() in keep}
+    url = owner.with_path(f"/api/v1/notifications/{nid}")
+    try:
+        async with call.request.app[HTTP_CLIENT].get(url, headers=headers) as resp:
+            if resp.status == 404:
+                return None
+            if resp.status != 200:
+                raise ServiceUnavailable(
+                    f"the worker owning this notification answered {resp.status}",
+                    code="owner_unreachable",
+                )
+            got: dict[str, Any] = orjson.loads(await resp.read())
+            return got
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise owner_unreachable(owner, exc) from exc
 
 
 # --- operators ------------------------------------------------------------------------

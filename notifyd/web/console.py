@@ -520,6 +520,24 @@ _PROVIDERS_SCHEMA: dict[str, Any] = {
     },
 }
 
+# --- a user's pending schedules and open digests ----------------------------------------
+
+_PENDING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["user_id", "scheduled", "digests"],
+    "properties": {
+        "user_id": {"type": "string"},
+        "scheduled": {"type": "array", "items": {
+            "type": "object",
+            "description": "a scheduled send: notification_id, event_id, due (epoch s), "
+            "channels, title, scheduled_at"}},
+        "digests": {"type": "array", "items": {
+            "type": "object",
+            "description": "an open digest: digest_id, category, window, start, closes_at "
+            "(epoch s), count, titles (the first NOTIFYD_DIGEST_MAX_TITLES)"}},
+    },
+}
+
 
 def local_providers() -> dict[str, Any]:
     """This worker's failover chains and their circuits."""
@@ -575,3 +593,24 @@ async def admin_providers(call: Call) -> web.StreamResponse:
         "providers": rows,
         "workers": [{k: v[k] for k in ("worker", "error") if k in v} for v in views],
     })
+
+
+@registry.route(
+    "GET", "/api/v1/admin/users/{user_id}/pending", summary="Pending schedules and open digests",
+    auth="operator", tags=("admin",), routed=True,
+    path_params={"user_id": {"type": "string", "minLength": 1, "maxLength": 200}},
+    description="The user's scheduled sends (not yet due) and open digests, earliest "
+    "first, from the worker owning the user's partition (it reads its scheduler's index "
+    "by key, never the whole table).",
+    responses={200: Resp("Pending schedules and open digests", _PENDING_SCHEMA)},
+)
+async def user_pending(call: Call) -> web.StreamResponse:
+    from ..timing import pending_for
+    from .routing import route
+
+    user_id = call.path["user_id"]
+    routed = await route(call.request, "preferences", user_id)
+    if routed is not None:
+        return routed
+    return json_response({"user_id": user_id, **pending_for(user_id)})
+

@@ -51,6 +51,12 @@ def nullable(schema: Schema) -> Schema:
 
 _STR = {"type": "string"}
 _HHMM = {"type": "string", "pattern": r"^([01]\d|2[0-3]):([0-5]\d)$", "examples": ["22:00"]}
+_DIGEST_WINDOW = {
+    "type": "string",
+    "pattern": r"^(?:\d{1,4}[mhd]|daily@([01]\d|2[0-3]):[0-5]\d)$",
+    "description": "a period aligned to the epoch (30m, 1h, 1d; 1m to 7d) or a daily time "
+    "in the user's zone (daily@09:00)",
+}
 
 #: components/schemas: the wire shapes of the API.
 SCHEMAS: dict[str, Schema] = {
@@ -174,6 +180,9 @@ SCHEMAS: dict[str, Schema] = {
                 "additionalProperties": ref("FallbackChain"),
             }),
             "updated_at": nullable({"type": "number"}),
+            "timezone": nullable({"type": "string", "examples": ["Europe/Berlin"],
+                                  "description": "IANA zone (daily digests)"}),
+            "digests": {"type": "array", "maxItems": 50, "items": ref("DigestPreference")},
         },
     },
     "Preferences": {
@@ -200,6 +209,8 @@ SCHEMAS: dict[str, Schema] = {
             "fallback": nullable(
                 {"type": "object", "additionalProperties": ref("FallbackChain")}
             ),
+            "timezone": nullable(_STR),
+            "digests": {"type": "array", "items": ref("DigestPreference")},
         },
     },
     "FallbackChain": {
@@ -219,6 +230,27 @@ SCHEMAS: dict[str, Schema] = {
                 "after_s": {"type": "number", "minimum": 0, "maximum": 30 * 24 * 3600},
                 "unless": {"type": "string", "enum": ["read", "delivered"]},
             },
+        },
+    },
+    "DigestPreference": {
+        "type": "object",
+        "required": ["category", "window"],
+        "additionalProperties": False,
+        "properties": {
+            "category": {"type": "string", "maxLength": 100,
+                         "pattern": r"^[A-Za-z0-9_.:\-]+$"},
+            "window": _DIGEST_WINDOW,
+        },
+    },
+    "DigestRequest": {
+        "type": "object",
+        "required": ["window"],
+        "additionalProperties": False,
+        "description": "Collect this event into a digest (critical events bypass it).",
+        "properties": {
+            "window": _DIGEST_WINDOW,
+            "category": {"type": "string", "maxLength": 100,
+                         "description": "digest to join (default: the event's category)"},
         },
     },
     "NotificationCreate": {
@@ -261,6 +293,12 @@ SCHEMAS: dict[str, Schema] = {
                 "egress policy); default NOTIFYD_CALLBACK_URL",
             },
             "fallback": ref("FallbackChain"),
+            "send_at": {"type": "string", "format": "date-time",
+                        "description": "send then (RFC 3339 with offset; past = now); "
+                        "not with delay_s"},
+            "delay_s": {"type": "number", "minimum": 0,
+                        "description": "send this many seconds after acceptance"},
+            "digest": ref("DigestRequest"),
         },
     },
     "NotificationAccepted": {
@@ -315,10 +353,15 @@ SCHEMAS: dict[str, Schema] = {
             "status": {
                 "type": "string",
                 "examples": ["queued", "sent", "failed", "suppressed", "deferred", "retrying",
-                             "pending", "skipped"],
+                             "dead", "scheduled", "cancelled", "digested", "pending",
+                             "skipped"],
                 "description": "pending/skipped: a later step of a fallback chain",
             },
             "reason": _STR,
+            "deliver_at": {"type": "number",
+                           "description": "scheduled/deferred/retrying/digested: when it goes"},
+            "digest_id": {"type": "string",
+                          "description": "digested: the digest's notification id"},
             "attempts": {"type": "integer"},
             "ts": {"type": "number"},
             "history": {"type": "array", "items": {"type": "object"}},
@@ -338,6 +381,9 @@ SCHEMAS: dict[str, Schema] = {
             "template": nullable(_STR),
             "created_at": nullable({"type": "number"}),
             "accepted_at": {"type": "number"},
+            "send_at": {"type": "number", "description": "scheduled send: when it is due"},
+            "cancelled_at": {"type": "number"},
+            "digest_id": {"type": "string"},
             "channels": {"type": "object", "additionalProperties": ref("ChannelStatus")},
             "topic": {"type": "string", "description": "the topic it was fanned out from"},
             "callback_url": _STR,

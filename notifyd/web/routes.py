@@ -19,7 +19,7 @@ from .routing import HTTP_CLIENT, route
 #: Tables whose rows are written while a record keyed by the user is processed (an
 #: event, a delivery): a row lives in its user's partition, whatever its own key hashes
 #: to, so a look-up must name the user to reach the worker that holds it.
-USER_PARTITIONED = frozenset({"seen", "ledger", "scheduled"})
+USER_PARTITIONED = frozenset({"seen", "ledger", "scheduled", "cancels"})
 
 #: Query of ``GET /api/v1/admin/tables/{table}/{key}`` (also in the OpenAPI document).
 TABLE_QUERY = (

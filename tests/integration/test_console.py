@@ -161,6 +161,23 @@ async def test_operator_console_end_to_end(console_stack: Stack, page: Any) -> N
     assert "webhook: suppressed" in deliveries
     assert "in-app" not in (await page.text_content("#user-prefs") or "x")  # text, not HTML
 
+    # A scheduled send and an open digest of the user show as pending.
+    await st.send_events(
+        {"event_id": new_id("later"), "user_id": user, "title": "Scheduled from the test",
+         "channels": ["inapp"], "delay_s": 3600},
+        {"event_id": new_id("dg"), "user_id": user, "title": "Collected for the digest",
+         "channels": ["inapp"], "category": "comments", "digest": {"window": "1d"}},
+    )
+    for _ in range(30):
+        await page.click("#user-form button[type=submit]")
+        await page.wait_for_selector("#user-result", state="visible")
+        if "Collected for the digest" in (await page.text_content("#user-digests") or ""):
+            break
+        await page.wait_for_timeout(500)
+    assert "Scheduled from the test" in await page.text_content("#user-scheduled")
+    digests = await page.text_content("#user-digests")
+    assert "Collected for the digest" in digests and "comments" in digests
+
     # Live figures: the in-app send is counted within the window.
     await expect(page.locator("#channel-table")).to_contain_text("inapp", timeout=30_000)
     assert (await page.text_content("#kpi-sent")).strip() not in ("", "\u2013", "0")  # en dash: no figure yet

@@ -134,44 +134,59 @@ async def test_same_event_id_for_two_users_is_delivered_to_both(stack: Stack) ->
 
 
 # --------------------------------------------------------------------------------------
-# 5. send_at / delay_s are refused, not mistaken for "send now"
+# 5. send_at / delay_s: bad or absurd values are dead-lettered, never sent now
 # --------------------------------------------------------------------------------------
 
 
-async def test_scheduling_fields_are_dead_lettered_not_sent_now(stack: Stack) -> None:
+async def test_bad_scheduling_fields_are_dead_lettered_not_sent_now(stack: Stack) -> None:
     user = new_id("u-sched")
     c = contact(stack.sinks, user)
     await stack.set_preferences(user, c)
-    at, delay = new_id("evt-send-at"), new_id("evt-delay")
-    await stack.send_events(
-        {"event_id": at, "user_id": user, "title": "t", "body": "at nine",
-         "channels": ["sms"], "send_at": "2031-01-01T09:00:00+01:00"},
-        {"event_id": delay, "user_id": user, "title": "t", "body": "in an hour",
-         "channels": ["sms"], "delay_s": 3600},
-    )
-    rec = await dead_letter_of(stack, at)
-    assert header(rec, "notifyd-reason") == (
-        "unsupported_field: send_at (scheduled send is not supported yet)"
-    )
-    rec = await dead_letter_of(stack, delay)
-    assert header(rec, "notifyd-reason") == (
-        "unsupported_field: delay_s (scheduled send is not supported yet)"
-    )
+    cases = {
+        new_id("evt-both"): ({"send_at": "2031-01-01T09:00:00+01:00", "delay_s": 5},
+                             "ambiguous_schedule: give send_at or delay_s, not both"),
+        new_id("evt-naive"): ({"send_at": "2031-01-01T09:00:00"},
+                              "invalid_send_at: '2031-01-01T09:00:00' is not RFC 3339 with "
+                              "an offset"),
+        new_id("evt-far"): ({"delay_s": 400 * 86400},
+                            "schedule_too_far: more than 365 days ahead "
+                            "(NOTIFYD_MAX_SCHEDULE_DAYS)"),
+        new_id("evt-neg"): ({"delay_s": -3},
+                            "invalid_delay_s: delay_s must be a finite number >= 0"),
+    }
+    await stack.send_events(*(
+        {"event_id": eid, "user_id": user, "title": "t", "body": eid, "channels": ["sms"],
+         **fields}
+        for eid, (fields, _) in cases.items()
+    ))
+    for eid, (_, reason) in cases.items():
+        rec = await dead_letter_of(stack, eid)
+        assert header(rec, "notifyd-reason") == reason
     # Processed in order after them: once the marker is sent, nothing else was.
     marker = new_id("evt-marker")
     await stack.send_events({"event_id": marker, "user_id": user, "title": "m", "body": "now",
                              "channels": ["sms"]})
     await wait_states(stack, notification_id_for(user, marker), {"sms": "sent"})
     assert [d["payload"]["body"] for d in sms_to(stack, c["phone"])] == ["now"]
-    assert stack.worker.table("status", notification_id_for(user, at)) is None
+    for eid in cases:
+        assert stack.worker.table("status", notification_id_for(user, eid)) is None
 
-    # The HTTP API refuses it the same way, with a JSON {code, detail}.
-    for field, value in (("send_at", "2031-01-01T09:00:00Z"), ("delay_s", 60)):
+    # The HTTP API refuses them the same way, with a JSON {code, detail} ...
+    for fields, reason in cases.values():
         code, body = http_json(
             "POST", f"{stack.worker.url}/api/v1/notifications",
-            {"user_id": user, "title": "t", "body": "b", "channels": ["sms"], field: value},
+            {"user_id": user, "title": "t", "body": "b", "channels": ["sms"], **fields},
             headers=stack.worker.op_headers,
         )
         assert code == 400, (code, body)
-        assert body == {"code": "unsupported_field",
-                        "detail": f"{field} (scheduled send is not supported yet)"}
+        want_code, _, detail = reason.partition(": ")
+        assert body == {"code": want_code, "detail": detail}
+    # ... and accepts a valid one: scheduled, with its time, not sent.
+    code, body = http_json(
+        "POST", f"{stack.worker.url}/api/v1/notifications",
+        {"user_id": user, "title": "t", "body": "later", "channels": ["sms"], "delay_s": 3600},
+        headers=stack.worker.op_headers,
+    )
+    assert code == 202, (code, body)
+    chans = await wait_states(stack, body["notification_id"], {"sms": "scheduled"})
+    assert chans["sms"]["deliver_at"] > chans["sms"]["ts"] + 3500

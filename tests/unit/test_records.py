@@ -673,17 +673,33 @@ def test_notification_id_injective_in_practice(u1: str, e1: str, u2: str, e2: st
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("send_at", "2030-01-01T09:00:00Z"), ("delay_s", 60), ("send_at", 0), ("delay_s", "10")],
+    ("fields", "reason"),
+    [
+        ({"send_at": 0}, "wrong_type: send_at must be an RFC 3339 string"),
+        ({"delay_s": "10"}, "wrong_type: delay_s must be a number of seconds"),
+        ({"send_at": "2030-01-01T09:00:00"},
+         "invalid_send_at: '2030-01-01T09:00:00' is not RFC 3339 with an offset"),
+        ({"delay_s": -1}, "invalid_delay_s: delay_s must be a finite number >= 0"),
+        ({"send_at": "2030-01-01T09:00:00Z", "delay_s": 60},
+         "ambiguous_schedule: give send_at or delay_s, not both"),
+    ],
 )
-def test_scheduling_fields_are_rejected_not_sent_now(field: str, value: Any) -> None:
+def test_bad_scheduling_fields_are_rejected_not_sent_now(
+    fields: dict[str, Any], reason: str
+) -> None:
     with pytest.raises(InvalidEvent) as exc:
-        parse_event(raw(**{field: value}))
-    assert exc.value.reason == (
-        f"unsupported_field: {field} (scheduled send is not supported yet)"
-    )
+        parse_event(raw(**fields))
+    assert exc.value.reason == reason
+
+
+def test_scheduling_fields_are_kept_for_the_scheduler() -> None:
+    at = parse_event(raw(send_at="2030-01-01T09:00:00Z"))
+    assert at.send_at == 1893488400.0 and at.delay_s is None
+    assert parse_event(raw(delay_s=60)).delay_s == 60.0
+    assert at.extra == {}
 
 
 def test_null_scheduling_field_means_send_now() -> None:
     ev = parse_event(raw(send_at=None, delay_s=None))
-    assert ev.extra == {"send_at": None, "delay_s": None}
+    assert ev.send_at is None and ev.delay_s is None
+    assert ev.due(1000.0, 365) is None

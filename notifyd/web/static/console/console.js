@@ -358,13 +358,15 @@
     if (!uid) return;
     showError("user-error", null);
     try {
-      const [prefs, box, throttle] = await Promise.all([
+      const [prefs, box, throttle, pending] = await Promise.all([
         api("GET", "/api/v1/users/" + encodeURIComponent(uid) + "/preferences"),
         tableEntry("inbox", uid),
         tableEntry("throttle", uid),
+        api("GET", "/api/v1/admin/users/" + encodeURIComponent(uid) + "/pending"),
       ]);
       renderPrefs(prefs);
       renderInbox(box);
+      renderPending(pending);
       await renderDeliveries(uid, box, throttle);
       $("user-result").hidden = false;
     } catch (err) {
@@ -384,6 +386,8 @@
       ["channels", enabled || "defaults"], ["opted out", optOut || "—"],
       ["quiet hours", q ? q.start + "–" + q.end + " " + q.timezone : "—"],
       ["locale", p.locale || "default"],
+      ["time zone", p.timezone || "—"],
+      ["digests", (p.digests || []).map((d) => d.category + " every " + d.window).join("; ") || "—"],
     ];
     for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", { text: v }));
   }
@@ -400,6 +404,30 @@
         el("div", { text: it.body }),
         el("div", { class: "meta", text: fmtTime(it.created_at) + " · " + it.category + " · " + it.priority +
           (it.archived ? " · archived" : "") })));
+    }
+  }
+
+  function renderPending(p) {
+    const sched = $("user-scheduled").querySelector("tbody");
+    clear(sched);
+    if (!p.scheduled.length) sched.append(el("tr", {}, el("td", { colspan: "4", class: "muted", text: "none" })));
+    for (const s of p.scheduled) {
+      sched.append(el("tr", {},
+        el("td", { text: fmtTime(s.due) }),
+        el("td", { text: s.title || "" }),
+        el("td", { text: (s.channels || []).join(", ") }),
+        el("td", { class: "code", text: s.notification_id })));
+    }
+    const dig = $("user-digests").querySelector("tbody");
+    clear(dig);
+    if (!p.digests.length) dig.append(el("tr", {}, el("td", { colspan: "5", class: "muted", text: "none" })));
+    for (const d of p.digests) {
+      dig.append(el("tr", {},
+        el("td", { text: fmtTime(d.closes_at) }),
+        el("td", { text: d.category }),
+        el("td", { text: d.window }),
+        el("td", { text: String(d.count) }),
+        el("td", { text: (d.titles || []).join(" · ") })));
     }
   }
 
