@@ -16,6 +16,7 @@ from notifyd.providers.base import SendReceipt
 from notifyd.providers.memory import MemoryProvider
 from notifyd.records import Delivery
 from notifyd.tables import ledger
+from tests.support.waiting import until
 
 
 class SlowProvider(MemoryProvider):
@@ -54,13 +55,6 @@ def delivery(user: str, nid: str, title: str = "t") -> Delivery:
         body="b",
         address="https://example.com/hook",
     )
-
-
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.mark.parametrize("limit", [1, 8])

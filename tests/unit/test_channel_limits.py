@@ -35,6 +35,7 @@ from notifyd.providers.memory import MemoryProvider
 from notifyd.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
 from notifyd.records import Delivery
 from notifyd.sandbox import SandboxServer
+from tests.support.waiting import until
 
 
 class VirtualClock:
@@ -60,13 +61,6 @@ class VirtualClock:
         for due, fut in self.sleepers:
             if due <= self.now and not fut.done():
                 fut.set_result(None)
-
-
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def delivery(channel: str, user: str, nid: str) -> Delivery:

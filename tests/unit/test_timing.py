@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +30,7 @@ from notifyd.records import (
     validate_preferences,
 )
 from notifyd.tables import cancels, inbox, preferences, scheduled, seen
+from tests.support.waiting import until
 
 
 def ev(**kw: Any) -> bytes:
@@ -207,14 +208,6 @@ def test_fold_digested_item_is_cancelled_only_by_the_forced_update() -> None:
 # --------------------------------------------------------------------------------------
 # The ingest agent
 # --------------------------------------------------------------------------------------
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 Published = list[tuple[str, list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]]
