@@ -25,6 +25,7 @@ from notifyd.app import settings
 from notifyd.records import Delivery
 from notifyd.tables import inbox, ledger
 from tests.support.dead_letters import DeadLetters
+from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 
 # --------------------------------------------------------------------------------------
@@ -241,13 +242,7 @@ def delivery(user: str, nid: str, **kw: Any) -> Delivery:
 @pytest.fixture
 def statuses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[dict[str, Any]]]]:
     """Status updates the channel agent publishes, kept instead of produced to Kafka."""
-    seen: list[tuple[str, list[dict[str, Any]]]] = []
-
-    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
-        seen.append((nid, updates))
-
-    monkeypatch.setattr(pipeline, "publish_status", record)
-    return seen
+    return capture_statuses(monkeypatch)
 
 
 class InappDriver:

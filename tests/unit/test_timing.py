@@ -30,6 +30,7 @@ from notifyd.records import (
     validate_preferences,
 )
 from notifyd.tables import cancels, inbox, preferences, scheduled, seen
+from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 
 
@@ -459,12 +460,7 @@ async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.Monk
     from notifyd.records import Delivery
     from notifyd.tables import ledger
 
-    published: list[tuple[str, list[dict[str, Any]]]] = []
-
-    async def record(nid: str, updates: list[dict[str, Any]], **kw: Any) -> None:
-        published.append((nid, updates))
-
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    published = capture_statuses(monkeypatch)
     user, eid = fresh("u"), fresh("e")
     nid = notification_id_for(user, eid)
     cancels.data[idempotency_scope(user, eid)] = [1.0, 0, user]
