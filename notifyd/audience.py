@@ -276,10 +276,9 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
 async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
     """Ingest of a topic-addressed event: on the topic's partition, once per event id."""
     from .app import settings
-    from .kafka_headers import header_value
-    from .pipeline import ORIGIN_HEADER, dead_letter, partition_for
+    from .pipeline import dead_letter, on_key_partition, record_origin
     from .tables import seen
-    from .topics import fanout_topic, rekeyed_topic
+    from .topics import fanout_topic
 
     msg = ev.message
     raw: bytes = ev.value
@@ -290,19 +289,9 @@ async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
         return
     event_id = str(obj["event_id"])
     structlog.contextvars.bind_contextvars(topic_name=topic, event_id=event_id)
-    expected = partition_for(topic)
-    if msg.partition != expected:
-        if msg.topic == rekeyed_topic.get_topic_name():
-            await dead_letter(
-                ev, raw, f"partition_mismatch: rekeyed to {msg.partition}, expected {expected}"
-            )
-            return
-        origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
-        await rekeyed_topic.send(
-            key=topic.encode(), value=raw, headers=[(ORIGIN_HEADER, origin.encode())]
-        )
+    if not await on_key_partition(ev, raw, topic):
         return
-    origin = header_value(msg.headers, ORIGIN_HEADER) or f"{msg.topic}/{msg.partition}/{msg.offset}"
+    origin = record_origin(ev)
     key = fanout_seen_key(topic, event_id)
     prev = seen.get(key)
     if prev is not None and prev[2] != origin:

@@ -199,6 +199,37 @@ async def dead_letter_failure(ev: EventT[Any], exc: BaseException) -> None:
 # --------------------------------------------------------------------------------------
 
 
+async def on_key_partition(ev: EventT[Any], raw: bytes | None, key: str) -> bool:
+    """Whether an ingest record stands on ``key``'s partition, so the caller goes on.
+
+    If not, it is handled here and the caller stops: a record already rekeyed is
+    dead-lettered (only possible if topics were created with different partition
+    counts); any other (a producer keyed by something else, or used another
+    partitioner) takes one hop through the rekeyed topic to the key's partition, so
+    state is partition-local, with its first place as the origin header.
+    """
+    msg = ev.message
+    expected = partition_for(key)
+    if msg.partition == expected:
+        return True
+    if msg.topic == rekeyed_topic.get_topic_name():
+        await dead_letter(
+            ev, raw, f"partition_mismatch: rekeyed to {msg.partition}, expected {expected}"
+        )
+        return False
+    origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    await rekeyed_topic.send(
+        key=key.encode(), value=raw, headers=[(ORIGIN_HEADER, origin.encode())]
+    )
+    return False
+
+
+def record_origin(ev: EventT[Any]) -> str:
+    """Where an ingest record was first read: its origin header once rekeyed, else itself."""
+    msg = ev.message
+    return header_value(msg.headers, ORIGIN_HEADER) or f"{msg.topic}/{msg.partition}/{msg.offset}"
+
+
 async def handle_event(ev: EventT[Any]) -> None:
     from . import timing
 
@@ -221,25 +252,9 @@ async def handle_event(ev: EventT[Any]) -> None:
     structlog.contextvars.bind_contextvars(
         user_id=event.user_id, notification_id=event.notification_id, event_id=event.event_id
     )
-    expected = partition_for(event.user_id)
-    if msg.partition != expected:
-        if msg.topic == rekeyed_topic.get_topic_name():
-            # Only possible if topics were created with different partition counts.
-            await dead_letter(
-                ev, raw, f"partition_mismatch: rekeyed to {msg.partition}, expected {expected}"
-            )
-            return
-        # Producer keyed by something else (or used another partitioner): one hop to
-        # the user's partition, so preferences and state are partition-local.
-        origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
-        await rekeyed_topic.send(
-            key=event.user_id.encode(), value=raw, headers=[(ORIGIN_HEADER, origin.encode())]
-        )
+    if not await on_key_partition(ev, raw, event.user_id):
         return
-    origin = (
-        header_value(ev.message.headers, ORIGIN_HEADER)
-        or f"{msg.topic}/{msg.partition}/{msg.offset}"
-    )
+    origin = record_origin(ev)
     now = clock.now()
     if isinstance(event, CancelRequest):
         await timing.cancel(event, msg.partition, now)

@@ -90,24 +90,12 @@ class TemplateStore:
         return sorted(self._docs)
 
     def _render(self, source: str, data: dict[str, Any]) -> str:
-        tpl = self._compiled.get(source)
-        if tpl is None:
-            tpl = self._compiled[source] = self.env.from_string(source)
-        out = tpl.render(data)
-        if len(out) > MAX_RENDERED:
-            raise InvalidEvent(f"template_error: rendered text exceeds {MAX_RENDERED} chars")
-        return out
+        return _render_cached(self.env, self._compiled, source, data, MAX_RENDERED, "text")
 
     def _render_html(self, source: str, data: dict[str, Any]) -> str:
-        tpl = self._compiled_html.get(source)
-        if tpl is None:
-            tpl = self._compiled_html[source] = self.html_env.from_string(source)
-        out = tpl.render(data)
-        if len(out) > MAX_RENDERED_HTML:
-            raise InvalidEvent(
-                f"template_error: rendered HTML exceeds {MAX_RENDERED_HTML} chars"
-            )
-        return out
+        return _render_cached(
+            self.html_env, self._compiled_html, source, data, MAX_RENDERED_HTML, "HTML"
+        )
 
     def render(self, name: str, data: dict[str, Any], locale: str | None) -> Rendered:
         doc = self._docs.get(name)
@@ -159,3 +147,22 @@ class TemplateStore:
         return Rendered(
             title=title, body=body, locale=chosen, per_channel=per_channel, html=html
         )
+
+
+def _render_cached(
+    env: jinja2.Environment,
+    cache: dict[str, jinja2.Template],
+    source: str,
+    data: dict[str, Any],
+    limit: int,
+    what: str,
+) -> str:
+    """``source`` rendered in ``env`` (compiled once into ``cache``), at most ``limit``
+    characters long (``what`` names the kind of text in the error)."""
+    tpl = cache.get(source)
+    if tpl is None:
+        tpl = cache[source] = env.from_string(source)
+    out = tpl.render(data)
+    if len(out) > limit:
+        raise InvalidEvent(f"template_error: rendered {what} exceeds {limit} chars")
+    return out

@@ -21,7 +21,7 @@ import contextlib
 import math
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,26 +393,41 @@ def _peers() -> list[URL]:
     return [URL(h) for h in hosts if not is_local(URL(h))]
 
 
-async def _peer_stats(
-    request: web.Request, peer: URL, window_s: float
+async def _ask_peer(
+    request: web.Request,
+    peer: URL,
+    path: str,
+    query: dict[str, str],
+    take: Callable[[dict[str, Any]], dict[str, Any] | None],
 ) -> dict[str, Any]:
+    """A peer's own view (``path`` with ``query``), asked as routed, with the caller's
+    bearer token: ``take`` makes the row from the JSON object it answered (None: not an
+    answer); anything else is a row ``{"worker", "error"}``."""
     headers = {ROUTED_HEADER: str(app.conf.canonical_url)}
     if request.headers.get("Authorization"):
         headers["Authorization"] = request.headers["Authorization"]
-    url = peer.with_path("/api/v1/admin/stats").with_query(
-        {"scope": "local", "window": str(int(window_s))}
-    )
+    url = peer.with_path(path).with_query(query)
     try:
         async with request.app[HTTP_CLIENT].get(
             url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
         ) as resp:
             body = await resp.json()
-            if resp.status != 200 or not isinstance(body, dict) or "local" not in body:
+            row = take(body) if resp.status == 200 and isinstance(body, dict) else None
+            if row is None:
                 return {"worker": str(peer), "error": f"HTTP {resp.status}: {body}"[:300]}
-            local: dict[str, Any] = body["local"]
-            return local
+            return row
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         return {"worker": str(peer), "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+async def _peer_stats(
+    request: web.Request, peer: URL, window_s: float
+) -> dict[str, Any]:
+    def take(body: dict[str, Any]) -> dict[str, Any] | None:
+        return body["local"] if "local" in body else None
+
+    query = {"scope": "local", "window": str(int(window_s))}
+    return await _ask_peer(request, peer, "/api/v1/admin/stats", query, take)
 
 
 _STATS_SCHEMA: dict[str, Any] = {
@@ -554,20 +569,10 @@ def local_providers() -> dict[str, Any]:
 
 
 async def _peer_providers(request: web.Request, peer: URL) -> dict[str, Any]:
-    headers = {ROUTED_HEADER: str(app.conf.canonical_url)}
-    if request.headers.get("Authorization"):
-        headers["Authorization"] = request.headers["Authorization"]
-    url = peer.with_path("/api/v1/admin/providers").with_query({"scope": "local"})
-    try:
-        async with request.app[HTTP_CLIENT].get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-        ) as resp:
-            body = await resp.json()
-            if resp.status != 200 or not isinstance(body, dict):
-                return {"worker": str(peer), "error": f"HTTP {resp.status}: {body}"[:300]}
-            return {"worker": str(peer), "providers": list(body.get("providers") or [])}
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        return {"worker": str(peer), "error": f"{type(exc).__name__}: {exc}"[:300]}
+    def take(body: dict[str, Any]) -> dict[str, Any]:
+        return {"worker": str(peer), "providers": list(body.get("providers") or [])}
+
+    return await _ask_peer(request, peer, "/api/v1/admin/providers", {"scope": "local"}, take)
 
 
 @registry.route(

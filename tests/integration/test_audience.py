@@ -21,12 +21,10 @@ from notifyd.broker.kafka import KafkaBroker
 from notifyd.pipeline import partition_for
 from notifyd.records import notification_id_for
 from tests.integration.conftest import start_stack
-from tests.support.harness import WEBHOOK_SECRET, Sinks, Stack, http_json, new_id, wait_for
+from tests.support.harness import WEBHOOK_SECRET, Sinks, Stack, http_json, new_id, signup, wait_for
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
-
-PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +47,6 @@ def call(st: Stack, i: int, method: str, path: str, body: Any = None,
          token: str | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token or st.operator_token}"}
     return http_json(method, f"{st.workers[i].url}{path}", body, headers)
-
-
-def signup(st: Stack) -> tuple[str, str]:
-    username = new_id("aud").replace("-", "_")
-    status, user = http_json("POST", f"{st.worker.url}/api/v1/users", {
-        "username": username, "password": PASSWORD, "email": f"{username}@example.com"})
-    assert status == 201, user
-    status, tokens = http_json("POST", f"{st.worker.url}/api/v1/auth/token",
-                               {"username": username, "password": PASSWORD})
-    assert status == 200, tokens
-    return user["user_id"], tokens["access_token"]
 
 
 def users_on_every_partition(prefix: str, per_partition: int = 3) -> list[str]:
@@ -113,7 +100,7 @@ def delivered_inapp(st: Stack, users: list[str], event_id: str) -> bool:
 async def test_subscriptions_api_and_fan_out_across_two_workers(aud: Stack) -> None:
     topic = new_id("release-notes")
     subs = users_on_every_partition(new_id("sub"))
-    me, token = signup(aud)
+    me, token = signup(aud, "aud")
     # Operators subscribe users through either worker (each request is routed to the
     # owner of the user's partition); one user subscribes themself.
     for n, u in enumerate(subs):
@@ -267,7 +254,7 @@ def channel_state(st: Stack, nid: str, channel: str) -> str | None:
 
 
 async def test_fallback_read_in_time_skips_the_later_steps(aud: Stack) -> None:
-    user, token = signup(aud)
+    user, token = signup(aud, "aud")
     await aud.set_preferences(user, {"email": f"{user}@example.com",
                                      "push_tokens": [f"tok-{user}"]})
     event_id = new_id("fb")

@@ -22,12 +22,11 @@ from notifyd.broker.kafka import KafkaBroker
 from notifyd.pipeline import partition_for
 from notifyd.records import notification_id_for
 from tests.integration.conftest import start_stack
-from tests.support.harness import Sinks, Stack, http_json, new_id, wait_for
+from tests.support.harness import Sinks, Stack, http_json, new_id, signup, wait_for
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "correct horse battery staple"
 PARTITIONS = 4
 
 
@@ -59,17 +58,6 @@ def assignment(stack: Stack) -> list[set[int]] | None:
     if sum(len(p) for p in parts) != PARTITIONS:
         return None
     return parts
-
-
-def signup(stack: Stack) -> tuple[str, str]:
-    username = new_id("rt").replace("-", "_")
-    status, user = http_json("POST", f"{stack.worker.url}/api/v1/users", {
-        "username": username, "password": PASSWORD, "email": f"{username}@example.com"})
-    assert status == 201, user
-    status, tokens = http_json("POST", f"{stack.worker.url}/api/v1/auth/token",
-                               {"username": username, "password": PASSWORD})
-    assert status == 200, tokens
-    return user["user_id"], tokens["access_token"]
 
 
 async def next_event(resp: aiohttp.ClientResponse, timeout: float = 30) -> tuple[str, Any, str]:
@@ -107,7 +95,7 @@ async def user_on_one_worker(rt: Stack) -> tuple[str, str, int, int]:
     """A new user with a token, the index of the worker owning the user's partition
     and of the other worker (once the assignment has settled)."""
     parts = await wait_for(lambda: assignment(rt), timeout=90, what="a settled assignment")
-    user_id, token = signup(rt)
+    user_id, token = signup(rt, "rt")
     owner = next(i for i, p in enumerate(parts) if partition_for(user_id, PARTITIONS) in p)
     return user_id, token, owner, 1 - owner
 
@@ -178,7 +166,7 @@ async def test_stream_on_owner_and_relayed_by_the_other_worker(rt: Stack) -> Non
 
 async def test_reconnect_replays_what_was_missed(rt: Stack) -> None:
     await wait_for(lambda: assignment(rt), timeout=90, what="a settled assignment")
-    user_id, token = signup(rt)
+    user_id, token = signup(rt, "rt")
     auth = {"Authorization": f"Bearer {token}"}
     first = {"event_id": new_id("rt-ev"), "user_id": user_id, "title": "first",
              "body": "b", "channels": ["inapp"]}
@@ -213,7 +201,7 @@ async def test_stats_add_up_both_workers(rt: Stack) -> None:
         assert body["window_s"] == 300
         assert set(body["latency_ms"]) >= {"p50", "p95", "p99", "count"}
     # user tokens are refused
-    _, token = signup(rt)
+    _, token = signup(rt, "rt")
     status, body = rt.worker.get("/api/v1/admin/stats",
                                  {"Authorization": f"Bearer {token}"})
     assert status == 403 and body["code"] == "operator_required"

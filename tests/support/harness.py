@@ -286,6 +286,23 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+#: The password :func:`signup` gives its users.
+USER_PASSWORD = "correct horse battery staple"
+
+
+def signup(stack: Stack, prefix: str) -> tuple[str, str]:
+    """A new user (a unique username from ``prefix``) signed up with an e-mail address on
+    the first worker: its user id and an access token."""
+    username = new_id(prefix).replace("-", "_")
+    status, user = http_json("POST", f"{stack.worker.url}/api/v1/users", {
+        "username": username, "password": USER_PASSWORD, "email": f"{username}@example.com"})
+    assert status == 201, user
+    status, tokens = http_json("POST", f"{stack.worker.url}/api/v1/auth/token",
+                               {"username": username, "password": USER_PASSWORD})
+    assert status == 200, tokens
+    return user["user_id"], tokens["access_token"]
+
+
 def header(record: Any, name: str) -> str | None:
     """A header of a consumed record, decoded (see :func:`notifyd.kafka_headers.header_value`)."""
     return header_value(record.headers, name)

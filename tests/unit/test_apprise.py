@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from notifyd.config import Settings
 from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
@@ -24,48 +21,13 @@ from notifyd.providers.memory import MemoryProvider
 from notifyd.providers.registry import build_provider
 from notifyd.records import Delivery, Event
 from notifyd.rules import SEND, SUPPRESS, ThrottlePolicy, decide
-
-
-@dataclass
-class Receiver:
-    """Records what Apprise posted; answers ``status`` (per path), optionally slowly."""
-
-    server: TestServer
-    received: list[dict[str, Any]] = field(default_factory=list)
-    status: dict[str, int] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-    def url(self, scheme: str, path: str) -> str:
-        return f"{scheme}://127.0.0.1:{self.server.port}/{path}"
-
-    def at(self, path: str) -> list[dict[str, Any]]:
-        return [r for r in self.received if r["path"] == f"/{path}"]
+from tests.support.http_receiver import Receiver, receiving
 
 
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec: Receiver
-
-    async def handle(request: web.Request) -> web.Response:
-        if rec.delay_s:
-            await asyncio.sleep(rec.delay_s)
-        if request.content_type == "application/json":
-            body: Any = await request.json()
-        else:
-            body = dict(await request.post())
-        rec.received.append({"path": request.path, "headers": dict(request.headers),
-                             "body": body})
-        return web.Response(status=rec.status.get(request.path, 200), text="ok")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    rec = Receiver(server)
-    try:
+    async with receiving() as rec:
         yield rec
-    finally:
-        await server.close()
 
 
 def delivery(tokens: list[str], **kw: Any) -> Delivery:
@@ -82,7 +44,7 @@ def delivery(tokens: list[str], **kw: Any) -> Delivery:
 async def test_json_target_receives_the_notification(receiver: Receiver) -> None:
     provider = AppriseProvider(timeout_s=5)
     receipt = await provider.send(delivery([receiver.url("json", "hook")], priority="high"))
-    [got] = receiver.at("hook")
+    [got] = receiver.at("/hook")
     assert got["body"]["title"] == "Your order"
     assert got["body"]["message"] == "Order 42 shipped"
     assert got["body"]["type"] == "warning"  # high priority
@@ -94,8 +56,8 @@ async def test_form_target_and_several_urls(receiver: Receiver) -> None:
     provider = AppriseProvider(timeout_s=5)
     urls = [receiver.url("form", "a"), receiver.url("json", "b")]
     await provider.send(delivery(urls, title="", body="only a body"))
-    [a] = receiver.at("a")
-    [b] = receiver.at("b")
+    [a] = receiver.at("/a")
+    [b] = receiver.at("/b")
     assert a["body"]["message"] == "only a body"
     assert a["body"]["type"] == "info"
     assert b["body"]["message"] == "only a body"
@@ -110,11 +72,11 @@ async def test_failing_target_is_retriable_and_retry_skips_delivered_ones(
     with pytest.raises(RetriableDeliveryError) as exc:
         await provider.send(delivery(urls))
     assert "apprise_failed" in exc.value.reason
-    assert len(receiver.at("good")) == 1 and len(receiver.at("bad")) == 1
+    assert len(receiver.at("/good")) == 1 and len(receiver.at("/bad")) == 1
     receiver.status.clear()
     await provider.send(delivery(urls, attempt=2))
-    assert len(receiver.at("good")) == 1  # not sent twice
-    assert len(receiver.at("bad")) == 2
+    assert len(receiver.at("/good")) == 1  # not sent twice
+    assert len(receiver.at("/bad")) == 2
 
 
 async def test_unreachable_target_is_retriable() -> None:
@@ -136,10 +98,10 @@ async def test_slow_target_times_out_as_retriable(receiver: Receiver) -> None:
     from apprise.apprise import any_abandoned_calls_still_running
 
     deadline = asyncio.get_running_loop().time() + 10
-    while not receiver.at("slow") or any_abandoned_calls_still_running():
+    while not receiver.at("/slow") or any_abandoned_calls_still_running():
         assert asyncio.get_running_loop().time() < deadline, "Apprise's send did not end"
         await asyncio.sleep(0.02)
-    assert len(receiver.at("slow")) == 1
+    assert len(receiver.at("/slow")) == 1
 
 
 async def test_credentials_are_masked_in_reasons(receiver: Receiver) -> None:
@@ -174,7 +136,7 @@ async def test_scheme_allow_list(receiver: Receiver) -> None:
     receipt = await provider.send(
         delivery([receiver.url("json", "j"), receiver.url("form", "f")])
     )
-    assert len(receiver.at("f")) == 1
+    assert len(receiver.at("/f")) == 1
     assert receipt.detail["apprise_sent"] == 1
     assert "not allowed" in receipt.detail["apprise_refused"][0]
 
@@ -224,7 +186,7 @@ async def test_router_sends_tokens_to_push_and_urls_to_apprise(receiver: Receive
         await router.stop()
     [sent] = push.deliveries
     assert sent.tokens == ["tok-1"]
-    assert len(receiver.at("r")) == 1
+    assert len(receiver.at("/r")) == 1
     assert receipt.detail["apprise_sent"] == 1
 
 
@@ -234,7 +196,7 @@ async def test_router_only_push_or_only_apprise(receiver: Receiver) -> None:
     await router.send(delivery(["tok-1"]))
     await router.send(delivery([receiver.url("json", "only")], notification_id="n-2"))
     assert [d.tokens for d in push.deliveries] == [["tok-1"]]
-    assert len(receiver.at("only")) == 1
+    assert len(receiver.at("/only")) == 1
     with pytest.raises(PermanentDeliveryError, match="no push device token or Apprise URL"):
         router.check(delivery([]))
 

@@ -214,16 +214,21 @@ def job(url: str) -> dict[str, Any]:
     return callbacks.jobs_for({}, {**doc(sms="dead"), "callback_url": url}, "")[0]
 
 
+async def deliver_once(s: Settings, url: str) -> dict[str, Any]:
+    """One callback job for ``url`` through a started, then stopped, sender."""
+    sender = callbacks.CallbackSender(s)
+    await sender.start()
+    try:
+        return await sender.deliver(job(url))
+    finally:
+        await sender.stop()
+
+
 async def test_sender_retries_then_delivers_signed_with_the_same_key(
     receiver: tuple[Receiver, str],
 ) -> None:
     rec, url = receiver
-    sender = callbacks.CallbackSender(sender_settings(egress_allow="127.0.0.1/32"))
-    await sender.start()
-    try:
-        outcome = await sender.deliver(job(url))
-    finally:
-        await sender.stop()
+    outcome = await deliver_once(sender_settings(egress_allow="127.0.0.1/32"), url)
     assert outcome == {"result": "delivered", "attempts": 3}
     assert len(rec.requests) == 3
     assert {h["Idempotency-Key"] for h, _ in rec.requests} == {"n1:sms:dead"}
@@ -236,24 +241,14 @@ async def test_sender_retries_then_delivers_signed_with_the_same_key(
 async def test_sender_gives_up_after_max_attempts(receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver
     rec.fail_first = 100
-    sender = callbacks.CallbackSender(sender_settings(egress_allow="127.0.0.1/32"))
-    await sender.start()
-    try:
-        outcome = await sender.deliver(job(url))
-    finally:
-        await sender.stop()
+    outcome = await deliver_once(sender_settings(egress_allow="127.0.0.1/32"), url)
     assert outcome["result"] == "dead" and outcome["attempts"] == 4
     assert outcome["reason"].startswith("http_503")
 
 
 async def test_sender_egress_denied_is_not_retried(receiver: tuple[Receiver, str]) -> None:
     rec, url = receiver  # loopback, not allow-listed here
-    sender = callbacks.CallbackSender(sender_settings())
-    await sender.start()
-    try:
-        outcome = await sender.deliver(job(url))
-    finally:
-        await sender.stop()
+    outcome = await deliver_once(sender_settings(), url)
     assert outcome["result"] == "failed" and outcome["attempts"] == 1
     assert outcome["reason"].startswith("egress_denied")
     assert rec.requests == []

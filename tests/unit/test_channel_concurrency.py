@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
 
 import pytest
 
 import notifyd.agents.channel as channel_mod
-from notifyd import pipeline
 from notifyd.agents.webhook import webhook_agent
 from notifyd.app import settings
 from notifyd.providers.base import SendReceipt
 from notifyd.providers.memory import MemoryProvider
 from notifyd.records import Delivery
 from notifyd.tables import ledger
+from tests.support.statuses import capture_statuses
+from tests.support.waiting import until
 
 
 class SlowProvider(MemoryProvider):
@@ -56,13 +56,6 @@ def delivery(user: str, nid: str, title: str = "t") -> Delivery:
     )
 
 
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 @pytest.mark.parametrize("limit", [1, 8])
 async def test_deliveries_in_flight_in_order_per_user(
     monkeypatch: pytest.MonkeyPatch, limit: int
@@ -72,12 +65,7 @@ async def test_deliveries_in_flight_in_order_per_user(
     provider = SlowProvider({slow: 0.05})
     monkeypatch.setattr(channel_mod, "build_provider", lambda ch, s: provider)
     monkeypatch.setattr(settings, "delivery_concurrency", limit)
-    published: list[tuple[str, list[dict[str, Any]]]] = []
-
-    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
-        published.append((nid, updates))
-
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    published = capture_statuses(monkeypatch)
     plan = [
         delivery(slow, f"{tag}-s1"),
         delivery(slow, f"{tag}-s2"),

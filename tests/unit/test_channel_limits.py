@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import notifyd.agents.channel as channel_mod
-from notifyd import pipeline, ratelimit
+from notifyd import ratelimit
 from notifyd.agents.email import email_agent
 from notifyd.agents.push import push_agent
 from notifyd.agents.sms import sms_agent
@@ -35,6 +35,8 @@ from notifyd.providers.memory import MemoryProvider
 from notifyd.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
 from notifyd.records import Delivery
 from notifyd.sandbox import SandboxServer
+from tests.support.statuses import capture_statuses
+from tests.support.waiting import until
 
 
 class VirtualClock:
@@ -60,13 +62,6 @@ class VirtualClock:
         for due, fut in self.sleepers:
             if due <= self.now and not fut.done():
                 fut.set_result(None)
-
-
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def delivery(channel: str, user: str, nid: str) -> Delivery:
@@ -246,13 +241,7 @@ class Blocking(MemoryProvider):
 
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[dict[str, Any]]]]:
-    out: list[tuple[str, list[dict[str, Any]]]] = []
-
-    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
-        out.append((nid, updates))
-
-    monkeypatch.setattr(pipeline, "publish_status", record)
-    return out
+    return capture_statuses(monkeypatch)
 
 
 @pytest.fixture

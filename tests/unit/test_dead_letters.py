@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +28,12 @@ from notifyd.tables import seen
 from notifyd.templating import TemplateStore
 from notifyd.topics import names
 from tests.support.dead_letters import DeadLetters
+from tests.support.waiting import until
 
 
 @pytest.fixture
 def dlq(monkeypatch: pytest.MonkeyPatch) -> DeadLetters:
     return DeadLetters().install(monkeypatch)
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 def new_user() -> str:

@@ -11,14 +11,11 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from notifyd.config import Settings
@@ -35,6 +32,7 @@ from notifyd.providers.smtp import SmtpProvider
 from notifyd.providers.spec import ProviderSpec, parse_providers
 from notifyd.records import Delivery
 from notifyd.sandbox import SandboxServer, SmtpSink
+from tests.support.http_receiver import Receiver, receiving
 
 HOSTILE = "a@evil/x?y#z"
 
@@ -333,44 +331,10 @@ def test_values_that_would_change_the_targets_are_refused(value: str) -> None:
 # --- real Apprise services against local servers ---------------------------------------------
 
 
-@dataclass
-class Receiver:
-    server: TestServer
-    received: list[dict[str, Any]] = field(default_factory=list)
-    status: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def port(self) -> int:
-        port = self.server.port
-        assert port is not None
-        return port
-
-    def at(self, path: str) -> list[dict[str, Any]]:
-        return [r for r in self.received if r["path"] == path]
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    rec: Receiver
-
-    async def handle(request: web.Request) -> web.Response:
-        if request.content_type == "application/json":
-            body: Any = await request.json()
-        else:
-            body = dict(await request.post())
-        rec.received.append({"path": request.path, "query": dict(request.query),
-                             "headers": dict(request.headers), "body": body})
-        return web.Response(status=rec.status.get(request.path, 200), text="{}")
-
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    rec = Receiver(server)
-    try:
+    async with receiving() as rec:
         yield rec
-    finally:
-        await server.close()
 
 
 async def test_json_service_substitutes_and_keeps_structure(receiver: Receiver) -> None:

@@ -4,9 +4,8 @@ working: the ingest agent in Faust's ``test_context()`` with tables in memory.""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -20,14 +19,7 @@ from notifyd.records import (
     notification_id_for,
 )
 from notifyd.tables import inbox, seen, status
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+from tests.support.waiting import until
 
 
 class Ingest:

@@ -10,8 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
-from argon2 import PasswordHasher
+from aiohttp.test_utils import TestClient, make_mocked_request
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from openapi_spec_validator.validation.validators import OpenAPIV30SpecValidator
@@ -21,11 +20,10 @@ from notifyd.app import app
 from notifyd.errors import BadRequest
 from notifyd.store import SqliteStore
 from notifyd.web import api
-from notifyd.web.auth import SessionService, TokenService, UserService, auth_middleware
-from notifyd.web.auth import error_middleware as errors_mw
-from notifyd.web.auth_glue import AUTH, AuthServices, is_public
+from notifyd.web.auth_glue import AUTH, is_public
 from notifyd.web.openapi import Param, parse_query
 from notifyd.web.openapi import validate as check
+from tests.support.web_client import api_client
 
 METHODS = {"GET", "PUT", "POST", "PATCH", "DELETE"}
 
@@ -161,27 +159,10 @@ def test_query_parsing() -> None:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     store = await SqliteStore.open(tmp_path / "creds.db", purge_interval_s=0)
-    users = UserService(store, hasher=PasswordHasher(time_cost=1, memory_cost=1024,
-                                                     parallelism=1))
-    tokens = TokenService("t" * 40, store=store, users=users)
-    sessions = SessionService(store, users)
-    mw = auth_middleware(tokens, users, is_public, sessions=sessions)
-    webapp = web.Application(client_max_size=2048)
-    webapp.middlewares.append(errors_mw)
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
-        return await mw(request, handler)
-
-    webapp.middlewares.append(authenticate)
-    webapp[AUTH] = AuthServices(store, users, tokens, sessions, None, mw)
-    webapp.add_routes(api.make_api_routes(app))
-    tc = TestClient(TestServer(webapp))
-    await tc.start_server()
     try:
-        yield tc
+        async with api_client(store, client_max_size=2048) as tc:
+            yield tc
     finally:
-        await tc.close()
         await store.close()
 
 

@@ -4,12 +4,11 @@ happen inside a real stream event, changelog records only go to the producer buf
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -26,6 +25,8 @@ from notifyd.app import settings
 from notifyd.records import Delivery
 from notifyd.tables import inbox, ledger
 from tests.support.dead_letters import DeadLetters
+from tests.support.statuses import capture_statuses
+from tests.support.waiting import until
 
 # --------------------------------------------------------------------------------------
 # fold_status
@@ -238,24 +239,10 @@ def delivery(user: str, nid: str, **kw: Any) -> Delivery:
     )
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
-
-
 @pytest.fixture
 def statuses(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[dict[str, Any]]]]:
     """Status updates the channel agent publishes, kept instead of produced to Kafka."""
-    seen: list[tuple[str, list[dict[str, Any]]]] = []
-
-    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
-        seen.append((nid, updates))
-
-    monkeypatch.setattr(pipeline, "publish_status", record)
-    return seen
+    return capture_statuses(monkeypatch)
 
 
 class InappDriver:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,6 +30,8 @@ from notifyd.records import (
     validate_preferences,
 )
 from notifyd.tables import cancels, inbox, preferences, scheduled, seen
+from tests.support.statuses import capture_statuses
+from tests.support.waiting import until
 
 
 def ev(**kw: Any) -> bytes:
@@ -207,14 +209,6 @@ def test_fold_digested_item_is_cancelled_only_by_the_forced_update() -> None:
 # --------------------------------------------------------------------------------------
 # The ingest agent
 # --------------------------------------------------------------------------------------
-
-
-async def until(cond: Callable[[], Any], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 Published = list[tuple[str, list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]]
@@ -466,12 +460,7 @@ async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.Monk
     from notifyd.records import Delivery
     from notifyd.tables import ledger
 
-    published: list[tuple[str, list[dict[str, Any]]]] = []
-
-    async def record(nid: str, updates: list[dict[str, Any]], **kw: Any) -> None:
-        published.append((nid, updates))
-
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    published = capture_statuses(monkeypatch)
     user, eid = fresh("u"), fresh("e")
     nid = notification_id_for(user, eid)
     cancels.data[idempotency_scope(user, eid)] = [1.0, 0, user]

@@ -3,10 +3,8 @@ the opt-out they apply (``add_opt_out``, and the ``opt_out`` op of the preferenc
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -40,6 +38,7 @@ from notifyd.unsubscribe import (
 )
 from notifyd.web.auth import resolve_jwt_secret
 from tests.support.dead_letters import DeadLetters
+from tests.support.waiting import until
 
 KEY = b"k" * 32
 signer = UnsubscribeSigner(KEY)
@@ -219,14 +218,6 @@ def test_add_opt_out_already_covered_is_none() -> None:
 def test_add_opt_out_rejects_bad_input(category: Any, channel: Any) -> None:
     with pytest.raises(InvalidPreferences):
         add_opt_out(None, category, channel)
-
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,18 +11,14 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from argon2 import PasswordHasher
 
 import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.app import app, settings
 from notifyd.store import SqliteStore
 from notifyd.unsubscribe import PATH, UnsubscribeSigner, resolve_key
 from notifyd.web import api, unsubscribe
-from notifyd.web.auth import SessionService, TokenService, UserService, auth_middleware
 from notifyd.web.auth import error_middleware as errors_mw
-from notifyd.web.auth_glue import AUTH, AuthServices, is_public
-
-Client = TestClient[web.Request, web.Application]
+from tests.support.web_client import Client, api_client
 
 
 @pytest.fixture
@@ -40,28 +36,8 @@ async def signer(store: SqliteStore) -> UnsubscribeSigner:
 
 @pytest.fixture
 async def client(store: SqliteStore) -> AsyncIterator[Client]:
-    users = UserService(store, hasher=PasswordHasher(time_cost=1, memory_cost=1024,
-                                                     parallelism=1))
-    tokens = TokenService("t" * 40, store=store, users=users)
-    sessions = SessionService(store, users)
-    mw = auth_middleware(tokens, users, is_public, sessions=sessions)
-    webapp = web.Application(client_max_size=4096)
-    webapp.middlewares.append(errors_mw)
-
-    @web.middleware
-    async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
-        return await mw(request, handler)
-
-    webapp.middlewares.append(authenticate)
-    webapp[AUTH] = AuthServices(store, users, tokens, sessions, None, mw)
-    unsubscribe.install(webapp)
-    webapp.add_routes(api.make_api_routes(app))
-    tc = TestClient(TestServer(webapp))
-    await tc.start_server()
-    try:
+    async with api_client(store, client_max_size=4096, install=unsubscribe.install) as tc:
         yield tc
-    finally:
-        await tc.close()
 
 
 async def error(resp: Any) -> tuple[int, str]:
