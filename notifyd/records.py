@@ -1,19 +1,11 @@
-"""Wire records of notifyd: inbound events, preferences, deliveries and status updates.
-
-Inbound events are plain JSON written by other services with any Kafka client, so
-they are parsed and validated here by hand (no Faust metadata, no Faust Records on
-the hot path): a single ``orjson.loads`` and a few type checks per event.  Every
-rejection carries a reason ``"<code>: <detail>"`` for the dead-letter topic.
+"""Wire records of notifyd: preferences, deliveries and status updates; the event
+model lives in :mod:`notifyd.model.event` and is re-exported here for old imports.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import re
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,8 +13,43 @@ import orjson
 
 from .config import CHANNELS
 from .errors import InvalidEvent
+from .model.event import (
+    SCHEDULING_FIELDS,
+    CancelRequest,
+    Event,
+    idempotency_scope,
+    legacy_notification_id_for,
+    notification_id_for,
+    parse_event,
+    parse_input,
+    parse_rfc3339,
+    split_scope,
+)
+from .model.limits import CATEGORY_RE as _CATEGORY_RE
+from .model.limits import (
+    DIGEST_WINDOW_RE,
+    E164_RE,
+    EMAIL_RE,
+    HHMM_RE,
+    MAX_BODY_LEN,
+    MAX_CATEGORY_LEN,
+    MAX_DATA_BYTES,
+    MAX_DIGEST_WINDOW_S,
+    MAX_ID_LEN,
+    MAX_TITLE_LEN,
+    PRIORITIES,
+)
 
-PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
+__all__ = [
+    "CHANNELS", "DIGEST_WINDOW_RE", "E164_RE", "EMAIL_RE", "HHMM_RE", "MAX_BODY_LEN",
+    "MAX_CATEGORY_LEN", "MAX_DATA_BYTES", "MAX_DIGEST_WINDOW_S", "MAX_ID_LEN",
+    "MAX_TITLE_LEN", "PRIORITIES", "SCHEDULING_FIELDS", "STATUSES", "CancelRequest",
+    "Delivery", "Event", "InvalidEvent", "InvalidPreferences", "Preferences", "QuietHours",
+    "add_opt_out", "dumps", "idempotency_scope", "legacy_notification_id_for", "loads",
+    "merge_preferences", "notification_id_for", "parse_digest_spec", "parse_event",
+    "parse_input", "parse_rfc3339", "split_scope", "validate_preferences",
+]
+
 STATUSES: tuple[str, ...] = (
     "queued",
     "sent",
@@ -35,60 +62,6 @@ STATUSES: tuple[str, ...] = (
     "cancelled",
     "digested",
 )
-MAX_ID_LEN = 200
-MAX_CATEGORY_LEN = 100
-MAX_TITLE_LEN = 1_000
-MAX_BODY_LEN = 20_000
-MAX_DATA_BYTES = 64 * 1024
-_NAMESPACE = uuid.UUID("6f1d2c8e-7d0b-4c1e-9a55-0b5f3f1e2a10")
-_CATEGORY_RE = re.compile(r"\A[A-Za-z0-9_.:\-]+\Z")
-# \A..\Z and [0-9], not ^..$ and \d: "$" also matches before a trailing newline and
-# "\d" matches any Unicode digit (U+FF11, fullwidth one), both of which providers refuse.
-E164_RE = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
-# Pragmatic address check (RFC 5322 is broader than any real mailbox provider accepts).
-EMAIL_RE = re.compile(r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
-HHMM_RE = re.compile(r"\A([01][0-9]|2[0-3]):([0-5][0-9])\Z")
-
-
-#: Namespace of notification ids scoped to (user_id, event_id).  Another namespace than
-#: the legacy ids', so a scoped id can never equal a legacy one.
-_SCOPED_NAMESPACE = uuid.UUID("3ca1e1c5-ff3c-4ef2-83b8-72a7520bc597")
-
-
-def idempotency_scope(user_id: str, event_id: str) -> str:
-    """The unambiguous text of ``(user_id, event_id)``: ``"<len(user_id)>:<user_id>:<event_id>"``.
-
-    The idempotency scope of an event is its recipient *and* its ``event_id``: two
-    producers may use ``order-42-shipped`` for the buyer and for the seller.  User ids
-    may hold any character (``:`` included); the length prefix makes the split unique.
-    It is also the key of the ``seen`` table (see :func:`split_scope`).
-    """
-    return f"{len(user_id)}:{user_id}:{event_id}"
-
-
-def split_scope(key: str) -> tuple[str, str] | None:
-    """``(user_id, event_id)`` of an :func:`idempotency_scope` text; None if it is not one
-    (e.g. a legacy ``seen`` key, the bare event id)."""
-    size, sep, rest = key.partition(":")
-    if not sep or not (size.isascii() and size.isdigit()) or size != str(int(size)):
-        return None
-    n = int(size)
-    if len(rest) <= n or rest[n] != ":":
-        return None
-    return rest[:n], rest[n + 1 :]
-
-
-@functools.lru_cache(maxsize=8192)  # asked several times per event on the hot path
-def notification_id_for(user_id: str, event_id: str) -> str:
-    """Deterministic notification id of ``event_id`` sent to ``user_id``, so a re-processed
-    event maps to the same id, and the same ``event_id`` for two users to two ids."""
-    return str(uuid.uuid5(_SCOPED_NAMESPACE, idempotency_scope(user_id, event_id)))
-
-
-def legacy_notification_id_for(event_id: str) -> str:
-    """The id events got before ids were scoped to the user (``uuid5(event_id)``): still
-    used for an event first processed by an older worker (see ``pipeline.handle_event``)."""
-    return str(uuid.uuid5(_NAMESPACE, event_id))
 
 
 def dumps(obj: Any) -> bytes:
@@ -97,108 +70,6 @@ def dumps(obj: Any) -> bytes:
 
 def loads(raw: bytes | str) -> Any:
     return orjson.loads(raw)
-
-
-@dataclass(slots=True)
-class Event:
-    """A validated notification event from ``notifyd.events``."""
-
-    event_id: str
-    user_id: str
-    category: str = "general"
-    title: str | None = None
-    body: str | None = None
-    template: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    channels: tuple[str, ...] | None = None
-    priority: str = "normal"
-    created_at: float | None = None  # epoch seconds
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: Set by the ingest agent for a record first processed before ids were scoped to
-    #: the user: it keeps the notification id it got then.
-    legacy_ids: bool = False
-    #: Scheduled send (epoch seconds, from ``send_at``) or delay after arrival (``delay_s``).
-    send_at: float | None = None
-    delay_s: float | None = None
-    #: ``{"window": "1h" | "daily@09:00", "category"?}``: collect into a digest.
-    digest: dict[str, str] | None = None
-
-    @property
-    def notification_id(self) -> str:
-        if self.legacy_ids:
-            return legacy_notification_id_for(self.event_id)
-        return notification_id_for(self.user_id, self.event_id)
-
-    @property
-    def dedupe_key(self) -> str:
-        """Key of this event in the ``seen`` table."""
-        return idempotency_scope(self.user_id, self.event_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.extra)
-        out.update(
-            event_id=self.event_id,
-            user_id=self.user_id,
-            category=self.category,
-            priority=self.priority,
-        )
-        for name in ("title", "body", "template"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name)
-        if self.data:
-            out["data"] = self.data
-        if self.channels is not None:
-            out["channels"] = list(self.channels)
-        if self.created_at is not None:
-            out["created_at"] = datetime.fromtimestamp(self.created_at, UTC).isoformat()
-        if self.send_at is not None:
-            out["send_at"] = datetime.fromtimestamp(self.send_at, UTC).isoformat()
-        if self.delay_s is not None:
-            out["delay_s"] = self.delay_s
-        if self.digest is not None:
-            out["digest"] = dict(self.digest)
-        return out
-
-    def due(self, now: float, max_days: float) -> float | None:
-        """When a scheduled event is due (None: not scheduled); a past time is ``now``.
-
-        ``delay_s`` counts from ``now``, the moment notifyd accepts the event.  Raises
-        :class:`InvalidEvent` (``schedule_too_far``) beyond ``max_days`` from now."""
-        if self.send_at is not None:
-            due = self.send_at
-        elif self.delay_s is not None:
-            due = now + self.delay_s
-        else:
-            return None
-        if due - now > max_days * 86400:
-            raise InvalidEvent(
-                f"schedule_too_far: more than {max_days:g} days ahead "
-                "(NOTIFYD_MAX_SCHEDULE_DAYS)"
-            )
-        return max(due, now)
-
-
-#: Fields that schedule a send (``send_at``: RFC 3339 with offset; ``delay_s``: seconds).
-SCHEDULING_FIELDS: tuple[str, ...] = ("send_at", "delay_s")
-#: A digest window: a period (``30m``, ``1h``, ``2d``) or a daily time (``daily@09:00``).
-DIGEST_WINDOW_RE = re.compile(r"^(?:(\d{1,4})([mhd])|daily@([01]\d|2[0-3]):([0-5]\d))$")
-MAX_DIGEST_WINDOW_S = 7 * 86400
-
-
-@dataclass(frozen=True, slots=True)
-class CancelRequest:
-    """``{"op": "cancel", "user_id", "event_id"}`` on ``notifyd.events``."""
-
-    user_id: str
-    event_id: str
-
-    @property
-    def notification_id(self) -> str:
-        return notification_id_for(self.user_id, self.event_id)
-
-    @property
-    def dedupe_key(self) -> str:
-        return idempotency_scope(self.user_id, self.event_id)
 
 
 def parse_digest_spec(value: Any, where: str = "digest") -> dict[str, str]:
@@ -224,184 +95,6 @@ def parse_digest_spec(value: Any, where: str = "digest") -> dict[str, str]:
             raise ValueError(f"{where}.category is longer than {MAX_CATEGORY_LEN} characters")
         out["category"] = category
     return out
-
-_KNOWN_FIELDS = frozenset(
-    {
-        "event_id",
-        "user_id",
-        "category",
-        "title",
-        "body",
-        "template",
-        "data",
-        "channels",
-        "priority",
-        "created_at",
-        "send_at",
-        "delay_s",
-        "digest",
-    }
-)
-
-
-def _req_str(obj: dict[str, Any], name: str, max_len: int) -> str:
-    if name not in obj or obj[name] is None:
-        raise InvalidEvent(f"missing_field: {name} is required")
-    value = obj[name]
-    if not isinstance(value, str):
-        raise InvalidEvent(f"wrong_type: {name} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise InvalidEvent(f"empty_field: {name} must not be empty")
-    if len(value) > max_len:
-        raise InvalidEvent(f"too_long: {name} is longer than {max_len} characters")
-    return value
-
-
-def _opt_str(obj: dict[str, Any], name: str, max_len: int) -> str | None:
-    value = obj.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidEvent(f"wrong_type: {name} must be a string, got {type(value).__name__}")
-    if len(value) > max_len:
-        raise InvalidEvent(f"too_long: {name} is longer than {max_len} characters")
-    return value
-
-
-def parse_rfc3339(value: str) -> float:
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        raise ValueError("timezone offset required")
-    return dt.timestamp()
-
-
-def parse_event(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event:
-    """Validate one raw Kafka value into an :class:`Event` or raise :class:`InvalidEvent`."""
-    parsed = parse_input(raw, max_bytes)
-    if isinstance(parsed, CancelRequest):
-        raise InvalidEvent("not_an_event: a cancel request is not an event")
-    return parsed
-
-
-def parse_input(raw: bytes | None, max_bytes: int = 256 * 1024) -> Event | CancelRequest:
-    """A record of ``notifyd.events``: an event, or ``{"op": "cancel", ...}``."""
-    if raw is None:
-        raise InvalidEvent("empty: message has no value (tombstone)")
-    if len(raw) > max_bytes:
-        raise InvalidEvent(f"too_large: {len(raw)} bytes exceeds the limit of {max_bytes}")
-    try:
-        obj = orjson.loads(raw)  # orjson rejects invalid UTF-8 itself
-    except orjson.JSONDecodeError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidEvent("invalid_utf8: value is not valid UTF-8") from None
-        raise InvalidEvent(f"invalid_json: {exc}") from None
-    if not isinstance(obj, dict):
-        raise InvalidEvent(f"not_an_object: value must be a JSON object, got {type(obj).__name__}")
-    op = obj.get("op")
-    if op is not None:
-        if op != "cancel":
-            raise InvalidEvent(f"unknown_op: {str(op)[:40]!r} (the only op is \"cancel\")")
-        return CancelRequest(
-            user_id=_req_str(obj, "user_id", MAX_ID_LEN),
-            event_id=_req_str(obj, "event_id", MAX_ID_LEN),
-        )
-    event_id = _req_str(obj, "event_id", MAX_ID_LEN)
-    user_id = _req_str(obj, "user_id", MAX_ID_LEN)
-    send_at, delay_s = _schedule_fields(obj)
-    digest: dict[str, str] | None = None
-    if obj.get("digest") is not None:
-        try:
-            digest = parse_digest_spec(obj["digest"])
-        except ValueError as exc:
-            raise InvalidEvent(f"invalid_digest: {exc}") from None
-    category = _opt_str(obj, "category", MAX_CATEGORY_LEN) or "general"
-    if not _CATEGORY_RE.match(category):
-        raise InvalidEvent("invalid_category: use letters, digits and _ . : -")
-    title = _opt_str(obj, "title", MAX_TITLE_LEN)
-    body = _opt_str(obj, "body", MAX_BODY_LEN)
-    template = _opt_str(obj, "template", MAX_CATEGORY_LEN)
-    data = obj.get("data")
-    if data is None:
-        data = {}
-    elif not isinstance(data, dict):
-        raise InvalidEvent(f"wrong_type: data must be an object, got {type(data).__name__}")
-    elif data:
-        try:
-            encoded = orjson.dumps(data)
-        except TypeError:  # orjson parses 1024 levels of nesting but writes only 254
-            raise InvalidEvent("too_deep: data nests too deeply") from None
-        if len(encoded) > MAX_DATA_BYTES:
-            raise InvalidEvent(f"too_large: data exceeds {MAX_DATA_BYTES} bytes")
-    if template is None and not (title or body):
-        raise InvalidEvent("missing_content: give title/body or template")
-    channels: tuple[str, ...] | None = None
-    raw_channels = obj.get("channels")
-    if raw_channels is not None:
-        if not isinstance(raw_channels, list) or not raw_channels:
-            raise InvalidEvent("wrong_type: channels must be a non-empty list")
-        for ch in raw_channels:
-            if not isinstance(ch, str) or ch not in CHANNELS:
-                raise InvalidEvent(
-                    f"unknown_channel: {str(ch)[:40]!r} is not one of {', '.join(CHANNELS)}"
-                )
-        channels = tuple(dict.fromkeys(raw_channels))
-    priority = obj.get("priority", "normal")
-    if priority is None:
-        priority = "normal"
-    if not isinstance(priority, str) or priority not in PRIORITIES:
-        raise InvalidEvent(f"invalid_priority: must be one of {', '.join(PRIORITIES)}")
-    created_at: float | None = None
-    raw_created = obj.get("created_at")
-    if raw_created is not None:
-        if not isinstance(raw_created, str):
-            raise InvalidEvent("wrong_type: created_at must be an RFC 3339 string")
-        try:
-            created_at = parse_rfc3339(raw_created)
-        except ValueError:
-            raise InvalidEvent(f"invalid_timestamp: created_at {raw_created[:40]!r}") from None
-    extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
-    return Event(
-        event_id=event_id,
-        user_id=user_id,
-        category=category,
-        title=title,
-        body=body,
-        template=template,
-        data=data,
-        channels=channels,
-        priority=priority,
-        created_at=created_at,
-        extra=extra,
-        send_at=send_at,
-        delay_s=delay_s,
-        digest=digest,
-    )
-
-
-def _schedule_fields(obj: dict[str, Any]) -> tuple[float | None, float | None]:
-    raw_at, raw_delay = obj.get("send_at"), obj.get("delay_s")
-    if raw_at is not None and raw_delay is not None:
-        raise InvalidEvent("ambiguous_schedule: give send_at or delay_s, not both")
-    send_at: float | None = None
-    delay_s: float | None = None
-    if raw_at is not None:
-        if not isinstance(raw_at, str):
-            raise InvalidEvent("wrong_type: send_at must be an RFC 3339 string")
-        try:
-            send_at = parse_rfc3339(raw_at)
-        except (ValueError, OverflowError):
-            raise InvalidEvent(
-                f"invalid_send_at: {raw_at[:40]!r} is not RFC 3339 with an offset"
-            ) from None
-    if raw_delay is not None:
-        if isinstance(raw_delay, bool) or not isinstance(raw_delay, int | float):
-            raise InvalidEvent("wrong_type: delay_s must be a number of seconds")
-        if not math.isfinite(raw_delay) or raw_delay < 0:
-            raise InvalidEvent("invalid_delay_s: delay_s must be a finite number >= 0")
-        delay_s = float(raw_delay)
-    return send_at, delay_s
 
 
 # ---------------------------------------------------------------------------------------

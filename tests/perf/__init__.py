@@ -1,0 +1,1 @@
+"""Micro-benchmarks anyone can rerun (``python -m tests.perf.<name>``)."""
