@@ -92,7 +92,7 @@ def parse_chain(value: Any, where: str = "fallback") -> list[dict[str, Any]]:
 
 def parse_preferences_chains(value: Any) -> dict[str, list[dict[str, Any]]] | None:
     """The ``fallback`` field of preferences: ``{category | "*": chain}`` or null."""
-    from .records import _CATEGORY_RE
+    from .model.limits import CATEGORY_RE as _CATEGORY_RE
 
     if value is None:
         return None

@@ -354,17 +354,18 @@ def check_digest_window(window: str, where: str = "digest") -> None:
 
 _JSON_TYPE = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
               "object": "object", "array": "array", "null": "null"}
-_AT = re.compile(r" - at `\$(.*)`$")
+_AT = re.compile(r" - at (`key` in )?`\$(.*)`$")
 _FIELD = re.compile(r"^\.([A-Za-z_][A-Za-z0-9_]*)(.*)$")
 
 
 def error_location(exc: msgspec.ValidationError) -> tuple[str, str, str]:
     """``(field, rest of the path, message)`` of a msgspec error on an object; field is
-    the top-level name (``""`` if none), rest e.g. ``"[1]"`` or ``".window"``."""
+    the top-level name (``""`` if none), rest e.g. ``"[1]"``, ``".window"`` or ``"{key}"``
+    (a mapping's key, not its value, is wrong)."""
     text = str(exc)
     m = _AT.search(text)
     msg = text[: m.start()] if m else text
-    path = m.group(1) if m else ""
+    path = (m.group(2) + ("{key}" if m.group(1) else "")) if m else ""
     missing = re.match(r"Object missing required field `([^`]+)`", msg)
     if missing and not path:
         return missing.group(1), "", msg

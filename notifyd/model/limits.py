@@ -50,3 +50,15 @@ HHMM_RE = re.compile(r"\A([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 CATEGORY_RE = re.compile(r"\A[A-Za-z0-9_.:\-]+\Z")
 DIGEST_WINDOW_RE = re.compile(DIGEST_WINDOW_PATTERN)
 LOCALE_RE = re.compile(LOCALE_PATTERN)
+#: E.164 phone number (JSON Schema dialect; the code checks :data:`E164_RE`).
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+#: An e-mail address as notifyd accepts it (JSON Schema dialect; code: :data:`EMAIL_RE`).
+EMAIL_PATTERN = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
+#: Local usernames (``POST /api/v1/users``).
+USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"
+MIN_PASSWORD, MAX_PASSWORD = 8, 1_024
+MAX_EMAIL_LEN = 254
+#: Opaque refresh tokens.
+MAX_REFRESH_TOKEN_LEN = 256
+#: Notification ids one re-drive request may name.
+MAX_REDRIVE_IDS = 1_000

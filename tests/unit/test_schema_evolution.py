@@ -10,6 +10,12 @@ import pytest
 from notifyd.errors import InvalidEvent
 from notifyd.model.event import CancelRequest, Event, parse_event, parse_input
 from notifyd.model.limits import SCHEMA_VERSION
+from notifyd.model.preferences import (
+    InvalidPreferences,
+    Preferences,
+    merge_preferences,
+    validate_preferences,
+)
 
 #: ``Event.to_dict()`` of the code before the models (b1a3908), e.g. the ``event`` of a
 #: scheduled row or a fallback step: no ``schema_version``.
@@ -58,3 +64,49 @@ def test_unknown_version_is_refused_or_defaulted(version: object) -> None:
     with pytest.raises(InvalidEvent) as info:
         parse_event(raw)
     assert info.value.reason.startswith("unsupported_version: ")
+
+
+# --- preferences ------------------------------------------------------------------------
+
+#: A ``preferences`` row as ``merge_preferences`` wrote it before the models: no version.
+PREFS_ROW_V1: dict[str, object] = {
+    "user_id": "u-1", "email": "ann@example.com", "phone": "+15551234567",
+    "push_tokens": ["tok"], "webhook_url": None, "apprise_urls": [],
+    "channels": {"sms": False}, "opt_out": {"marketing": ["email"]},
+    "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+    "locale": "fr", "updated_at": 1_700_000_000.0, "timezone": None,
+    "digests": [{"window": "daily@09:00", "category": "news"}],
+    "fallback": {"*": [{"channel": "inapp", "after_s": 0},
+                       {"channel": "email", "after_s": 600, "unless": "read"}]},
+}
+#: A ``notifyd.preferences`` command as the API wrote it before the models.
+PREFS_COMMAND_V1 = (
+    b'{"op":"patch","user_id":"u-1","fields":{"email":"new@example.org",'
+    b'"digests":[{"window":"1h","category":"orders"}]},"request_id":"r-1"}'
+)
+
+
+def test_preferences_row_v1_reads_and_can_be_put_back() -> None:
+    prefs = Preferences.from_dict(PREFS_ROW_V1)
+    assert prefs.quiet_hours is not None and prefs.quiet_hours.timezone == "Europe/Paris"
+    assert prefs.schema_version is None  # version 1
+    # A client that GETs its document and PUTs it back (user_id, updated_at included).
+    fields = validate_preferences("u-1", PREFS_ROW_V1)
+    assert fields["fallback"] == PREFS_ROW_V1["fallback"]
+    assert fields["digests"] == PREFS_ROW_V1["digests"]
+
+
+def test_preferences_command_v1_is_applied() -> None:
+    msg = orjson.loads(PREFS_COMMAND_V1)
+    fields = validate_preferences(msg["user_id"], msg["fields"], partial=True)
+    row = merge_preferences(PREFS_ROW_V1, "u-1", fields, 1_700_000_001.0)
+    assert row["email"] == "new@example.org" and row["phone"] == "+15551234567"
+    assert row["schema_version"] == SCHEMA_VERSION
+    # the row written now reads back, and is a valid body again
+    assert Preferences.from_dict(row).email == "new@example.org"
+    validate_preferences("u-1", row)
+
+
+def test_preferences_from_the_future_are_refused() -> None:
+    with pytest.raises(InvalidPreferences, match="schema_version"):
+        validate_preferences("u-1", {"schema_version": SCHEMA_VERSION + 1})
