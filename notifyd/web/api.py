@@ -18,7 +18,7 @@ import functools
 import secrets
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -27,6 +27,7 @@ import orjson
 import structlog
 from aiohttp import web
 from faust.types import TopicT
+from msgspec import Meta
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import clock, dlq
@@ -41,6 +42,16 @@ from ..errors import (
     Unauthorized,
 )
 from ..fallback import check_extras
+from ..model.api import (
+    InboxItemUpdate,
+    LogoutRequest,
+    RedriveRequest,
+    RefreshRequest,
+    TokenRequest,
+    UserCreate,
+)
+from ..model.event import NotificationCreate
+from ..model.preferences import PreferencesInput
 from ..records import (
     InvalidPreferences,
     Preferences,
@@ -63,17 +74,19 @@ from .auth import (
 )
 from .auth_glue import services
 from .openapi import (
+    PATH_ID,
     Call,
     Endpoint,
     Param,
     Registry,
     Resp,
     build_document,
+    check_body,
+    check_value,
     json_type,
     parse_query,
     ref,
     to_openapi_30,
-    validate,
 )
 from .routes import TABLE_QUERY, json_response
 from .routing import route
@@ -89,7 +102,6 @@ BINDING_COOKIE = "notifyd_oidc_binding"
 _BINDING_PATH = "/api/v1/auth/"
 _BINDING_TTL_S = 600
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 # --- plumbing -----------------------------------------------------------------------
@@ -130,7 +142,7 @@ async def _read_body(request: web.Request, ep: Endpoint) -> dict[str, Any]:
             f"request body must be a JSON object, not {json_type(data)}", code="invalid_body"
         )
     if ep.validate_body and ep.body is not None:
-        validate(ep.body, data)
+        check_body(ep.body, data)
     return data
 
 
@@ -148,7 +160,7 @@ def _wrap(ep: Endpoint) -> Any:
             user = require_user(request)
         for name in param_names:
             try:
-                validate(ep.path_params.get(name, _ID_SCHEMA), request.match_info[name], name)
+                check_value(ep.path_params.get(name, PATH_ID), request.match_info[name], name)
             except BadRequest as exc:
                 raise BadRequest(
                     "path parameter " + exc.detail.removeprefix("field "),
@@ -256,7 +268,7 @@ def _check_contacts(body: dict[str, Any]) -> None:
 
 @registry.route(
     "POST", "/api/v1/users", summary="Sign up (local user)", auth="public", tags=("users",),
-    body=ref("UserCreate"), errors=(409,),
+    body=UserCreate, errors=(409,),
     description="Creates a user with the `user` role and seeds its preferences' "
     "email/phone. A taken username answers 409 `username_taken`.",
     responses={201: Resp("The new user", ref("User"))},
@@ -286,7 +298,7 @@ async def get_me(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "POST", "/api/v1/auth/token", summary="Log in with username and password",
-    auth="public", tags=("auth",), body=ref("TokenRequest"), form=True, errors=(401, 429),
+    auth="public", tags=("auth",), body=TokenRequest, form=True, errors=(401, 429),
     description="JSON or form-encoded (OAuth2 password grant). Failed attempts are "
     "counted per username and client address.",
     responses={200: Resp("Tokens", ref("TokenResponse"))},
@@ -302,7 +314,7 @@ async def issue_token(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "POST", "/api/v1/auth/refresh", summary="Trade a refresh token for new tokens",
-    auth="public", tags=("auth",), body=ref("RefreshRequest"), errors=(401,),
+    auth="public", tags=("auth",), body=RefreshRequest, errors=(401,),
     description="Refresh tokens are single use: the old one stops working.",
     responses={200: Resp("New access and refresh token", ref("TokenResponse"))},
 )
@@ -313,7 +325,7 @@ async def refresh_token(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "POST", "/api/v1/auth/logout", summary="Log out", auth="user", tags=("auth",),
-    body=ref("LogoutRequest"), body_required=False,
+    body=LogoutRequest, body_required=False,
     description="Revokes the presented access token (and the refresh token if given) "
     "and ends the browser session.",
     responses={204: Resp("Logged out")},
@@ -362,10 +374,10 @@ async def oidc_login(call: Call) -> web.StreamResponse:
 
 
 _CALLBACK_PARAMS = (
-    Param("state", {"type": "string", "maxLength": 256}, "from the provider"),
-    Param("code", {"type": "string", "maxLength": 4096}, "authorization code"),
-    Param("error", {"type": "string", "maxLength": 256}, "the provider refused the login"),
-    Param("error_description", {"type": "string", "maxLength": 1024}),
+    Param("state", Annotated[str, Meta(max_length=256)], "from the provider"),
+    Param("code", Annotated[str, Meta(max_length=4096)], "authorization code"),
+    Param("error", Annotated[str, Meta(max_length=256)], "the provider refused the login"),
+    Param("error_description", Annotated[str, Meta(max_length=1024)]),
 )
 
 
@@ -478,7 +490,7 @@ async def get_my_preferences(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "PUT", "/api/v1/preferences", summary="Replace my preferences", auth="user",
-    tags=("preferences",), routed=True, body=ref("PreferencesInput"), validate_body=False,
+    tags=("preferences",), routed=True, body=PreferencesInput, validate_body=False,
     description=_PREFS_WRITE_DOC, responses=_PREFS_WRITTEN,
 )
 async def put_my_preferences(call: Call) -> web.StreamResponse:
@@ -487,7 +499,7 @@ async def put_my_preferences(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "PATCH", "/api/v1/preferences", summary="Change some of my preferences", auth="user",
-    tags=("preferences",), routed=True, body=ref("PreferencesInput"), validate_body=False,
+    tags=("preferences",), routed=True, body=PreferencesInput, validate_body=False,
     description=_PREFS_WRITE_DOC, responses=_PREFS_WRITTEN,
 )
 async def patch_my_preferences(call: Call) -> web.StreamResponse:
@@ -505,7 +517,7 @@ async def get_user_preferences(call: Call) -> web.StreamResponse:
 @registry.route(
     "PUT", "/api/v1/users/{user_id}/preferences", summary="Replace a user's preferences",
     auth="operator", tags=("preferences", "admin"), routed=True,
-    body=ref("PreferencesInput"), validate_body=False, description=_PREFS_WRITE_DOC,
+    body=PreferencesInput, validate_body=False, description=_PREFS_WRITE_DOC,
     responses=_PREFS_WRITTEN,
 )
 async def put_user_preferences(call: Call) -> web.StreamResponse:
@@ -517,7 +529,7 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "POST", "/api/v1/notifications", summary="Send a notification", auth="user",
-    tags=("notifications",), body=ref("NotificationCreate"), validate_body=False,
+    tags=("notifications",), body=NotificationCreate, validate_body=False,
     errors=(403, 503),
     description="Validated like an event on the events topic (400 with the reason's "
     "code, e.g. `unknown_channel`), then produced keyed by the recipient. `user_id` "
@@ -589,12 +601,12 @@ async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.S
     "GET", "/api/v1/notifications", summary="My inbox", auth="user",
     tags=("notifications",), routed=True,
     query=(
-        Param("unread", {"type": "boolean"},
+        Param("unread", bool,
               "true: only unread items, false: only read ones; all when absent"),
-        Param("archived", {"type": "boolean", "default": False},
+        Param("archived", bool, default=False, description=
               "list archived (true) or unarchived (false) items"),
-        Param("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
-        Param("offset", {"type": "integer", "minimum": 0, "default": 0}),
+        Param("limit", Annotated[int, Meta(ge=1, le=200)], default=50),
+        Param("offset", Annotated[int, Meta(ge=0)], default=0),
     ),
     responses={200: Resp("One page of the in-app inbox, newest first", ref("InboxPage"))},
 )
@@ -661,7 +673,7 @@ async def _inbox_command(user_id: str, action: str, nid: str) -> dict[str, Any] 
 
 @registry.route(
     "PATCH", "/api/v1/notifications/{notification_id}", summary="Mark read / archive",
-    auth="user", tags=("notifications",), routed=True, body=ref("InboxItemUpdate"),
+    auth="user", tags=("notifications",), routed=True, body=InboxItemUpdate,
     errors=(404,), responses={200: Resp("The updated inbox item", ref("InboxItem"))},
 )
 async def update_notification(call: Call) -> web.StreamResponse:
@@ -779,10 +791,9 @@ async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
     "GET", "/api/v1/admin/dlq", summary="Recent dead letters", auth="operator",
     tags=("admin",), errors=(503,),
     query=(
-        Param("topic", {"type": "string", "enum": ["events", "deliveries"],
-                        "default": "events"},
+        Param("topic", Literal["events", "deliveries"], default="events", description=
               "events: rejected events; deliveries: deliveries that ran out of retries"),
-        Param("limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
+        Param("limit", Annotated[int, Meta(ge=1, le=500)], default=50),
     ),
     responses={200: Resp("Newest first", ref("DeadLetterPage"))},
 )
@@ -794,7 +805,7 @@ async def admin_dlq(call: Call) -> web.StreamResponse:
 
 @registry.route(
     "POST", "/api/v1/admin/dlq/redrive", summary="Re-drive dead letters", auth="operator",
-    tags=("admin",), body=ref("RedriveRequest"), errors=(503,),
+    tags=("admin",), body=RedriveRequest, errors=(503,),
     description="Once the cause is fixed: dead deliveries go back to their channel with a "
     "fresh attempt count (a delivery meanwhile sent is not sent again); dead events go back "
     "to the events topic with their original bytes. Give `notification_ids` or `all: true`.",
@@ -836,7 +847,7 @@ def _openapi_bytes(compat: str | None) -> bytes:
 @registry.route(
     "GET", "/api/v1/openapi.json", summary="This API as OpenAPI 3.1", auth="public",
     tags=("meta",),
-    query=(Param("compat", {"type": "string", "enum": ["3.0"]},
+    query=(Param("compat", Literal["3.0"],
                  "3.0: the same document as OpenAPI 3.0.3 (for older tools)"),),
     responses={200: Resp("The OpenAPI document", {"type": "object"})},
 )
@@ -897,7 +908,7 @@ _ASSETS: dict[str, Path] = {
 @registry.route(
     "GET", "/docs/static/{asset}", summary="Swagger UI assets", auth="public",
     tags=("meta",), errors=(404,),
-    path_params={"asset": {"type": "string", "maxLength": 100}},
+    path_params={"asset": Annotated[str, Meta(max_length=100)]},
     responses={200: Resp("The file (JavaScript, CSS, image)", {"type": "string"},
                          content_type="*/*")},
 )

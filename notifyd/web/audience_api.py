@@ -9,9 +9,10 @@ answered by the owner of the topic's partition, a page at a time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from msgspec import Meta
 
 from .. import audience
 from ..errors import BadRequest
@@ -22,13 +23,11 @@ from .openapi import Call, Param, Resp, ref
 from .routes import json_response
 from .routing import route
 
-_TOPIC_PARAM = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 100,
-    "pattern": audience.TOPIC_NAME_PATTERN,
-    "description": "topic name: letters, digits and _ . : -",
-}
+_TOPIC_PARAM = Annotated[
+    str,
+    Meta(min_length=1, max_length=100, pattern=audience.TOPIC_NAME_PATTERN,
+         description="topic name: letters, digits and _ . : -"),
+]
 
 
 async def _change(op: str, topic: str, user_id: str) -> dict[str, Any]:
@@ -102,9 +101,8 @@ async def unsubscribe_me(call: Call) -> web.StreamResponse:
     "GET", "/api/v1/topics/{topic}/subscribers", summary="A topic's subscribers",
     auth="operator", tags=("subscriptions", "admin"), routed=True, path_params=_TOPIC_PATH,
     query=(
-        Param("limit", {"type": "integer", "minimum": 1, "maximum": audience.MAX_PAGE,
-                        "default": 100}),
-        Param("cursor", {"type": "string", "maxLength": 300},
+        Param("limit", Annotated[int, Meta(ge=1, le=audience.MAX_PAGE)], default=100),
+        Param("cursor", Annotated[str, Meta(max_length=300)],
               "next_cursor of the previous page; the first page without it"),
     ),
     description="Answered by the owner of the topic's partition; `next_cursor` is null "

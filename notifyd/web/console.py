@@ -25,11 +25,12 @@ from collections.abc import AsyncIterator, Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import structlog
 from aiohttp import web
+from msgspec import Meta
 from yarl import URL
 
 from .. import clock
@@ -39,7 +40,7 @@ from ..tables import status
 from ..topics import active_partitions, names
 from . import realtime
 from .api import registry
-from .openapi import Call, Param, Resp
+from .openapi import PATH_ID, Call, Param, Resp
 from .routes import json_response
 from .routing import HTTP_CLIENT, ROUTED_HEADER, is_local
 
@@ -87,7 +88,7 @@ async def console_page(call: Call) -> web.StreamResponse:
 @registry.route(
     "GET", "/console/static/{asset}", summary="Operator console assets", auth="public",
     tags=("meta",), errors=(404,),
-    path_params={"asset": {"type": "string", "maxLength": 100}},
+    path_params={"asset": Annotated[str, Meta(max_length=100)]},
     responses={200: Resp("The file (JavaScript, CSS, image)", {"type": "string"},
                          content_type="*/*")},
 )
@@ -469,10 +470,8 @@ _STATS_SCHEMA: dict[str, Any] = {
     "realtime streams. `scope=cluster` (default) adds up every worker of the group; "
     "`scope=local` is this worker only.",
     query=(
-        Param("window", {"type": "integer", "minimum": 5, "maximum": MAX_WINDOW_S,
-                         "default": 60},
-              "seconds"),
-        Param("scope", {"type": "string", "enum": ["cluster", "local"], "default": "cluster"}),
+        Param("window", Annotated[int, Meta(ge=5, le=MAX_WINDOW_S)], "seconds", default=60),
+        Param("scope", Literal["cluster", "local"], default="cluster"),
     ),
     responses={200: Resp("The figures", _STATS_SCHEMA)},
 )
@@ -583,8 +582,7 @@ async def _peer_providers(request: web.Request, peer: URL) -> dict[str, Any]:
     "failures, attempts, failures and skips since the worker started. Circuits are "
     "per worker (each learns from its own calls): `scope=cluster` (default) lists every "
     "worker's view, `scope=local` this worker's only.",
-    query=(Param("scope", {"type": "string", "enum": ["cluster", "local"],
-                           "default": "cluster"}),),
+    query=(Param("scope", Literal["cluster", "local"], default="cluster"),),
     responses={200: Resp("Provider health", _PROVIDERS_SCHEMA)},
 )
 async def admin_providers(call: Call) -> web.StreamResponse:
@@ -603,7 +601,7 @@ async def admin_providers(call: Call) -> web.StreamResponse:
 @registry.route(
     "GET", "/api/v1/admin/users/{user_id}/pending", summary="Pending schedules and open digests",
     auth="operator", tags=("admin",), routed=True,
-    path_params={"user_id": {"type": "string", "minLength": 1, "maxLength": 200}},
+    path_params={"user_id": PATH_ID},
     description="The user's scheduled sends (not yet due) and open digests, earliest "
     "first, from the worker owning the user's partition (it reads its scheduler's index "
     "by key, never the whole table).",

@@ -13,7 +13,7 @@ from ..app import recovery_done, settings
 from ..errors import BadRequest, NotFound
 from ..records import dumps
 from ..topics import active_partitions, names
-from .openapi import Param, parse_query
+from .openapi import PATH_ID, Param, parse_query
 from .routing import HTTP_CLIENT, route
 
 #: Tables whose rows are written while a record keyed by the user is processed (an
@@ -25,7 +25,7 @@ USER_PARTITIONED = frozenset({"seen", "ledger", "scheduled", "cancels"})
 TABLE_QUERY = (
     Param(
         "user_id",
-        {"type": "string", "minLength": 1, "maxLength": 200},
+        PATH_ID,
         "The user whose partition holds the row: required for "
         f"{', '.join(sorted(USER_PARTITIONED))}; not accepted for the other tables, "
         "whose key chooses the partition (user id, or notification id for status).",

@@ -24,10 +24,11 @@ import asyncio
 import email.policy
 from email.parser import BytesParser
 from html import escape
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
+from msgspec import Meta
 
 from ..app import settings
 from ..errors import BadRequest, ServiceUnavailable
@@ -53,7 +54,7 @@ KEYS: web.AppKey[_Keys] = web.AppKey("notifyd_unsubscribe_keys", _Keys)
 
 _TOKEN = Param(
     "t",
-    {"type": "string", "minLength": 1, "maxLength": MAX_TOKEN_CHARS},
+    Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)],
     "the signed token of the e-mail's List-Unsubscribe link",
     required=True,
 )
