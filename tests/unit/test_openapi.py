@@ -20,9 +20,10 @@ from openapi_spec_validator.validation.validators import OpenAPIV30SpecValidator
 import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.app import app
 from notifyd.errors import BadRequest
+from notifyd.model import limits
 from notifyd.model.api import UserCreate
 from notifyd.store import SqliteStore
-from notifyd.web import api
+from notifyd.web import api, openapi
 from notifyd.web.auth_glue import AUTH, is_public
 from notifyd.web.openapi import Param, parse_query
 from notifyd.web.openapi import check_body as check
@@ -284,3 +285,55 @@ def test_faust_builtin_table_views_are_off() -> None:
     # Mounted by Faust when the server starts (after setup), outside the registry.
     enabled = {bp for _, bp in app.web.blueprints._enabled}  # type: ignore[attr-defined]
     assert enabled <= {"faust.web.apps.production_index:blueprint"}
+
+
+# --- the schemas are the models' ----------------------------------------------------
+
+
+def test_component_schemas_are_generated_from_the_models() -> None:
+    doc = api.openapi_document()
+    schemas = doc["components"]["schemas"]
+    _, generated = msgspec.json.schema_components(
+        openapi.MODELS, ref_template="#/components/schemas/{name}"
+    )
+    for name, schema in generated.items():
+        assert schemas[name]["properties"] == schema["properties"], name
+    bodies = {
+        op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        for item in doc["paths"].values() for op in item.values() if "requestBody" in op
+    }
+    assert bodies <= {m.__name__ for m in openapi.MODELS}
+    assert {"NotificationCreate", "PreferencesInput", "UserCreate"} <= bodies
+
+
+def test_schemas_state_the_handlers_constraints() -> None:
+    schemas = api.openapi_document()["components"]["schemas"]
+
+    def prop(model: str, name: str) -> dict[str, Any]:
+        schema = schemas[model]["properties"][name]
+        return next(s for s in schema.get("anyOf", [schema]) if s != {"type": "null"})
+
+    # schemathesis found these accepted by the schema and refused by the handler
+    for name in ("event_id", "user_id"):
+        assert prop("NotificationCreate", name)["minLength"] == 1
+        assert prop("NotificationCreate", name)["pattern"] == r"\S"
+    assert prop("UserCreate", "phone")["pattern"] == limits.E164_PATTERN
+    assert prop("PreferencesInput", "user_id")["readOnly"] is True
+    # limits come from one place
+    assert prop("NotificationCreate", "title")["maxLength"] == limits.MAX_TITLE_LEN
+    assert prop("NotificationCreate", "body")["maxLength"] == limits.MAX_BODY_LEN
+    assert prop("PreferencesInput", "push_tokens")["maxItems"] == limits.MAX_TOKENS
+    assert prop("PreferencesInput", "digests")["maxItems"] == limits.MAX_DIGEST_PREFERENCES
+
+
+async def test_preferences_body_is_enforced(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    svc = client.app[AUTH]
+    user = await svc.users.create("erin", "correct horse battery", "erin@example.com")
+    h = {"Authorization": f"Bearer {(await svc.tokens.issue(user))['access_token']}"}
+    for body in ({"updated_at": "yesterday"}, {"push_tokens": ["t"] * 21},
+                 {"quiet_hours": {"start": "22:00"}}, {"favourite_colour": "blue"},
+                 {"schema_version": 99}):
+        resp = await client.patch("/api/v1/preferences", json=body, headers=h)
+        await _error(resp, 400, "invalid_preferences")
