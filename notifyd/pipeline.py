@@ -594,7 +594,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     raw: bytes = ev.value
     partition = ev.message.partition
     try:
-        delivery = Delivery.from_dict(loads(raw))
+        delivery = Delivery.decode(raw)
     except Exception as exc:  # only notifyd writes these topics; a bad one is a bug
         log.error("delivery.undecodable", error=str(exc))
         await dead_letter(ev, raw, f"undecodable: {failure_detail(exc)}", deliveries_dlq_topic)
@@ -692,7 +692,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
         await fallback.on_delivery_failed(delivery, partition, "dead")
         return
     delay = backoff(delivery.attempt, err.retry_after)
-    retry = Delivery.from_dict({**delivery.to_dict(), "attempt": delivery.attempt + 1})
+    retry = delivery.replace(attempt=delivery.attempt + 1)
     schedule(retry, now + delay, partition, f"retry: {err.reason}")
     await publish_status(
         delivery.notification_id,

@@ -65,7 +65,7 @@ async def redrive(
             if kind == "deliveries":
                 try:
                     d = Delivery.from_dict(orjson.loads(rec.value or b""))
-                except (orjson.JSONDecodeError, TypeError, KeyError):
+                except (ValueError, TypeError):  # not JSON, not a delivery
                     result.skipped += 1
                     continue
                 d.attempt = 1

@@ -365,7 +365,7 @@ class PushRouter(Provider):
         if not devices:
             return await self.apprise.send(delivery)
         push_result, out = await asyncio.gather(
-            _attempt(self.push.send(dataclasses.replace(delivery, tokens=devices))),
+            _attempt(self.push.send(delivery.replace(tokens=devices))),
             self.apprise.deliver(delivery, urls),
         )
         push_ok = isinstance(push_result, SendReceipt)

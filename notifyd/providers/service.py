@@ -31,7 +31,6 @@ Apprise's own debug logging, which prints headers, is kept off (``notifyd.loggin
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 from urllib.parse import quote
 
@@ -146,7 +145,7 @@ class ServiceProvider(Provider):
     def _content(self, delivery: Delivery) -> Delivery:
         if self.channel == "sms" and delivery.body:
             # SMS has no subject: the body is the message (as the built-in SMS provider).
-            return dataclasses.replace(delivery, title="")
+            return delivery.replace(title="")
         return delivery
 
     def _reason(self, reasons: list[str], total: int) -> str:

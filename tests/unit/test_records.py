@@ -607,7 +607,7 @@ def test_delivery_round_trip() -> None:
     )
     assert Delivery.from_dict(orjson.loads(d.dumps())) == d
     assert Delivery.from_dict(d.to_dict()) == d
-    assert set(d.to_dict()) == set(Delivery.__dataclass_fields__)
+    assert set(d.to_dict()) == set(Delivery.__struct_fields__)
 
 
 def test_delivery_from_dict_ignores_unknown_and_defaults_missing() -> None:

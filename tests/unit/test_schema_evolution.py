@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from notifyd.errors import InvalidEvent
+from notifyd.model.delivery import Delivery
 from notifyd.model.event import CancelRequest, Event, parse_event, parse_input
 from notifyd.model.limits import SCHEMA_VERSION
 from notifyd.model.preferences import (
@@ -110,3 +111,41 @@ def test_preferences_command_v1_is_applied() -> None:
 def test_preferences_from_the_future_are_refused() -> None:
     with pytest.raises(InvalidPreferences, match="schema_version"):
         validate_preferences("u-1", {"schema_version": SCHEMA_VERSION + 1})
+
+
+# --- deliveries -------------------------------------------------------------------------
+
+#: ``Delivery.dumps()`` before the models (a dataclass's to_dict): no version.
+DELIVERY_V1 = (
+    b'{"notification_id":"n-1","event_id":"e-1","user_id":"u-1","channel":"email",'
+    b'"title":"T","body":"B","category":"orders","priority":"high",'
+    b'"address":"ann@example.com","tokens":[],"data":{"k":1},"locale":"fr","attempt":2,'
+    b'"accepted_at":1700000000.5,"produced_at":null,"redrive":false,"html":"<p>B</p>"}'
+)
+#: From before HTML e-mail (no ``html``), as still found in old ``scheduled`` rows.
+DELIVERY_V1_NO_HTML = (
+    b'{"notification_id":"n-2","event_id":"e-2","user_id":"u-1","channel":"sms",'
+    b'"title":"T","body":"B","category":"general","priority":"normal","address":"+15551234567",'
+    b'"tokens":[],"data":{},"locale":null,"attempt":1,"accepted_at":1.0,"produced_at":0.5,'
+    b'"redrive":false}'
+)
+
+
+@pytest.mark.parametrize("raw", [DELIVERY_V1, DELIVERY_V1_NO_HTML])
+def test_delivery_v1_reads(raw: bytes) -> None:
+    d = Delivery.decode(raw)
+    assert d == Delivery.from_dict(orjson.loads(raw))
+    old = orjson.loads(raw)
+    assert {k: getattr(d, k) for k in old} == old
+    assert d.html == old.get("html")
+    # written now: the same fields plus the version, and it reads back equal
+    written = orjson.loads(d.dumps())
+    assert written == {**old, "html": old.get("html"), "schema_version": SCHEMA_VERSION}
+    assert Delivery.decode(d.dumps()) == d
+
+
+def test_delivery_malformed_keeps_its_error_types() -> None:
+    with pytest.raises(orjson.JSONDecodeError):
+        Delivery.decode(b"{1: 2}")
+    with pytest.raises(ValueError, match="notification_id"):
+        Delivery.decode(b'{"event_id": "e"}')
