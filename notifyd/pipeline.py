@@ -31,6 +31,7 @@ from .callbacks import jobs_for as callback_jobs_for
 from .errors import DeliveryError, InvalidEvent, failure_detail
 from .kafka_headers import header_value
 from .metrics import metrics
+from .model.limits import SCHEMA_VERSION
 from .providers.base import Provider
 from .records import (
     CancelRequest,
@@ -507,7 +508,10 @@ async def publish_status(
     callbacks: list[dict[str, Any]] | None = None,
     cancel: dict[str, Any] | None = None,
 ) -> None:
-    value: dict[str, Any] = {"notification_id": nid, "updates": updates}
+    """One record of ``notifyd.status`` (its model: ``notifyd.model.status.StatusRecord``)."""
+    value: dict[str, Any] = {
+        "notification_id": nid, "updates": updates, "schema_version": SCHEMA_VERSION
+    }
     if content is not None:
         value["content"] = content
     if callbacks:
@@ -740,6 +744,7 @@ def fold_status(
 ) -> dict[str, Any]:
     doc = current or {"notification_id": msg["notification_id"], "channels": {}}
     doc["p"] = partition
+    doc["schema_version"] = SCHEMA_VERSION  # rows folded before it existed: version 1
     if "content" in msg:
         doc.update(msg["content"])
     if "callbacks" in msg:

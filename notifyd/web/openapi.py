@@ -41,6 +41,7 @@ from ..model.api import (
 from ..model.event import NotificationCreate, expected_type, json_type_name
 from ..model.limits import MAX_ID_LEN, PRIORITIES
 from ..model.preferences import Preferences, PreferencesInput
+from ..model.status import NotificationStatus
 
 T = TypeVar("T")
 
@@ -71,7 +72,7 @@ _STR = {"type": "string"}
 #: request body, and the records the API answers with.
 MODELS: tuple[type[msgspec.Struct], ...] = (
     UserCreate, TokenRequest, RefreshRequest, LogoutRequest, PreferencesInput, Preferences,
-    NotificationCreate, InboxItemUpdate, RedriveRequest,
+    NotificationCreate, InboxItemUpdate, RedriveRequest, NotificationStatus,
 )
 
 #: components/schemas of the answers that have no model yet (hand-written).
@@ -145,65 +146,6 @@ _HAND_WRITTEN: dict[str, Schema] = {
             "total": {"type": "integer", "description": "items matching the filter"},
             "limit": {"type": "integer"},
             "offset": {"type": "integer"},
-        },
-    },
-    "ChannelStatus": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {
-                "type": "string",
-                "examples": ["queued", "sent", "failed", "suppressed", "deferred", "retrying",
-                             "dead", "scheduled", "cancelled", "digested", "pending",
-                             "skipped"],
-                "description": "pending/skipped: a later step of a fallback chain",
-            },
-            "reason": _STR,
-            "deliver_at": {"type": "number",
-                           "description": "scheduled/deferred/retrying/digested: when it goes"},
-            "digest_id": {"type": "string",
-                          "description": "digested: the digest's notification id"},
-            "attempts": {"type": "integer"},
-            "ts": {"type": "number"},
-            "history": {"type": "array", "items": {"type": "object"}},
-        },
-    },
-    "NotificationStatus": {
-        "type": "object",
-        "required": ["notification_id", "channels"],
-        "properties": {
-            "notification_id": _STR,
-            "user_id": _STR,
-            "event_id": _STR,
-            "category": _STR,
-            "priority": _STR,
-            "title": _STR,
-            "body": _STR,
-            "template": nullable(_STR),
-            "created_at": nullable({"type": "number"}),
-            "accepted_at": {"type": "number"},
-            "send_at": {"type": "number", "description": "scheduled send: when it is due"},
-            "cancelled_at": {"type": "number"},
-            "digest_id": {"type": "string"},
-            "channels": {"type": "object", "additionalProperties": ref("ChannelStatus")},
-            "topic": {"type": "string", "description": "the topic it was fanned out from"},
-            "callback_url": _STR,
-            "fallback": {"type": "array", "items": ref("FallbackStep")},
-            "callbacks": {
-                "type": "object",
-                "description": "Idempotency-Key -> outcome of the delivery callback",
-                "additionalProperties": {
-                    "type": "object",
-                    "properties": {
-                        "channel": _STR,
-                        "state": _STR,
-                        "result": {"type": "string", "enum": ["delivered", "failed", "dead"]},
-                        "attempts": {"type": "integer"},
-                        "reason": _STR,
-                        "ts": {"type": "number"},
-                    },
-                },
-            },
         },
     },
     "DeadLetter": {

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
 
 from notifyd import pipeline
+from notifyd.model.status import ChannelUpdate
 
 Published = list[tuple[str, list[dict[str, Any]]]]
 
 
 def capture_statuses(monkeypatch: pytest.MonkeyPatch) -> Published:
     """Replace ``pipeline.publish_status``: each call's (notification id, updates) is
-    appended to the list returned (content and any other argument are dropped)."""
+    appended to the list returned (content and any other argument are dropped).  Every
+    update must convert through its model (:class:`ChannelUpdate`): the writers build
+    plain dicts, and this keeps them to the published shape."""
     out: Published = []
 
     async def record(nid: str, updates: list[dict[str, Any]], *args: Any, **kw: Any) -> None:
+        msgspec.convert(orjson.loads(orjson.dumps(updates)), list[ChannelUpdate])
         out.append((nid, updates))
 
     monkeypatch.setattr(pipeline, "publish_status", record)

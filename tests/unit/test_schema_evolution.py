@@ -4,6 +4,7 @@ them, and refuse a version from the future with a stable reason."""
 
 from __future__ import annotations
 
+import msgspec
 import orjson
 import pytest
 
@@ -17,6 +18,8 @@ from notifyd.model.preferences import (
     merge_preferences,
     validate_preferences,
 )
+from notifyd.model.status import StatusRecord, check_status_document
+from notifyd.pipeline import fold_status
 
 #: ``Event.to_dict()`` of the code before the models (b1a3908), e.g. the ``event`` of a
 #: scheduled row or a fallback step: no ``schema_version``.
@@ -149,3 +152,52 @@ def test_delivery_malformed_keeps_its_error_types() -> None:
         Delivery.decode(b"{1: 2}")
     with pytest.raises(ValueError, match="notification_id"):
         Delivery.decode(b'{"event_id": "e"}')
+
+
+# --- status -----------------------------------------------------------------------------
+
+#: ``notifyd.status`` records as ``publish_status`` wrote them before the models.
+STATUS_V1 = [
+    {"notification_id": "n-1",
+     "updates": [{"channel": "email", "status": "queued", "ts": 10.0,
+                  "delivery": orjson.loads(DELIVERY_V1)},
+                 {"channel": "inapp", "status": "sent", "attempt": 1, "ts": 10.0,
+                  "provider_id": "n-1", "latency_ms": 0.4, "provider": "inapp"},
+                 {"channel": "sms", "status": "suppressed", "reason": "opted out", "ts": 10.0},
+                 {"channel": "push", "status": "pending", "deliver_at": 70.0, "ts": 10.0,
+                  "reason": "fallback: after 60s unless read"}],
+     "content": {"event_id": "e-1", "user_id": "u-1", "category": "orders",
+                 "priority": "high", "title": "T", "body": "B", "template": None,
+                 "created_at": None, "accepted_at": 10.0, "callback_url": "https://x.example/cb",
+                 "fallback": [{"channel": "inapp", "after_s": 0},
+                              {"channel": "push", "after_s": 60, "unless": "read"}]}},
+    {"notification_id": "n-1",
+     "updates": [{"channel": "email", "status": "retrying", "attempt": 1, "ts": 11.0,
+                  "reason": "timeout", "deliver_at": 13.0,
+                  "delivery": {**orjson.loads(DELIVERY_V1), "attempt": 2}}]},
+    {"notification_id": "n-1", "updates": [],
+     "callbacks": [{"key": "n-1:inapp", "channel": "inapp", "state": "sent", "ts": 12.0,
+                    "result": "delivered", "attempts": 1}]},
+    {"notification_id": "n-1",
+     "updates": [{"channel": "push", "status": "cancelled", "reason": "cancelled", "ts": 14.0,
+                  "force": True}],
+     "cancel": {"at": 14.0}},
+]
+
+
+def test_status_records_v1_convert_and_fold_into_a_valid_document() -> None:
+    doc = None
+    for record in STATUS_V1:
+        msgspec.convert(record, StatusRecord)
+        doc = fold_status(doc, record, 3)
+    assert doc is not None
+    checked = check_status_document(doc)
+    assert checked.channels["inapp"].status == "sent"
+    email = checked.channels["email"]  # retrying, then cancelled by the cancel
+    assert [h.status for h in email.history] == ["queued", "retrying", "cancelled"]
+    assert checked.callbacks is not msgspec.UNSET and "n-1:inapp" in checked.callbacks
+    assert doc["schema_version"] == SCHEMA_VERSION  # written now
+    # a row folded before the version existed reads too
+    old_row = {k: v for k, v in doc.items() if k != "schema_version"}
+    assert check_status_document(old_row).schema_version is msgspec.UNSET
+
