@@ -26,6 +26,7 @@ import structlog
 from . import clock
 from .app import app, recovery_done, settings
 from .metrics import metrics
+from .model.rows import EXPIRY_STAMPS
 from .records import dumps
 from .topics import active_partitions
 
@@ -172,26 +173,21 @@ class Scheduler:
 
         for key in [k for k in self.released if scheduled.get(k) is None]:
             del self.released[key]
-        plans: list[tuple[str, Any, float, int]] = [
-            ("seen", seen, settings.dedupe_ttl_s, 0),
-            ("ledger", ledger, settings.dedupe_ttl_s, 1),
-            ("status", status, settings.status_ttl_s, 2),
-            ("cancels", cancels, settings.dedupe_ttl_s, 0),
+        plans: list[tuple[str, Any, float]] = [
+            ("seen", seen, settings.dedupe_ttl_s),
+            ("ledger", ledger, settings.dedupe_ttl_s),
+            ("status", status, settings.status_ttl_s),
+            ("cancels", cancels, settings.dedupe_ttl_s),
         ]
-        status_partitions = self.active  # status is co-partitioned by notification id
-        for name, table, ttl, kind in plans:
+        for name, table, ttl in plans:
+            stamp = EXPIRY_STAMPS[name]  # when and on which partition a row was written
             cutoff = now - ttl
             expired: dict[int, list[str]] = {}
             for key, value in table.data.items():
                 if not value:
                     continue
-                if kind == 0:
-                    ts, p = value[0], value[1]
-                elif kind == 1:
-                    ts, p = value["ts"], value["p"]
-                else:
-                    ts, p = value.get("accepted_at") or 0, value.get("p", -1)
-                if ts < cutoff and p in (status_partitions if kind == 2 else self.active):
+                ts, p = stamp(value)
+                if ts < cutoff and p in self.active:
                     expired.setdefault(p, []).append(key)
             for p, keys in expired.items():
                 for i in range(0, len(keys), EXPIRE_CHUNK):

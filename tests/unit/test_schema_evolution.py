@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from notifyd.errors import InvalidEvent
+from notifyd.model.control import check_control, check_preferences_command
 from notifyd.model.delivery import Delivery
 from notifyd.model.event import CancelRequest, Event, parse_event, parse_input
 from notifyd.model.limits import SCHEMA_VERSION
@@ -17,6 +18,17 @@ from notifyd.model.preferences import (
     Preferences,
     merge_preferences,
     validate_preferences,
+)
+from notifyd.model.rows import (
+    EXPIRY_STAMPS,
+    CancelRow,
+    DeliveryTimer,
+    DigestTimer,
+    EventTimer,
+    FallbackTimer,
+    LedgerRow,
+    SeenRow,
+    check_scheduled_row,
 )
 from notifyd.model.status import StatusRecord, check_status_document
 from notifyd.pipeline import fold_status
@@ -201,3 +213,63 @@ def test_status_records_v1_convert_and_fold_into_a_valid_document() -> None:
     old_row = {k: v for k, v in doc.items() if k != "schema_version"}
     assert check_status_document(old_row).schema_version is msgspec.UNSET
 
+
+# --- table rows and commands ------------------------------------------------------------
+
+#: Rows as the code before the models wrote them (no version anywhere).
+SEEN_V1 = [1700000000.0, 3, "notifyd.events", "u-1"]
+SEEN_V1_DIGESTED = [*SEEN_V1, "digest:5:u-1:news|1h|1700000000"]
+SEEN_LEGACY = [1600000000.0, 3, "notifyd.events"]  # before ids were scoped to the user
+CANCEL_ROW_V1 = [1700000000.0, 3, "u-1"]
+LEDGER_V1 = {"s": "sent", "ts": 1700000000.0, "p": 3}
+SCHEDULED_V1: list[dict[str, object]] = [
+    {"due": 1700000100.0, "p": 3, "delivery": orjson.loads(DELIVERY_V1),
+     "reason": "quiet hours"},
+    {"due": 1700000600.0, "p": 3, "reason": "fallback",
+     "fallback": {"step": 1, "steps": [{"channel": "inapp", "after_s": 0},
+                                       {"channel": "email", "after_s": 600, "unless": "read"}],
+                  "event": {"event_id": "e-1", "user_id": "u-1", "title": "T"},
+                  "user_id": "u-1", "nid": "n-1", "accepted_at": 1700000000.0}},
+    {"kind": "event", "due": 1700003600.0, "p": 3, "user_id": "u-1", "event_id": "e-2",
+     "nid": "n-2", "channels": ["email"], "event": '{"event_id":"e-2"}',
+     "scheduled_at": 1700000000.0, "title": "Later"},
+    {"kind": "digest", "due": 1700003600.0, "p": 3, "user_id": "u-1", "category": "news",
+     "window": "1h", "start": 1700000000.0, "event_id": "digest-news", "digest_id": "n-3",
+     "items": [{"id": "n-4", "event_id": "e-4", "title": "A", "channels": None,
+                "ts": 1700000001.0}], "count": 1},
+]
+CONTROL_V1: list[dict[str, object]] = [
+    {"op": "unschedule", "id": "n-1:email", "due": 1700000100.0},
+    {"op": "expire", "table": "seen", "keys": ["5:u-1:e-1"]},
+    {"op": "fallback_step", "id": "fallback:n-1:email", "due": 1700000600.0},
+    {"op": "inbox", "user_id": "u-1", "action": "read", "ids": ["n-1"], "request_id": "r"},
+    {"op": "inbox", "user_id": "u-1", "action": "read", "all": True},
+]
+PREFERENCES_COMMANDS_V1: list[dict[str, object]] = [
+    orjson.loads(PREFS_COMMAND_V1),
+    {"op": "put", "user_id": "u-1", "fields": {"email": "a@b.co"}, "request_id": "r-2"},
+    {"op": "delete", "user_id": "u-1", "request_id": "r-3"},
+    {"op": "opt_out", "user_id": "u-1", "category": "news", "channel": "email"},
+]
+
+
+def test_rows_v1_convert() -> None:
+    for row in (SEEN_V1, SEEN_V1_DIGESTED, SEEN_LEGACY):
+        seen = msgspec.convert(row, SeenRow)
+        assert (seen.first_seen, seen.partition) == EXPIRY_STAMPS["seen"](row)
+    assert msgspec.convert(SEEN_LEGACY, SeenRow).user_id is msgspec.UNSET
+    assert msgspec.convert(CANCEL_ROW_V1, CancelRow).user_id == "u-1"
+    assert EXPIRY_STAMPS["cancels"](CANCEL_ROW_V1) == (1700000000.0, 3)
+    assert msgspec.convert(LEDGER_V1, LedgerRow).s == "sent"
+    assert EXPIRY_STAMPS["ledger"](LEDGER_V1) == (1700000000.0, 3)
+    kinds = [type(check_scheduled_row(row)) for row in SCHEDULED_V1]
+    assert kinds == [DeliveryTimer, FallbackTimer, EventTimer, DigestTimer]
+
+
+def test_commands_v1_convert() -> None:
+    assert [type(check_control(m)).__name__ for m in CONTROL_V1] == [
+        "Unschedule", "Expire", "FallbackStepDue", "InboxOp", "InboxOp"]
+    assert [type(check_preferences_command(m)).__name__ for m in PREFERENCES_COMMANDS_V1] == [
+        "PreferencesPatch", "PreferencesWrite", "PreferencesDelete", "OptOut"]
+    with pytest.raises(msgspec.ValidationError):
+        check_control({"op": "reboot"})
