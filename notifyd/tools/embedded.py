@@ -30,7 +30,8 @@ from notifyd.stream.producer import produce
 from notifyd.stream.topology import TopicNames
 from notifyd.tools.broker.base import BrokerError, port_is_free
 from notifyd.tools.broker.tansu import TansuBroker
-from notifyd.tools.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
 
 DEMO_USER = "demo-user"
 

@@ -23,7 +23,8 @@ from notifyd.providers.http import error_for_status, parse_retry_after
 from notifyd.providers.httpapi import PushProvider, SmsProvider
 from notifyd.providers.smtp import SmtpProvider, message_id_for
 from notifyd.providers.webhook import WebhookProvider, sign, verify
-from notifyd.tools.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
 from tests.support.memory_provider import MemoryProvider
 
 SECRET = b"whsec-test-secret"
