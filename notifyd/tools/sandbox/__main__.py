@@ -2,4 +2,6 @@
 
 from notifyd.tools.sandbox.cli import sandbox
 
-sandbox(prog_name="python -m notifyd.tools.sandbox")
+# Guarded: Faust's discovery (origin ``notifyd``) imports every module of the package.
+if __name__ == "__main__":
+    sandbox(prog_name="python -m notifyd.tools.sandbox")
