@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from .limits import (
+from notifyd.model.limits import (
     E164_PATTERN,
     MAX_EMAIL_LEN,
     MAX_ID_LEN,

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from .event import Version
+from notifyd.model.event import Version
 
 
 class _Command(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):

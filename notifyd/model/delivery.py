@@ -9,8 +9,8 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from .event import Version
-from .limits import SCHEMA_VERSION
+from notifyd.model.event import Version
+from notifyd.model.limits import SCHEMA_VERSION
 
 _decoder: msgspec.json.Decoder[Delivery]
 _encoder = msgspec.json.Encoder()

@@ -23,9 +23,9 @@ import msgspec
 import orjson
 from msgspec import Meta
 
-from ..config import CHANNELS
-from ..errors import InvalidEvent
-from .limits import (
+from notifyd.config import CHANNELS
+from notifyd.errors import InvalidEvent
+from notifyd.model.limits import (
     CATEGORY_PATTERN,
     CATEGORY_RE,
     DIGEST_WINDOW_PATTERN,

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from ..config import CHANNELS
-from .event import (
+from notifyd.config import CHANNELS
+from notifyd.model.event import (
     Category,
     Channel,
     DigestWindow,
@@ -26,7 +26,7 @@ from .event import (
     check_digest_window,
     error_location,
 )
-from .limits import (
+from notifyd.model.limits import (
     CATEGORY_PATTERN,
     CATEGORY_RE,
     DIGEST_WINDOW_RE,
@@ -269,7 +269,7 @@ def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> str:
         return (f"digests must be a list of at most {MAX_DIGEST_PREFERENCES} "
                 '{"category", "window"} objects')
     if name == "fallback":
-        from ..fallback import InvalidChain, parse_preferences_chains
+        from notifyd.stream.fallback import InvalidChain, parse_preferences_chains
 
         try:
             parse_preferences_chains(value)
@@ -344,7 +344,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             _zone(qh.timezone, "quiet_hours.timezone")
             out["quiet_hours"] = qh.to_dict()
     if doc.fallback is not UNSET:  # per-category channel fallback chains (notifyd.fallback)
-        from ..fallback import InvalidChain, parse_preferences_chains
+        from notifyd.stream.fallback import InvalidChain, parse_preferences_chains
 
         try:
             out["fallback"] = parse_preferences_chains(data["fallback"])

@@ -14,8 +14,8 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from .delivery import Delivery
-from .event import FallbackStep, Version
+from notifyd.model.delivery import Delivery
+from notifyd.model.event import FallbackStep, Version
 
 
 class SeenRow(msgspec.Struct, array_like=True):

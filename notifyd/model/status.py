@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from .delivery import Delivery
-from .event import Channel, FallbackStep, Version
+from notifyd.model.delivery import Delivery
+from notifyd.model.event import Channel, FallbackStep, Version
 
 #: Every state of a channel: the delivery states, and pending/skipped for the later
 #: steps of a fallback chain.

@@ -2,7 +2,7 @@
 
 Every route is declared once, on a :class:`Registry`: method, path, summary, who may
 call it, the JSON schema of its body, its query parameters and its responses.  The
-same declaration registers the aiohttp handler (``notifyd.web.api``), validates the
+same declaration registers the aiohttp handler (``notifyd.web.api.v1``), validates the
 request and feeds :func:`build_document`, so the document and the routes cannot
 drift.  Routes whose handlers live elsewhere (``web.routes``: health, readiness,
 table queries) are declared with :meth:`Registry.document`; a unit test compares
@@ -29,8 +29,8 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET, Meta
 
-from ..errors import BadRequest
-from ..model.api import (
+from notifyd.errors import BadRequest
+from notifyd.model.api import (
     InboxItemUpdate,
     LogoutRequest,
     RedriveRequest,
@@ -38,10 +38,10 @@ from ..model.api import (
     TokenRequest,
     UserCreate,
 )
-from ..model.event import NotificationCreate, expected_type, json_type_name
-from ..model.limits import MAX_ID_LEN, PRIORITIES
-from ..model.preferences import Preferences, PreferencesInput
-from ..model.status import NotificationStatus
+from notifyd.model.event import NotificationCreate, expected_type, json_type_name
+from notifyd.model.limits import MAX_ID_LEN, PRIORITIES
+from notifyd.model.preferences import Preferences, PreferencesInput
+from notifyd.model.status import NotificationStatus
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ import msgspec
 import orjson
 import pytest
 
-from notifyd import pipeline
 from notifyd.model.status import ChannelUpdate
+from notifyd.stream import pipeline
 
 Published = list[tuple[str, list[dict[str, Any]]]]
 
