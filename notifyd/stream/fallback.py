@@ -34,6 +34,8 @@ import structlog
 
 from notifyd.config import CHANNELS
 from notifyd.errors import InvalidEvent
+from notifyd.model.limits import CATEGORY_RE as _CATEGORY_RE
+from notifyd.model.limits import SCHEMA_VERSION
 
 log = structlog.stdlib.get_logger("notifyd.stream.fallback")
 
@@ -92,8 +94,6 @@ def parse_chain(value: Any, where: str = "fallback") -> list[dict[str, Any]]:
 
 def parse_preferences_chains(value: Any) -> dict[str, list[dict[str, Any]]] | None:
     """The ``fallback`` field of preferences: ``{category | "*": chain}`` or null."""
-    from notifyd.model.limits import CATEGORY_RE as _CATEGORY_RE
-
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -242,6 +242,7 @@ def _schedule_step(
         "due": due,
         "p": partition,
         "reason": "fallback",
+        "schema_version": SCHEMA_VERSION,
         "fallback": {
             "step": i, "steps": steps, "event": event_doc, "user_id": user_id, "nid": nid,
             "accepted_at": accepted,
@@ -325,7 +326,8 @@ async def release_step(key: str, entry: dict[str, Any]) -> None:
     user_id = entry["fallback"]["user_id"]
     await control_topic.send(
         key=user_id.encode(),
-        value=dumps({"op": "fallback_step", "id": key, "due": entry["due"]}),
+        value=dumps({"op": "fallback_step", "id": key, "due": entry["due"],
+                     "schema_version": SCHEMA_VERSION}),
     )
 
 

@@ -532,7 +532,8 @@ def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> Non
     from notifyd.stream.scheduler import scheduler  # local import: scheduler imports this module
 
     key = delivery.idempotency_key
-    scheduled[key] = {"due": due, "p": partition, "delivery": delivery.to_dict(), "reason": reason}
+    scheduled[key] = {"due": due, "p": partition, "delivery": delivery.to_dict(), "reason": reason,
+                      "schema_version": SCHEMA_VERSION}
     scheduler.push(due, key, partition)
 
 
@@ -573,7 +574,8 @@ async def release(key: str, entry: dict[str, Any]) -> None:
     )
     await control_topic.send(
         key=d["user_id"].encode(),
-        value=dumps({"op": "unschedule", "id": key, "due": entry["due"]}),
+        value=dumps({"op": "unschedule", "id": key, "due": entry["due"],
+                     "schema_version": SCHEMA_VERSION}),
     )
 
 
@@ -592,7 +594,7 @@ def backoff(attempt: int, retry_after: float | None) -> float:
 
 
 def _mark(key: str, state: str, partition: int) -> None:
-    ledger[key] = {"s": state, "ts": clock.now(), "p": partition}
+    ledger[key] = {"s": state, "ts": clock.now(), "p": partition, "schema_version": SCHEMA_VERSION}
 
 
 async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:

@@ -25,6 +25,7 @@ import structlog
 
 from notifyd import clock
 from notifyd.metrics import metrics
+from notifyd.model.limits import SCHEMA_VERSION
 from notifyd.model.records import dumps
 from notifyd.model.rows import EXPIRY_STAMPS
 from notifyd.stream.app import app, recovery_done, settings
@@ -193,7 +194,8 @@ class Scheduler:
                 for i in range(0, len(keys), EXPIRE_CHUNK):
                     chunk = keys[i : i + EXPIRE_CHUNK]
                     await control_topic.send(
-                        partition=p, value=dumps({"op": "expire", "table": name, "keys": chunk})
+                        partition=p, value=dumps({"op": "expire", "table": name, "keys": chunk,
+                                     "schema_version": SCHEMA_VERSION})
                     )
             if expired:
                 log.info("sweep.expired", table=name, count=sum(map(len, expired.values())))

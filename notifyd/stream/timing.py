@@ -34,6 +34,7 @@ from notifyd.config import CHANNELS
 from notifyd.domain.rules import reaches
 from notifyd.errors import InvalidEvent
 from notifyd.metrics import metrics
+from notifyd.model.limits import SCHEMA_VERSION
 from notifyd.model.records import (
     DIGEST_WINDOW_RE,
     CancelRequest,
@@ -94,6 +95,7 @@ async def schedule_event(
     channels = requested(event)
     scheduled[key] = {
         "kind": "event",
+        "schema_version": SCHEMA_VERSION,
         "due": due,
         "p": partition,
         "user_id": event.user_id,
@@ -354,6 +356,7 @@ async def collect(
         if row is None:
             row = {
                 "kind": "digest",
+                "schema_version": SCHEMA_VERSION,
                 "due": close,
                 "p": partition,
                 "user_id": event.user_id,

@@ -273,3 +273,16 @@ def test_commands_v1_convert() -> None:
         "PreferencesPatch", "PreferencesWrite", "PreferencesDelete", "OptOut"]
     with pytest.raises(msgspec.ValidationError):
         check_control({"op": "reboot"})
+
+
+def test_rows_and_commands_written_now_carry_the_version() -> None:
+    v = {"schema_version": SCHEMA_VERSION}
+    assert msgspec.convert({**LEDGER_V1, **v}, LedgerRow).schema_version == SCHEMA_VERSION
+    for row in SCHEDULED_V1:
+        assert check_scheduled_row({**row, **v}).schema_version == SCHEMA_VERSION
+    for msg in CONTROL_V1:
+        assert check_control({**msg, **v}).schema_version == SCHEMA_VERSION
+    for msg in PREFERENCES_COMMANDS_V1:
+        assert check_preferences_command({**msg, **v}).schema_version == SCHEMA_VERSION
+    with pytest.raises(msgspec.ValidationError):
+        check_control({**CONTROL_V1[0], "schema_version": SCHEMA_VERSION + 1})

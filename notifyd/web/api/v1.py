@@ -49,6 +49,7 @@ from notifyd.model.api import (
     UserCreate,
 )
 from notifyd.model.event import NotificationCreate
+from notifyd.model.limits import SCHEMA_VERSION
 from notifyd.model.preferences import PreferencesInput
 from notifyd.model.records import (
     InvalidPreferences,
@@ -190,7 +191,8 @@ async def _command(topic: TopicT, user_id: str, msg: dict[str, Any], what: str) 
     """Produce a command keyed by ``user_id`` and wait until the local agent applied it."""
     request_id, fut = waiters.create()
     try:
-        await topic.send(key=user_id.encode(), value=dumps({**msg, "request_id": request_id}))
+        await topic.send(key=user_id.encode(), value=dumps({**msg, "request_id": request_id,
+                                                           "schema_version": SCHEMA_VERSION}))
     except BaseException:
         waiters.discard(request_id)
         raise
@@ -224,7 +226,8 @@ async def _seed_contacts(user_id: str, email: str | None, phone: str | None) -> 
     try:
         await preferences_topic.send(
             key=user_id.encode(),
-            value=dumps({"op": "patch", "user_id": user_id, "fields": fields}),
+            value=dumps({"op": "patch", "user_id": user_id, "fields": fields,
+                         "schema_version": SCHEMA_VERSION}),
         )
     except Exception:
         # The account exists either way; the user can still set preferences later.
@@ -555,6 +558,7 @@ async def create_notification(call: Call) -> web.StreamResponse:
         event["user_id"] = me.user_id
     if event.get("event_id") is None:
         event["event_id"] = str(uuid.uuid4())
+    event.setdefault("schema_version", SCHEMA_VERSION)
     raw = dumps(event)
     try:
         parsed = parse_event(raw, settings.max_event_bytes)
