@@ -33,6 +33,7 @@ from notifyd.model.limits import (
     MAX_CATEGORY_LEN,
     MAX_DATA_BYTES,
     MAX_DIGEST_WINDOW_S,
+    MAX_FALLBACK_AFTER_S,
     MAX_ID_LEN,
     MAX_TEMPLATE_LEN,
     MAX_TITLE_LEN,
@@ -97,7 +98,7 @@ class FallbackStep(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     """One step of a fallback chain (the rules between steps: ``notifyd.fallback``)."""
 
     channel: Channel
-    after_s: Annotated[float, Meta(ge=0, le=30 * 24 * 3600)] = 0
+    after_s: Annotated[float, Meta(ge=0, le=MAX_FALLBACK_AFTER_S)] = 0
     unless: Literal["read", "delivered"] | None = None
 
 

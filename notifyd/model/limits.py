@@ -62,3 +62,5 @@ MAX_EMAIL_LEN = 254
 MAX_REFRESH_TOKEN_LEN = 256
 #: Notification ids one re-drive request may name.
 MAX_REDRIVE_IDS = 1_000
+#: Latest step of a fallback chain, after acceptance.
+MAX_FALLBACK_AFTER_S = 30 * 24 * 3600

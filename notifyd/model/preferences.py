@@ -26,6 +26,7 @@ from notifyd.model.event import (
     check_digest_window,
     error_location,
 )
+from notifyd.model.fallback import InvalidChain, parse_preferences_chains
 from notifyd.model.limits import (
     CATEGORY_PATTERN,
     CATEGORY_RE,
@@ -269,8 +270,6 @@ def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> str:
         return (f"digests must be a list of at most {MAX_DIGEST_PREFERENCES} "
                 '{"category", "window"} objects')
     if name == "fallback":
-        from notifyd.stream.fallback import InvalidChain, parse_preferences_chains
-
         try:
             parse_preferences_chains(value)
         except InvalidChain as err:
@@ -344,8 +343,6 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             _zone(qh.timezone, "quiet_hours.timezone")
             out["quiet_hours"] = qh.to_dict()
     if doc.fallback is not UNSET:  # per-category channel fallback chains (notifyd.fallback)
-        from notifyd.stream.fallback import InvalidChain, parse_preferences_chains
-
         try:
             out["fallback"] = parse_preferences_chains(data["fallback"])
         except InvalidChain as exc:

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from notifyd.config import Settings
 from notifyd.errors import InvalidEvent
+from notifyd.model import fallback as chains
 from notifyd.model.records import parse_event
 from notifyd.providers.webhook import verify
 from notifyd.stream import audience, callbacks, fallback
@@ -24,7 +25,7 @@ SECRET = "cb-secret-0123456789abcdef0123456789"
 
 
 def test_parse_chain_normalises() -> None:
-    steps = fallback.parse_chain([
+    steps = chains.parse_chain([
         {"channel": "inapp"},
         {"channel": "push", "after_s": 300, "unless": "read"},
         {"channel": "email", "after_s": 3600, "unless": "delivered"},
@@ -54,16 +55,16 @@ def test_parse_chain_normalises() -> None:
     ],
 )
 def test_parse_chain_refuses(chain: Any, message: str) -> None:
-    with pytest.raises(fallback.InvalidChain, match=message):
-        fallback.parse_chain(chain)
+    with pytest.raises(chains.InvalidChain, match=message):
+        chains.parse_chain(chain)
 
 
 def test_preferences_chains_by_category() -> None:
-    out = fallback.parse_preferences_chains({"*": [{"channel": "email"}]})
+    out = chains.parse_preferences_chains({"*": [{"channel": "email"}]})
     assert out == {"*": [{"channel": "email", "after_s": 0}]}
-    assert fallback.parse_preferences_chains(None) is None
-    with pytest.raises(fallback.InvalidChain, match="invalid category"):
-        fallback.parse_preferences_chains({"bad category": [{"channel": "email"}]})
+    assert chains.parse_preferences_chains(None) is None
+    with pytest.raises(chains.InvalidChain, match="invalid category"):
+        chains.parse_preferences_chains({"bad category": [{"channel": "email"}]})
 
 
 def event(**fields: Any) -> Any:
