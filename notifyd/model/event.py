@@ -17,7 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 import orjson
@@ -140,6 +140,20 @@ class NotificationCreate(msgspec.Struct, kw_only=True, omit_defaults=True):
     listed are kept as extras.  The handler fills the ids, then decodes it as an
     :class:`EventRecord`."""
 
+    #: What a field type cannot say, for the document: some content (a non-empty title
+    #: or body, or a template), and not both scheduling fields.
+    json_schema_extra: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": ["template"], "properties": {"template": {"type": "string"}}},
+            {"required": ["title"], "properties": {"title": {"type": "string", "minLength": 1}}},
+            {"required": ["body"], "properties": {"body": {"type": "string", "minLength": 1}}},
+        ],
+        "not": {
+            "required": ["send_at", "delay_s"],
+            "properties": {"send_at": {"type": "string"}, "delay_s": {"type": "number"}},
+        },
+    }
+
     schema_version: Version | None = None
     event_id: Annotated[
         Id, Meta(description="idempotency key, per recipient (user_id); a uuid4 when omitted")
@@ -163,7 +177,8 @@ class NotificationCreate(msgspec.Struct, kw_only=True, omit_defaults=True):
     ] | None = None
     callback_url: Annotated[
         str,
-        Meta(max_length=MAX_URL_LEN, extra_json_schema={"format": "uri"},
+        Meta(max_length=MAX_URL_LEN,
+             extra_json_schema={"format": "uri", "pattern": "^https?://"},
              description="POSTed each terminal state per channel (signed, retried, egress "
              "policy); default NOTIFYD_CALLBACK_URL"),
     ] | None = None
