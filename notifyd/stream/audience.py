@@ -48,12 +48,13 @@ from faust.types import EventT
 
 from notifyd import clock
 from notifyd.errors import InvalidEvent
+from notifyd.model.limits import TOPIC_PATTERN
 from notifyd.model.records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
 
 log = structlog.stdlib.get_logger("notifyd.stream.audience")
 
 #: Topic names: what ``notifyd.events`` producers and the API may use.
-TOPIC_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+TOPIC_NAME_RE = re.compile(TOPIC_PATTERN)
 TOPIC_NAME_PATTERN = TOPIC_NAME_RE.pattern
 #: Rows per topic in ``subscribers``.  Part of the stored layout: never change it on a
 #: deployment with data (a subscriber would be looked for in another bucket).

@@ -38,12 +38,12 @@ from notifyd import clock
 from notifyd.config import Settings
 from notifyd.egress import EgressPolicy
 from notifyd.errors import DeliveryError, InvalidEvent
+from notifyd.model.limits import MAX_URL_LEN
 from notifyd.model.records import dumps, loads
 
 log = structlog.stdlib.get_logger("notifyd.stream.callbacks")
 
 CALLBACK_STATES = frozenset({"sent", "failed", "dead", "suppressed", "cancelled"})
-MAX_URL_LEN = 2000
 
 
 def check_callback_url(value: Any) -> str | None:
