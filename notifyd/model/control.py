@@ -11,7 +11,9 @@ from msgspec import UNSET, UnsetType
 from notifyd.model.event import Version
 
 
-class _Command(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
+class _Command(msgspec.Struct, tag_field="op"):
+    """Fields a reader does not know are ignored, as before the models."""
+
     schema_version: Version | UnsetType = UNSET
 
 
