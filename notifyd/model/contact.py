@@ -1,0 +1,101 @@
+"""The one definition of a phone number, an e-mail address and a quiet-hours time.
+
+Preferences, user accounts, the channel checks before a send, the CLI and the sandbox all
+ask here, so they cannot disagree about what notifyd stores or sends to.
+
+* Phone numbers: E.164 wire form (``+`` and digits, as libphonenumber formats them) that
+  libphonenumber (``phonenumbers``) deems *possible* for its country: a known calling
+  code and a length that fits the numbering plan.  "Possible", not "valid": fictional
+  numbers (+1 555 ...) have the right shape and are what tests and demos use, while
+  numbers no provider would accept (+1 with 7 digits, +999 ...) are refused up front.
+* E-mail addresses: syntax checked by ``email-validator`` (no DNS, no deliverability
+  probe), ASCII only (our SMTP path does not speak SMTPUTF8).  The address is kept as
+  given, not normalised, so stored values do not change under the caller.
+* ``HH:MM``: a 24 h wall-clock time, as quiet hours and ``daily@HH:MM`` digests use it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+#: ``HH:MM`` (24 h) without anchors, for composing into other patterns and JSON Schema.
+HHMM_PATTERN = r"([01][0-9]|2[0-3]):([0-5][0-9])"
+_HHMM_RE = re.compile(HHMM_PATTERN)
+
+
+class InvalidContact(ValueError):
+    """A phone number or e-mail address notifyd will not store or send to (the why)."""
+
+
+def _reason_names() -> dict[int, str]:
+    return {v: k.lower() for k, v in vars(phonenumbers.ValidationResult).items() if k.isupper()}
+
+
+def e164(value: object) -> str:
+    """``value`` if it is a possible phone number in E.164 form, else InvalidContact."""
+    shown = str(value)[:40]
+    if not isinstance(value, str) or not value.startswith("+"):
+        raise InvalidContact(f"{shown!r} is not an E.164 number (+ and digits)")
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidContact(f"{shown!r} is not a phone number: {exc}") from None
+    # Round-tripping rejects spaces, dashes, non-ASCII digits and trailing newlines.
+    if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != value:
+        raise InvalidContact(f"{shown!r} is not in E.164 form (+ and digits)")
+    reason = phonenumbers.is_possible_number_with_reason(number)
+    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
+        name = _reason_names().get(reason, str(reason))
+        raise InvalidContact(f"{shown!r} is not a possible number: {name}")
+    return value
+
+
+def is_e164(value: object) -> bool:
+    """Whether :func:`e164` accepts ``value``."""
+    try:
+        e164(value)
+    except InvalidContact:
+        return False
+    return True
+
+
+def email_address(value: object) -> str:
+    """``value`` if it is a syntactically valid ASCII mailbox address, else InvalidContact."""
+    shown = str(value)[:80]
+    if not isinstance(value, str) or not value:
+        raise InvalidContact(f"{shown!r} is not an e-mail address")
+    if not value.isascii():
+        raise InvalidContact(f"{shown!r} is not an ASCII e-mail address")
+    try:
+        validate_email(value, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise InvalidContact(f"{shown!r} is not an e-mail address: {exc}") from None
+    return value
+
+
+def is_email(value: object) -> bool:
+    """Whether :func:`email_address` accepts ``value``."""
+    try:
+        email_address(value)
+    except InvalidContact:
+        return False
+    return True
+
+
+def is_hhmm(value: object) -> bool:
+    """Whether ``value`` is a 24 h ``HH:MM`` time (ASCII digits, no trailing newline)."""
+    return isinstance(value, str) and _HHMM_RE.fullmatch(value) is not None
+
+
+__all__ = [
+    "HHMM_PATTERN",
+    "InvalidContact",
+    "e164",
+    "email_address",
+    "is_e164",
+    "is_email",
+    "is_hhmm",
+]
