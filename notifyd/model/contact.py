@@ -16,6 +16,7 @@ ask here, so they cannot disagree about what notifyd stores or sends to.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import phonenumbers
@@ -24,6 +25,11 @@ from email_validator import EmailNotValidError, validate_email
 #: ``HH:MM`` (24 h) without anchors, for composing into other patterns and JSON Schema.
 HHMM_PATTERN = r"([01][0-9]|2[0-3]):([0-5][0-9])"
 _HHMM_RE = re.compile(HHMM_PATTERN)
+#: The library checks cost ~30-50 us; addresses repeat (every send to a user checks the
+#: same one), so verdicts on strings of plausible length are memoised (pure functions,
+#: bounded cache: at most _CACHE_SIZE keys of at most _CACHED_LEN characters).
+_CACHE_SIZE = 8192
+_CACHED_LEN = 320
 
 
 class InvalidContact(ValueError):
@@ -34,22 +40,31 @@ def _reason_names() -> dict[int, str]:
     return {v: k.lower() for k, v in vars(phonenumbers.ValidationResult).items() if k.isupper()}
 
 
-def e164(value: object) -> str:
-    """``value`` if it is a possible phone number in E.164 form, else InvalidContact."""
-    shown = str(value)[:40]
-    if not isinstance(value, str) or not value.startswith("+"):
-        raise InvalidContact(f"{shown!r} is not an E.164 number (+ and digits)")
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _e164_problem(value: str) -> str | None:
+    shown = value[:40]
+    if not value.startswith("+"):
+        return f"{shown!r} is not an E.164 number (+ and digits)"
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException as exc:
-        raise InvalidContact(f"{shown!r} is not a phone number: {exc}") from None
+        return f"{shown!r} is not a phone number: {exc}"
     # Round-tripping rejects spaces, dashes, non-ASCII digits and trailing newlines.
     if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != value:
-        raise InvalidContact(f"{shown!r} is not in E.164 form (+ and digits)")
+        return f"{shown!r} is not in E.164 form (+ and digits)"
     reason = phonenumbers.is_possible_number_with_reason(number)
     if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
-        name = _reason_names().get(reason, str(reason))
-        raise InvalidContact(f"{shown!r} is not a possible number: {name}")
+        return f"{shown!r} is not a possible number: {_reason_names().get(reason, reason)}"
+    return None
+
+
+def e164(value: object) -> str:
+    """``value`` if it is a possible phone number in E.164 form, else InvalidContact."""
+    if not isinstance(value, str):
+        raise InvalidContact(f"{str(value)[:40]!r} is not an E.164 number (+ and digits)")
+    problem = (_e164_problem if len(value) <= _CACHED_LEN else _e164_problem.__wrapped__)(value)
+    if problem is not None:
+        raise InvalidContact(problem)
     return value
 
 
@@ -62,17 +77,25 @@ def is_e164(value: object) -> bool:
     return True
 
 
-def email_address(value: object) -> str:
-    """``value`` if it is a syntactically valid ASCII mailbox address, else InvalidContact."""
-    shown = str(value)[:80]
-    if not isinstance(value, str) or not value:
-        raise InvalidContact(f"{shown!r} is not an e-mail address")
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _email_problem(value: str) -> str | None:
+    shown = value[:80]
     if not value.isascii():
-        raise InvalidContact(f"{shown!r} is not an ASCII e-mail address")
+        return f"{shown!r} is not an ASCII e-mail address"
     try:
         validate_email(value, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise InvalidContact(f"{shown!r} is not an e-mail address: {exc}") from None
+        return f"{shown!r} is not an e-mail address: {exc}"
+    return None
+
+
+def email_address(value: object) -> str:
+    """``value`` if it is a syntactically valid ASCII mailbox address, else InvalidContact."""
+    if not isinstance(value, str) or not value:
+        raise InvalidContact(f"{str(value)[:80]!r} is not an e-mail address")
+    problem = (_email_problem if len(value) <= _CACHED_LEN else _email_problem.__wrapped__)(value)
+    if problem is not None:
+        raise InvalidContact(problem)
     return value
 
 

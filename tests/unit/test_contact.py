@@ -19,6 +19,7 @@ PHONES_BAD: list[Any] = [
     None, 5, "", "+", "15551234567", "+0123456789", "+1 555 123 4567", "+1-555-123-4567",
     "+1555", "+1234567", "+15550001", "+123456789012345", "+33123456", "+99912345678",
     "+15551234567\n", "+1555123456\uff17", " +15551234567", "+1" + "2" * 15, "+" + "1" * 300,
+    "+" + "1" * 400,  # past the memoised length
 ]
 EMAILS_OK = ["a@b.co", "first.last+tag@sub.example.co.uk", "x_y@a-b.io", "a@b.example",
              "A@Example.COM"]
@@ -27,6 +28,7 @@ EMAILS_BAD: list[Any] = [
     "a@@b.com", "a@example.com\n", " a@example.com", "a..b@example.com", ".a@example.com",
     "x@" + "a" * 250 + ".com", "\u00fc@example.com", "a@b\u00fccher.de", '"q"@example.com',
     "a@[127.0.0.1]", "a@1.2.3.4", "someone@corp.local", "a@localhost",
+    "a" * 400 + "@example.com",  # past the memoised length
 ]
 
 
