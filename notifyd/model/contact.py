@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import cast
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
@@ -58,25 +59,6 @@ def _e164_problem(value: str) -> str | None:
     return None
 
 
-def e164(value: object) -> str:
-    """``value`` if it is a possible phone number in E.164 form, else InvalidContact."""
-    if not isinstance(value, str):
-        raise InvalidContact(f"{str(value)[:40]!r} is not an E.164 number (+ and digits)")
-    problem = (_e164_problem if len(value) <= _CACHED_LEN else _e164_problem.__wrapped__)(value)
-    if problem is not None:
-        raise InvalidContact(problem)
-    return value
-
-
-def is_e164(value: object) -> bool:
-    """Whether :func:`e164` accepts ``value``."""
-    try:
-        e164(value)
-    except InvalidContact:
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _email_problem(value: str) -> str | None:
     shown = value[:80]
@@ -89,23 +71,39 @@ def _email_problem(value: str) -> str | None:
     return None
 
 
-def email_address(value: object) -> str:
-    """``value`` if it is a syntactically valid ASCII mailbox address, else InvalidContact."""
+def _problem(
+    check: functools._lru_cache_wrapper[str | None], value: object, what: str
+) -> str | None:
+    """Why ``value`` is not ``what`` (None: it is), memoised for plausible lengths."""
     if not isinstance(value, str) or not value:
-        raise InvalidContact(f"{str(value)[:80]!r} is not an e-mail address")
-    problem = (_email_problem if len(value) <= _CACHED_LEN else _email_problem.__wrapped__)(value)
+        return f"{str(value)[:40]!r} is not {what}"
+    return (check if len(value) <= _CACHED_LEN else check.__wrapped__)(value)
+
+
+def _accepted(value: object, problem: str | None) -> str:
     if problem is not None:
         raise InvalidContact(problem)
-    return value
+    return cast("str", value)  # _problem found none, so it is a str
+
+
+def e164(value: object) -> str:
+    """``value`` if it is a possible phone number in E.164 form, else InvalidContact."""
+    return _accepted(value, _problem(_e164_problem, value, "an E.164 number"))
+
+
+def is_e164(value: object) -> bool:
+    """Whether :func:`e164` accepts ``value``."""
+    return _problem(_e164_problem, value, "an E.164 number") is None
+
+
+def email_address(value: object) -> str:
+    """``value`` if it is a syntactically valid ASCII mailbox address, else InvalidContact."""
+    return _accepted(value, _problem(_email_problem, value, "an e-mail address"))
 
 
 def is_email(value: object) -> bool:
     """Whether :func:`email_address` accepts ``value``."""
-    try:
-        email_address(value)
-    except InvalidContact:
-        return False
-    return True
+    return _problem(_email_problem, value, "an e-mail address") is None
 
 
 def is_hhmm(value: object) -> bool:
