@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from notifyd.domain.channel_rules import check_e164, check_email
 from notifyd.errors import BadRequest, PermanentDeliveryError
 from notifyd.model.contact import InvalidContact, e164, email_address, is_e164, is_email, is_hhmm
-from notifyd.providers.rules import check_e164, check_email
-from notifyd.records import InvalidPreferences, validate_preferences
-from notifyd.sandbox import Reject, _check_to
-from notifyd.web.auth import validate_email, validate_phone
+from notifyd.model.records import InvalidPreferences, validate_preferences
+from notifyd.tools.sandbox.provider import Reject, _check_to
+from notifyd.web.auth.users import validate_email, validate_phone
 
 PHONES_OK = ["+15551234567", "+14155550123", "+442071838750", "+33612345678", "+4915112345678",
              "+61412345678", "+818012345678"]

@@ -58,10 +58,18 @@ def _imports(*dirs: str) -> dict[str, set[str]]:
 
 
 def _undeclared(imports: dict[str, set[str]], allowed: set[str]) -> list[str]:
+    """Modules no declared distribution provides.
+
+    Provided means: an installed distribution that ships the module is declared, or a
+    declared one has the module's own name (which covers a declared distribution that
+    this environment happens to have replaced by a fork shipping the same module).
+    """
     dists = packages_distributions()
     problems = []
     for module, files in sorted(imports.items()):
         provided_by = {_normalise(d) for d in dists.get(module, [])}
+        if _normalise(module) in allowed:
+            continue
         if not provided_by:
             problems.append(f"{module}: not installed (imported by {sorted(files)})")
         elif not provided_by & allowed:

@@ -11,14 +11,14 @@ from typing import Any
 import orjson
 import pytest
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
-from notifyd import pipeline
-from notifyd.records import (
+import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
+from notifyd.model.records import (
     idempotency_scope,
     legacy_notification_id_for,
     notification_id_for,
 )
-from notifyd.tables import inbox, seen, status
+from notifyd.stream import pipeline
+from notifyd.stream.tables import inbox, seen, status
 from tests.support.waiting import until
 
 
@@ -50,7 +50,7 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ingest]:
-    from notifyd.agents.ingest import ingest as agent_def
+    from notifyd.stream.agents.ingest import ingest as agent_def
 
     published: list[tuple[str, dict[str, Any] | None]] = []
 
