@@ -149,8 +149,10 @@ def _scheduled_gauge() -> Metric:
         "Pending entries in this worker's scheduler index (deferred and retrying "
         "deliveries, scheduled sends, open digests)",
     )
-    mod = sys.modules.get("notifyd.scheduler")  # only in a worker; never imported here
-    family.add_metric([], float(len(mod.scheduler.heap)) if mod is not None else 0.0)
+    # Only in a worker; never imported here.  The module may still be importing (it
+    # imports this one, whose registry collects once on registration): no index yet.
+    index = getattr(sys.modules.get("notifyd.scheduler"), "scheduler", None)
+    family.add_metric([], float(len(index.heap)) if index is not None else 0.0)
     return family
 
 
