@@ -289,7 +289,7 @@ async def hurry_next(
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
     from .clock import now as clock_now
-    from .pipeline import publish_status
+    from .stream.handlers.status import publish_status
 
     updates = await hurry_next(
         delivery.user_id, delivery.notification_id, partition, clock_now(), state
@@ -301,7 +301,7 @@ async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
     from .clock import now as clock_now
-    from .pipeline import publish_status
+    from .stream.handlers.status import publish_status
     from .tables import scheduled
 
     now = clock_now()
@@ -350,8 +350,9 @@ def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str,
 async def run_step(msg: dict[str, Any], partition: int) -> None:
     """Control message ``fallback_step``: check the condition, skip or send the step."""
     from .clock import now as clock_now
-    from .pipeline import process_event, publish_status
     from .records import dumps, parse_event
+    from .stream.handlers.dispatch import process_event
+    from .stream.handlers.status import publish_status
     from .tables import scheduled
 
     entry = scheduled.get(msg["id"])

@@ -85,7 +85,7 @@ class Scheduler:
 
     async def tick(self) -> float:
         """Release what is due; returns seconds until the next due entry (capped)."""
-        from .pipeline import release
+        from .stream.handlers.schedule import release
         from .tables import scheduled
 
         if not self._ready():
@@ -126,7 +126,7 @@ class Scheduler:
         in fact delivered the channel agent finds it in the ledger and re-states the
         outcome; if a crash or rebalance left its record unprocessed it is delivered now.
         """
-        from .pipeline import publish_status
+        from .stream.handlers.status import publish_status
         from .tables import status
         from .topics import deliver_topics
 

@@ -83,8 +83,9 @@ async def schedule_event(
     event: Event, raw: dict[str, Any], due: float, partition: int, now: float
 ) -> None:
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
-    from .pipeline import publish_status, templates
     from .scheduler import scheduler
+    from .stream.handlers.dispatch import templates
+    from .stream.handlers.status import publish_status
     from .tables import preferences, scheduled
 
     if event.template:  # rendered now only to refuse a broken event at once (DLQ)
@@ -150,7 +151,7 @@ async def fire(ev: EventT[Any], kind: str) -> None:
         except InvalidEvent as exc:
             # E.g. a template changed since it was scheduled: the event's own bytes go
             # to the events DLQ with the reason, as they would have on arrival.
-            from .pipeline import dead_letter
+            from .stream.handlers.deadletter import dead_letter
 
             await dead_letter(ev, dumps(row["event"]), exc.reason)
     elif kind == "digest":
@@ -167,7 +168,7 @@ async def outputs_on_broker() -> None:
 
 
 async def _release_event(row: dict[str, Any], partition: int, due: float) -> None:
-    from .pipeline import process_event
+    from .stream.handlers.dispatch import process_event
     from .tables import seen
 
     event = parse_event(dumps(row["event"]), max(settings.max_event_bytes, 1 << 20))
@@ -200,7 +201,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     retrying deliveries and the digest item are removed; the status document gets
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
-    from .pipeline import publish_status
+    from .stream.handlers.status import publish_status
     from .tables import cancels, scheduled, seen
 
     scope = req.dedupe_key
@@ -242,7 +243,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
 
 async def drop_cancelled_event(event: Event, now: float) -> None:
     """An event whose cancel came first: every requested channel ``cancelled``."""
-    from .pipeline import publish_status
+    from .stream.handlers.status import publish_status
 
     await publish_status(
         event.notification_id,
@@ -333,8 +334,8 @@ async def collect(
     whose digest is ``known`` (its ``seen`` row) stays in that digest, or, if that one
     was sent already, joins none.  Every requested channel of the item is ``digested``
     with the digest's id and closing time."""
-    from .pipeline import publish_status
     from .scheduler import scheduler
+    from .stream.handlers.status import publish_status
     from .tables import scheduled
 
     row: dict[str, Any] | None = None
@@ -398,7 +399,7 @@ async def collect(
 async def close_digest(row: dict[str, Any], partition: int, now: float) -> None:
     """Send the digest as one notification (rules and opt-outs applied now); nothing
     if every item was cancelled."""
-    from .pipeline import process_event
+    from .stream.handlers.dispatch import process_event
 
     items: list[dict[str, Any]] = row["items"]
     user_id = row["user_id"]

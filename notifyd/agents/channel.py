@@ -11,10 +11,10 @@ from typing import Any
 from faust.types import EventT, StreamT
 
 from ..app import settings
-from ..pipeline import handle_delivery
 from ..providers.base import Provider
 from ..providers.registry import build_provider
 from ..ratelimit import LimitedProvider, channel_limits
+from ..stream.handlers.deliver import handle_delivery
 from .common import run_events, run_events_concurrently
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from faust.types import StreamT
 
 from ..app import app
-from ..pipeline import handle_event
+from ..stream.handlers.ingest import handle_event
 from ..topics import events_topic, rekeyed_topic
 from .common import run_events
 

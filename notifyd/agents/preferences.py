@@ -7,7 +7,7 @@ from typing import Any
 from faust.types import StreamT
 
 from ..app import app
-from ..pipeline import handle_preferences
+from ..stream.handlers.preferences import handle_preferences
 from ..topics import preferences_topic
 from .common import run_events
 

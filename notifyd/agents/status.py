@@ -8,7 +8,7 @@ from faust.streams import Stream
 from faust.types import StreamT
 
 from ..app import app, settings
-from ..pipeline import fold_status_events
+from ..stream.handlers.status import fold_status_events
 from ..topics import status_topic
 
 

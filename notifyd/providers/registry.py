@@ -24,7 +24,7 @@ class InboxProvider(Provider):
     channel = "inapp"
 
     async def send(self, delivery: Delivery) -> SendReceipt:
-        from ..pipeline import deliver_inapp
+        from ..stream.handlers.inapp import deliver_inapp
 
         return SendReceipt(provider_id=deliver_inapp(delivery))
 

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaProducer
 from notifyd.admin import ensure_topics
 from notifyd.broker.kafka import KafkaBroker
 from notifyd.config import Settings
-from notifyd.pipeline import partition_for
 from notifyd.restore import OFFSET_KEY, db_path, restore_tables
+from notifyd.topics import partition_for
 
 pytestmark = pytest.mark.integration
 

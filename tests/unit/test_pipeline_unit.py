@@ -18,12 +18,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import notifyd.tables  # noqa: F401 - registers the tables with the app
-from notifyd import pipeline
 from notifyd.agents.control import control_agent
 from notifyd.agents.inapp import inapp_agent
 from notifyd.app import settings
 from notifyd.records import Delivery
+from notifyd.stream.handlers import deliver
+from notifyd.stream.handlers.inapp import deliver_inapp
+from notifyd.stream.handlers.status import fold_status
 from notifyd.tables import inbox, ledger
+from notifyd.topics import deliver_topics, partition_for
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -38,7 +41,7 @@ def upd(channel: str, status: str, ts: float = 1.0, **kw: Any) -> dict[str, Any]
 
 
 def fold(current: dict[str, Any] | None, *updates: dict[str, Any], **msg: Any) -> dict[str, Any]:
-    return pipeline.fold_status(
+    return fold_status(
         current, {"notification_id": "n1", "updates": list(updates), **msg}, 3
     )
 
@@ -148,7 +151,7 @@ def retry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     ("attempt", "cap"), [(1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (30, 60.0)]
 )
 def test_backoff_bounds(attempt: int, cap: float) -> None:
-    delays = [pipeline.backoff(attempt, None) for _ in range(300)]
+    delays = [deliver.backoff(attempt, None) for _ in range(300)]
     assert all(cap / 2 <= d <= cap for d in delays)
     assert len(set(delays)) > 1  # jittered
 
@@ -156,23 +159,23 @@ def test_backoff_bounds(attempt: int, cap: float) -> None:
 @pytest.mark.usefixtures("retry_settings")
 def test_backoff_extremes_of_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(random, "uniform", lambda a, b: a)
-    assert pipeline.backoff(3, None) == 4.0
+    assert deliver.backoff(3, None) == 4.0
     monkeypatch.setattr(random, "uniform", lambda a, b: b)
-    assert pipeline.backoff(3, None) == 8.0
+    assert deliver.backoff(3, None) == 8.0
 
 
 @pytest.mark.usefixtures("retry_settings")
 def test_backoff_honours_retry_after() -> None:
     for _ in range(100):
-        assert pipeline.backoff(1, 30.0) == 30.0  # longer than the jittered 1..2 s
-        assert 1.0 <= pipeline.backoff(1, 0.5) <= 2.0  # shorter hint: backoff wins
-        assert pipeline.backoff(1, 3600.0) == 60.0  # capped at retry_max_s
-        assert 30.0 <= pipeline.backoff(6, 10.0) <= 60.0
+        assert deliver.backoff(1, 30.0) == 30.0  # longer than the jittered 1..2 s
+        assert 1.0 <= deliver.backoff(1, 0.5) <= 2.0  # shorter hint: backoff wins
+        assert deliver.backoff(1, 3600.0) == 60.0  # capped at retry_max_s
+        assert 30.0 <= deliver.backoff(6, 10.0) <= 60.0
 
 
 @pytest.mark.usefixtures("retry_settings")
 def test_backoff_huge_attempt_stays_capped() -> None:
-    assert 30.0 <= pipeline.backoff(2000, None) <= 60.0
+    assert 30.0 <= deliver.backoff(2000, None) <= 60.0
 
 
 # --------------------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def test_backoff_huge_attempt_stays_capped() -> None:
 def test_partition_for_matches_aiokafka_default_partitioner(key: str, n: int) -> None:
     parts = list(range(n))
     expected = DefaultPartitioner()(key.encode("utf-8"), parts, parts)
-    assert pipeline.partition_for(key, n) == expected
+    assert partition_for(key, n) == expected
 
 
 # Java client test vectors (Kafka UtilsTest.testMurmur2): signed 32-bit murmur2 values.
@@ -202,7 +205,7 @@ KAFKA_MURMUR2 = {
 @pytest.mark.parametrize("n", [1, 3, 8, 12, 1024])
 def test_partition_for_matches_java_client(key: str, n: int) -> None:
     # Utils.toPositive(murmur2(key)) % numPartitions
-    assert pipeline.partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
+    assert partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
 
 
 def test_partition_for_defaults_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,8 +214,8 @@ def test_partition_for_defaults_to_settings(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(settings, "topic_partitions", n)
         parts = list(range(n))
         for k in keys:
-            assert pipeline.partition_for(k) == DefaultPartitioner()(k.encode(), parts, parts)
-        assert {pipeline.partition_for(k) for k in keys} == set(parts)
+            assert partition_for(k) == DefaultPartitioner()(k.encode(), parts, parts)
+        assert {partition_for(k) for k in keys} == set(parts)
 
 
 # --------------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ def ids(user: str) -> list[str]:
 async def test_table_write_outside_event_is_refused() -> None:
     # Why the agents are needed: Faust refuses table writes outside a stream event.
     with pytest.raises((RuntimeError, TypeError)):
-        pipeline.deliver_inapp(delivery(new_user(), "n-out"))
+        deliver_inapp(delivery(new_user(), "n-out"))
 
 
 async def test_deliver_inapp_adds_newest_first(inapp: InappDriver) -> None:
@@ -443,7 +446,7 @@ async def test_ingest_writes_inbox_inline(
     async def no_hop(*a: Any, **kw: Any) -> None:
         routed.append((a, kw))
 
-    monkeypatch.setattr(pipeline.deliver_topics["inapp"], "send", no_hop)
+    monkeypatch.setattr(deliver_topics["inapp"], "send", no_hop)
     user = new_user()
     event = {
         "event_id": f"ev-{user}",
@@ -455,7 +458,7 @@ async def test_ingest_writes_inbox_inline(
     async with ingest.test_context() as agent:
         for _ in range(2):  # a replayed record must not add a second item
             await agent.put(
-                orjson.dumps(event), key=user.encode(), partition=pipeline.partition_for(user)
+                orjson.dumps(event), key=user.encode(), partition=partition_for(user)
             )
             await until(lambda: inbox.get(user) is not None)
     assert routed == []

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import notifyd.tables  # noqa: F401 - registers the tables with the app
-from notifyd import pipeline
 from notifyd.config import Settings
 from notifyd.errors import BadRequest, Forbidden
 from notifyd.records import InvalidPreferences, add_opt_out
 from notifyd.store import SqliteStore
+from notifyd.topics import partition_for
 from notifyd.unsubscribe import (
     AUDIENCE,
     MAX_HEADER_LINE,
@@ -229,7 +229,7 @@ async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPa
 
     dlq = DeadLetters().install(monkeypatch)
     user = f"u-{uuid.uuid4().hex[:8]}"
-    part = pipeline.partition_for(user)
+    part = partition_for(user)
 
     async def put(msg: dict[str, Any]) -> Any:
         request_id, fut = waiters.create()

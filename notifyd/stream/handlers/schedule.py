@@ -1,0 +1,62 @@
+"""Scheduling (quiet hours, throttle deferral, retry backoff) without blocking
+partitions: a row of the ``scheduled`` table, indexed by the per-worker scheduler, and
+what happens when it is due."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifyd import clock, fallback
+from notifyd.records import Delivery, dumps
+from notifyd.stream.handlers import status as statuses
+from notifyd.tables import scheduled
+from notifyd.topics import control_topic, deliver_topics, rekeyed_topic
+
+
+def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> None:
+    from notifyd.scheduler import scheduler  # local import: scheduler imports this module
+
+    key = delivery.idempotency_key
+    scheduled[key] = {"due": due, "p": partition, "delivery": delivery.to_dict(), "reason": reason}
+    scheduler.push(due, key, partition)
+
+
+async def release(key: str, entry: dict[str, Any]) -> None:
+    """Hand a due delivery to its channel topic, then ask the owner to drop the entry.
+
+    A fallback step (``notifyd.fallback``) has its condition checked on its partition
+    first.  A scheduled event or a digest window (``notifyd.timing``) becomes a timer
+    record to the ingest agent of the user's partition instead, which handles it and
+    drops the row.
+    """
+    if "fallback" in entry:  # a fallback step: its condition is checked on its partition
+        await fallback.release_step(key, entry)
+        return
+    kind = entry.get("kind")
+    if kind is not None:
+        from notifyd.timing import TIMER_HEADER
+
+        await rekeyed_topic.send(
+            key=str(entry["user_id"]).encode(),
+            value=dumps({"key": key, "due": entry["due"]}),
+            headers=[(TIMER_HEADER, str(kind).encode())],
+        )
+        return
+    d = entry["delivery"]
+    await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
+    await statuses.publish_status(
+        d["notification_id"],
+        [
+            {
+                "channel": d["channel"],
+                "status": "queued",
+                "attempt": d.get("attempt", 1),
+                "ts": clock.now(),
+                "delivery": d,
+            }
+        ],
+    )
+    await control_topic.send(
+        key=d["user_id"].encode(),
+        value=dumps({"op": "unschedule", "id": key, "due": entry["due"]}),
+    )
