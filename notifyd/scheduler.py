@@ -126,9 +126,9 @@ class Scheduler:
         in fact delivered the channel agent finds it in the ledger and re-states the
         outcome; if a crash or rebalance left its record unprocessed it is delivered now.
         """
+        from .stream.handlers.queueing import queue_delivery
         from .stream.handlers.status import publish_status
         from .tables import status
-        from .topics import deliver_topics
 
         requeued: list[str] = []
         grace = settings.requeue_after_s
@@ -142,22 +142,11 @@ class Scheduler:
                 due = max(entry.get("ts") or 0, entry.get("deliver_at") or 0)
                 if now - due < grace:
                     continue
-                await deliver_topics[channel].send(
-                    key=str(delivery["user_id"]).encode(), value=dumps(delivery)
+                queued = await queue_delivery(
+                    delivery, now, attempt=delivery.get("attempt", 1),
+                    reason=f"requeued: no outcome {grace:.0f}s after it was due",
                 )
-                await publish_status(
-                    nid,
-                    [
-                        {
-                            "channel": channel,
-                            "status": "queued",
-                            "ts": now,
-                            "delivery": delivery,
-                            "attempt": delivery.get("attempt", 1),
-                            "reason": f"requeued: no outcome {grace:.0f}s after it was due",
-                        }
-                    ],
-                )
+                await publish_status(nid, [queued])
                 requeued.append(f"{nid}:{channel}")
         if requeued:
             log.warning("reconcile.requeued", count=len(requeued), keys=requeued[:20])

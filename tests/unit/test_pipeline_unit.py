@@ -18,15 +18,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import notifyd.tables  # noqa: F401 - registers the tables with the app
+from notifyd import clock
 from notifyd.agents.control import control_agent
 from notifyd.agents.inapp import inapp_agent
 from notifyd.app import settings
 from notifyd.records import Delivery
-from notifyd.stream.handlers import deliver
+from notifyd.stream.handlers import deliver, schedule
 from notifyd.stream.handlers.inapp import deliver_inapp
 from notifyd.stream.handlers.status import fold_status
 from notifyd.tables import inbox, ledger
-from notifyd.topics import deliver_topics, partition_for
+from notifyd.topics import control_topic, deliver_topics, partition_for
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -527,3 +528,33 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
         "inapp": "sent",
     }
     assert [h["status"] for h in doc["channels"]["webhook"]["history"]] == ["queued", "sent"]
+
+
+async def test_a_due_delivery_is_queued_then_unscheduled(
+    statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``release``: the delivery to its channel topic, its ``queued`` update (with the
+    attempt it is at), then the control message that drops the row, in that order."""
+    produced: list[tuple[str, bytes, Any]] = []
+
+    def recorder(name: str) -> Any:
+        async def send(*, key: bytes, value: bytes, **kw: Any) -> None:
+            produced.append((name, key, orjson.loads(value)))
+
+        return send
+
+    monkeypatch.setattr(deliver_topics["email"], "send", recorder("email"))
+    monkeypatch.setattr(control_topic, "send", recorder("control"))
+    monkeypatch.setattr(clock, "now", lambda: 1234.5)
+    user = new_user()
+    d = Delivery(notification_id="n-due", event_id="e-due", user_id=user, channel="email",
+                 title="t", body="b", address="a@example.org", attempt=3).to_dict()
+    await schedule.release("n-due:email", {"due": 1200.0, "p": 0, "delivery": d})
+    assert produced == [
+        ("email", user.encode(), d),
+        ("control", user.encode(), {"op": "unschedule", "id": "n-due:email", "due": 1200.0}),
+    ]
+    assert statuses == [
+        ("n-due", [{"channel": "email", "status": "queued", "attempt": 3, "ts": 1234.5,
+                    "delivery": d}]),
+    ]

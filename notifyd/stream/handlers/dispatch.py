@@ -15,10 +15,10 @@ from notifyd.records import Delivery, Event
 from notifyd.rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.inapp import deliver_inapp_inline
+from notifyd.stream.handlers.queueing import queue_delivery
 from notifyd.stream.handlers.schedule import schedule
 from notifyd.tables import preferences, throttle
 from notifyd.templating import TemplateStore
-from notifyd.topics import deliver_topics
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.dispatch")
 
@@ -106,17 +106,7 @@ async def process_event(
             if d.action == SEND and d.channel == "inapp":
                 updates.append(deliver_inapp_inline(delivery, now))
             elif d.action == SEND:
-                await deliver_topics[d.channel].send(
-                    key=event.user_id.encode(), value=delivery.dumps()
-                )
-                updates.append(
-                    {
-                        "channel": d.channel,
-                        "status": "queued",
-                        "ts": now,
-                        "delivery": delivery.to_dict(),
-                    }
-                )
+                updates.append(await queue_delivery(delivery.to_dict(), now))
             else:
                 assert d.deliver_at is not None
                 schedule(delivery, d.deliver_at, partition, d.reason or "deferred")

@@ -9,8 +9,9 @@ from typing import Any
 from notifyd import clock, fallback
 from notifyd.records import Delivery, dumps
 from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.queueing import queue_delivery
 from notifyd.tables import scheduled
-from notifyd.topics import control_topic, deliver_topics, rekeyed_topic
+from notifyd.topics import control_topic, rekeyed_topic
 
 
 def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> None:
@@ -43,19 +44,8 @@ async def release(key: str, entry: dict[str, Any]) -> None:
         )
         return
     d = entry["delivery"]
-    await deliver_topics[d["channel"]].send(key=d["user_id"].encode(), value=dumps(d))
-    await statuses.publish_status(
-        d["notification_id"],
-        [
-            {
-                "channel": d["channel"],
-                "status": "queued",
-                "attempt": d.get("attempt", 1),
-                "ts": clock.now(),
-                "delivery": d,
-            }
-        ],
-    )
+    queued = await queue_delivery(d, clock.now(), attempt=d.get("attempt", 1))
+    await statuses.publish_status(d["notification_id"], [queued])
     await control_topic.send(
         key=d["user_id"].encode(),
         value=dumps({"op": "unschedule", "id": key, "due": entry["due"]}),
