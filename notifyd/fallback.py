@@ -222,12 +222,16 @@ async def _after_decisions(
 
 
 def _pending(ch: str, due: float, now: float, step: dict[str, Any]) -> dict[str, Any]:
+    from .stream.handlers.status import status_update
+
     reason = f"fallback: unless {step['unless']}" if step.get("unless") else "fallback"
-    return {"channel": ch, "status": "pending", "deliver_at": due, "ts": now, "reason": reason}
+    return status_update(ch, "pending", now, deliver_at=due, reason=reason)
 
 
 def _skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
-    return {"channel": ch, "status": "skipped", "reason": f"fallback: {condition}", "ts": now}
+    from .stream.handlers.status import status_update
+
+    return status_update(ch, "skipped", now, reason=f"fallback: {condition}")
 
 
 def _schedule_step(

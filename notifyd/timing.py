@@ -85,7 +85,7 @@ async def schedule_event(
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
     from .scheduler import scheduler
     from .stream.handlers.dispatch import templates
-    from .stream.handlers.status import publish_status
+    from .stream.handlers.status import publish_status, status_update
     from .tables import preferences, scheduled
 
     if event.template:  # rendered now only to refuse a broken event at once (DLQ)
@@ -109,7 +109,7 @@ async def schedule_event(
     await publish_status(
         event.notification_id,
         [
-            {"channel": ch, "status": "scheduled", "deliver_at": due, "ts": now}
+            status_update(ch, "scheduled", now, deliver_at=due)
             for ch in channels
         ],
         content=_content(event, now) | {"send_at": due},
@@ -201,7 +201,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     retrying deliveries and the digest item are removed; the status document gets
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
-    from .stream.handlers.status import publish_status
+    from .stream.handlers.status import publish_status, status_update
     from .tables import cancels, scheduled, seen
 
     scope = req.dedupe_key
@@ -233,7 +233,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
                 for ch in dropped.get("channels") or CHANNELS:
                     channels[ch] = "cancelled: removed from the open digest"
     updates = [
-        {"channel": ch, "status": "cancelled", "reason": reason, "ts": now, "force": True}
+        status_update(ch, "cancelled", now, reason=reason, force=True)
         for ch, reason in channels.items()
     ]
     await publish_status(nid, updates, cancel={"at": now})
@@ -243,13 +243,12 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
 
 async def drop_cancelled_event(event: Event, now: float) -> None:
     """An event whose cancel came first: every requested channel ``cancelled``."""
-    from .stream.handlers.status import publish_status
+    from .stream.handlers.status import publish_status, status_update
 
     await publish_status(
         event.notification_id,
         [
-            {"channel": ch, "status": "cancelled", "reason": "cancelled: before it arrived",
-             "ts": now}
+            status_update(ch, "cancelled", now, reason="cancelled: before it arrived")
             for ch in requested(event)
         ],
         content=_content(event, now),
@@ -335,7 +334,7 @@ async def collect(
     was sent already, joins none.  Every requested channel of the item is ``digested``
     with the digest's id and closing time."""
     from .scheduler import scheduler
-    from .stream.handlers.status import publish_status
+    from .stream.handlers.status import publish_status, status_update
     from .tables import scheduled
 
     row: dict[str, Any] | None = None
@@ -387,8 +386,7 @@ async def collect(
     await publish_status(
         nid,
         [
-            {"channel": ch, "status": "digested", "digest_id": digest_id, "deliver_at": close,
-             "ts": now}
+            status_update(ch, "digested", now, digest_id=digest_id, deliver_at=close)
             for ch in requested(event)
         ],
         content=_content(event, now) | {"title": title, "digest_id": digest_id},

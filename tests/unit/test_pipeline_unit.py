@@ -25,7 +25,7 @@ from notifyd.app import settings
 from notifyd.records import Delivery
 from notifyd.stream.handlers import deliver, schedule
 from notifyd.stream.handlers.inapp import deliver_inapp
-from notifyd.stream.handlers.status import fold_status
+from notifyd.stream.handlers.status import fold_status, sent_update, status_update
 from notifyd.tables import inbox, ledger
 from notifyd.topics import control_topic, deliver_topics, partition_for
 from tests.support.dead_letters import DeadLetters
@@ -558,3 +558,18 @@ async def test_a_due_delivery_is_queued_then_unscheduled(
         ("n-due", [{"channel": "email", "status": "queued", "attempt": 3, "ts": 1234.5,
                     "delivery": d}]),
     ]
+
+
+def test_status_update_holds_only_the_fields_given() -> None:
+    """Absent and ``None`` differ in the fold: an update without a reason keeps the
+    channel's previous one, so the builder never adds a field it was not given."""
+    assert status_update("sms", "queued", 2.0) == {"channel": "sms", "status": "queued", "ts": 2.0}
+    assert status_update("sms", "suppressed", 2.0, reason=None) == {
+        "channel": "sms", "status": "suppressed", "ts": 2.0, "reason": None,
+    }
+    d = delivery(new_user(), "n-sent")
+    assert "provider" not in sent_update(d, None, d.accepted_at + 1.0)
+    assert sent_update(d, None, d.accepted_at + 1.0, "inapp") == {
+        "channel": "inapp", "status": "sent", "ts": d.accepted_at + 1.0, "attempt": d.attempt,
+        "provider_id": None, "latency_ms": 1000.0, "provider": "inapp",
+    }

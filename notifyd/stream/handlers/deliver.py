@@ -19,7 +19,7 @@ from notifyd.records import Delivery, idempotency_scope, loads
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.schedule import schedule
-from notifyd.stream.handlers.status import TERMINAL, sent_update
+from notifyd.stream.handlers.status import TERMINAL, sent_update, status_update
 from notifyd.tables import cancels, ledger
 from notifyd.topics import deliveries_dlq_topic
 
@@ -61,8 +61,8 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
         _mark(key, "cancelled", partition)
         await statuses.publish_status(
             delivery.notification_id,
-            [{"channel": delivery.channel, "status": "cancelled", "ts": clock.now(),
-              "reason": "cancelled: before it was sent", "force": True}],
+            [status_update(delivery.channel, "cancelled", clock.now(),
+                           reason="cancelled: before it was sent", force=True)],
         )
         log.info("delivery.cancelled")
         return
@@ -73,14 +73,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
             # the reconciler stops re-queueing this delivery.
             await statuses.publish_status(
                 delivery.notification_id,
-                [
-                    {
-                        "channel": delivery.channel,
-                        "status": done["s"],
-                        "ts": done["ts"],
-                        "attempt": delivery.attempt,
-                    }
-                ],
+                [status_update(delivery.channel, done["s"], done["ts"], attempt=delivery.attempt)],
             )
             return
         log.info("delivery.redriven", previous=done["s"])
@@ -113,21 +106,19 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
 async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> None:
     key = delivery.idempotency_key
     now = clock.now()
-    base = {
-        "channel": delivery.channel,
-        "attempt": delivery.attempt,
-        "ts": now,
-        "reason": err.reason,
-    }
+    nid, ch, attempt = delivery.notification_id, delivery.channel, delivery.attempt
+    reason = err.reason
     if not err.retriable:
         _mark(key, "failed", partition)
-        await statuses.publish_status(delivery.notification_id, [{**base, "status": "failed"}])
+        failed = status_update(ch, "failed", now, attempt=attempt, reason=reason)
+        await statuses.publish_status(nid, [failed])
         log.warning("delivery.failed", reason=err.reason)
         await fallback.on_delivery_failed(delivery, partition, "failed")
         return
     if delivery.attempt >= settings.retry_max_attempts:
         _mark(key, "dead", partition)
-        await statuses.publish_status(delivery.notification_id, [{**base, "status": "dead"}])
+        dead = status_update(ch, "dead", now, attempt=attempt, reason=reason)
+        await statuses.publish_status(nid, [dead])
         await deliveries_dlq_topic.send(
             key=delivery.user_id.encode(),
             value=delivery.dumps(),
@@ -143,8 +134,7 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
     delay = backoff(delivery.attempt, err.retry_after)
     retry = Delivery.from_dict({**delivery.to_dict(), "attempt": delivery.attempt + 1})
     schedule(retry, now + delay, partition, f"retry: {err.reason}")
-    await statuses.publish_status(
-        delivery.notification_id,
-        [{**base, "status": "retrying", "deliver_at": now + delay, "delivery": retry.to_dict()}],
-    )
+    retrying = status_update(ch, "retrying", now, attempt=attempt, reason=reason,
+                             deliver_at=now + delay, delivery=retry.to_dict())
+    await statuses.publish_status(nid, [retrying])
     log.info("delivery.retrying", reason=err.reason, delay_s=round(delay, 3))

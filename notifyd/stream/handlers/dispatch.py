@@ -17,6 +17,7 @@ from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.inapp import deliver_inapp_inline
 from notifyd.stream.handlers.queueing import queue_delivery
 from notifyd.stream.handlers.schedule import schedule
+from notifyd.stream.handlers.status import status_update
 from notifyd.tables import preferences, throttle
 from notifyd.templating import TemplateStore
 
@@ -111,19 +112,11 @@ async def process_event(
                 assert d.deliver_at is not None
                 schedule(delivery, d.deliver_at, partition, d.reason or "deferred")
                 updates.append(
-                    {
-                        "channel": d.channel,
-                        "status": "deferred",
-                        "reason": d.reason,
-                        "deliver_at": d.deliver_at,
-                        "ts": now,
-                        "delivery": delivery.to_dict(),
-                    }
+                    status_update(d.channel, "deferred", now, reason=d.reason,
+                                  deliver_at=d.deliver_at, delivery=delivery.to_dict())
                 )
         else:
-            updates.append(
-                {"channel": d.channel, "status": "suppressed", "reason": d.reason, "ts": now}
-            )
+            updates.append(status_update(d.channel, "suppressed", now, reason=d.reason))
     await fallback.after_decisions(plan, event, decisions, partition, now, updates)
     await statuses.publish_status(
         nid,

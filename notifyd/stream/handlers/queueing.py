@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from notifyd.records import dumps
+from notifyd.stream.handlers.status import UpdateFields, status_update
 from notifyd.topics import deliver_topics
 
 
@@ -23,11 +24,9 @@ async def queue_delivery(
     await deliver_topics[delivery["channel"]].send(
         key=str(delivery["user_id"]).encode(), value=dumps(delivery)
     )
-    update: dict[str, Any] = {
-        "channel": delivery["channel"], "status": "queued", "ts": ts, "delivery": delivery
-    }
+    fields: UpdateFields = {"delivery": delivery}
     if attempt is not None:
-        update["attempt"] = attempt
+        fields["attempt"] = attempt
     if reason is not None:
-        update["reason"] = reason
-    return update
+        fields["reason"] = reason
+    return status_update(delivery["channel"], "queued", ts, **fields)

@@ -4,7 +4,7 @@ records into the ``status`` table (one document per notification)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import structlog
 from faust.types import EventT
@@ -24,22 +24,47 @@ log = structlog.stdlib.get_logger("notifyd.stream.handlers.status")
 TERMINAL = frozenset({"sent", "failed", "dead", "suppressed", "cancelled", "digested"})
 
 
+class UpdateFields(TypedDict, total=False):
+    """The optional fields of a status update.  A field is in the update only when
+    given: absent and ``None`` differ (the fold keeps a channel's previous reason when
+    an update has none, and records ``provider_id: None`` of a provider without ids)."""
+
+    reason: str | None
+    attempt: int
+    deliver_at: float | None
+    #: The delivery a pending channel waits on (``Delivery.to_dict()``), for the reconciler.
+    delivery: dict[str, Any]
+    provider_id: str | None
+    provider: str
+    latency_ms: float
+    digest_id: str
+    #: A cancel that may move a ``digested`` channel (see ``_may_move``).
+    force: bool
+
+
+def status_update(
+    channel: str, state: str, ts: float, **fields: Unpack[UpdateFields]
+) -> dict[str, Any]:
+    """One channel's status update, as published to ``notifyd.status`` and folded.
+
+    The one place an update is built, so its shape is stated once.
+    """
+    return {"channel": channel, "status": state, "ts": ts, **fields}
+
+
 def sent_update(
     delivery: Delivery, provider_id: str | None, now: float, provider: str | None = None
 ) -> dict[str, Any]:
     """The status update of a delivery the provider accepted (``provider``: its
     configured name, the one that delivered in a failover chain)."""
-    update = {
-        "channel": delivery.channel,
-        "status": "sent",
+    fields: UpdateFields = {
         "attempt": delivery.attempt,
-        "ts": now,
         "provider_id": provider_id,
         "latency_ms": round((now - delivery.accepted_at) * 1000, 3),
     }
     if provider:
-        update["provider"] = provider
-    return update
+        fields["provider"] = provider
+    return status_update(delivery.channel, "sent", now, **fields)
 
 
 async def publish_status(
@@ -79,8 +104,8 @@ def fold_status(
         _fold_updates(
             channels,
             [
-                {"channel": ch, "status": "cancelled", "ts": cancel.get("at"),
-                 "reason": "cancelled: before it was sent"}
+                status_update(ch, "cancelled", cancel.get("at"),
+                              reason="cancelled: before it was sent")
                 for ch, cur in channels.items()
                 if cur.get("status") not in TERMINAL
             ],
