@@ -7,8 +7,8 @@ from typing import Any
 from faust.types import StreamT
 
 from ..app import app
-from ..scheduler import run_scheduler
 from ..stream.handlers.control import handle_control
+from ..stream.handlers.schedule import run_scheduler
 from ..topics import control_topic
 from .common import run_events
 

@@ -23,10 +23,10 @@ from notifyd.agents.control import control_agent
 from notifyd.agents.inapp import inapp_agent
 from notifyd.app import settings
 from notifyd.records import Delivery
-from notifyd.stream.handlers import deliver, schedule
+from notifyd.stream.handlers import deliver, queueing, schedule
 from notifyd.stream.handlers.inapp import deliver_inapp
 from notifyd.stream.handlers.status import fold_status, sent_update, status_update
-from notifyd.tables import inbox, ledger
+from notifyd.tables import inbox, ledger, status
 from notifyd.topics import control_topic, deliver_topics, partition_for
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses
@@ -573,3 +573,41 @@ def test_status_update_holds_only_the_fields_given() -> None:
         "channel": "inapp", "status": "sent", "ts": d.accepted_at + 1.0, "attempt": d.attempt,
         "provider_id": None, "latency_ms": 1000.0, "provider": "inapp",
     }
+
+
+async def test_the_reconciler_requeues_only_overdue_pending_deliveries_of_its_partitions(
+    statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of this worker's partitions, channels still pending (with the delivery they wait
+    for) longer than ``requeue_after_s`` are produced again, each with a queued update."""
+    produced: list[tuple[bytes, Any]] = []
+
+    async def send(*, key: bytes, value: bytes, **kw: Any) -> None:
+        produced.append((key, orjson.loads(value)))
+
+    monkeypatch.setattr(deliver_topics["sms"], "send", send)
+    monkeypatch.setattr(settings, "requeue_after_s", 60.0)
+    user = new_user()
+    d = Delivery(notification_id="n-late", event_id="e-late", user_id=user, channel="sms",
+                 title="t", body="b", address="+15550001111", attempt=2).to_dict()
+    docs = {
+        "n-late": {"p": 97, "channels": {"sms": {"status": "retrying", "ts": 100.0,
+                                                "deliver_at": 130.0, "delivery": d}}},
+        "n-recent": {"p": 97, "channels": {"sms": {"status": "queued", "ts": 150.0,
+                                                  "delivery": d}}},
+        "n-done": {"p": 97, "channels": {"sms": {"status": "sent", "ts": 10.0}}},
+        "n-elsewhere": {"p": 98, "channels": {"sms": {"status": "queued", "ts": 10.0,
+                                                     "delivery": d}}},
+    }
+    status.data.update(docs)
+    try:
+        # Partition 97: no other test has documents there.
+        assert await queueing.requeue_overdue(frozenset({97}), 200.0) == 1
+    finally:
+        for nid in docs:
+            status.data.pop(nid, None)
+    assert produced == [(user.encode(), d)]
+    assert statuses == [("n-late", [{
+        "channel": "sms", "status": "queued", "ts": 200.0, "delivery": d, "attempt": 2,
+        "reason": "requeued: no outcome 60s after it was due",
+    }])]

@@ -8,15 +8,15 @@ from typing import Any
 
 from notifyd import clock, fallback
 from notifyd.records import Delivery, dumps
+from notifyd.scheduler import run_scheduler as run_index
+from notifyd.scheduler import scheduler
 from notifyd.stream.handlers import status as statuses
-from notifyd.stream.handlers.queueing import queue_delivery
+from notifyd.stream.handlers.queueing import queue_delivery, requeue_overdue
 from notifyd.tables import scheduled
 from notifyd.topics import control_topic, rekeyed_topic
 
 
 def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> None:
-    from notifyd.scheduler import scheduler  # local import: scheduler imports this module
-
     key = delivery.idempotency_key
     scheduled[key] = {"due": due, "p": partition, "delivery": delivery.to_dict(), "reason": reason}
     scheduler.push(due, key, partition)
@@ -50,3 +50,10 @@ async def release(key: str, entry: dict[str, Any]) -> None:
         key=d["user_id"].encode(),
         value=dumps({"op": "unschedule", "id": key, "due": entry["due"]}),
     )
+
+
+async def run_scheduler() -> None:
+    """The worker's scheduler loop (``notifyd.scheduler``): due rows are handed to
+    :func:`release`, overdue deliveries re-queued by
+    :func:`~notifyd.stream.handlers.queueing.requeue_overdue`."""
+    await run_index(release, requeue_overdue)
