@@ -39,6 +39,7 @@ from aiohttp import web
 from ..app import app
 from ..errors import ServiceUnavailable
 from ..records import dumps
+from ..stream.handlers.inapp import on_new_inbox_item
 from ..tables import inbox
 from .api import _me, registry
 from .openapi import Call, Resp
@@ -410,4 +411,5 @@ def install(webapp: web.Application) -> None:
     """End open streams when the web server shuts down (before it waits for handlers)."""
     webapp.on_startup.append(_open_hub)
     webapp.on_shutdown.append(_close_streams)
+    on_new_inbox_item(hub.publish)  # each new inbox item of this worker feeds the hub
 

@@ -24,6 +24,7 @@ from notifyd.agents.inapp import inapp_agent
 from notifyd.app import settings
 from notifyd.records import Delivery
 from notifyd.stream.handlers import deliver, queueing, schedule
+from notifyd.stream.handlers import inapp as inapp_handlers
 from notifyd.stream.handlers.inapp import deliver_inapp
 from notifyd.stream.handlers.status import fold_status, sent_update, status_update
 from notifyd.tables import inbox, ledger, status
@@ -611,3 +612,28 @@ async def test_the_reconciler_requeues_only_overdue_pending_deliveries_of_its_pa
         "channel": "sms", "status": "queued", "ts": 200.0, "delivery": d, "attempt": 2,
         "reason": "requeued: no outcome 60s after it was due",
     }])]
+
+
+
+async def test_inbox_listeners_get_each_new_item_once(
+    inapp: InappDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish hook the web view's live streams register with (no core -> web
+    import): every new item, once per listener however often it registered, none for a
+    delivery already in the inbox, none after the listener is removed."""
+    monkeypatch.setattr(inapp_handlers, "_listeners", [])
+    got: list[tuple[str, str, int]] = []
+
+    def listener(user_id: str, item: dict[str, Any], unread: int) -> None:
+        got.append((user_id, item["id"], unread))
+
+    user = new_user()
+    remove = inapp_handlers.on_new_inbox_item(listener)
+    assert inapp_handlers.on_new_inbox_item(listener) is not None
+    await inapp.deliver(delivery(user, "n-1"))
+    await inapp.deliver(delivery(user, "n-1"))  # already there: nothing new
+    await inapp.deliver(delivery(user, "n-2"))
+    remove()
+    await inapp.deliver(delivery(user, "n-3"))
+    assert got == [(user, "n-1", 1), (user, "n-2", 2)]
+    assert ids(user) == ["n-3", "n-2", "n-1"]

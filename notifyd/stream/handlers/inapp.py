@@ -1,7 +1,13 @@
-"""The in-app provider: a delivery becomes an item of the user's bounded inbox table."""
+"""The in-app provider: a delivery becomes an item of the user's bounded inbox table.
+
+Each new item is also handed to the inbox listeners of this process: the web view
+registers its live-stream hub there (``notifyd.web.realtime``), so the core imports
+nothing of the web view.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from notifyd import clock
@@ -10,6 +16,24 @@ from notifyd.metrics import metrics
 from notifyd.records import Delivery
 from notifyd.stream.handlers.status import sent_update
 from notifyd.tables import inbox
+
+#: Called as ``listener(user_id, item, unread)`` for each new inbox item.
+InboxListener = Callable[[str, dict[str, Any], int], object]
+_listeners: list[InboxListener] = []
+
+
+def on_new_inbox_item(listener: InboxListener) -> Callable[[], None]:
+    """Have ``listener`` called for each item :func:`deliver_inapp` adds in this process;
+    returns what removes it.  Registering a listener again keeps one registration, so a
+    web view set up twice does not publish each item twice."""
+    if listener not in _listeners:
+        _listeners.append(listener)
+
+    def remove() -> None:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+    return remove
 
 
 def deliver_inapp_inline(delivery: Delivery, now: float) -> dict[str, Any]:
@@ -51,7 +75,6 @@ def deliver_inapp(delivery: Delivery) -> str:
     del items[settings.inbox_max_items :]
     box["unread"] = sum(1 for it in items if not it["read"] and not it["archived"])
     inbox[delivery.user_id] = box
-    from notifyd.web.realtime import hub  # live inbox streams (GET /api/v1/notifications/stream)
-
-    hub.publish(delivery.user_id, items[0], box["unread"])
+    for listener in _listeners:  # live inbox streams (GET /api/v1/notifications/stream)
+        listener(delivery.user_id, items[0], box["unread"])
     return delivery.notification_id
