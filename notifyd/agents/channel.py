@@ -12,9 +12,8 @@ from faust.types import EventT, StreamT
 
 from ..app import settings
 from ..providers.base import Provider
-from ..providers.registry import build_provider
 from ..ratelimit import LimitedProvider, channel_limits
-from ..stream.handlers.deliver import handle_delivery
+from ..stream.handlers.deliver import build_provider, handle_delivery
 from .common import run_events, run_events_concurrently
 
 

@@ -22,6 +22,7 @@ from notifyd import clock
 from notifyd.agents.control import control_agent
 from notifyd.agents.inapp import inapp_agent
 from notifyd.app import settings
+from notifyd.providers import registry
 from notifyd.records import Delivery
 from notifyd.stream.handlers import deliver, queueing, schedule
 from notifyd.stream.handlers import inapp as inapp_handlers
@@ -637,3 +638,13 @@ async def test_inbox_listeners_get_each_new_item_once(
     await inapp.deliver(delivery(user, "n-3"))
     assert got == [(user, "n-1", 1), (user, "n-2", 2)]
     assert ids(user) == ["n-3", "n-2", "n-1"]
+
+
+def test_the_inapp_channel_gets_the_inbox_provider_of_the_core() -> None:
+    """The in-app provider is part of the streaming core (it writes a table); the
+    provider registry, which the core imports, builds only configurable providers."""
+    provider = deliver.build_provider("inapp", settings)
+    assert isinstance(provider, inapp_handlers.InboxProvider) and provider.name == "inapp"
+    assert deliver.build_provider("webhook", settings).channel == "webhook"
+    with pytest.raises(ValueError):
+        registry.build_provider("inapp", settings)

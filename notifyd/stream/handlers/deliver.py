@@ -12,18 +12,31 @@ from faust.types import EventT
 
 from notifyd import clock, fallback
 from notifyd.app import settings
+from notifyd.config import Settings
 from notifyd.errors import DeliveryError, failure_detail
 from notifyd.metrics import metrics
+from notifyd.providers import registry
 from notifyd.providers.base import Provider
 from notifyd.records import Delivery, idempotency_scope, loads
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.deadletter import dead_letter
+from notifyd.stream.handlers.inapp import InboxProvider
 from notifyd.stream.handlers.schedule import schedule
 from notifyd.stream.handlers.status import TERMINAL, sent_update, status_update
 from notifyd.tables import cancels, ledger
 from notifyd.topics import deliveries_dlq_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.deliver")
+
+
+def build_provider(channel: str, settings: Settings) -> Provider:
+    """The provider a channel agent calls: the inbox for in-app (a table of this core),
+    else the channel's configured one (:func:`notifyd.providers.registry.build_provider`)."""
+    if channel == "inapp":
+        provider: Provider = InboxProvider()
+        provider.name = "inapp"
+        return provider
+    return registry.build_provider(channel, settings)
 
 
 def backoff(attempt: int, retry_after: float | None) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 from notifyd import clock
 from notifyd.app import settings
 from notifyd.metrics import metrics
+from notifyd.providers.base import Provider, SendReceipt
 from notifyd.records import Delivery
 from notifyd.stream.handlers.status import sent_update
 from notifyd.tables import inbox
@@ -78,3 +79,12 @@ def deliver_inapp(delivery: Delivery) -> str:
     for listener in _listeners:  # live inbox streams (GET /api/v1/notifications/stream)
         listener(delivery.user_id, items[0], box["unread"])
     return delivery.notification_id
+
+
+class InboxProvider(Provider):
+    """In-app: writes the user's inbox table (runs inside the inapp agent's event)."""
+
+    channel = "inapp"
+
+    async def send(self, delivery: Delivery) -> SendReceipt:
+        return SendReceipt(provider_id=deliver_inapp(delivery))
