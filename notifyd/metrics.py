@@ -7,7 +7,7 @@ tests can build as many as they like and nothing else in the process leaks in.
 Two kinds of metrics:
 
 * **Counters and a histogram** moved by the pipeline as it works (one-line calls in
-  :mod:`notifyd.pipeline`): events received per topic, accepted, dead-lettered per
+  :mod:`notifyd.stream.handlers`): events received per topic, accepted, dead-lettered per
   reason code; delivery transitions per channel and status (``queued``, ``sent``,
   ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
   retries; channel pauses on a provider's 429 and time spent waiting for a channel's

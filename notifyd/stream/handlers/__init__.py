@@ -1,11 +1,17 @@
 """What the agents do with each message, one module per concern.
 
 Agents (``notifyd.agents``) are thin loops over these handlers, so the logic is testable
-with Faust's ``test_context()``: :mod:`.ingest` (an event arrives), :mod:`.dispatch`
-(rules, then one delivery per channel), :mod:`.deliver` (a provider is called, retries),
-:mod:`.inapp` (the in-app provider: the inbox), :mod:`.schedule` (deferred deliveries),
-:mod:`.status` (status updates and their fold), :mod:`.control`, :mod:`.preferences`,
-and :mod:`.deadletter` (where a record that cannot be handled goes).
+with Faust's ``test_context()``:
+
+* :mod:`.ingest`: an event arrives (validated, moved to its partition, de-duplicated);
+* :mod:`.dispatch`: rules decide per channel, one delivery per channel;
+* :mod:`.queueing`: a delivery is produced to its channel topic (and re-queued);
+* :mod:`.deliver`: the channel agent calls the provider; retries, dead deliveries;
+* :mod:`.inapp`: the in-app provider, the inbox table (and its listeners);
+* :mod:`.schedule`: deferred deliveries, released when due by ``notifyd.scheduler``;
+* :mod:`.status`: status updates (one builder) and their fold into the status table;
+* :mod:`.control`, :mod:`.preferences`: housekeeping and the preferences table;
+* :mod:`.deadletter`: where a record that cannot be handled goes.
 
 Guarantees (README "Reliability"): processing is at-least-once.  Re-processing the
 same Kafka record is harmless because every output is idempotent downstream: the

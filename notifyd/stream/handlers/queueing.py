@@ -2,8 +2,8 @@
 
 The one place a delivery is produced, together with the ``queued`` status update that
 records it: from :mod:`.dispatch` (an event's channel is sent now), :mod:`.schedule`
-(a deferred or retried delivery is due) and the scheduler's reconciler (an outcome is
-overdue, the delivery is produced again).
+(a deferred or retried delivery is due) and :func:`requeue_overdue`, the scheduler's
+reconciler (an outcome is overdue, the delivery is produced again).
 """
 
 from __future__ import annotations
