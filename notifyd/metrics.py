@@ -11,7 +11,7 @@ Two kinds of metrics:
   reason code; delivery transitions per channel and status (``queued``, ``sent``,
   ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
   retries; channel pauses on a provider's 429 and time spent waiting for a channel's
-  rate limit or pause (:mod:`notifyd.ratelimit`); end-to-end latency per channel, from
+  rate limit or pause (:mod:`notifyd.providers.ratelimit`); end-to-end latency per channel, from
   the producer's Kafka timestamp (else the moment notifyd accepted the event) to the
   provider's success; per provider of a failover chain (``notifyd.providers.chain``):
   attempts, failures, skips for an open circuit, and the circuit's state (a gauge set on
@@ -41,8 +41,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import clock
-from .records import STATUSES, Delivery
+from notifyd import clock
+from notifyd.model.records import STATUSES, Delivery
 
 log = structlog.stdlib.get_logger("notifyd.metrics")
 
@@ -151,7 +151,7 @@ def _scheduled_gauge() -> Metric:
     )
     # Only in a worker; never imported here.  The module may still be importing (it
     # imports this one, whose registry collects once on registration): no index yet.
-    index = getattr(sys.modules.get("notifyd.scheduler"), "scheduler", None)
+    index = getattr(sys.modules.get("notifyd.stream.scheduler"), "scheduler", None)
     family.add_metric([], float(len(index.heap)) if index is not None else 0.0)
     return family
 
@@ -300,7 +300,7 @@ class Metrics:
         self.provider_skipped_total.labels(channel, provider).inc()
 
     def provider_circuit(self, channel: str, provider: str, state: str) -> None:
-        from .providers.chain import STATE_VALUES
+        from notifyd.providers.chain import STATE_VALUES
 
         self.provider_circuit_state.labels(channel, provider).set(STATE_VALUES[state])
 

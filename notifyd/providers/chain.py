@@ -42,9 +42,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from ..errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError, clip
-from ..records import Delivery
-from .base import Provider, SendReceipt
+from notifyd.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError, clip
+from notifyd.model.records import Delivery
+from notifyd.providers.base import Provider, SendReceipt
 
 log = structlog.stdlib.get_logger("notifyd.providers.chain")
 
@@ -174,7 +174,7 @@ class FailoverProvider(Provider):
         self.channel = channel  # type: ignore[misc]
         self.name = "failover"
         if metrics is None:
-            from ..metrics import metrics as default_metrics
+            from notifyd.metrics import metrics as default_metrics
 
             metrics = default_metrics
         self.metrics: ProviderMetrics = metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..app import app
-from .routes import setup
+from notifyd.stream.app import app
+from notifyd.web.api.state import setup
 
 setup(app)

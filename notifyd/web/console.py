@@ -32,16 +32,16 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from .. import clock
-from ..app import app
-from ..errors import NotFound
-from ..tables import status
-from ..topics import active_partitions, names
-from . import realtime
-from .api import registry
-from .openapi import Call, Param, Resp
-from .routes import json_response
-from .routing import HTTP_CLIENT, ROUTED_HEADER, is_local
+from notifyd import clock
+from notifyd.errors import NotFound
+from notifyd.stream.app import app
+from notifyd.stream.tables import status
+from notifyd.stream.topics import active_partitions, names
+from notifyd.web import realtime
+from notifyd.web.api.state import json_response
+from notifyd.web.api.v1 import registry
+from notifyd.web.openapi import Call, Param, Resp
+from notifyd.web.routing import HTTP_CLIENT, ROUTED_HEADER, is_local
 
 log = structlog.stdlib.get_logger("notifyd.web.console")
 
@@ -131,7 +131,7 @@ class CounterSample:
 def read_counters() -> CounterSample | None:
     """The delivery counters of :mod:`notifyd.metrics`, or None if unreadable."""
     try:
-        from ..metrics import metrics
+        from notifyd.metrics import metrics
 
         counts: dict[tuple[str, str], float] = {}
         for fam in metrics.deliveries.collect():
@@ -237,7 +237,7 @@ def _latency(buckets: dict[float, float], total_s: float) -> dict[str, Any]:
 
 def _bucket_bounds() -> tuple[float, ...]:
     try:
-        from ..metrics import LATENCY_BUCKETS
+        from notifyd.metrics import LATENCY_BUCKETS
 
         return (*LATENCY_BUCKETS, math.inf)
     except Exception:
@@ -556,9 +556,9 @@ _PENDING_SCHEMA: dict[str, Any] = {
 
 def local_providers() -> dict[str, Any]:
     """This worker's failover chains and their circuits."""
-    from ..app import settings
-    from ..providers.chain import board
-    from ..providers.spec import BUILTINS
+    from notifyd.providers.chain import board
+    from notifyd.providers.spec import BUILTINS
+    from notifyd.stream.app import settings
 
     worker = str(app.conf.canonical_url)
     return {
@@ -610,8 +610,8 @@ async def admin_providers(call: Call) -> web.StreamResponse:
     responses={200: Resp("Pending schedules and open digests", _PENDING_SCHEMA)},
 )
 async def user_pending(call: Call) -> web.StreamResponse:
-    from ..timing import pending_for
-    from .routing import route
+    from notifyd.stream.timing import pending_for
+    from notifyd.web.routing import route
 
     user_id = call.path["user_id"]
     routed = await route(call.request, "preferences", user_id)

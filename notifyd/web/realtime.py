@@ -1,7 +1,7 @@
 """The realtime in-app inbox: ``GET /api/v1/notifications/stream`` (Server-Sent Events).
 
 The inbox of a user lives on the worker owning the user's partition, and the in-app
-channel agent of that worker writes it (:func:`notifyd.pipeline.deliver_inapp`), which
+channel agent of that worker writes it (:func:`notifyd.stream.handlers.inapp.deliver_inapp`), which
 also publishes each new item to the in-process :data:`hub`.  A stream opened on that
 worker subscribes to the hub; one opened on another worker is proxied, streaming, to
 the owner (never twice: a request already routed once gets ``503 rebalancing``).
@@ -36,14 +36,14 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ..app import app
-from ..errors import ServiceUnavailable
-from ..records import dumps
-from ..stream.handlers.inapp import on_new_inbox_item
-from ..tables import inbox
-from .api import _me, registry
-from .openapi import Call, Resp
-from .routing import (
+from notifyd.errors import ServiceUnavailable
+from notifyd.model.records import dumps
+from notifyd.stream.app import app
+from notifyd.stream.handlers.inapp import on_new_inbox_item
+from notifyd.stream.tables import inbox
+from notifyd.web.api.v1 import _me, registry
+from notifyd.web.openapi import Call, Resp
+from notifyd.web.routing import (
     HTTP_CLIENT,
     forward_plan,
     is_local,
@@ -206,7 +206,7 @@ class Hub:
         }
 
 
-#: The hub of this process (see :func:`notifyd.pipeline.deliver_inapp`).
+#: The hub of this process (see :func:`notifyd.stream.handlers.inapp.deliver_inapp`).
 hub = Hub()
 
 

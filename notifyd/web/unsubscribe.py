@@ -3,7 +3,7 @@
 ``POST /api/v1/unsubscribe?t=<token>`` is RFC 8058's one-click unsubscribe: a mailbox
 provider (or the button of the confirmation page) posts ``List-Unsubscribe=One-Click``
 (form-encoded or multipart; an empty body is accepted too), with no cookie and no login.
-The signed token (:mod:`notifyd.unsubscribe`) names the user and the category; the
+The signed token (:mod:`notifyd.domain.unsubscribe`) names the user and the category; the
 request is routed to the owner of the user's partition, which produces an ``opt_out``
 command to ``notifyd.preferences`` and answers once its preferences agent applied it
 (read-your-writes, as ``PATCH /api/v1/preferences``).  The agent adds the opt-out to the
@@ -29,15 +29,21 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
-from ..app import settings
-from ..errors import BadRequest, ServiceUnavailable
-from ..topics import preferences_topic
-from ..unsubscribe import MAX_TOKEN_CHARS, ONE_CLICK, PATH, UnsubscribeSigner, resolve_key
-from .api import _command, registry
-from .auth_glue import AUTH
-from .openapi import Call, Param, Resp
-from .routes import json_response
-from .routing import route
+from notifyd.domain.unsubscribe import (
+    MAX_TOKEN_CHARS,
+    ONE_CLICK,
+    PATH,
+    UnsubscribeSigner,
+    resolve_key,
+)
+from notifyd.errors import BadRequest, ServiceUnavailable
+from notifyd.stream.app import settings
+from notifyd.stream.topics import preferences_topic
+from notifyd.web.api.state import json_response
+from notifyd.web.api.v1 import _command, registry
+from notifyd.web.auth.setup import AUTH
+from notifyd.web.openapi import Call, Param, Resp
+from notifyd.web.routing import route
 
 
 class _Keys:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from notifyd.kafka_headers import header_value
-from notifyd.topics import deliveries_dlq_topic, events_dlq_topic
+from notifyd.stream.headers import header_value
+from notifyd.stream.topics import deliveries_dlq_topic, events_dlq_topic
 
 
 class DeadLetters:

@@ -7,13 +7,13 @@ import uuid
 
 import pytest
 
-import notifyd.agents.channel as channel_mod
-from notifyd.agents.webhook import webhook_agent
-from notifyd.app import settings
+import notifyd.stream.agents.channel as channel_mod
+from notifyd.model.records import Delivery
 from notifyd.providers.base import SendReceipt
-from notifyd.providers.memory import MemoryProvider
-from notifyd.records import Delivery
-from notifyd.tables import ledger
+from notifyd.stream.agents.webhook import webhook_agent
+from notifyd.stream.app import settings
+from notifyd.stream.tables import ledger
+from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 

@@ -15,13 +15,7 @@ from typing import Any
 
 import pytest
 
-import notifyd.agents.channel as channel_mod
-from notifyd import ratelimit
-from notifyd.agents.email import email_agent
-from notifyd.agents.push import push_agent
-from notifyd.agents.sms import sms_agent
-from notifyd.agents.webhook import webhook_agent
-from notifyd.app import settings
+import notifyd.stream.agents.channel as channel_mod
 from notifyd.config import Settings
 from notifyd.errors import (
     DeliveryError,
@@ -29,12 +23,18 @@ from notifyd.errors import (
     RetriableDeliveryError,
 )
 from notifyd.metrics import metrics
+from notifyd.model.records import Delivery
+from notifyd.providers import ratelimit
 from notifyd.providers.base import SendReceipt
 from notifyd.providers.httpapi import SmsProvider
-from notifyd.providers.memory import MemoryProvider
-from notifyd.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
-from notifyd.records import Delivery
-from notifyd.sandbox import SandboxServer
+from notifyd.providers.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
+from notifyd.stream.agents.email import email_agent
+from notifyd.stream.agents.push import push_agent
+from notifyd.stream.agents.sms import sms_agent
+from notifyd.stream.agents.webhook import webhook_agent
+from notifyd.stream.app import settings
+from notifyd.tools.sandbox.provider import SandboxServer
+from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 

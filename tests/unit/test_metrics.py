@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from notifyd import metrics as metrics_mod
 from notifyd.metrics import CONTENT_TYPE, Metrics, e2e_latency_s, reason_code
-from notifyd.records import Delivery
+from notifyd.model.records import Delivery
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -342,8 +342,8 @@ async def test_no_app_bound_renders_empty_gauges() -> None:
 async def test_metrics_route_serves_prometheus_text(
     monkeypatch: pytest.MonkeyPatch, offsets: FakeOffsetsConsumer
 ) -> None:
-    from notifyd.web import routes
-    from notifyd.web.routes import make_handlers
+    from notifyd.web.api import state as routes
+    from notifyd.web.api.state import make_handlers
 
     monkeypatch.setattr(routes.settings, "broker_url", "kafka://127.0.0.1:9092")
 
@@ -364,8 +364,8 @@ async def test_metrics_route_serves_prometheus_text(
 
 def test_metrics_route_is_documented_and_public() -> None:
     import notifyd.web  # noqa: F401  (runs routes.setup)
-    from notifyd.web import api
-    from notifyd.web.auth_glue import PUBLIC_PATHS
+    from notifyd.web.api import v1 as api
+    from notifyd.web.auth.setup import PUBLIC_PATHS
 
     op = api.openapi_document()["paths"]["/metrics"]["get"]
     assert op["x-notifyd-auth"] == "public"

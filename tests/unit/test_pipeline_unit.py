@@ -17,19 +17,19 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
+import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd import clock
-from notifyd.agents.control import control_agent
-from notifyd.agents.inapp import inapp_agent
-from notifyd.app import settings
+from notifyd.model.records import Delivery
 from notifyd.providers import registry
-from notifyd.records import Delivery
+from notifyd.stream.agents.control import control_agent
+from notifyd.stream.agents.inapp import inapp_agent
+from notifyd.stream.app import settings
 from notifyd.stream.handlers import deliver, queueing, schedule
 from notifyd.stream.handlers import inapp as inapp_handlers
 from notifyd.stream.handlers.inapp import deliver_inapp
 from notifyd.stream.handlers.status import fold_status, sent_update, status_update
-from notifyd.tables import inbox, ledger, status
-from notifyd.topics import control_topic, deliver_topics, partition_for
+from notifyd.stream.tables import inbox, ledger, status
+from notifyd.stream.topics import control_topic, deliver_topics, partition_for
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -442,7 +442,7 @@ async def test_apply_inbox_op_unknown_action_rejected(
 async def test_ingest_writes_inbox_inline(
     statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from notifyd.agents.ingest import ingest
+    from notifyd.stream.agents.ingest import ingest
 
     routed: list[Any] = []
 
@@ -484,8 +484,8 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
 ) -> None:
     from types import SimpleNamespace
 
-    from notifyd.agents.status import status_agent
-    from notifyd.tables import status
+    from notifyd.stream.agents.status import status_agent
+    from notifyd.stream.tables import status
 
     writes: list[tuple[int | None, str]] = []
 

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import notifyd.tables  # registers the tables with the app
+import notifyd.stream.tables  # registers the tables with the app
 import notifyd.web  # noqa: F401 - the routes (and the hub) as the worker has them
-from notifyd.agents.inapp import inapp_agent
-from notifyd.records import Delivery
+from notifyd.model.records import Delivery
+from notifyd.stream.agents.inapp import inapp_agent
 from notifyd.stream.handlers import status as statuses
 from notifyd.web import console, realtime
 from notifyd.web.realtime import CLOSED, Hub, sse

@@ -1,4 +1,4 @@
-"""Scheduled sends, cancellation and digests (notifyd.timing): parsing, windows, the
+"""Scheduled sends, cancellation and digests (notifyd.stream.timing): parsing, windows, the
 status fold, and the real ingest and channel agents in Faust's ``test_context()``
 (tables in memory; timer records are fed to the ingest agent as the scheduler would
 produce them)."""
@@ -16,11 +16,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
-from notifyd import timing
-from notifyd.app import settings
+import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.errors import InvalidEvent
-from notifyd.records import (
+from notifyd.model.records import (
     CancelRequest,
     InvalidPreferences,
     idempotency_scope,
@@ -29,10 +27,12 @@ from notifyd.records import (
     parse_input,
     validate_preferences,
 )
+from notifyd.stream import timing
+from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.ingest import ORIGIN_HEADER
-from notifyd.tables import cancels, inbox, preferences, scheduled, seen
-from notifyd.topics import deliver_topics, partition_for
+from notifyd.stream.tables import cancels, inbox, preferences, scheduled, seen
+from notifyd.stream.topics import deliver_topics, partition_for
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 
@@ -262,7 +262,7 @@ class Driver:
 
 @pytest.fixture
 async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
-    from notifyd.agents.ingest import ingest as agent_def
+    from notifyd.stream.agents.ingest import ingest as agent_def
 
     published: Published = []
     produced: list[dict[str, Any]] = []
@@ -453,15 +453,15 @@ async def test_empty_digest_sends_nothing(ingest: Driver) -> None:
 
 
 def timing_heap() -> list[tuple[float, str, int]]:
-    from notifyd.scheduler import scheduler
+    from notifyd.stream.scheduler import scheduler
 
     return scheduler.heap
 
 
 async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
-    from notifyd.agents.webhook import webhook_agent
-    from notifyd.records import Delivery
-    from notifyd.tables import ledger
+    from notifyd.model.records import Delivery
+    from notifyd.stream.agents.webhook import webhook_agent
+    from notifyd.stream.tables import ledger
 
     published = capture_statuses(monkeypatch)
     user, eid = fresh("u"), fresh("e")
@@ -484,8 +484,8 @@ async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.Monk
 def test_due_lag_histogram_and_digest_counter_as_the_bench_reads_them() -> None:
     from prometheus_client import CollectorRegistry
 
-    from notifyd.bench_schedule import _METRIC_RE, lag_from_histogram
     from notifyd.metrics import Metrics
+    from notifyd.tools.bench.schedule import _METRIC_RE, lag_from_histogram
 
     m = Metrics(CollectorRegistry(auto_describe=True))
     m.due_lag("event", 0.2)
@@ -509,7 +509,7 @@ def test_due_lag_histogram_and_digest_counter_as_the_bench_reads_them() -> None:
 async def test_scheduler_index_rebuild_keeps_entries_pushed_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from notifyd import scheduler as sched_mod
+    from notifyd.stream import scheduler as sched_mod
 
     monkeypatch.setattr(sched_mod, "REBUILD_CHUNK", 1)  # yield after every row
     s = sched_mod.Scheduler()

@@ -17,13 +17,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
+import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.config import Settings
-from notifyd.errors import BadRequest, Forbidden
-from notifyd.records import InvalidPreferences, add_opt_out
-from notifyd.store import SqliteStore
-from notifyd.topics import partition_for
-from notifyd.unsubscribe import (
+from notifyd.domain.unsubscribe import (
     AUDIENCE,
     MAX_HEADER_LINE,
     PATH,
@@ -36,7 +32,11 @@ from notifyd.unsubscribe import (
     mailto_address,
     resolve_key,
 )
-from notifyd.web.auth import resolve_jwt_secret
+from notifyd.errors import BadRequest, Forbidden
+from notifyd.model.records import InvalidPreferences, add_opt_out
+from notifyd.stream.topics import partition_for
+from notifyd.web.auth.store import SqliteStore
+from notifyd.web.auth.users import resolve_jwt_secret
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
 
@@ -223,9 +223,9 @@ def test_add_opt_out_rejects_bad_input(category: Any, channel: Any) -> None:
 async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``opt_out`` op: added to what is there, idempotent, answered to the waiter;
     a bad one is a dead letter, not a crash."""
-    from notifyd.agents.preferences import preferences_agent
-    from notifyd.tables import preferences
-    from notifyd.waiters import waiters
+    from notifyd.stream.agents.preferences import preferences_agent
+    from notifyd.stream.tables import preferences
+    from notifyd.stream.waiters import waiters
 
     dlq = DeadLetters().install(monkeypatch)
     user = f"u-{uuid.uuid4().hex[:8]}"

@@ -13,11 +13,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 import notifyd.web  # noqa: F401  (runs routes.setup on the app)
-from notifyd.app import app, settings
-from notifyd.store import SqliteStore
-from notifyd.unsubscribe import PATH, UnsubscribeSigner, resolve_key
-from notifyd.web import api, unsubscribe
-from notifyd.web.auth import error_middleware as errors_mw
+from notifyd.domain.unsubscribe import PATH, UnsubscribeSigner, resolve_key
+from notifyd.stream.app import app, settings
+from notifyd.web import unsubscribe
+from notifyd.web.api import v1 as api
+from notifyd.web.auth.store import SqliteStore
+from notifyd.web.auth.users import error_middleware as errors_mw
 from tests.support.web_client import Client, api_client
 
 

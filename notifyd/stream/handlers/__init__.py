@@ -1,6 +1,6 @@
 """What the agents do with each message, one module per concern.
 
-Agents (``notifyd.agents``) are thin loops over these handlers, so the logic is testable
+Agents (``notifyd.stream.agents``) are thin loops over these handlers, so the logic is testable
 with Faust's ``test_context()``:
 
 * :mod:`.ingest`: an event arrives (validated, moved to its partition, de-duplicated);
@@ -8,7 +8,7 @@ with Faust's ``test_context()``:
 * :mod:`.queueing`: a delivery is produced to its channel topic (and re-queued);
 * :mod:`.deliver`: the channel agent calls the provider; retries, dead deliveries;
 * :mod:`.inapp`: the in-app provider, the inbox table (and its listeners);
-* :mod:`.schedule`: deferred deliveries, released when due by ``notifyd.scheduler``;
+* :mod:`.schedule`: deferred deliveries, released when due by ``notifyd.stream.scheduler``;
 * :mod:`.status`: status updates (one builder) and their fold into the status table;
 * :mod:`.control`, :mod:`.preferences`: housekeeping and the preferences table;
 * :mod:`.deadletter`: where a record that cannot be handled goes.

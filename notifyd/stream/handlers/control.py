@@ -8,9 +8,9 @@ from typing import Any
 import structlog
 from faust.types import EventT
 
-from notifyd import fallback
-from notifyd.records import loads
-from notifyd.tables import cancels, inbox, ledger, scheduled, seen, status
+from notifyd.model.records import loads
+from notifyd.stream import fallback
+from notifyd.stream.tables import cancels, inbox, ledger, scheduled, seen, status
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.control")
 
@@ -32,7 +32,7 @@ async def handle_control(ev: EventT[Any]) -> None:
     elif op == "fallback_step":
         await fallback.run_step(msg, ev.message.partition)
     elif op == "inbox":
-        from notifyd.waiters import waiters
+        from notifyd.stream.waiters import waiters
 
         box = apply_inbox_op(msg)
         if box is not None and msg.get("action") == "read":  # cancels fallback steps

@@ -12,7 +12,7 @@ from faust.types import EventT, TopicT
 from notifyd import clock
 from notifyd.errors import failure_detail
 from notifyd.metrics import metrics
-from notifyd.topics import deliveries_dlq_topic, events_dlq_topic, names
+from notifyd.stream.topics import deliveries_dlq_topic, events_dlq_topic, names
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.deadletter")
 

@@ -10,21 +10,22 @@ from typing import Any
 import structlog
 from faust.types import EventT
 
-from notifyd import clock, fallback
-from notifyd.app import settings
+from notifyd import clock
 from notifyd.config import Settings
 from notifyd.errors import DeliveryError, failure_detail
 from notifyd.metrics import metrics
+from notifyd.model.records import Delivery, idempotency_scope, loads
 from notifyd.providers import registry
 from notifyd.providers.base import Provider
-from notifyd.records import Delivery, idempotency_scope, loads
+from notifyd.stream import fallback
+from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.inapp import InboxProvider
 from notifyd.stream.handlers.schedule import schedule
 from notifyd.stream.handlers.status import TERMINAL, sent_update, status_update
-from notifyd.tables import cancels, ledger
-from notifyd.topics import deliveries_dlq_topic
+from notifyd.stream.tables import cancels, ledger
+from notifyd.stream.topics import deliveries_dlq_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.deliver")
 
@@ -70,7 +71,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     key = delivery.idempotency_key
     done = ledger.get(key)
     if done is None and cancels.get(idempotency_scope(delivery.user_id, delivery.event_id)):
-        # Cancelled while queued, deferred or retrying: not sent (notifyd.timing).
+        # Cancelled while queued, deferred or retrying: not sent (notifyd.stream.timing).
         _mark(key, "cancelled", partition)
         await statuses.publish_status(
             delivery.notification_id,

@@ -8,18 +8,18 @@ from typing import Any
 
 import structlog
 
-from notifyd import fallback
-from notifyd.app import settings
+from notifyd.domain.rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
+from notifyd.domain.templating import TemplateStore
 from notifyd.metrics import metrics
-from notifyd.records import Delivery, Event
-from notifyd.rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
+from notifyd.model.records import Delivery, Event
+from notifyd.stream import fallback
+from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.inapp import deliver_inapp_inline
 from notifyd.stream.handlers.queueing import queue_delivery
 from notifyd.stream.handlers.schedule import schedule
 from notifyd.stream.handlers.status import status_update
-from notifyd.tables import preferences, throttle
-from notifyd.templating import TemplateStore
+from notifyd.stream.tables import preferences, throttle
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.dispatch")
 
@@ -58,14 +58,14 @@ async def process_event(
     digest_key: str | None = None,
 ) -> str | None:
     """Rules, fan-out and status of one event at ``now``.  Returns the row key of the
-    digest it went into instead (``notifyd.timing``), else None.  ``digest_key``: the
+    digest it went into instead (``notifyd.stream.timing``), else None.  ``digest_key``: the
     digest a replayed record already went into (its ``seen`` row)."""
     prefs = preferences.get(event.user_id)
     plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel, html = _content(event, locale)
     if collect:
-        from notifyd import timing
+        from notifyd.stream import timing
 
         spec = timing.digest_spec(event, prefs)
         if spec is not None:

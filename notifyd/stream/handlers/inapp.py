@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 from notifyd import clock
-from notifyd.app import settings
 from notifyd.metrics import metrics
+from notifyd.model.records import Delivery
 from notifyd.providers.base import Provider, SendReceipt
-from notifyd.records import Delivery
+from notifyd.stream.app import settings
 from notifyd.stream.handlers.status import sent_update
-from notifyd.tables import inbox
+from notifyd.stream.tables import inbox
 
 #: Called as ``listener(user_id, item, unread)`` for each new inbox item.
 InboxListener = Callable[[str, dict[str, Any], int], object]

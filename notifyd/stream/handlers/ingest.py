@@ -11,16 +11,23 @@ from typing import Any
 import structlog
 from faust.types import EventT
 
-from notifyd import audience, clock
-from notifyd.app import settings
+from notifyd import clock
 from notifyd.errors import InvalidEvent
-from notifyd.kafka_headers import header_value
 from notifyd.metrics import metrics
-from notifyd.records import CancelRequest, Event, legacy_notification_id_for, loads, parse_input
+from notifyd.model.records import (
+    CancelRequest,
+    Event,
+    legacy_notification_id_for,
+    loads,
+    parse_input,
+)
+from notifyd.stream import audience
+from notifyd.stream.app import settings
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.dispatch import process_event
-from notifyd.tables import any_partition, cancels, inbox, scheduled, seen, status, throttle
-from notifyd.topics import names, partition_for, rekeyed_topic
+from notifyd.stream.headers import header_value
+from notifyd.stream.tables import any_partition, cancels, inbox, scheduled, seen, status, throttle
+from notifyd.stream.topics import names, partition_for, rekeyed_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.ingest")
 
@@ -59,13 +66,13 @@ def record_origin(ev: EventT[Any]) -> str:
 
 
 async def handle_event(ev: EventT[Any]) -> None:
-    from notifyd import timing
+    from notifyd.stream import timing
 
     msg = ev.message
     raw: bytes | None = ev.value
     timer = header_value(msg.headers, timing.TIMER_HEADER)
     if timer is not None and msg.topic != names.events:  # producers' topic: not trusted
-        await timing.fire(ev, timer)  # a schedule or digest window came due (notifyd.timing)
+        await timing.fire(ev, timer)  # a schedule or digest window came due (notifyd.stream.timing)
         return
     metrics.event_received(msg.topic)
     addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id

@@ -9,10 +9,10 @@ import structlog
 from faust.types import EventT
 
 from notifyd import clock
-from notifyd.records import loads
+from notifyd.model.records import loads
 from notifyd.stream.handlers.deadletter import dead_letter
-from notifyd.tables import preferences
-from notifyd.topics import partition_for
+from notifyd.stream.tables import preferences
+from notifyd.stream.topics import partition_for
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.preferences")
 
@@ -22,13 +22,13 @@ async def handle_preferences(ev: EventT[Any]) -> None:
     ``{"op": "opt_out", "user_id", "category", "channel"}`` (an unsubscribe link): adds
     that one opt-out to the current document here, on the owner, so no other write is
     lost to a read-modify-write elsewhere."""
-    from notifyd.records import (
+    from notifyd.model.records import (
         InvalidPreferences,
         add_opt_out,
         merge_preferences,
         validate_preferences,
     )
-    from notifyd.waiters import waiters
+    from notifyd.stream.waiters import waiters
 
     raw: bytes | None = ev.value
     try:

@@ -12,12 +12,12 @@ from typing import Any
 
 import structlog
 
-from notifyd.app import settings
-from notifyd.records import dumps
+from notifyd.model.records import dumps
+from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.status import UpdateFields, status_update
-from notifyd.tables import status
-from notifyd.topics import deliver_topics
+from notifyd.stream.tables import status
+from notifyd.stream.topics import deliver_topics
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.queueing")
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifyd import clock, fallback
-from notifyd.records import Delivery, dumps
-from notifyd.scheduler import run_scheduler as run_index
-from notifyd.scheduler import scheduler
+from notifyd import clock
+from notifyd.model.records import Delivery, dumps
+from notifyd.stream import fallback
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.queueing import queue_delivery, requeue_overdue
-from notifyd.tables import scheduled
-from notifyd.topics import control_topic, rekeyed_topic
+from notifyd.stream.scheduler import run_scheduler as run_index
+from notifyd.stream.scheduler import scheduler
+from notifyd.stream.tables import scheduled
+from notifyd.stream.topics import control_topic, rekeyed_topic
 
 
 def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> None:
@@ -25,8 +26,8 @@ def schedule(delivery: Delivery, due: float, partition: int, reason: str) -> Non
 async def release(key: str, entry: dict[str, Any]) -> None:
     """Hand a due delivery to its channel topic, then ask the owner to drop the entry.
 
-    A fallback step (``notifyd.fallback``) has its condition checked on its partition
-    first.  A scheduled event or a digest window (``notifyd.timing``) becomes a timer
+    A fallback step (``notifyd.stream.fallback``) has its condition checked on its partition
+    first.  A scheduled event or a digest window (``notifyd.stream.timing``) becomes a timer
     record to the ingest agent of the user's partition instead, which handles it and
     drops the row.
     """
@@ -35,7 +36,7 @@ async def release(key: str, entry: dict[str, Any]) -> None:
         return
     kind = entry.get("kind")
     if kind is not None:
-        from notifyd.timing import TIMER_HEADER
+        from notifyd.stream.timing import TIMER_HEADER
 
         await rekeyed_topic.send(
             key=str(entry["user_id"]).encode(),
@@ -53,7 +54,7 @@ async def release(key: str, entry: dict[str, Any]) -> None:
 
 
 async def run_scheduler() -> None:
-    """The worker's scheduler loop (``notifyd.scheduler``): due rows are handed to
+    """The worker's scheduler loop (``notifyd.stream.scheduler``): due rows are handed to
     :func:`release`, overdue deliveries re-queued by
     :func:`~notifyd.stream.handlers.queueing.requeue_overdue`."""
     await run_index(release, requeue_overdue)

@@ -9,15 +9,15 @@ from typing import Any, TypedDict, Unpack
 import structlog
 from faust.types import EventT
 
-from notifyd.app import settings
-from notifyd.callbacks import channel_states, fold_callbacks
-from notifyd.callbacks import enqueue as enqueue_callbacks
-from notifyd.callbacks import jobs_for as callback_jobs_for
 from notifyd.metrics import metrics
-from notifyd.records import Delivery, dumps, loads
+from notifyd.model.records import Delivery, dumps, loads
+from notifyd.stream.app import settings
+from notifyd.stream.callbacks import channel_states, fold_callbacks
+from notifyd.stream.callbacks import enqueue as enqueue_callbacks
+from notifyd.stream.callbacks import jobs_for as callback_jobs_for
 from notifyd.stream.handlers.deadletter import dead_letter_failure
-from notifyd.tables import current_event, status
-from notifyd.topics import status_topic
+from notifyd.stream.tables import current_event, status
+from notifyd.stream.topics import status_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.status")
 
@@ -78,7 +78,7 @@ async def publish_status(
     if content is not None:
         value["content"] = content
     if callbacks:
-        value["callbacks"] = callbacks  # outcomes of delivery callbacks (notifyd.callbacks)
+        value["callbacks"] = callbacks  # outcomes of delivery callbacks (notifyd.stream.callbacks)
     if cancel is not None:
         value["cancel"] = cancel
     await status_topic.send(key=nid.encode(), value=dumps(value))

@@ -1,0 +1,16 @@
+"""notifyd.deliver.email: its own stream, so a slow email provider holds up no other channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.types import StreamT
+
+from notifyd.stream.agents.channel import run_channel
+from notifyd.stream.app import app
+from notifyd.stream.topics import deliver_topics
+
+
+@app.agent(deliver_topics["email"], name="notifyd.agent.email")
+async def email_agent(stream: StreamT[Any]) -> None:
+    await run_channel("email", stream)

@@ -1,0 +1,16 @@
+"""notifyd.deliver.inapp: its own stream, so a slow inapp provider holds up no other channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.types import StreamT
+
+from notifyd.stream.agents.channel import run_channel
+from notifyd.stream.app import app
+from notifyd.stream.topics import deliver_topics
+
+
+@app.agent(deliver_topics["inapp"], name="notifyd.agent.inapp")
+async def inapp_agent(stream: StreamT[Any]) -> None:
+    await run_channel("inapp", stream)
