@@ -85,7 +85,6 @@ async def publish_status(
     metrics.status_updates(updates)
 
 
-
 def fold_status(
     current: dict[str, Any] | None, msg: dict[str, Any], partition: int
 ) -> dict[str, Any]:
