@@ -10,7 +10,10 @@ ask here, so they cannot disagree about what notifyd stores or sends to.
   numbers no provider would accept (+1 with 7 digits, +999 ...) are refused up front.
 * E-mail addresses: syntax checked by ``email-validator`` (no DNS, no deliverability
   probe), ASCII only (our SMTP path does not speak SMTPUTF8).  The address is kept as
-  given, not normalised, so stored values do not change under the caller.
+  given, not normalised, so stored values do not change under the caller.  Private
+  mail domains self-hosters run (``corp.local``, ``*.test``, ``*.localhost``) are
+  accepted, as they were before: email-validator refuses these special-use names by
+  default; the never-deliverable ones (``.invalid``, ``.arpa``) stay refused.
 * ``HH:MM``: a 24 h wall-clock time, as quiet hours and ``daily@HH:MM`` digests use it.
 """
 
@@ -20,8 +23,13 @@ import functools
 import re
 from typing import cast
 
+import email_validator
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
+
+#: Special-use names that stay refused (see the module docstring); the library reads this
+#: list at each call and documents changing it as the way to allow the others.
+email_validator.SPECIAL_USE_DOMAIN_NAMES = ["arpa", "invalid", "onion"]
 
 #: ``HH:MM`` (24 h) without anchors, for composing into other patterns and JSON Schema.
 HHMM_PATTERN = r"([01][0-9]|2[0-3]):([0-5][0-9])"

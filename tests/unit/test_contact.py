@@ -24,12 +24,14 @@ PHONES_BAD: list[Any] = [
     "+" + "1" * 400,  # past the memoised length
 ]
 EMAILS_OK = ["a@b.co", "first.last+tag@sub.example.co.uk", "x_y@a-b.io", "a@b.example",
-             "A@Example.COM"]
+             "A@Example.COM",
+             # private mail domains of self-hosted setups (special-use names, accepted)
+             "someone@corp.local", "ops@ci.test", "me@host.localhost"]
 EMAILS_BAD: list[Any] = [
     None, 5, "", "plain", "a@b", "@example.com", "a b@example.com", "a@exa mple.com",
     "a@@b.com", "a@example.com\n", " a@example.com", "a..b@example.com", ".a@example.com",
     "x@" + "a" * 250 + ".com", "\u00fc@example.com", "a@b\u00fccher.de", '"q"@example.com',
-    "a@[127.0.0.1]", "a@1.2.3.4", "someone@corp.local", "a@localhost",
+    "a@[127.0.0.1]", "a@1.2.3.4", "a@localhost", "a@x.invalid", "a@1.in-addr.arpa",
     "a" * 400 + "@example.com",  # past the memoised length
 ]
 
