@@ -1,5 +1,7 @@
 """Commands on ``notifyd.control`` (keyed by the user, or sent to a partition) and on
-``notifyd.preferences``: a tagged union on ``op``, one model per command."""
+``notifyd.preferences``: a tagged union on ``op``, one model per command.  The API's
+commands carry ``schema_version``; the scheduler's short-lived ones (unschedule, expire,
+fallback_step) do not, and read as version 1."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from notifyd.model.contact import HHMM_PATTERN as _HHMM
+
 #: Version of every record notifyd writes (the ``schema_version`` field).  Records
 #: written before the field existed have none and read as version 1.
 SCHEMA_VERSION = 2
@@ -34,25 +36,21 @@ CATEGORY_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
 TOPIC_PATTERN = r"^[A-Za-z0-9_.:\-]{1,100}$"
 #: A string that is not only white space (ids: ``"  "`` is as empty as ``""``).
 NOT_BLANK_PATTERN = r"\S"
-#: ``HH:MM`` (24 h).
-HHMM_PATTERN = r"^([01][0-9]|2[0-3]):([0-5][0-9])$"
+#: ``HH:MM`` (24 h), anchored for the document (the code asks ``model.contact.is_hhmm``).
+HHMM_PATTERN = f"^{_HHMM}$"
 #: A digest window: a period (``30m``, ``1h``, ``2d``) or a daily time (``daily@09:00``).
-DIGEST_WINDOW_PATTERN = r"^(?:(\d{1,4})([mhd])|daily@([01]\d|2[0-3]):([0-5]\d))$"
+DIGEST_WINDOW_PATTERN = rf"^(?:(\d{{1,4}})([mhd])|daily@{_HHMM})$"
 #: BCP 47 language tag, pragmatically.
 LOCALE_PATTERN = r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
 
-# \A..\Z and [0-9], not ^..$ and \d: "$" also matches before a trailing newline and
-# "\d" matches any Unicode digit (U+FF11, fullwidth one), both of which providers refuse.
-E164_RE = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
-# Pragmatic address check (RFC 5322 is broader than any real mailbox provider accepts).
-EMAIL_RE = re.compile(r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
-HHMM_RE = re.compile(r"\A([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 CATEGORY_RE = re.compile(r"\A[A-Za-z0-9_.:\-]+\Z")
 DIGEST_WINDOW_RE = re.compile(DIGEST_WINDOW_PATTERN)
 LOCALE_RE = re.compile(LOCALE_PATTERN)
-#: E.164 phone number (JSON Schema dialect; the code checks :data:`E164_RE`).
+#: The shape of an E.164 number, for the document; the code asks libphonenumber
+#: (``model.contact.is_e164``), which also knows the numbering plans.
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
-#: An e-mail address as notifyd accepts it (JSON Schema dialect; code: :data:`EMAIL_RE`).
+#: The shape of an e-mail address, for the document; the code asks email-validator
+#: (``model.contact.is_email``).
 EMAIL_PATTERN = r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$"
 #: Local usernames (``POST /api/v1/users``).
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{3,64}$"

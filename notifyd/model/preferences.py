@@ -10,6 +10,7 @@ IANA zone, a fallback chain's order) and normalises.  Refusals are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,6 +18,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from notifyd.config import CHANNELS
+from notifyd.model.contact import is_e164, is_email, is_hhmm
 from notifyd.model.event import (
     Category,
     Channel,
@@ -32,11 +34,8 @@ from notifyd.model.limits import (
     CATEGORY_RE,
     DIGEST_WINDOW_RE,
     E164_PATTERN,
-    E164_RE,
     EMAIL_PATTERN,
-    EMAIL_RE,
     HHMM_PATTERN,
-    HHMM_RE,
     LOCALE_PATTERN,
     LOCALE_RE,
     MAX_CATEGORY_LEN,
@@ -302,9 +301,10 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
     if doc.user_id is not UNSET and doc.user_id != user_id:
         raise InvalidPreferences("user_id in the body does not match the target user")
     out: dict[str, Any] = {}
-    checks = {"email": (EMAIL_RE, "{v!r} is not a valid address"),
-              "phone": (E164_RE, "{v!r} is not an E.164 number like +15551234567"),
-              "locale": (LOCALE_RE, "{v!r} is not a BCP 47 tag")}
+    checks: dict[str, tuple[Callable[[str], object], str]] = {
+              "email": (is_email, "{v!r} is not a valid address"),
+              "phone": (is_e164, "{v!r} is not an E.164 number like +15551234567"),
+              "locale": (LOCALE_RE.match, "{v!r} is not a BCP 47 tag")}
     for name in ("email", "phone", "webhook_url", "locale"):
         value = getattr(doc, name)
         if value is UNSET:
@@ -314,7 +314,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             if name == "webhook_url":
                 if not value.startswith(("http://", "https://")):
                     raise InvalidPreferences("webhook_url must be an http(s) URL")
-            elif not checks[name][0].match(value):
+            elif not checks[name][0](value):
                 detail = checks[name][1].format(v=value)
                 raise InvalidPreferences(f"{name} {detail}")
         out[name] = value
@@ -336,7 +336,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             out["quiet_hours"] = None
         else:
             for k in ("start", "end"):
-                if not HHMM_RE.match(getattr(qh, k)):
+                if not is_hhmm(getattr(qh, k)):
                     raise InvalidPreferences(f"quiet_hours.{k} must be HH:MM (24 h)")
             if qh.start == qh.end:
                 raise InvalidPreferences("quiet_hours.start and end must differ")

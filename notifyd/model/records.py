@@ -25,9 +25,6 @@ from notifyd.model.event import (
 )
 from notifyd.model.limits import (
     DIGEST_WINDOW_RE,
-    E164_RE,
-    EMAIL_RE,
-    HHMM_RE,
     MAX_BODY_LEN,
     MAX_CATEGORY_LEN,
     MAX_DATA_BYTES,
@@ -50,9 +47,6 @@ from notifyd.model.preferences import (
 __all__ = [
     "CHANNELS",
     "DIGEST_WINDOW_RE",
-    "E164_RE",
-    "EMAIL_RE",
-    "HHMM_RE",
     "MAX_BODY_LEN",
     "MAX_CATEGORY_LEN",
     "MAX_DATA_BYTES",

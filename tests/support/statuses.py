@@ -9,21 +9,22 @@ import orjson
 import pytest
 
 from notifyd.model.status import ChannelUpdate
-from notifyd.stream import pipeline
+from notifyd.stream.handlers import status as statuses
 
 Published = list[tuple[str, list[dict[str, Any]]]]
 
 
 def capture_statuses(monkeypatch: pytest.MonkeyPatch) -> Published:
-    """Replace ``pipeline.publish_status``: each call's (notification id, updates) is
-    appended to the list returned (content and any other argument are dropped).  Every
-    update must convert through its model (:class:`ChannelUpdate`): the writers build
-    plain dicts, and this keeps them to the published shape."""
+    """Replace ``status.publish_status`` (notifyd.stream.handlers): each call's
+    (notification id, updates) is appended to the list returned (content and any other
+    argument are dropped).  Every update must convert through its model
+    (:class:`ChannelUpdate`): the writers build plain dicts, and this keeps them to the
+    published shape."""
     out: Published = []
 
     async def record(nid: str, updates: list[dict[str, Any]], *args: Any, **kw: Any) -> None:
         msgspec.convert(orjson.loads(orjson.dumps(updates)), list[ChannelUpdate])
         out.append((nid, updates))
 
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    monkeypatch.setattr(statuses, "publish_status", record)
     return out

@@ -31,7 +31,7 @@ from notifyd.model.rows import (
     check_scheduled_row,
 )
 from notifyd.model.status import StatusRecord, check_status_document
-from notifyd.stream.pipeline import fold_status
+from notifyd.stream.handlers.status import fold_status
 
 #: ``Event.to_dict()`` of the code before the models (b1a3908), e.g. the ``event`` of a
 #: scheduled row or a fallback step: no ``schema_version``.
