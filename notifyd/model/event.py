@@ -112,12 +112,10 @@ FallbackChain = Annotated[
 ]
 
 
-class EventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A record of ``notifyd.events``; fields not listed are kept as extras."""
+class _EventContent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The fields an event and the API body share (both models inherit them)."""
 
     schema_version: Version | None = None
-    event_id: Annotated[Id, Meta(description="idempotency key, per recipient (user_id)")]
-    user_id: Annotated[Id, Meta(description="recipient")]
     category: EventCategory | None = None
     title: Annotated[str, Meta(max_length=MAX_TITLE_LEN)] | None = None
     body: Annotated[str, Meta(max_length=MAX_BODY_LEN)] | None = None
@@ -135,7 +133,14 @@ class EventRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     digest: DigestRequest | None = None
 
 
-class NotificationCreate(msgspec.Struct, kw_only=True, omit_defaults=True):
+class EventRecord(_EventContent, kw_only=True, omit_defaults=True):
+    """A record of ``notifyd.events``; fields not listed are kept as extras."""
+
+    event_id: Annotated[Id, Meta(description="idempotency key, per recipient (user_id)")]
+    user_id: Annotated[Id, Meta(description="recipient")]
+
+
+class NotificationCreate(_EventContent, kw_only=True, omit_defaults=True):
     """``POST /api/v1/notifications``: an event, as on the events topic; fields not
     listed are kept as extras.  The handler fills the ids, then decodes it as an
     :class:`EventRecord`."""
@@ -154,21 +159,12 @@ class NotificationCreate(msgspec.Struct, kw_only=True, omit_defaults=True):
         },
     }
 
-    schema_version: Version | None = None
     event_id: Annotated[
         Id, Meta(description="idempotency key, per recipient (user_id); a uuid4 when omitted")
     ] | None = None
     user_id: Annotated[
         Id, Meta(description="recipient; defaults to the caller, only operators may name another")
     ] | None = None
-    category: EventCategory | None = None
-    title: Annotated[str, Meta(max_length=MAX_TITLE_LEN)] | None = None
-    body: Annotated[str, Meta(max_length=MAX_BODY_LEN)] | None = None
-    template: Annotated[str, Meta(max_length=MAX_TEMPLATE_LEN)] | None = None
-    data: dict[str, Any] | None = None
-    channels: Annotated[list[Channel], Meta(min_length=1)] | None = None
-    priority: Priority | None = None
-    created_at: Instant | None = None
     topic: Annotated[
         str,
         Meta(extra_json_schema={"pattern": TOPIC_PATTERN},
@@ -183,13 +179,6 @@ class NotificationCreate(msgspec.Struct, kw_only=True, omit_defaults=True):
              "policy); default NOTIFYD_CALLBACK_URL"),
     ] | None = None
     fallback: FallbackChain | None = None
-    send_at: Annotated[
-        Instant, Meta(description="send then (past = now); not with delay_s")
-    ] | None = None
-    delay_s: Annotated[
-        float, Meta(ge=0, description="send this many seconds after acceptance")
-    ] | None = None
-    digest: DigestRequest | None = None
 
 
 class CancelRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
