@@ -378,23 +378,17 @@ def error_location(exc: msgspec.ValidationError) -> tuple[str, str, str]:
     return (f.group(1), f.group(2), msg) if f else ("", path, msg)
 
 
+#: Python type -> JSON type name; bool before int (a bool is an int to isinstance).
+_JSON_TYPE_OF: tuple[tuple[type, str], ...] = (
+    (type(None), "null"), (bool, "boolean"), (int, "integer"), (float, "number"),
+    (str, "string"), (list, "array"), (dict, "object"),
+)
+
+
 def json_type_name(value: Any) -> str:
     """The JSON type of a decoded value: ``string``, ``integer``, ``object``..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    return next((name for tp, name in _JSON_TYPE_OF if isinstance(value, tp)),
+                type(value).__name__)
 
 
 def expected_type(msg: str) -> str | None:

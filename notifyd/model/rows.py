@@ -48,14 +48,19 @@ class LedgerRow(msgspec.Struct):
     schema_version: Version | UnsetType = UNSET
 
 
-class DeliveryTimer(msgspec.Struct, forbid_unknown_fields=True):
-    """A delivery waiting in ``scheduled`` (quiet hours, throttle, retry backoff)."""
+class _Timer(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A ``scheduled`` row: due when, on which partition."""
 
     due: float
     p: int
+    schema_version: Version | UnsetType = UNSET
+
+
+class DeliveryTimer(_Timer, kw_only=True, forbid_unknown_fields=True):
+    """A delivery waiting in ``scheduled`` (quiet hours, throttle, retry backoff)."""
+
     delivery: Delivery
     reason: str
-    schema_version: Version | UnsetType = UNSET
 
 
 class FallbackPlan(msgspec.Struct, forbid_unknown_fields=True):
@@ -67,22 +72,17 @@ class FallbackPlan(msgspec.Struct, forbid_unknown_fields=True):
     accepted_at: float
 
 
-class FallbackTimer(msgspec.Struct, forbid_unknown_fields=True):
+class FallbackTimer(_Timer, kw_only=True, forbid_unknown_fields=True):
     """A later step of a fallback chain, due ``after_s`` after acceptance."""
 
-    due: float
-    p: int
     reason: Literal["fallback"]
     fallback: FallbackPlan
-    schema_version: Version | UnsetType = UNSET
 
 
-class EventTimer(msgspec.Struct, forbid_unknown_fields=True):
+class EventTimer(_Timer, kw_only=True, forbid_unknown_fields=True):
     """A scheduled send (``send_at`` / ``delay_s``): the event, kept until it is due."""
 
     kind: Literal["event"]
-    due: float
-    p: int
     user_id: str
     event_id: str
     nid: str
@@ -90,7 +90,6 @@ class EventTimer(msgspec.Struct, forbid_unknown_fields=True):
     event: str
     scheduled_at: float
     title: str
-    schema_version: Version | UnsetType = UNSET
 
 
 class DigestItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,12 +100,10 @@ class DigestItem(msgspec.Struct, forbid_unknown_fields=True):
     ts: float
 
 
-class DigestTimer(msgspec.Struct, forbid_unknown_fields=True):
+class DigestTimer(_Timer, kw_only=True, forbid_unknown_fields=True):
     """An open digest window: the items collected so far, sent when it closes."""
 
     kind: Literal["digest"]
-    due: float
-    p: int
     user_id: str
     category: str
     window: str
@@ -115,7 +112,6 @@ class DigestTimer(msgspec.Struct, forbid_unknown_fields=True):
     digest_id: str
     items: list[DigestItem]
     count: int
-    schema_version: Version | UnsetType = UNSET
 
 
 ScheduledRow = DeliveryTimer | FallbackTimer | EventTimer | DigestTimer
