@@ -47,8 +47,11 @@ import structlog
 from faust.types import EventT
 
 from . import clock
+from .app import settings
 from .errors import InvalidEvent
 from .records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
+from .tables import seen, subscribers, subscriptions
+from .topics import events_topic, fanout_topic, subscriptions_topic
 
 log = structlog.stdlib.get_logger("notifyd.audience")
 
@@ -97,7 +100,6 @@ def fanout_seen_key(topic: str, event_id: str) -> str:
 
 
 def subscriber_count(topic: str) -> int:
-    from .tables import subscribers
 
     return sum(len(subscribers.get(bucket_key(topic, b)) or {}) for b in range(BUCKETS))
 
@@ -114,7 +116,6 @@ def parse_cursor(cursor: str | None) -> tuple[int, str]:
 
 def page(topic: str, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
     """One page of a topic's subscribers, in (bucket, user_id) order, and the next cursor."""
-    from .tables import subscribers
 
     start, after = parse_cursor(cursor)
     out: list[dict[str, Any]] = []
@@ -164,8 +165,6 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
 async def handle_subscription(ev: EventT[Any]) -> None:
     """Apply one phase of a subscription command (see the module doc)."""
     from .pipeline import dead_letter, dlq_for, partition_for
-    from .tables import subscribers, subscriptions
-    from .topics import subscriptions_topic
     from .waiters import waiters
 
     raw: bytes | None = ev.value
@@ -275,10 +274,7 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
 
 async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
     """Ingest of a topic-addressed event: on the topic's partition, once per event id."""
-    from .app import settings
     from .pipeline import dead_letter, on_key_partition, record_origin
-    from .tables import seen
-    from .topics import fanout_topic
 
     msg = ev.message
     raw: bytes = ev.value
@@ -308,8 +304,6 @@ async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
 async def handle_fanout(ev: EventT[Any]) -> None:
     """One chunk of a fan-out: recipients of the next buckets, then the continuation."""
     from .pipeline import dead_letter, dlq_for, partition_for
-    from .tables import subscribers
-    from .topics import events_topic, fanout_topic
 
     raw: bytes = ev.value
     msg = loads(raw)

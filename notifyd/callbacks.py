@@ -39,6 +39,7 @@ from .config import Settings
 from .egress import EgressPolicy
 from .errors import DeliveryError, InvalidEvent
 from .records import dumps, loads
+from .topics import callbacks_topic
 
 log = structlog.stdlib.get_logger("notifyd.callbacks")
 
@@ -102,7 +103,6 @@ def jobs_for(
 
 
 async def enqueue(jobs: list[dict[str, Any]]) -> None:
-    from .topics import callbacks_topic
 
     for job in jobs:
         nid = job["payload"]["notification_id"]

@@ -34,6 +34,8 @@ import structlog
 
 from .config import CHANNELS
 from .errors import InvalidEvent
+from .tables import inbox, ledger, scheduled
+from .topics import control_topic
 
 log = structlog.stdlib.get_logger("notifyd.fallback")
 
@@ -235,7 +237,6 @@ def _schedule_step(
     due: float, accepted: float, partition: int,
 ) -> None:
     from .scheduler import scheduler
-    from .tables import scheduled
 
     key = _step_key(nid, steps[i]["channel"])
     scheduled[key] = {
@@ -252,7 +253,6 @@ def _schedule_step(
 
 def _pending_steps(nid: str) -> list[tuple[str, dict[str, Any]]]:
     """This notification's scheduled steps (the caller is in the user's partition)."""
-    from .tables import scheduled
 
     out = []
     for ch in CHANNELS:
@@ -268,7 +268,6 @@ async def hurry_next(
 ) -> list[dict[str, Any]]:
     """A step's channel failed, died or was suppressed: the next step is due now."""
     from .scheduler import scheduler
-    from .tables import scheduled
 
     pending = _pending_steps(nid)
     if not pending:
@@ -302,7 +301,6 @@ async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
     from .clock import now as clock_now
     from .pipeline import publish_status
-    from .tables import scheduled
 
     now = clock_now()
     for nid in nids:
@@ -320,7 +318,6 @@ async def on_read(user_id: str, nids: list[str]) -> None:
 async def release_step(key: str, entry: dict[str, Any]) -> None:
     """Scheduler: a step is due; it runs on its user's partition (control topic)."""
     from .records import dumps
-    from .topics import control_topic
 
     user_id = entry["fallback"]["user_id"]
     await control_topic.send(
@@ -331,7 +328,6 @@ async def release_step(key: str, entry: dict[str, Any]) -> None:
 
 def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
                    upto: int) -> bool:
-    from .tables import inbox, ledger
 
     item = next(
         (it for it in (inbox.get(user_id) or {}).get("items", ()) if it.get("id") == nid), None
@@ -352,7 +348,6 @@ async def run_step(msg: dict[str, Any], partition: int) -> None:
     from .clock import now as clock_now
     from .pipeline import process_event, publish_status
     from .records import dumps, parse_event
-    from .tables import scheduled
 
     entry = scheduled.get(msg["id"])
     if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:

@@ -45,6 +45,7 @@ from .records import (
     parse_event,
 )
 from .rules import reaches
+from .tables import cancels, preferences, scheduled, seen
 
 log = structlog.stdlib.get_logger("notifyd.timing")
 
@@ -85,7 +86,6 @@ async def schedule_event(
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
     from .pipeline import publish_status, templates
     from .scheduler import scheduler
-    from .tables import preferences, scheduled
 
     if event.template:  # rendered now only to refuse a broken event at once (DLQ)
         locale = (preferences.get(event.user_id) or {}).get("locale") or settings.default_locale
@@ -136,7 +136,6 @@ async def fire(ev: EventT[Any], kind: str) -> None:
     Only a row still holding the record's due time fires (a cancel deletes the row, a
     second timer for the same row finds it gone).  The row is deleted once the outputs
     are on the broker (``producer.flush``), so a crash before that fires it again."""
-    from .tables import scheduled
 
     msg = loads(ev.value)
     key, due = str(msg["key"]), float(msg["due"])
@@ -168,7 +167,6 @@ async def outputs_on_broker() -> None:
 
 async def _release_event(row: dict[str, Any], partition: int, due: float) -> None:
     from .pipeline import process_event
-    from .tables import seen
 
     event = parse_event(dumps(row["event"]), max(settings.max_event_bytes, 1 << 20))
     event.send_at = event.delay_s = None
@@ -188,7 +186,6 @@ async def _release_event(row: dict[str, Any], partition: int, due: float) -> Non
 
 
 def is_cancelled(user_id: str, event_id: str) -> bool:
-    from .tables import cancels
 
     return cancels.get(idempotency_scope(user_id, event_id)) is not None
 
@@ -201,7 +198,6 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
     from .pipeline import publish_status
-    from .tables import cancels, scheduled, seen
 
     scope = req.dedupe_key
     if cancels.get(scope) is None:
@@ -335,7 +331,6 @@ async def collect(
     with the digest's id and closing time."""
     from .pipeline import publish_status
     from .scheduler import scheduler
-    from .tables import scheduled
 
     row: dict[str, Any] | None = None
     if known is not None:
@@ -442,7 +437,6 @@ def pending_for(user_id: str) -> dict[str, list[dict[str, Any]]]:
 
     Reads the keys of the scheduler's index (no table scan), then only the user's rows."""
     from .scheduler import scheduler
-    from .tables import scheduled
 
     ev_prefix, dg_prefix = user_prefixes(user_id)
     keys = sorted({k for _, k, _ in scheduler.heap if k.startswith((ev_prefix, dg_prefix))})

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import faust
 import structlog
 
-from . import clock
+from . import clock, restore
 from .admin import ensure_topics
-from .config import get_settings
+from .config import Settings, get_settings
 from .logging import configure
 
 
@@ -20,8 +21,9 @@ class Worker(faust.Worker):
         configure(s.log_format, s.log_level)
 
 
-def run_worker() -> int:
-    s = get_settings()
+def run_worker(build_app: Callable[[Settings], faust.App], s: Settings | None = None) -> int:
+    """Create the topics, build the app with ``build_app`` (the factory), restore, run."""
+    s = s or get_settings()
     configure(s.log_format, s.log_level)
     log = structlog.stdlib.get_logger("notifyd.worker")
     clock.set_start(s.clock_start)
@@ -39,11 +41,7 @@ def run_worker() -> int:
         return 69
     if created:
         log.info("worker.topics_created", topics=created)
-    from .app import app
-
-    app.discover()  # agents, tables, web routes (autodiscover)
-    from . import restore
-
+    app = build_app(s)
     if restore.enabled(s):
         try:
             asyncio.run(restore.restore_tables(s, app.conf.tabledir))

@@ -6,23 +6,25 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from ..app import app, settings
 from ..callbacks import CallbackSender, handle_callback
-from ..topics import callbacks_topic
+from ..stream.runtime import Runtime
 from .common import run_events_concurrently
 
 
-@app.agent(callbacks_topic, name="notifyd.callbacks")
-async def callbacks_agent(stream: StreamT[Any]) -> None:
-    # Own stream, several in flight: a slow receiver holds up neither deliveries nor
-    # (up to the limit) other producers' callbacks.
-    sender = CallbackSender(settings)
-    await sender.start()
-    try:
+def register(rt: Runtime) -> None:
+    settings = rt.settings
 
-        async def handle(ev: EventT[Any]) -> None:
-            await handle_callback(ev, sender)
+    @rt.app.agent(rt.topics.callbacks, name="notifyd.callbacks")
+    async def callbacks_agent(stream: StreamT[Any]) -> None:
+        # Own stream, several in flight: a slow receiver holds up neither deliveries nor
+        # (up to the limit) other producers' callbacks.
+        sender = CallbackSender(settings)
+        await sender.start()
+        try:
 
-        await run_events_concurrently(stream, handle, settings.delivery_concurrency)
-    finally:
-        await sender.stop()
+            async def handle(ev: EventT[Any]) -> None:
+                await handle_callback(ev, sender)
+
+            await run_events_concurrently(stream, handle, settings.delivery_concurrency)
+        finally:
+            await sender.stop()

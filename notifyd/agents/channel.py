@@ -1,4 +1,6 @@
-"""The body shared by the channel agents: own the provider for the stream's lifetime.
+"""notifyd.deliver.<channel>: one agent per channel, each on its own stream, so a slow
+provider holds up no other channel.  The agent owns its provider for the stream's
+lifetime.
 
 Each channel has its own limits (``Settings.concurrency_for``, and the rate limit and
 429 pause of :mod:`notifyd.ratelimit`); they hold up that channel's stream only.
@@ -10,18 +12,18 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from ..app import settings
+from ..config import CHANNELS, Settings
 from ..pipeline import handle_delivery
 from ..providers.base import Provider
-from ..providers.registry import build_provider
 from ..ratelimit import LimitedProvider, channel_limits
+from ..stream.runtime import Runtime
 from .common import run_events, run_events_concurrently
 
 
-async def run_channel(channel: str, stream: StreamT[Any], provider: Provider | None = None) -> None:
-    limited = LimitedProvider(
-        provider or build_provider(channel, settings), channel_limits(channel, settings)
-    )
+async def run_channel(
+    channel: str, stream: StreamT[Any], provider: Provider, settings: Settings
+) -> None:
+    limited = LimitedProvider(provider, channel_limits(channel, settings))
     await limited.start()
     try:
 
@@ -36,3 +38,14 @@ async def run_channel(channel: str, stream: StreamT[Any], provider: Provider | N
                 pass
     finally:
         await limited.stop()
+
+
+def register(rt: Runtime) -> None:
+    for channel in CHANNELS:
+        _register(rt, channel)
+
+
+def _register(rt: Runtime, channel: str) -> None:
+    @rt.app.agent(rt.topics.deliver[channel], name=f"notifyd.agent.{channel}")
+    async def deliver(stream: StreamT[Any]) -> None:
+        await run_channel(channel, stream, rt.build_provider(channel, rt.settings), rt.settings)

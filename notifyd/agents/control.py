@@ -6,19 +6,18 @@ from typing import Any
 
 from faust.types import StreamT
 
-from ..app import app
 from ..pipeline import handle_control
 from ..scheduler import run_scheduler
-from ..topics import control_topic
+from ..stream.runtime import Runtime
 from .common import run_events
 
 
-@app.agent(control_topic, name="notifyd.control")
-async def control_agent(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_control):
-        pass
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.control, name="notifyd.control")
+    async def control_agent(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_control):
+            pass
 
-
-@app.task
-async def scheduler_task() -> None:
-    await run_scheduler()
+    @rt.app.task
+    async def scheduler_task() -> None:
+        await run_scheduler()

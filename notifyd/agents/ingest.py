@@ -6,22 +6,22 @@ from typing import Any
 
 from faust.types import StreamT
 
-from ..app import app
 from ..pipeline import handle_event
-from ..topics import events_topic, rekeyed_topic
+from ..stream.runtime import Runtime
 from .common import run_events
 
-source = app.topic(
-    events_topic.get_topic_name(),
-    rekeyed_topic.get_topic_name(),
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-)
 
+def register(rt: Runtime) -> None:
+    source = rt.app.topic(
+        rt.topics.names.events,
+        rt.topics.names.events_rekeyed,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
 
-@app.agent(source, name="notifyd.ingest")
-async def ingest(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_event):
-        pass
+    @rt.app.agent(source, name="notifyd.ingest")
+    async def ingest(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_event):
+            pass

@@ -6,13 +6,13 @@ from typing import Any
 
 from faust.types import StreamT
 
-from ..app import app
 from ..pipeline import handle_preferences
-from ..topics import preferences_topic
+from ..stream.runtime import Runtime
 from .common import run_events
 
 
-@app.agent(preferences_topic, name="notifyd.preferences")
-async def preferences_agent(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_preferences):
-        pass
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.preferences, name="notifyd.preferences")
+    async def preferences_agent(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_preferences):
+            pass

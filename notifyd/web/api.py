@@ -26,7 +26,6 @@ import faust
 import orjson
 import structlog
 from aiohttp import web
-from faust.types import TopicT
 from swagger_ui_bundle import swagger_ui_path
 
 from .. import clock, dlq
@@ -50,10 +49,8 @@ from ..records import (
 )
 from ..tables import inbox, preferences, status
 from ..topics import control_topic, events_topic, names, preferences_topic
-from ..waiters import waiters
 from .auth import (
     SESSION_COOKIE,
-    CurrentUser,
     UserService,
     clear_session_cookie,
     current_user,
@@ -62,11 +59,11 @@ from .auth import (
     set_session_cookie,
 )
 from .auth_glue import services
+from .http import WRITE_TIMEOUT_S, caller, command, json_response
 from .openapi import (
     Call,
     Endpoint,
     Param,
-    Registry,
     Resp,
     build_document,
     json_type,
@@ -75,15 +72,13 @@ from .openapi import (
     to_openapi_30,
     validate,
 )
-from .routes import TABLE_QUERY, json_response
+from .registry import registry
+from .routes import TABLE_QUERY
 from .routing import route
 
 log = structlog.stdlib.get_logger("notifyd.web.api")
 
-registry = Registry()
 
-#: How long a write waits for the agent to apply it (read-your-writes).
-WRITE_TIMEOUT_S = 10.0
 #: Cookie tying an OIDC login to the browser that started it (login CSRF).
 BINDING_COOKIE = "notifyd_oidc_binding"
 _BINDING_PATH = "/api/v1/auth/"
@@ -93,13 +88,6 @@ _ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 # --- plumbing -----------------------------------------------------------------------
-
-
-def _me(call: Call) -> CurrentUser:
-    if call.user is None:
-        raise Unauthorized("authentication required", code="not_authenticated")
-    user: CurrentUser = call.user
-    return user
 
 
 async def _read_body(request: web.Request, ep: Endpoint) -> dict[str, Any]:
@@ -170,24 +158,6 @@ async def _acked(fut: Any, what: str) -> None:
     except TimeoutError:
         raise ServiceUnavailable(
             f"the broker did not acknowledge the {what} in time", code="broker_timeout"
-        ) from None
-
-
-async def _command(topic: TopicT, user_id: str, msg: dict[str, Any], what: str) -> Any:
-    """Produce a command keyed by ``user_id`` and wait until the local agent applied it."""
-    request_id, fut = waiters.create()
-    try:
-        await topic.send(key=user_id.encode(), value=dumps({**msg, "request_id": request_id}))
-    except BaseException:
-        waiters.discard(request_id)
-        raise
-    try:
-        return await waiters.wait(request_id, fut, WRITE_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("api.write_timeout", what=what, user_id=user_id)
-        raise ServiceUnavailable(
-            f"the {what} was not confirmed within {WRITE_TIMEOUT_S:g} s; retry",
-            code="write_timeout",
         ) from None
 
 
@@ -277,7 +247,7 @@ async def create_user(call: Call) -> web.StreamResponse:
     errors=(404,), responses={200: Resp("The caller", ref("User"))},
 )
 async def get_me(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     user = await services(call.request).users.get_by_id(me.user_id)
     if user is None:
         raise NotFound("this user no longer exists", code="user_not_found")
@@ -319,7 +289,7 @@ async def refresh_token(call: Call) -> web.StreamResponse:
     responses={204: Resp("Logged out")},
 )
 async def logout(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     svc = services(call.request)
     if me.via == "bearer" and me.jti:
         await svc.tokens.revoke(me)
@@ -453,7 +423,7 @@ async def _write_preferences(call: Call, user_id: str, op: str) -> web.StreamRes
     routed = await route(call.request, "preferences", user_id)
     if routed is not None:
         return routed
-    doc = await _command(
+    doc = await command(
         preferences_topic, user_id, {"op": op, "user_id": user_id, "fields": fields},
         "preferences update",
     )
@@ -473,7 +443,7 @@ _PREFS_WRITE_DOC = (
     tags=("preferences",), routed=True, responses=_PREFS_OK,
 )
 async def get_my_preferences(call: Call) -> web.StreamResponse:
-    return await _get_preferences(call, _me(call).user_id)
+    return await _get_preferences(call, caller(call).user_id)
 
 
 @registry.route(
@@ -482,7 +452,7 @@ async def get_my_preferences(call: Call) -> web.StreamResponse:
     description=_PREFS_WRITE_DOC, responses=_PREFS_WRITTEN,
 )
 async def put_my_preferences(call: Call) -> web.StreamResponse:
-    return await _write_preferences(call, _me(call).user_id, "put")
+    return await _write_preferences(call, caller(call).user_id, "put")
 
 
 @registry.route(
@@ -491,7 +461,7 @@ async def put_my_preferences(call: Call) -> web.StreamResponse:
     description=_PREFS_WRITE_DOC, responses=_PREFS_WRITTEN,
 )
 async def patch_my_preferences(call: Call) -> web.StreamResponse:
-    return await _write_preferences(call, _me(call).user_id, "patch")
+    return await _write_preferences(call, caller(call).user_id, "patch")
 
 
 @registry.route(
@@ -534,7 +504,7 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     },
 )
 async def create_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     event = dict(call.body)
     if event.get("topic") is not None and event.get("user_id") is None:
         return await _create_topic_notification(call, event)
@@ -567,7 +537,7 @@ async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.S
     """An operator's event to every subscriber of ``topic`` (notifyd.audience)."""
     from ..audience import check_topic_event
 
-    if not _me(call).is_operator:
+    if not caller(call).is_operator:
         raise Forbidden("only operators may notify a topic", code="forbidden_recipient")
     if event.get("event_id") is None:
         event["event_id"] = str(uuid.uuid4())
@@ -599,7 +569,7 @@ async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.S
     responses={200: Resp("One page of the in-app inbox, newest first", ref("InboxPage"))},
 )
 async def list_notifications(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
         return routed
@@ -632,7 +602,7 @@ def _not_found(nid: str) -> NotFound:
     responses={200: Resp("The status document", ref("NotificationStatus"))},
 )
 async def get_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     nid = call.path["notification_id"]
     routed = await route(call.request, "status", nid)
     if routed is not None:
@@ -651,7 +621,7 @@ def _inbox_item(box: dict[str, Any] | None, nid: str) -> dict[str, Any] | None:
 
 
 async def _inbox_command(user_id: str, action: str, nid: str) -> dict[str, Any] | None:
-    box: dict[str, Any] | None = await _command(
+    box: dict[str, Any] | None = await command(
         control_topic, user_id,
         {"op": "inbox", "user_id": user_id, "action": action, "ids": [nid]},
         "inbox update",
@@ -665,7 +635,7 @@ async def _inbox_command(user_id: str, action: str, nid: str) -> dict[str, Any] 
     errors=(404,), responses={200: Resp("The updated inbox item", ref("InboxItem"))},
 )
 async def update_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     nid = call.path["notification_id"]
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
@@ -710,7 +680,7 @@ CANCEL_WAIT_S = 5.0
     },
 )
 async def delete_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     nid = call.path["notification_id"]
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
@@ -749,7 +719,7 @@ async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
 
     owner = owner_of("status", nid)
     if is_local(owner):
-        me = _me(call)
+        me = caller(call)
         doc: dict[str, Any] | None = status.get(nid)
         if doc is None or (doc.get("user_id") != me.user_id and not me.is_operator):
             return None

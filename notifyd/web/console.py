@@ -33,14 +33,14 @@ from aiohttp import web
 from yarl import URL
 
 from .. import clock
-from ..app import app
+from ..app import app, settings
 from ..errors import NotFound
 from ..tables import status
 from ..topics import active_partitions, names
 from . import realtime
-from .api import registry
+from .http import json_response
 from .openapi import Call, Param, Resp
-from .routes import json_response
+from .registry import registry
 from .routing import HTTP_CLIENT, ROUTED_HEADER, is_local
 
 log = structlog.stdlib.get_logger("notifyd.web.console")
@@ -556,7 +556,6 @@ _PENDING_SCHEMA: dict[str, Any] = {
 
 def local_providers() -> dict[str, Any]:
     """This worker's failover chains and their circuits."""
-    from ..app import settings
     from ..providers.chain import board
     from ..providers.spec import BUILTINS
 

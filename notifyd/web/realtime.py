@@ -40,8 +40,9 @@ from ..app import app
 from ..errors import ServiceUnavailable
 from ..records import dumps
 from ..tables import inbox
-from .api import _me, registry
+from .http import caller
 from .openapi import Call, Resp
+from .registry import registry
 from .routing import (
     HTTP_CLIENT,
     forward_plan,
@@ -391,7 +392,7 @@ newer inbox items."""
     },
 )
 async def notification_stream(call: Call) -> web.StreamResponse:
-    user_id = _me(call).user_id
+    user_id = caller(call).user_id
     proxied = await stream_route(call.request, "inbox", user_id)
     if proxied is not None:
         return proxied

@@ -33,10 +33,10 @@ from ..app import settings
 from ..errors import BadRequest, ServiceUnavailable
 from ..topics import preferences_topic
 from ..unsubscribe import MAX_TOKEN_CHARS, ONE_CLICK, PATH, UnsubscribeSigner, resolve_key
-from .api import _command, registry
 from .auth_glue import AUTH
+from .http import command, json_response
 from .openapi import Call, Param, Resp
-from .routes import json_response
+from .registry import registry
 from .routing import route
 
 
@@ -208,7 +208,7 @@ async def unsubscribe(call: Call) -> web.StreamResponse:
     routed = await route(request, "preferences", target.user_id)
     if routed is not None:
         return routed
-    await _command(
+    await command(
         preferences_topic,
         target.user_id,
         {

@@ -1,0 +1,29 @@
+"""notifyd as one service: the streaming core with its web view mounted.
+
+:func:`create_app` is the factory the worker (through the CLI), the CLI and the tests
+call; it lives outside :mod:`notifyd.stream` so the core never imports the web view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .config import Settings, get_settings
+from .providers.base import Provider
+from .stream.factory import build_stream
+from .stream.runtime import Runtime
+from .web.view import install_web_view
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    build_provider: Callable[[str, Settings], Provider] | None = None,
+) -> Runtime:
+    """Build the app (topics, tables, agents, web view) from ``settings`` (default: the
+    ``NOTIFYD_*`` environment) and make it the current runtime."""
+    return build_stream(
+        settings or get_settings(),
+        build_provider=build_provider,
+        extensions=(install_web_view,),
+    )

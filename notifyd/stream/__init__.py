@@ -1,0 +1,1 @@
+"""The streaming core: Faust app, topology, agents and their handlers, tables, scheduler."""

@@ -1,0 +1,46 @@
+"""Build the streaming core from settings: the one place an app is made.
+
+Nothing in notifyd declares topics, tables or agents at import time; this does, on a
+fresh app, so the worker, the CLI and each test build theirs with the settings they
+choose.  Web views (and anything else outside the core) join through ``extensions``,
+so the core never imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from ..agents import register_agents
+from ..app import faust_app
+from ..config import Settings
+from ..providers.base import Provider
+from ..providers.registry import build_provider as configured_provider
+from ..tables import declare_tables
+from ..topics import declare_topics
+from .runtime import Runtime, install
+
+
+def build_stream(
+    settings: Settings,
+    *,
+    build_provider: Callable[[str, Settings], Provider] | None = None,
+    extensions: Iterable[Callable[[Runtime], None]] = (),
+) -> Runtime:
+    """A new app with notifyd's topics, tables and agents, made the current runtime.
+
+    ``build_provider`` gives each channel agent its provider (default: as configured,
+    ``providers.registry.build_provider``); ``extensions`` run last, on the runtime.
+    """
+    app = faust_app(settings)
+    rt = Runtime(
+        settings=settings,
+        app=app,
+        topics=declare_topics(app, settings),
+        tables=declare_tables(app, settings),
+        build_provider=build_provider or configured_provider,
+    )
+    install(rt)
+    register_agents(rt)
+    for extend in extensions:
+        extend(rt)
+    return rt
