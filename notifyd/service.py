@@ -11,7 +11,7 @@ from collections.abc import Callable
 from .config import Settings, get_settings
 from .providers.base import Provider
 from .stream.factory import build_stream
-from .stream.runtime import Runtime
+from .stream.runtime import Runtime, Timer
 from .web.view import install_web_view
 
 
@@ -19,11 +19,13 @@ def create_app(
     settings: Settings | None = None,
     *,
     build_provider: Callable[[str, Settings], Provider] | None = None,
+    timer: Timer | None = None,
 ) -> Runtime:
     """Build the app (topics, tables, agents, web view) from ``settings`` (default: the
     ``NOTIFYD_*`` environment) and make it the current runtime."""
     return build_stream(
         settings or get_settings(),
         build_provider=build_provider,
+        timer=timer,
         extensions=(install_web_view,),
     )

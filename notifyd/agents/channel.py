@@ -16,14 +16,15 @@ from ..config import CHANNELS, Settings
 from ..pipeline import handle_delivery
 from ..providers.base import Provider
 from ..ratelimit import LimitedProvider, channel_limits
-from ..stream.runtime import Runtime
+from ..stream.runtime import Runtime, Timer
 from .common import run_events, run_events_concurrently
 
 
 async def run_channel(
-    channel: str, stream: StreamT[Any], provider: Provider, settings: Settings
+    channel: str, stream: StreamT[Any], provider: Provider, settings: Settings, timer: Timer
 ) -> None:
-    limited = LimitedProvider(provider, channel_limits(channel, settings))
+    limits = channel_limits(channel, settings, clock=timer.time, sleep=timer.sleep)
+    limited = LimitedProvider(provider, limits)
     await limited.start()
     try:
 
@@ -48,4 +49,5 @@ def register(rt: Runtime) -> None:
 def _register(rt: Runtime, channel: str) -> None:
     @rt.app.agent(rt.topics.deliver[channel], name=f"notifyd.agent.{channel}")
     async def deliver(stream: StreamT[Any]) -> None:
-        await run_channel(channel, stream, rt.build_provider(channel, rt.settings), rt.settings)
+        provider = rt.build_provider(channel, rt.settings)
+        await run_channel(channel, stream, provider, rt.settings, rt.timer)

@@ -17,19 +17,21 @@ from ..providers.base import Provider
 from ..providers.registry import build_provider as configured_provider
 from ..tables import declare_tables
 from ..topics import declare_topics
-from .runtime import Runtime, install
+from .runtime import Runtime, Timer, install
 
 
 def build_stream(
     settings: Settings,
     *,
     build_provider: Callable[[str, Settings], Provider] | None = None,
+    timer: Timer | None = None,
     extensions: Iterable[Callable[[Runtime], None]] = (),
 ) -> Runtime:
     """A new app with notifyd's topics, tables and agents, made the current runtime.
 
     ``build_provider`` gives each channel agent its provider (default: as configured,
-    ``providers.registry.build_provider``); ``extensions`` run last, on the runtime.
+    ``providers.registry.build_provider``); ``timer`` drives the channels' rate limits
+    and pauses; ``extensions`` run last, on the runtime.
     """
     app = faust_app(settings)
     rt = Runtime(
@@ -38,6 +40,7 @@ def build_stream(
         topics=declare_topics(app, settings),
         tables=declare_tables(app, settings),
         build_provider=build_provider or configured_provider,
+        timer=timer or Timer(),
     )
     install(rt)
     register_agents(rt)

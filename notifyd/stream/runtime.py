@@ -9,9 +9,11 @@ no work and a test can build its own runtime with its own settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
@@ -26,6 +28,14 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Timer:
+    """Monotonic time and sleep of the rate limits and pauses (a test's is virtual)."""
+
+    time: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(frozen=True)
 class Runtime:
     settings: Settings
     app: faust.App
@@ -33,8 +43,10 @@ class Runtime:
     tables: Tables
     #: Builds the provider a channel agent owns (``providers.registry.build_provider``).
     build_provider: Callable[[str, Settings], Provider]
+    timer: Timer = field(default_factory=Timer)
 
 
+#: The current runtime, if one was built: at most one element.
 _current: list[Runtime] = []
 
 
@@ -43,7 +55,7 @@ class NotBuilt(RuntimeError):
 
 
 def current() -> Runtime:
-    """The runtime most recently built (or entered with :func:`using`)."""
+    """The runtime most recently built ."""
     if not _current:
         raise NotBuilt(
             "no notifyd app yet: build it with notifyd.service.create_app(settings)"
@@ -53,17 +65,17 @@ def current() -> Runtime:
 
 def install(rt: Runtime) -> None:
     """Make ``rt`` the current runtime (the factory does, once per build)."""
-    _current.append(rt)
+    _current[:] = [rt]
 
 
 @contextmanager
-def using(rt: Runtime) -> Iterator[Runtime]:
-    """``rt`` is current inside the block, the previous one again after it (tests)."""
-    _current.append(rt)
+def scoped() -> Iterator[None]:
+    """Whatever is built inside the block is current only inside it (a test's app)."""
+    saved = list(_current)
     try:
-        yield rt
+        yield
     finally:
-        _current.remove(rt)
+        _current[:] = saved
 
 
 class _Ref:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import faust
 from aiohttp import web
 
-from ..app import recovery_done, settings
+from ..app import recovery_done
+from ..config import Settings
 from ..errors import BadRequest, NotFound
-from ..metrics import CONTENT_TYPE, metrics
+from ..metrics import CONTENT_TYPE, Metrics
 from ..tables import TABLES
 from ..topics import active_partitions, names
 from .auth_glue import require_operator
@@ -32,7 +33,8 @@ TABLE_QUERY = (
 )
 
 
-def make_handlers(app: faust.App) -> web.RouteTableDef:
+def make_handlers(app: faust.App, settings: Settings, metrics: Metrics) -> web.RouteTableDef:
+    """Health, readiness, metrics and table look-ups of ``app``."""
     routes = web.RouteTableDef()
 
     @routes.get("/healthz")

@@ -41,7 +41,7 @@ def install_web_view(rt: Runtime) -> None:
 
     webapp.cleanup_ctx.append(http_client)
     auth_glue.install(app, webapp)
-    webapp.add_routes(make_handlers(app))
+    webapp.add_routes(make_handlers(app, settings, metrics))
     metrics.bind(app)
     webapp.on_cleanup.append(lambda _: metrics.close())
     _document_metrics(registry)

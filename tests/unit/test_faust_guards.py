@@ -13,16 +13,7 @@ from typing import Any
 
 import pytest
 
-import notifyd.agents.control
-import notifyd.agents.email
-import notifyd.agents.inapp
-import notifyd.agents.ingest
-import notifyd.agents.preferences
-import notifyd.agents.push
-import notifyd.agents.sms
-import notifyd.agents.status
-import notifyd.agents.webhook  # noqa: F401
-from notifyd.app import app
+from notifyd.app import app  # the current (this test's) app
 
 
 def test_every_agent_runs_with_concurrency_one() -> None:

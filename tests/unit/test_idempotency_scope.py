@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
 from notifyd import pipeline
 from notifyd.records import (
     idempotency_scope,
@@ -19,6 +18,7 @@ from notifyd.records import (
     notification_id_for,
 )
 from notifyd.tables import inbox, seen, status
+from tests.support.app import app_agent
 from tests.support.waiting import until
 
 
@@ -50,7 +50,7 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ingest]:
-    from notifyd.agents.ingest import ingest as agent_def
+    agent_def = app_agent("ingest")
 
     published: list[tuple[str, dict[str, Any] | None]] = []
 

@@ -339,19 +339,15 @@ async def test_no_app_bound_renders_empty_gauges() -> None:
     assert "notifyd_faust_events" not in text
 
 
-async def test_metrics_route_serves_prometheus_text(
-    monkeypatch: pytest.MonkeyPatch, offsets: FakeOffsetsConsumer
-) -> None:
-    from notifyd.web import routes
+async def test_metrics_route_serves_prometheus_text(offsets: FakeOffsetsConsumer) -> None:
+    from notifyd.config import Settings
     from notifyd.web.routes import make_handlers
 
-    monkeypatch.setattr(routes.settings, "broker_url", "kafka://127.0.0.1:9092")
-
     m = Metrics()
-    monkeypatch.setattr(metrics_mod, "metrics", m)
     m.event_received("notifyd.events")
     webapp = web.Application()
-    webapp.add_routes(make_handlers(fake_app()))  # type: ignore[arg-type]
+    settings = Settings(broker_url="kafka://127.0.0.1:9092")
+    webapp.add_routes(make_handlers(fake_app(), settings, m))  # type: ignore[arg-type]
     async with TestClient(TestServer(webapp)) as client:
         resp = await client.get("/metrics")
         assert resp.status == 200
@@ -363,7 +359,6 @@ async def test_metrics_route_serves_prometheus_text(
 
 
 def test_metrics_route_is_documented_and_public() -> None:
-    import notifyd.web  # noqa: F401  (runs routes.setup)
     from notifyd.web import api
     from notifyd.web.auth_glue import PUBLIC_PATHS
 

@@ -15,13 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import notifyd.tables  # registers the tables with the app
-import notifyd.web  # noqa: F401 - the routes (and the hub) as the worker has them
 from notifyd import pipeline
-from notifyd.agents.inapp import inapp_agent
 from notifyd.records import Delivery
 from notifyd.web import console, realtime
 from notifyd.web.realtime import CLOSED, Hub, sse
+from tests.support.app import app_agent
 
 OWNER: web.AppKey[dict[str, bool]] = web.AppKey("owner", dict)
 ITEM = {"id": "n1", "title": "Hi", "body": "there", "read": False, "archived": False}
@@ -204,7 +202,7 @@ async def test_deliver_inapp_publishes_to_the_hub(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(pipeline, "publish_status", record)
     user = f"rt-{uuid.uuid4().hex[:8]}"
     with realtime.hub.subscribe(user) as sub:
-        async with inapp_agent.test_context() as agent:
+        async with app_agent("agent.inapp").test_context() as agent:
             for nid in ("a", "b", "a"):  # the repeat is idempotent: no second event
                 d = Delivery(notification_id=f"{user}-{nid}", event_id=nid, user_id=user,
                              channel="inapp", title=f"t {nid}", body="b")

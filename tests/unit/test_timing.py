@@ -16,9 +16,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
 from notifyd import pipeline, timing
-from notifyd.app import settings
 from notifyd.errors import InvalidEvent
 from notifyd.records import (
     CancelRequest,
@@ -30,6 +28,7 @@ from notifyd.records import (
     validate_preferences,
 )
 from notifyd.tables import cancels, inbox, preferences, scheduled, seen
+from tests.support.app import app_agent, build_app
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 
@@ -259,7 +258,7 @@ class Driver:
 
 @pytest.fixture
 async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
-    from notifyd.agents.ingest import ingest as agent_def
+    agent_def = app_agent("ingest", build_app(throttle_limit=0))
 
     published: Published = []
     produced: list[dict[str, Any]] = []
@@ -278,7 +277,6 @@ async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
     for topic in pipeline.deliver_topics.values():
         monkeypatch.setattr(topic, "send", to_channel)
     monkeypatch.setattr(timing, "outputs_on_broker", nothing)  # no broker here
-    monkeypatch.setattr(settings, "throttle_limit", 0)
     async with agent_def.test_context() as agent:
         yield Driver(agent, published, produced)
 
@@ -456,7 +454,7 @@ def timing_heap() -> list[tuple[float, str, int]]:
 
 
 async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
-    from notifyd.agents.webhook import webhook_agent
+    webhook_agent = app_agent("agent.webhook")
     from notifyd.records import Delivery
     from notifyd.tables import ledger
 

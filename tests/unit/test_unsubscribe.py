@@ -17,7 +17,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import notifyd.tables  # noqa: F401 - registers the tables with the app
 from notifyd import pipeline
 from notifyd.config import Settings
 from notifyd.errors import BadRequest, Forbidden
@@ -37,6 +36,7 @@ from notifyd.unsubscribe import (
     resolve_key,
 )
 from notifyd.web.auth import resolve_jwt_secret
+from tests.support.app import app_agent
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
 
@@ -223,7 +223,7 @@ def test_add_opt_out_rejects_bad_input(category: Any, channel: Any) -> None:
 async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``opt_out`` op: added to what is there, idempotent, answered to the waiter;
     a bad one is a dead letter, not a crash."""
-    from notifyd.agents.preferences import preferences_agent
+    preferences_agent = app_agent("preferences")
     from notifyd.tables import preferences
     from notifyd.waiters import waiters
 

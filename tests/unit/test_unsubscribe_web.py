@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.app import app, settings
 from notifyd.store import SqliteStore
 from notifyd.unsubscribe import PATH, UnsubscribeSigner, resolve_key
