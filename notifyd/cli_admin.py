@@ -440,7 +440,8 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
 
     async def issue() -> dict[str, Any]:
         from .errors import WebError
-        from .web.auth import LoginThrottle, TokenService, UserService, resolve_jwt_secret
+        from .store import resolve_jwt_secret
+        from .web.auth import LoginThrottle, TokenService, UserService
 
         s = _settings()
         store = await _open_store()

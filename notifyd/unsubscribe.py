@@ -133,8 +133,7 @@ async def resolve_key(settings: Settings, store: CredentialStore | None = None) 
     key = configured_key(settings)
     if key is not None:
         return key
-    from .store import open_store
-    from .web.auth import resolve_jwt_secret
+    from .store import open_store, resolve_jwt_secret  # the store's drivers: only here
 
     if store is not None:
         return derive_key(await resolve_jwt_secret(settings, store))

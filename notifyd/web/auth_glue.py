@@ -16,7 +16,7 @@ import faust
 from aiohttp import web
 
 from ..app import settings
-from ..store import CredentialStore, open_store
+from ..store import CredentialStore, open_store, resolve_jwt_secret
 from .auth import (
     CurrentUser,
     LoginThrottle,
@@ -25,7 +25,6 @@ from .auth import (
     UserService,
     auth_middleware,
     error_middleware,
-    resolve_jwt_secret,
 )
 from .auth import require_operator as _require_operator
 from .auth import require_user as _require_user

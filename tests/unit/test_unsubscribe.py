@@ -21,7 +21,7 @@ from notifyd import pipeline
 from notifyd.config import Settings
 from notifyd.errors import BadRequest, Forbidden
 from notifyd.records import InvalidPreferences, add_opt_out
-from notifyd.store import SqliteStore
+from notifyd.store import SqliteStore, resolve_jwt_secret
 from notifyd.unsubscribe import (
     AUDIENCE,
     MAX_HEADER_LINE,
@@ -35,7 +35,6 @@ from notifyd.unsubscribe import (
     mailto_address,
     resolve_key,
 )
-from notifyd.web.auth import resolve_jwt_secret
 from tests.support.app import app_agent
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
