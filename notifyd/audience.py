@@ -52,6 +52,7 @@ from .errors import InvalidEvent
 from .records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
 from .tables import seen, subscribers, subscriptions
 from .topics import events_topic, fanout_topic, subscriptions_topic
+from .waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.audience")
 
@@ -100,7 +101,6 @@ def fanout_seen_key(topic: str, event_id: str) -> str:
 
 
 def subscriber_count(topic: str) -> int:
-
     return sum(len(subscribers.get(bucket_key(topic, b)) or {}) for b in range(BUCKETS))
 
 
@@ -116,7 +116,6 @@ def parse_cursor(cursor: str | None) -> tuple[int, str]:
 
 def page(topic: str, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
     """One page of a topic's subscribers, in (bucket, user_id) order, and the next cursor."""
-
     start, after = parse_cursor(cursor)
     out: list[dict[str, Any]] = []
     for b in range(start, BUCKETS):
@@ -165,7 +164,6 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
 async def handle_subscription(ev: EventT[Any]) -> None:
     """Apply one phase of a subscription command (see the module doc)."""
     from .pipeline import dead_letter, dlq_for, partition_for
-    from .waiters import waiters
 
     raw: bytes | None = ev.value
     try:

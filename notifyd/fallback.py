@@ -32,6 +32,7 @@ from typing import Any
 
 import structlog
 
+from .clock import now as clock_now
 from .config import CHANNELS
 from .errors import InvalidEvent
 from .tables import inbox, ledger, scheduled
@@ -253,7 +254,6 @@ def _schedule_step(
 
 def _pending_steps(nid: str) -> list[tuple[str, dict[str, Any]]]:
     """This notification's scheduled steps (the caller is in the user's partition)."""
-
     out = []
     for ch in CHANNELS:
         key = _step_key(nid, ch)
@@ -287,7 +287,6 @@ async def hurry_next(
 
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
-    from .clock import now as clock_now
     from .pipeline import publish_status
 
     updates = await hurry_next(
@@ -299,7 +298,6 @@ async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
 
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
-    from .clock import now as clock_now
     from .pipeline import publish_status
 
     now = clock_now()
@@ -345,7 +343,6 @@ def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str,
 
 async def run_step(msg: dict[str, Any], partition: int) -> None:
     """Control message ``fallback_step``: check the condition, skip or send the step."""
-    from .clock import now as clock_now
     from .pipeline import process_event, publish_status
     from .records import dumps, parse_event
 

@@ -49,6 +49,8 @@ log = structlog.stdlib.get_logger("notifyd.metrics")
 #: The Prometheus text exposition format ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NAMESPACE = "notifyd"
+#: The circuit state gauge's values, by the state a failover chain reports.
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 #: End-to-end latency buckets (seconds): sub-second deliveries up to quiet-hour deferrals.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -298,9 +300,7 @@ class Metrics:
         self.provider_skipped_total.labels(channel, provider).inc()
 
     def provider_circuit(self, channel: str, provider: str, state: str) -> None:
-        from .providers.chain import STATE_VALUES
-
-        self.provider_circuit_state.labels(channel, provider).set(STATE_VALUES[state])
+        self.provider_circuit_state.labels(channel, provider).set(CIRCUIT_STATE_VALUES[state])
 
     def due_lag(self, kind: str, seconds: float) -> None:
         self.scheduler_due_lag.labels(kind).observe(max(0.0, seconds))

@@ -30,6 +30,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from .. import clock, dlq
 from ..app import settings
+from ..audience import check_topic_event
 from ..egress import EgressPolicy, url_host
 from ..errors import (
     BadRequest,
@@ -47,6 +48,7 @@ from ..records import (
     parse_event,
     validate_preferences,
 )
+from ..redrive import redrive
 from ..tables import inbox, preferences, status
 from ..topics import control_topic, events_topic, names, preferences_topic
 from .auth import (
@@ -74,7 +76,7 @@ from .openapi import (
 )
 from .registry import registry
 from .routes import TABLE_QUERY
-from .routing import route
+from .routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
 
 log = structlog.stdlib.get_logger("notifyd.web.api")
 
@@ -535,8 +537,6 @@ async def create_notification(call: Call) -> web.StreamResponse:
 
 async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.StreamResponse:
     """An operator's event to every subscriber of ``topic`` (notifyd.audience)."""
-    from ..audience import check_topic_event
-
     if not caller(call).is_operator:
         raise Forbidden("only operators may notify a topic", code="forbidden_recipient")
     if event.get("event_id") is None:
@@ -715,8 +715,6 @@ async def delete_notification(call: Call) -> web.StreamResponse:
 async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
     """The caller's view of a status document (None: unknown or not theirs), read here
     or asked of the worker owning the notification id's partition."""
-    from .routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable
-
     owner = owner_of("status", nid)
     if is_local(owner):
         me = caller(call)
@@ -771,8 +769,6 @@ async def admin_dlq(call: Call) -> web.StreamResponse:
     responses={200: Resp("What was re-driven", ref("RedriveResult"))},
 )
 async def admin_dlq_redrive(call: Call) -> web.StreamResponse:
-    from ..redrive import redrive
-
     body = call.body
     wanted = [n.encode() for n in body.get("notification_ids") or []]
     if not wanted and not body.get("all"):

@@ -35,13 +35,16 @@ from yarl import URL
 from .. import clock
 from ..app import app, settings
 from ..errors import NotFound
+from ..providers.chain import board
+from ..providers.spec import BUILTINS
 from ..tables import status
+from ..timing import pending_for
 from ..topics import active_partitions, names
 from . import realtime
 from .http import json_response
 from .openapi import Call, Param, Resp
 from .registry import registry
-from .routing import HTTP_CLIENT, ROUTED_HEADER, is_local
+from .routing import HTTP_CLIENT, ROUTED_HEADER, is_local, route
 
 log = structlog.stdlib.get_logger("notifyd.web.console")
 
@@ -556,9 +559,6 @@ _PENDING_SCHEMA: dict[str, Any] = {
 
 def local_providers() -> dict[str, Any]:
     """This worker's failover chains and their circuits."""
-    from ..providers.chain import board
-    from ..providers.spec import BUILTINS
-
     worker = str(app.conf.canonical_url)
     return {
         "worker": worker,
@@ -609,9 +609,6 @@ async def admin_providers(call: Call) -> web.StreamResponse:
     responses={200: Resp("Pending schedules and open digests", _PENDING_SCHEMA)},
 )
 async def user_pending(call: Call) -> web.StreamResponse:
-    from ..timing import pending_for
-    from .routing import route
-
     user_id = call.path["user_id"]
     routed = await route(call.request, "preferences", user_id)
     if routed is not None:
