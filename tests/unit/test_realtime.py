@@ -112,16 +112,18 @@ async def read_event(resp: Any, timeout: float = 5) -> tuple[str, Any]:
 
 
 @pytest.fixture
-async def stream_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+async def stream_client() -> AsyncIterator[TestClient[Any, Any]]:
     boxes: dict[str, Any] = {
         "u1": {"items": [{**ITEM, "id": "n2"}, ITEM], "unread": 2},
     }
-    monkeypatch.setattr(realtime, "inbox", boxes)
-    monkeypatch.setattr(realtime, "POLL_S", 0.05)
-    monkeypatch.setattr(realtime, "KEEPALIVE_S", 0.1)
-    monkeypatch.setattr(realtime, "OWNER_CHECK_S", 0.1)
     owner = {"local": True}
-    monkeypatch.setattr(realtime, "_still_owner", lambda user_id: owner["local"])
+    config = realtime.StreamConfig(
+        read_inbox=boxes.get,
+        still_owner=lambda user_id: owner["local"],
+        poll_s=0.05,
+        keepalive_s=0.1,
+        owner_check_s=0.1,
+    )
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await realtime.serve_stream(request, request.query["user"])
@@ -129,7 +131,7 @@ async def stream_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestCl
     webapp = web.Application()
     webapp.router.add_get("/stream", handler)
     webapp[OWNER] = owner
-    realtime.install(webapp)
+    realtime.install(webapp, config)
     try:
         async with TestClient(TestServer(webapp)) as client:
             yield client
