@@ -32,7 +32,7 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,8 +168,18 @@ def _gauge(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) 
 class Metrics:
     """The worker's metrics on a private registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        start_offsets: Callable[[list[str] | str], Awaitable[Any]] | None = None,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        #: Opens the client that reads DLQ sizes (default: :func:`start_offsets_client`).
+        self.start_offsets = start_offsets or start_offsets_client
+        #: How long lag and DLQ sizes are served from the last read.
+        self.lag_ttl_s = LAG_TTL_S
+        self.dlq_ttl_s = DLQ_TTL_S
         r = self.registry
         self.events_received = Counter(
             "events_received", "Events read from an input topic", ["topic"],
@@ -372,9 +382,9 @@ class Metrics:
             now = time.monotonic()
             snap = self.snapshot
             jobs = []
-            if now - snap.lag_at >= LAG_TTL_S:
+            if now - snap.lag_at >= self.lag_ttl_s:
                 jobs.append(self._refresh_lag(app))
-            if now - snap.dlq_at >= DLQ_TTL_S and dlq_topics and bootstrap:
+            if now - snap.dlq_at >= self.dlq_ttl_s and dlq_topics and bootstrap:
                 jobs.append(self._refresh_dlq(bootstrap, tuple(dlq_topics)))
             if now - snap.tables_at >= TABLES_TTL_S:
                 jobs.append(self._refresh_tables(app))
@@ -393,7 +403,7 @@ class Metrics:
         try:
             async with asyncio.timeout(REFRESH_TIMEOUT_S):
                 if self._offsets is None:
-                    self._offsets = await start_offsets_client(bootstrap)
+                    self._offsets = await self.start_offsets(bootstrap)
                 self.snapshot.dlq = await topic_sizes(self._offsets, topics)
         except Exception as exc:
             log.warning("metrics.dlq_failed", error=f"{type(exc).__name__}: {exc}")
