@@ -55,7 +55,7 @@ class NotBuilt(RuntimeError):
 
 
 def current() -> Runtime:
-    """The runtime most recently built ."""
+    """The runtime most recently built (see :func:`install`)."""
     if not _current:
         raise NotBuilt(
             "no notifyd app yet: build it with notifyd.service.create_app(settings)"
@@ -79,7 +79,8 @@ def scoped() -> Iterator[None]:
 
 
 class _Ref:
-    """Forwards attribute, item, iteration and length access to ``get()``."""
+    """Forwards attribute, item, iteration, length and truth to ``get()``; compares and
+    hashes as itself (``is``: the same ref everywhere)."""
 
     __slots__ = ("_get",)
 
@@ -112,6 +113,9 @@ class _Ref:
 
     def __len__(self) -> int:
         return len(self._get())
+
+    def __bool__(self) -> bool:
+        return bool(self._get())  # not len(): settings and topics have none
 
     def __repr__(self) -> str:
         try:
