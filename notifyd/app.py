@@ -13,9 +13,9 @@ from typing import Any
 
 import faust
 
-from . import faust_fixes
-from .config import Settings
-from .stream.runtime import ref
+from notifyd import faust_fixes
+from notifyd.config import Settings
+from notifyd.stream.runtime import ref
 
 settings: Settings = ref(lambda rt: rt.settings)
 app: faust.App = ref(lambda rt: rt.app)

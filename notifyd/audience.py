@@ -46,13 +46,13 @@ from typing import Any
 import structlog
 from faust.types import EventT
 
-from . import clock
-from .app import settings
-from .errors import InvalidEvent
-from .records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
-from .tables import seen, subscribers, subscriptions
-from .topics import events_topic, fanout_topic, subscriptions_topic
-from .waiters import waiters
+from notifyd import clock
+from notifyd.app import settings
+from notifyd.errors import InvalidEvent
+from notifyd.records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
+from notifyd.tables import seen, subscribers, subscriptions
+from notifyd.topics import events_topic, fanout_topic, subscriptions_topic
+from notifyd.waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.audience")
 
@@ -163,7 +163,7 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
 
 async def handle_subscription(ev: EventT[Any]) -> None:
     """Apply one phase of a subscription command (see the module doc)."""
-    from .pipeline import dead_letter, dlq_for, partition_for
+    from notifyd.pipeline import dead_letter, dlq_for, partition_for
 
     raw: bytes | None = ev.value
     try:
@@ -264,7 +264,7 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
     topic = obj.get("topic")
     if not isinstance(topic, str) or not TOPIC_NAME_RE.match(topic):
         raise InvalidEvent("invalid_topic: use 1-100 letters, digits and _ . : -")
-    from .fallback import check_extras
+    from notifyd.fallback import check_extras
 
     check_extras(parse_event(dumps({**obj, "user_id": "#" + topic}), max_bytes))
     return topic
@@ -272,7 +272,7 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
 
 async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
     """Ingest of a topic-addressed event: on the topic's partition, once per event id."""
-    from .pipeline import dead_letter, on_key_partition, record_origin
+    from notifyd.pipeline import dead_letter, on_key_partition, record_origin
 
     msg = ev.message
     raw: bytes = ev.value
@@ -301,7 +301,7 @@ async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
 
 async def handle_fanout(ev: EventT[Any]) -> None:
     """One chunk of a fan-out: recipients of the next buckets, then the continuation."""
-    from .pipeline import dead_letter, dlq_for, partition_for
+    from notifyd.pipeline import dead_letter, dlq_for, partition_for
 
     raw: bytes = ev.value
     msg = loads(raw)

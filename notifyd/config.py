@@ -15,8 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .egress import EgressPolicy
-from .providers.spec import ProviderSpec, masked, parse_providers
+from notifyd.egress import EgressPolicy
+from notifyd.providers.spec import ProviderSpec, masked, parse_providers
 
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "webhook", "inapp")
 #: Email's default concurrency when ``email_concurrency`` is 0 (see there).

@@ -32,11 +32,11 @@ from typing import Any
 
 import structlog
 
-from .clock import now as clock_now
-from .config import CHANNELS
-from .errors import InvalidEvent
-from .tables import inbox, ledger, scheduled
-from .topics import control_topic
+from notifyd.clock import now as clock_now
+from notifyd.config import CHANNELS
+from notifyd.errors import InvalidEvent
+from notifyd.tables import inbox, ledger, scheduled
+from notifyd.topics import control_topic
 
 log = structlog.stdlib.get_logger("notifyd.fallback")
 
@@ -95,7 +95,7 @@ def parse_chain(value: Any, where: str = "fallback") -> list[dict[str, Any]]:
 
 def parse_preferences_chains(value: Any) -> dict[str, list[dict[str, Any]]] | None:
     """The ``fallback`` field of preferences: ``{category | "*": chain}`` or null."""
-    from .records import _CATEGORY_RE
+    from notifyd.records import _CATEGORY_RE
 
     if value is None:
         return None
@@ -124,7 +124,7 @@ def prepare(event: Any, prefs: dict[str, Any] | None) -> Plan:
     """Check the event's routing extras and restrict it to the current step's channel.
 
     Raises :class:`InvalidEvent` (dead letter) for a bad ``callback_url`` or chain."""
-    from .callbacks import check_callback_url
+    from notifyd.callbacks import check_callback_url
 
     check_extras(event)
     extra: dict[str, Any] = event.extra
@@ -154,7 +154,7 @@ def prepare(event: Any, prefs: dict[str, Any] | None) -> Plan:
 
 def check_extras(event: Any) -> None:
     """Check ``callback_url`` and ``fallback`` of an event (also the API's 400s)."""
-    from .callbacks import check_callback_url
+    from notifyd.callbacks import check_callback_url
 
     extra: dict[str, Any] = event.extra
     check_callback_url(extra.get("callback_url"))
@@ -197,7 +197,7 @@ async def after_decisions(
 async def _after_decisions(
     plan: Plan, event: Any, decisions: list[Any], partition: int, now: float
 ) -> list[dict[str, Any]]:
-    from .rules import DEFER, SEND
+    from notifyd.rules import DEFER, SEND
 
     nid = event.notification_id
     current = plan.steps[plan.step]
@@ -237,7 +237,7 @@ def _schedule_step(
     event_doc: dict[str, Any], steps: list[dict[str, Any]], i: int, nid: str, user_id: str,
     due: float, accepted: float, partition: int,
 ) -> None:
-    from .scheduler import scheduler
+    from notifyd.scheduler import scheduler
 
     key = _step_key(nid, steps[i]["channel"])
     scheduled[key] = {
@@ -267,7 +267,7 @@ async def hurry_next(
     user_id: str, nid: str, partition: int, now: float, why: str
 ) -> list[dict[str, Any]]:
     """A step's channel failed, died or was suppressed: the next step is due now."""
-    from .scheduler import scheduler
+    from notifyd.scheduler import scheduler
 
     pending = _pending_steps(nid)
     if not pending:
@@ -287,7 +287,7 @@ async def hurry_next(
 
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
-    from .pipeline import publish_status
+    from notifyd.pipeline import publish_status
 
     updates = await hurry_next(
         delivery.user_id, delivery.notification_id, partition, clock_now(), state
@@ -298,7 +298,7 @@ async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
 
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
-    from .pipeline import publish_status
+    from notifyd.pipeline import publish_status
 
     now = clock_now()
     for nid in nids:
@@ -315,7 +315,7 @@ async def on_read(user_id: str, nids: list[str]) -> None:
 
 async def release_step(key: str, entry: dict[str, Any]) -> None:
     """Scheduler: a step is due; it runs on its user's partition (control topic)."""
-    from .records import dumps
+    from notifyd.records import dumps
 
     user_id = entry["fallback"]["user_id"]
     await control_topic.send(
@@ -343,8 +343,8 @@ def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str,
 
 async def run_step(msg: dict[str, Any], partition: int) -> None:
     """Control message ``fallback_step``: check the condition, skip or send the step."""
-    from .pipeline import process_event, publish_status
-    from .records import dumps, parse_event
+    from notifyd.pipeline import process_event, publish_status
+    from notifyd.records import dumps, parse_event
 
     entry = scheduled.get(msg["id"])
     if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:

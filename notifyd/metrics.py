@@ -41,8 +41,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import clock
-from .records import STATUSES, Delivery
+from notifyd import clock
+from notifyd.records import STATUSES, Delivery
 
 log = structlog.stdlib.get_logger("notifyd.metrics")
 

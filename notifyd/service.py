@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .config import Settings, get_settings
-from .providers.base import Provider
-from .stream.factory import build_stream
-from .stream.runtime import Runtime, Timer
-from .web.view import install_web_view
+from notifyd.config import Settings, get_settings
+from notifyd.providers.base import Provider
+from notifyd.stream.factory import build_stream
+from notifyd.stream.runtime import Runtime, Timer
+from notifyd.web.view import install_web_view
 
 
 def create_app(

@@ -30,10 +30,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .errors import ServiceUnavailable
+from notifyd.errors import ServiceUnavailable
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from notifyd.config import Settings
 
 log = structlog.get_logger(__name__)
 

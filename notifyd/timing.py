@@ -30,11 +30,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import structlog
 from faust.types import EventT
 
-from .app import app, settings
-from .config import CHANNELS
-from .errors import InvalidEvent
-from .metrics import metrics
-from .records import (
+from notifyd.app import app, settings
+from notifyd.config import CHANNELS
+from notifyd.errors import InvalidEvent
+from notifyd.metrics import metrics
+from notifyd.records import (
     DIGEST_WINDOW_RE,
     CancelRequest,
     Event,
@@ -44,8 +44,8 @@ from .records import (
     notification_id_for,
     parse_event,
 )
-from .rules import reaches
-from .tables import cancels, preferences, scheduled, seen
+from notifyd.rules import reaches
+from notifyd.tables import cancels, preferences, scheduled, seen
 
 log = structlog.stdlib.get_logger("notifyd.timing")
 
@@ -84,8 +84,8 @@ async def schedule_event(
     event: Event, raw: dict[str, Any], due: float, partition: int, now: float
 ) -> None:
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
-    from .pipeline import publish_status, templates
-    from .scheduler import scheduler
+    from notifyd.pipeline import publish_status, templates
+    from notifyd.scheduler import scheduler
 
     if event.template:  # rendered now only to refuse a broken event at once (DLQ)
         locale = (preferences.get(event.user_id) or {}).get("locale") or settings.default_locale
@@ -149,7 +149,7 @@ async def fire(ev: EventT[Any], kind: str) -> None:
         except InvalidEvent as exc:
             # E.g. a template changed since it was scheduled: the event's own bytes go
             # to the events DLQ with the reason, as they would have on arrival.
-            from .pipeline import dead_letter
+            from notifyd.pipeline import dead_letter
 
             await dead_letter(ev, dumps(row["event"]), exc.reason)
     elif kind == "digest":
@@ -166,7 +166,7 @@ async def outputs_on_broker() -> None:
 
 
 async def _release_event(row: dict[str, Any], partition: int, due: float) -> None:
-    from .pipeline import process_event
+    from notifyd.pipeline import process_event
 
     event = parse_event(dumps(row["event"]), max(settings.max_event_bytes, 1 << 20))
     event.send_at = event.delay_s = None
@@ -197,7 +197,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     retrying deliveries and the digest item are removed; the status document gets
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
-    from .pipeline import publish_status
+    from notifyd.pipeline import publish_status
 
     scope = req.dedupe_key
     if cancels.get(scope) is None:
@@ -238,7 +238,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
 
 async def drop_cancelled_event(event: Event, now: float) -> None:
     """An event whose cancel came first: every requested channel ``cancelled``."""
-    from .pipeline import publish_status
+    from notifyd.pipeline import publish_status
 
     await publish_status(
         event.notification_id,
@@ -329,8 +329,8 @@ async def collect(
     whose digest is ``known`` (its ``seen`` row) stays in that digest, or, if that one
     was sent already, joins none.  Every requested channel of the item is ``digested``
     with the digest's id and closing time."""
-    from .pipeline import publish_status
-    from .scheduler import scheduler
+    from notifyd.pipeline import publish_status
+    from notifyd.scheduler import scheduler
 
     row: dict[str, Any] | None = None
     if known is not None:
@@ -393,7 +393,7 @@ async def collect(
 async def close_digest(row: dict[str, Any], partition: int, now: float) -> None:
     """Send the digest as one notification (rules and opt-outs applied now); nothing
     if every item was cancelled."""
-    from .pipeline import process_event
+    from notifyd.pipeline import process_event
 
     items: list[dict[str, Any]] = row["items"]
     user_id = row["user_id"]
@@ -436,7 +436,7 @@ def pending_for(user_id: str) -> dict[str, list[dict[str, Any]]]:
     """A user's scheduled events and open digests held by this worker (console).
 
     Reads the keys of the scheduler's index (no table scan), then only the user's rows."""
-    from .scheduler import scheduler
+    from notifyd.scheduler import scheduler
 
     ev_prefix, dg_prefix = user_prefixes(user_id)
     keys = sorted({k for _, k, _ in scheduler.heap if k.startswith((ev_prefix, dg_prefix))})

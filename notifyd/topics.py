@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import faust
 from faust.types import TopicT
 
-from .admin import TopicNames
-from .config import CHANNELS, Settings
-from .stream.runtime import current, ref
+from notifyd.admin import TopicNames
+from notifyd.config import CHANNELS, Settings
+from notifyd.stream.runtime import current, ref
 
 
 @dataclass(frozen=True)

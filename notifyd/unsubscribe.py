@@ -31,11 +31,11 @@ import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .config import CHANNELS, Settings
-from .errors import BadRequest, Forbidden
+from notifyd.config import CHANNELS, Settings
+from notifyd.errors import BadRequest, Forbidden
 
 if TYPE_CHECKING:
-    from .store import CredentialStore
+    from notifyd.store import CredentialStore
 
 #: Path of the public unsubscribe endpoint (``notifyd.web.unsubscribe``).
 PATH = "/api/v1/unsubscribe"
@@ -133,7 +133,7 @@ async def resolve_key(settings: Settings, store: CredentialStore | None = None) 
     key = configured_key(settings)
     if key is not None:
         return key
-    from .store import open_store, resolve_jwt_secret  # the store's drivers: only here
+    from notifyd.store import open_store, resolve_jwt_secret  # the store's drivers: only here
 
     if store is not None:
         return derive_key(await resolve_jwt_secret(settings, store))

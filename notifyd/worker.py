@@ -8,10 +8,10 @@ from collections.abc import Callable
 import faust
 import structlog
 
-from . import clock, restore
-from .admin import ensure_topics
-from .config import Settings, get_settings
-from .logging import configure
+from notifyd import clock, restore
+from notifyd.admin import ensure_topics
+from notifyd.config import Settings, get_settings
+from notifyd.logging import configure
 
 
 class Worker(faust.Worker):

@@ -3,8 +3,8 @@ on a runtime's app (:func:`register_agents`, called by the factory)."""
 
 from __future__ import annotations
 
-from ..stream.runtime import Runtime
-from . import audience, callbacks, channel, control, ingest, preferences, status
+from notifyd.agents import audience, callbacks, channel, control, ingest, preferences, status
+from notifyd.stream.runtime import Runtime
 
 
 def register_agents(rt: Runtime) -> None:

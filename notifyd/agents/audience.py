@@ -6,9 +6,9 @@ from typing import Any
 
 from faust.types import StreamT
 
-from ..audience import handle_fanout, handle_subscription
-from ..stream.runtime import Runtime
-from .common import run_events
+from notifyd.agents.common import run_events
+from notifyd.audience import handle_fanout, handle_subscription
+from notifyd.stream.runtime import Runtime
 
 
 def register(rt: Runtime) -> None:

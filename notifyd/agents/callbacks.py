@@ -6,9 +6,9 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from ..callbacks import CallbackSender, handle_callback
-from ..stream.runtime import Runtime
-from .common import run_events_concurrently
+from notifyd.agents.common import run_events_concurrently
+from notifyd.callbacks import CallbackSender, handle_callback
+from notifyd.stream.runtime import Runtime
 
 
 def register(rt: Runtime) -> None:

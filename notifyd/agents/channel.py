@@ -12,12 +12,12 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from ..config import CHANNELS, Settings
-from ..pipeline import handle_delivery
-from ..providers.base import Provider
-from ..ratelimit import LimitedProvider, channel_limits
-from ..stream.runtime import Runtime, Timer
-from .common import run_events, run_events_concurrently
+from notifyd.agents.common import run_events, run_events_concurrently
+from notifyd.config import CHANNELS, Settings
+from notifyd.pipeline import handle_delivery
+from notifyd.providers.base import Provider
+from notifyd.ratelimit import LimitedProvider, channel_limits
+from notifyd.stream.runtime import Runtime, Timer
 
 
 async def run_channel(

@@ -6,10 +6,10 @@ from typing import Any
 
 from faust.types import StreamT
 
-from ..pipeline import handle_control
-from ..scheduler import run_scheduler
-from ..stream.runtime import Runtime
-from .common import run_events
+from notifyd.agents.common import run_events
+from notifyd.pipeline import handle_control
+from notifyd.scheduler import run_scheduler
+from notifyd.stream.runtime import Runtime
 
 
 def register(rt: Runtime) -> None:

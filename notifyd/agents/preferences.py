@@ -6,9 +6,9 @@ from typing import Any
 
 from faust.types import StreamT
 
-from ..pipeline import handle_preferences
-from ..stream.runtime import Runtime
-from .common import run_events
+from notifyd.agents.common import run_events
+from notifyd.pipeline import handle_preferences
+from notifyd.stream.runtime import Runtime
 
 
 def register(rt: Runtime) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 from faust.streams import Stream
 from faust.types import StreamT
 
-from ..pipeline import fold_status_events
-from ..stream.runtime import Runtime
+from notifyd.pipeline import fold_status_events
+from notifyd.stream.runtime import Runtime
 
 
 def register(rt: Runtime) -> None:

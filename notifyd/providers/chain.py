@@ -42,10 +42,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from ..errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError, clip
-from ..metrics import metrics as default_metrics
-from ..records import Delivery
-from .base import Provider, SendReceipt
+from notifyd.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError, clip
+from notifyd.metrics import metrics as default_metrics
+from notifyd.providers.base import Provider, SendReceipt
+from notifyd.records import Delivery
 
 log = structlog.stdlib.get_logger("notifyd.providers.chain")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from ..agents import register_agents
-from ..app import faust_app
-from ..config import Settings
-from ..providers.base import Provider
-from ..providers.registry import build_provider as configured_provider
-from ..tables import declare_tables
-from ..topics import declare_topics
-from .runtime import Runtime, Timer, install
+from notifyd.agents import register_agents
+from notifyd.app import faust_app
+from notifyd.config import Settings
+from notifyd.providers.base import Provider
+from notifyd.providers.registry import build_provider as configured_provider
+from notifyd.stream.runtime import Runtime, Timer, install
+from notifyd.tables import declare_tables
+from notifyd.topics import declare_topics
 
 
 def build_stream(

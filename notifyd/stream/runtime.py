@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 if TYPE_CHECKING:
     import faust
 
-    from ..config import Settings
-    from ..providers.base import Provider
-    from ..tables import Tables
-    from ..topics import Topics
+    from notifyd.config import Settings
+    from notifyd.providers.base import Provider
+    from notifyd.tables import Tables
+    from notifyd.topics import Topics
 
 T = TypeVar("T")
 

@@ -20,9 +20,9 @@ import faust
 from faust.streams import _current_event
 from faust.types import EventT, TableT
 
-from ..admin import TABLE_NAMES
-from ..config import Settings
-from ..stream.runtime import ref
+from notifyd.admin import TABLE_NAMES
+from notifyd.config import Settings
+from notifyd.stream.runtime import ref
 
 Table = TableT[str, Any]
 

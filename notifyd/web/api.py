@@ -28,11 +28,11 @@ import structlog
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
-from .. import clock, dlq
-from ..app import settings
-from ..audience import check_topic_event
-from ..egress import EgressPolicy, url_host
-from ..errors import (
+from notifyd import clock, dlq
+from notifyd.app import settings
+from notifyd.audience import check_topic_event
+from notifyd.egress import EgressPolicy, url_host
+from notifyd.errors import (
     BadRequest,
     Forbidden,
     InvalidEvent,
@@ -40,18 +40,18 @@ from ..errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from ..fallback import check_extras
-from ..records import (
+from notifyd.fallback import check_extras
+from notifyd.records import (
     InvalidPreferences,
     Preferences,
     dumps,
     parse_event,
     validate_preferences,
 )
-from ..redrive import redrive
-from ..tables import inbox, preferences, status
-from ..topics import control_topic, events_topic, names, preferences_topic
-from .auth import (
+from notifyd.redrive import redrive
+from notifyd.tables import inbox, preferences, status
+from notifyd.topics import control_topic, events_topic, names, preferences_topic
+from notifyd.web.auth import (
     SESSION_COOKIE,
     UserService,
     clear_session_cookie,
@@ -60,9 +60,9 @@ from .auth import (
     require_user,
     set_session_cookie,
 )
-from .auth_glue import services
-from .http import WRITE_TIMEOUT_S, caller, command, json_response
-from .openapi import (
+from notifyd.web.auth_glue import services
+from notifyd.web.http import WRITE_TIMEOUT_S, caller, command, json_response
+from notifyd.web.openapi import (
     Call,
     Endpoint,
     Param,
@@ -74,9 +74,9 @@ from .openapi import (
     to_openapi_30,
     validate,
 )
-from .registry import registry
-from .routes import TABLE_QUERY
-from .routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
+from notifyd.web.registry import registry
+from notifyd.web.routes import TABLE_QUERY
+from notifyd.web.routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
 
 log = structlog.stdlib.get_logger("notifyd.web.api")
 

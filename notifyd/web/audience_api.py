@@ -13,14 +13,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import audience
-from ..errors import BadRequest
-from ..tables import subscriptions
-from ..topics import subscriptions_topic
-from .http import caller, command, json_response
-from .openapi import Call, Param, Resp, ref
-from .registry import registry
-from .routing import route
+from notifyd import audience
+from notifyd.errors import BadRequest
+from notifyd.tables import subscriptions
+from notifyd.topics import subscriptions_topic
+from notifyd.web.http import caller, command, json_response
+from notifyd.web.openapi import Call, Param, Resp, ref
+from notifyd.web.registry import registry
+from notifyd.web.routing import route
 
 _TOPIC_PARAM = {
     "type": "string",

@@ -35,12 +35,12 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import SecretStr
 
-from ..errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
-from ..records import E164_RE
-from ..store import CredentialStore
+from notifyd.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
+from notifyd.records import E164_RE
+from notifyd.store import CredentialStore
 
 if TYPE_CHECKING:
-    from ..config import Settings
+    from notifyd.config import Settings
 
 log = structlog.get_logger(__name__)
 

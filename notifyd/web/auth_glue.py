@@ -15,9 +15,9 @@ import aiohttp
 import faust
 from aiohttp import web
 
-from ..app import settings
-from ..store import CredentialStore, open_store, resolve_jwt_secret
-from .auth import (
+from notifyd.app import settings
+from notifyd.store import CredentialStore, open_store, resolve_jwt_secret
+from notifyd.web.auth import (
     CurrentUser,
     LoginThrottle,
     SessionService,
@@ -26,9 +26,9 @@ from .auth import (
     auth_middleware,
     error_middleware,
 )
-from .auth import require_operator as _require_operator
-from .auth import require_user as _require_user
-from .oidc import OidcClient, oidc_configured
+from notifyd.web.auth import require_operator as _require_operator
+from notifyd.web.auth import require_user as _require_user
+from notifyd.web.oidc import OidcClient, oidc_configured
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -32,19 +32,19 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from .. import clock
-from ..app import app, settings
-from ..errors import NotFound
-from ..providers.chain import board
-from ..providers.spec import BUILTINS
-from ..tables import status
-from ..timing import pending_for
-from ..topics import active_partitions, names
-from . import realtime
-from .http import json_response
-from .openapi import Call, Param, Resp
-from .registry import registry
-from .routing import HTTP_CLIENT, ROUTED_HEADER, is_local, route
+from notifyd import clock
+from notifyd.app import app, settings
+from notifyd.errors import NotFound
+from notifyd.providers.chain import board
+from notifyd.providers.spec import BUILTINS
+from notifyd.tables import status
+from notifyd.timing import pending_for
+from notifyd.topics import active_partitions, names
+from notifyd.web import realtime
+from notifyd.web.http import json_response
+from notifyd.web.openapi import Call, Param, Resp
+from notifyd.web.registry import registry
+from notifyd.web.routing import HTTP_CLIENT, ROUTED_HEADER, is_local, route
 
 log = structlog.stdlib.get_logger("notifyd.web.console")
 
@@ -134,7 +134,7 @@ class CounterSample:
 def read_counters() -> CounterSample | None:
     """The delivery counters of :mod:`notifyd.metrics`, or None if unreadable."""
     try:
-        from ..metrics import metrics
+        from notifyd.metrics import metrics
 
         counts: dict[tuple[str, str], float] = {}
         for fam in metrics.deliveries.collect():
@@ -240,7 +240,7 @@ def _latency(buckets: dict[float, float], total_s: float) -> dict[str, Any]:
 
 def _bucket_bounds() -> tuple[float, ...]:
     try:
-        from ..metrics import LATENCY_BUCKETS
+        from notifyd.metrics import LATENCY_BUCKETS
 
         return (*LATENCY_BUCKETS, math.inf)
     except Exception:

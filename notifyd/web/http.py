@@ -12,11 +12,11 @@ import structlog
 from aiohttp import web
 from faust.types import TopicT
 
-from ..errors import ServiceUnavailable, Unauthorized
-from ..records import dumps
-from ..waiters import waiters
-from .auth import CurrentUser
-from .openapi import Call
+from notifyd.errors import ServiceUnavailable, Unauthorized
+from notifyd.records import dumps
+from notifyd.waiters import waiters
+from notifyd.web.auth import CurrentUser
+from notifyd.web.openapi import Call
 
 log = structlog.stdlib.get_logger("notifyd.web.api")
 

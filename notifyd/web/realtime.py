@@ -37,14 +37,14 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from ..app import app
-from ..errors import ServiceUnavailable
-from ..records import dumps
-from ..tables import inbox
-from .http import caller
-from .openapi import Call, Resp
-from .registry import registry
-from .routing import (
+from notifyd.app import app
+from notifyd.errors import ServiceUnavailable
+from notifyd.records import dumps
+from notifyd.tables import inbox
+from notifyd.web.http import caller
+from notifyd.web.openapi import Call, Resp
+from notifyd.web.registry import registry
+from notifyd.web.routing import (
     HTTP_CLIENT,
     forward_plan,
     is_local,

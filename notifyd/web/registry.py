@@ -4,6 +4,6 @@ OpenAPI document.  Its own module, so views declare routes without importing eac
 
 from __future__ import annotations
 
-from .openapi import Registry
+from notifyd.web.openapi import Registry
 
 registry = Registry()

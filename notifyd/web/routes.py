@@ -5,16 +5,16 @@ from __future__ import annotations
 import faust
 from aiohttp import web
 
-from ..app import recovery_done
-from ..config import Settings
-from ..errors import BadRequest, NotFound
-from ..metrics import CONTENT_TYPE, Metrics
-from ..tables import TABLES
-from ..topics import active_partitions, names
-from .auth_glue import require_operator
-from .http import json_response
-from .openapi import Param, parse_query
-from .routing import route
+from notifyd.app import recovery_done
+from notifyd.config import Settings
+from notifyd.errors import BadRequest, NotFound
+from notifyd.metrics import CONTENT_TYPE, Metrics
+from notifyd.tables import TABLES
+from notifyd.topics import active_partitions, names
+from notifyd.web.auth_glue import require_operator
+from notifyd.web.http import json_response
+from notifyd.web.openapi import Param, parse_query
+from notifyd.web.routing import route
 
 #: Tables whose rows are written while a record keyed by the user is processed (an
 #: event, a delivery): a row lives in its user's partition, whatever its own key hashes

@@ -29,15 +29,15 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
-from ..app import settings
-from ..errors import BadRequest, ServiceUnavailable
-from ..topics import preferences_topic
-from ..unsubscribe import MAX_TOKEN_CHARS, ONE_CLICK, PATH, UnsubscribeSigner, resolve_key
-from .auth_glue import AUTH
-from .http import command, json_response
-from .openapi import Call, Param, Resp
-from .registry import registry
-from .routing import route
+from notifyd.app import settings
+from notifyd.errors import BadRequest, ServiceUnavailable
+from notifyd.topics import preferences_topic
+from notifyd.unsubscribe import MAX_TOKEN_CHARS, ONE_CLICK, PATH, UnsubscribeSigner, resolve_key
+from notifyd.web.auth_glue import AUTH
+from notifyd.web.http import command, json_response
+from notifyd.web.openapi import Call, Param, Resp
+from notifyd.web.registry import registry
+from notifyd.web.routing import route
 
 
 class _Keys:

@@ -12,20 +12,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from ..metrics import metrics
-from ..stream.runtime import Runtime
-from . import (
-    audience_api,  # noqa: F401  (its routes join the registry)
-    auth_glue,
-    console,
-    realtime,
-    unsubscribe,
-)
-from .api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
-from .openapi import Registry, Resp
-from .registry import registry
-from .routes import make_handlers
-from .routing import HTTP_CLIENT
+from notifyd.metrics import metrics
+from notifyd.stream.runtime import Runtime
+from notifyd.web import auth_glue, console, realtime, unsubscribe
+from notifyd.web.api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
+from notifyd.web.openapi import Registry, Resp
+from notifyd.web.registry import registry
+from notifyd.web.routes import make_handlers
+from notifyd.web.routing import HTTP_CLIENT
 
 
 def install_web_view(rt: Runtime) -> None:
