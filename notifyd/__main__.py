@@ -1,3 +1,3 @@
-from .cli import main
+from notifyd.cli.commands import main
 
 main()

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     #: Faust table store: ``memory://`` or ``rocksdb://`` (RocksDB through rocksdict).
     table_store: str = "memory://"
     #: With ``rocksdb://``: before Faust starts, read each table changelog to its end with
-    #: a plain consumer into the local RocksDB files (notifyd.restore; Faust then
+    #: a plain consumer into the local RocksDB files (notifyd.stream.restore; Faust then
     #: recovers only the tail).  Off: Faust's own recovery reads everything.
     fast_restore: bool = True
     #: Standby replicas of tables kept by other workers (faster failover).
@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     #: does not read that mailbox).  Empty: the address of ``smtp_from``.
     unsubscribe_mailto: str = Field(default="", pattern=r"^([^\s<>,?@]+@[^\s<>,?@]+)?$")
 
-    # --- delivery callbacks to producers (notifyd.callbacks) --------------------------
+    # --- delivery callbacks to producers (notifyd.stream.callbacks) --------------------------
     #: Default URL notifyd POSTs each terminal delivery state to (an event's own
     #: ``callback_url`` wins); empty: no callbacks unless the event names one.  Subject
     #: to the egress policy like users' webhooks.

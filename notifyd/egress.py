@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .errors import PermanentDeliveryError
+from notifyd.errors import PermanentDeliveryError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from notifyd.config import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -60,7 +60,7 @@ class RateLimitedDeliveryError(RetriableDeliveryError):
     """The provider refused for its rate limit (HTTP 429).
 
     Retried like any retriable failure; in addition a channel whose deliveries all go to
-    one provider pauses new calls for ``retry_after`` (:mod:`notifyd.ratelimit`), since
+    one provider pauses new calls for ``retry_after`` (:mod:`notifyd.providers.ratelimit`), since
     every other call would be refused too.
     """
 

@@ -7,11 +7,11 @@ tests can build as many as they like and nothing else in the process leaks in.
 Two kinds of metrics:
 
 * **Counters and a histogram** moved by the pipeline as it works (one-line calls in
-  :mod:`notifyd.pipeline`): events received per topic, accepted, dead-lettered per
+  :mod:`notifyd.stream.pipeline`): events received per topic, accepted, dead-lettered per
   reason code; delivery transitions per channel and status (``queued``, ``sent``,
   ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
   retries; channel pauses on a provider's 429 and time spent waiting for a channel's
-  rate limit or pause (:mod:`notifyd.ratelimit`); end-to-end latency per channel, from
+  rate limit or pause (:mod:`notifyd.providers.ratelimit`); end-to-end latency per channel, from
   the producer's Kafka timestamp (else the moment notifyd accepted the event) to the
   provider's success; per provider of a failover chain (``notifyd.providers.chain``):
   attempts, failures, skips for an open circuit, and the circuit's state (a gauge set on
@@ -42,7 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from notifyd import clock
-from notifyd.records import STATUSES, Delivery
+from notifyd.model.records import STATUSES, Delivery
 
 log = structlog.stdlib.get_logger("notifyd.metrics")
 
@@ -151,7 +151,7 @@ def _scheduled_gauge() -> Metric:
         "Pending entries in this worker's scheduler index (deferred and retrying "
         "deliveries, scheduled sends, open digests)",
     )
-    mod = sys.modules.get("notifyd.scheduler")  # only in a worker; never imported here
+    mod = sys.modules.get("notifyd.stream.scheduler")  # only in a worker; never imported here
     family.add_metric([], float(len(mod.scheduler.heap)) if mod is not None else 0.0)
     return family
 

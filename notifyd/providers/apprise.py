@@ -59,11 +59,11 @@ from typing import Any
 
 import structlog
 
-from ..config import Settings
-from ..egress import EgressDenied, EgressPolicy, guard_sockets, url_host
-from ..errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
-from ..records import Delivery
-from .base import Provider, SendReceipt
+from notifyd.config import Settings
+from notifyd.egress import EgressDenied, EgressPolicy, guard_sockets, url_host
+from notifyd.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
+from notifyd.model.records import Delivery
+from notifyd.providers.base import Provider, SendReceipt
 
 log = structlog.stdlib.get_logger("notifyd.providers.apprise")
 
@@ -334,7 +334,7 @@ class PushRouter(Provider):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PushRouter:
-        from .httpapi import PushProvider
+        from notifyd.providers.httpapi import PushProvider
 
         return cls(PushProvider(settings), AppriseProvider.from_settings(settings))
 

@@ -1,6 +1,6 @@
 """The provider interface: one small class per delivery back end.
 
-A provider turns a :class:`~notifyd.records.Delivery` into a real message.  It checks
+A provider turns a :class:`~notifyd.model.records.Delivery` into a real message.  It checks
 the channel's rules first (:meth:`Provider.check`, raising
 :class:`~notifyd.errors.PermanentDeliveryError` for an input that can never be sent),
 then :meth:`Provider.send` raises :class:`~notifyd.errors.DeliveryError` with
@@ -14,7 +14,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..records import Delivery
+from notifyd.model.records import Delivery
 
 
 @dataclass(slots=True)

@@ -44,8 +44,8 @@ import structlog
 
 from notifyd.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError, clip
 from notifyd.metrics import metrics as default_metrics
+from notifyd.model.records import Delivery
 from notifyd.providers.base import Provider, SendReceipt
-from notifyd.records import Delivery
 
 log = structlog.stdlib.get_logger("notifyd.providers.chain")
 

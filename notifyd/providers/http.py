@@ -30,14 +30,14 @@ import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from ..egress import EgressDenied, EgressPolicy, denial_in
-from ..errors import (
+from notifyd.egress import EgressDenied, EgressPolicy, denial_in
+from notifyd.errors import (
     DeliveryError,
     PermanentDeliveryError,
     RateLimitedDeliveryError,
     RetriableDeliveryError,
 )
-from .base import Provider
+from notifyd.providers.base import Provider
 
 RETRIABLE_STATUSES = frozenset({408, 425, 429})
 _SNIPPET = 200  # characters of an error body kept in the reason

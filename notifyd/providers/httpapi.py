@@ -1,6 +1,6 @@
 """SMS and push through an HTTP provider API (URL + bearer token).
 
-The wire format is the one :mod:`notifyd.sandbox` implements; a real provider is
+The wire format is the one :mod:`notifyd.tools.sandbox` implements; a real provider is
 plugged in by pointing ``sms_api_url`` / ``push_api_url`` at it (or at a small
 adapter).  Both send ``Idempotency-Key`` so a retried request is not delivered twice.
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import orjson
 
-from ..config import Settings
-from ..errors import PermanentDeliveryError
-from ..records import Delivery
-from .base import SendReceipt
-from .http import HttpProvider, post_json
-from .rules import check_e164, sms_segments
+from notifyd.config import Settings
+from notifyd.domain.channel_rules import check_e164, sms_segments
+from notifyd.errors import PermanentDeliveryError
+from notifyd.model.records import Delivery
+from notifyd.providers.base import SendReceipt
+from notifyd.providers.http import HttpProvider, post_json
 
 #: Most SMS providers refuse messages of more than 10 concatenated parts.
 DEFAULT_MAX_SEGMENTS = 10

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..config import Settings
-from ..records import Delivery
-from .base import Provider, SendReceipt
-from .spec import BUILTINS, ProviderSpec
+from notifyd.config import Settings
+from notifyd.model.records import Delivery
+from notifyd.providers.base import Provider, SendReceipt
+from notifyd.providers.spec import BUILTINS, ProviderSpec
 
 if TYPE_CHECKING:
-    from .apprise import AppriseProvider
+    from notifyd.providers.apprise import AppriseProvider
 
 
 class InboxProvider(Provider):
@@ -24,7 +24,7 @@ class InboxProvider(Provider):
     channel = "inapp"
 
     async def send(self, delivery: Delivery) -> SendReceipt:
-        from ..pipeline import deliver_inapp
+        from notifyd.stream.pipeline import deliver_inapp
 
         return SendReceipt(provider_id=deliver_inapp(delivery))
 
@@ -32,20 +32,20 @@ class InboxProvider(Provider):
 def build_builtin(channel: str, settings: Settings) -> Provider:
     """The built-in provider of ``channel`` (imports only what is used)."""
     if channel == "email":
-        from .smtp import SmtpProvider
+        from notifyd.providers.smtp import SmtpProvider
 
         return SmtpProvider(settings)
     if channel == "sms":
-        from .httpapi import SmsProvider
+        from notifyd.providers.httpapi import SmsProvider
 
         return SmsProvider(settings)
     if channel == "push":
         # Device tokens to the push API, Apprise URLs through Apprise (see .apprise).
-        from .apprise import PushRouter
+        from notifyd.providers.apprise import PushRouter
 
         return PushRouter.from_settings(settings)
     if channel == "webhook":
-        from .webhook import WebhookProvider
+        from notifyd.providers.webhook import WebhookProvider
 
         return WebhookProvider(settings)
     if channel == "inapp":
@@ -68,18 +68,18 @@ def build_one(
     """
     provider: Provider
     if spec.url is not None:
-        from .service import ServiceProvider
+        from notifyd.providers.service import ServiceProvider
 
         provider = ServiceProvider(
             channel, spec.url, name=spec.name, timeout_s=settings.apprise_timeout_s
         )
         if channel == "push":
-            from .apprise import AppriseProvider, PushRouter
+            from notifyd.providers.apprise import AppriseProvider, PushRouter
 
             provider = PushRouter(provider, user_urls or AppriseProvider.from_settings(settings))
     elif channel == "push" and user_urls is not None:
-        from .apprise import PushRouter
-        from .httpapi import PushProvider
+        from notifyd.providers.apprise import PushRouter
+        from notifyd.providers.httpapi import PushProvider
 
         provider = PushRouter(PushProvider(settings), user_urls)
     else:
@@ -103,11 +103,11 @@ def build_provider(channel: str, settings: Settings) -> Provider:
     specs = settings.provider_specs(channel)
     if len(specs) == 1:
         return build_one(channel, specs[0], settings)
-    from .chain import FailoverProvider
+    from notifyd.providers.chain import FailoverProvider
 
     shared: AppriseProvider | None = None
     if channel == "push":
-        from .apprise import AppriseProvider
+        from notifyd.providers.apprise import AppriseProvider
 
         shared = AppriseProvider.from_settings(settings)
     return FailoverProvider(

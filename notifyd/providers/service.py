@@ -26,7 +26,7 @@ the registry wraps each push provider in a :class:`~.apprise.PushRouter` for the
 ``json://``/``form://``/``xml://``, targets already accepted not re-sent on a retry)
 without its egress policy: these URLs are the operator's, not a user's.  Reasons and
 logs name the service by its scheme only (see :meth:`ServiceProvider._reason`), and
-Apprise's own debug logging, which prints headers, is kept off (``notifyd.logging``).
+Apprise's own debug logging, which prints headers, is kept off (``notifyd.log``).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from urllib.parse import quote
 
 import structlog
 
-from ..errors import PermanentDeliveryError, RetriableDeliveryError
-from ..records import Delivery
-from .apprise import AppriseProvider, raise_for, split_targets
-from .base import Provider, SendReceipt
-from .rules import check_e164, check_email, check_http_url
-from .spec import PLACEHOLDER_RE, placeholders, scheme_of
+from notifyd.domain.channel_rules import check_e164, check_email, check_http_url
+from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
+from notifyd.model.records import Delivery
+from notifyd.providers.apprise import AppriseProvider, raise_for, split_targets
+from notifyd.providers.base import Provider, SendReceipt
+from notifyd.providers.spec import PLACEHOLDER_RE, placeholders, scheme_of
 
 log = structlog.stdlib.get_logger("notifyd.providers.service")
 

@@ -10,7 +10,7 @@ A delivery with an HTML part (``Delivery.html``) becomes ``multipart/alternative
 (text first, HTML last: the part clients prefer).  Every message carries
 ``List-Unsubscribe`` (a signed https link and a mailto:, RFC 2369) and
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058) for the delivery's
-user and category (``notifyd.unsubscribe``), unless ``NOTIFYD_EMAIL_UNSUBSCRIBE`` is
+user and category (``notifyd.domain.unsubscribe``), unless ``NOTIFYD_EMAIL_UNSUBSCRIBE`` is
 false.  The message is written with :data:`WIRE_POLICY`, never refolding those headers.
 """
 
@@ -26,17 +26,23 @@ from email.utils import format_datetime, parseaddr
 import aiosmtplib
 import structlog
 
-from ..config import Settings
-from ..errors import (
+from notifyd.config import Settings
+from notifyd.domain.channel_rules import check_email
+from notifyd.domain.unsubscribe import (
+    ONE_CLICK,
+    UnsubscribeLinks,
+    UnsubscribeSigner,
+    links_for,
+    resolve_key,
+)
+from notifyd.errors import (
     DeliveryError,
     PermanentDeliveryError,
     RetriableDeliveryError,
     ServiceUnavailable,
 )
-from ..records import Delivery
-from ..unsubscribe import ONE_CLICK, UnsubscribeLinks, UnsubscribeSigner, links_for, resolve_key
-from .base import Provider, SendReceipt
-from .rules import check_email
+from notifyd.model.records import Delivery
+from notifyd.providers.base import Provider, SendReceipt
 
 log = structlog.stdlib.get_logger("notifyd.providers.smtp")
 

@@ -22,12 +22,12 @@ import time
 
 import orjson
 
-from ..config import Settings
-from ..egress import EgressPolicy
-from ..records import Delivery
-from .base import SendReceipt
-from .http import HttpProvider, post_json
-from .rules import check_http_url
+from notifyd.config import Settings
+from notifyd.domain.channel_rules import check_http_url
+from notifyd.egress import EgressPolicy
+from notifyd.model.records import Delivery
+from notifyd.providers.base import SendReceipt
+from notifyd.providers.http import HttpProvider, post_json
 
 SIGNATURE_PREFIX = "sha256="
 

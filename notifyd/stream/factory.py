@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from notifyd.agents import register_agents
-from notifyd.app import faust_app
 from notifyd.config import Settings
 from notifyd.providers.base import Provider
 from notifyd.providers.registry import build_provider as configured_provider
+from notifyd.stream.agents import register_agents
+from notifyd.stream.app import faust_app
 from notifyd.stream.runtime import Runtime, Timer, install
-from notifyd.tables import declare_tables
-from notifyd.topics import declare_topics
+from notifyd.stream.tables import declare_tables
+from notifyd.stream.topics import declare_topics
 
 
 def build_stream(

@@ -2,7 +2,7 @@
 
 A :class:`Runtime` holds the settings, the Faust app and what is declared on it
 (topics, tables).  Code that is handed a runtime uses it directly; modules that still
-name tables, topics or settings at module level (``from notifyd.tables import ledger``)
+name tables, topics or settings at module level (``from notifyd.stream.tables import ledger``)
 get a :func:`ref` to the *current* runtime, resolved on each use, so importing them does
 no work and a test can build its own runtime with its own settings.
 """
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from notifyd.config import Settings
     from notifyd.providers.base import Provider
-    from notifyd.tables import Tables
-    from notifyd.topics import Topics
+    from notifyd.stream.tables import Tables
+    from notifyd.stream.topics import Topics
 
 T = TypeVar("T")
 

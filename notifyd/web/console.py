@@ -33,13 +33,13 @@ from aiohttp import web
 from yarl import URL
 
 from notifyd import clock
-from notifyd.app import app, settings
 from notifyd.errors import NotFound
 from notifyd.providers.chain import board
 from notifyd.providers.spec import BUILTINS
-from notifyd.tables import status
-from notifyd.timing import pending_for
-from notifyd.topics import active_partitions, names
+from notifyd.stream.app import app, settings
+from notifyd.stream.tables import status
+from notifyd.stream.timing import pending_for
+from notifyd.stream.topics import active_partitions, names
 from notifyd.web import realtime
 from notifyd.web.http import json_response
 from notifyd.web.openapi import Call, Param, Resp

@@ -13,9 +13,9 @@ from aiohttp import web
 from faust.types import TopicT
 
 from notifyd.errors import ServiceUnavailable, Unauthorized
-from notifyd.records import dumps
-from notifyd.waiters import waiters
-from notifyd.web.auth import CurrentUser
+from notifyd.model.records import dumps
+from notifyd.stream.waiters import waiters
+from notifyd.web.auth.users import CurrentUser
 from notifyd.web.openapi import Call
 
 log = structlog.stdlib.get_logger("notifyd.web.api")

@@ -2,7 +2,7 @@
 
 Every route is declared once, on a :class:`Registry`: method, path, summary, who may
 call it, the JSON schema of its body, its query parameters and its responses.  The
-same declaration registers the aiohttp handler (``notifyd.web.api``), validates the
+same declaration registers the aiohttp handler (``notifyd.web.api.v1``), validates the
 request and feeds :func:`build_document`, so the document and the routes cannot
 drift.  Routes whose handlers live elsewhere (``web.routes``: health, readiness,
 table queries) are declared with :meth:`Registry.document`; a unit test compares
@@ -24,9 +24,9 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from ..config import CHANNELS
-from ..errors import BadRequest
-from ..records import PRIORITIES
+from notifyd.config import CHANNELS
+from notifyd.errors import BadRequest
+from notifyd.model.records import PRIORITIES
 
 Auth = Literal["public", "user", "operator"]
 Schema = dict[str, Any]

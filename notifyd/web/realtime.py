@@ -1,7 +1,7 @@
 """The realtime in-app inbox: ``GET /api/v1/notifications/stream`` (Server-Sent Events).
 
 The inbox of a user lives on the worker owning the user's partition, and the in-app
-channel agent of that worker writes it (:func:`notifyd.pipeline.deliver_inapp`), which
+channel agent of that worker writes it (:func:`notifyd.stream.pipeline.deliver_inapp`), which
 also publishes each new item to the in-process :data:`hub`.  A stream opened on that
 worker subscribes to the hub; one opened on another worker is proxied, streaming, to
 the owner (never twice: a request already routed once gets ``503 rebalancing``).
@@ -37,10 +37,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from notifyd.app import app
 from notifyd.errors import ServiceUnavailable
-from notifyd.records import dumps
-from notifyd.tables import inbox
+from notifyd.model.records import dumps
+from notifyd.stream.app import app
+from notifyd.stream.tables import inbox
 from notifyd.web.http import caller
 from notifyd.web.openapi import Call, Resp
 from notifyd.web.registry import registry
@@ -233,7 +233,7 @@ class Hub:
         }
 
 
-#: The hub of this process (see :func:`notifyd.pipeline.deliver_inapp`).
+#: The hub of this process (see :func:`notifyd.stream.pipeline.deliver_inapp`).
 hub = Hub()
 
 

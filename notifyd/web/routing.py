@@ -14,8 +14,8 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..app import app
-from ..errors import ServiceUnavailable
+from notifyd.errors import ServiceUnavailable
+from notifyd.stream.app import app
 
 ROUTED_HEADER = "X-Notifyd-Routed-By"
 _HOP_HEADERS = frozenset(

@@ -3,7 +3,7 @@
 ``POST /api/v1/unsubscribe?t=<token>`` is RFC 8058's one-click unsubscribe: a mailbox
 provider (or the button of the confirmation page) posts ``List-Unsubscribe=One-Click``
 (form-encoded or multipart; an empty body is accepted too), with no cookie and no login.
-The signed token (:mod:`notifyd.unsubscribe`) names the user and the category; the
+The signed token (:mod:`notifyd.domain.unsubscribe`) names the user and the category; the
 request is routed to the owner of the user's partition, which produces an ``opt_out``
 command to ``notifyd.preferences`` and answers once its preferences agent applied it
 (read-your-writes, as ``PATCH /api/v1/preferences``).  The agent adds the opt-out to the
@@ -23,17 +23,25 @@ from __future__ import annotations
 import asyncio
 import email.policy
 from email.parser import BytesParser
+from functools import partial
 from html import escape
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
-from notifyd.app import settings
+from notifyd.domain.unsubscribe import (
+    MAX_TOKEN_CHARS,
+    ONE_CLICK,
+    PATH,
+    UnsubscribeSigner,
+    resolve_key,
+)
 from notifyd.errors import BadRequest, ServiceUnavailable
-from notifyd.topics import preferences_topic
-from notifyd.unsubscribe import MAX_TOKEN_CHARS, ONE_CLICK, PATH, UnsubscribeSigner, resolve_key
-from notifyd.web.auth_glue import AUTH
+from notifyd.stream.app import settings
+from notifyd.stream.topics import preferences_topic
+from notifyd.web.auth.setup import AUTH
+from notifyd.web.auth.store import resolve_jwt_secret
 from notifyd.web.http import command, json_response
 from notifyd.web.openapi import Call, Param, Resp
 from notifyd.web.registry import registry
@@ -94,8 +102,8 @@ async def _signer(request: web.Request) -> UnsubscribeSigner:
         async with keys.lock:
             if keys.signer is None:
                 auth = request.app.get(AUTH)
-                store = auth.store if auth is not None else None
-                keys.signer = UnsubscribeSigner(await resolve_key(settings, store))
+                read = None if auth is None else partial(resolve_jwt_secret, settings, auth.store)
+                keys.signer = UnsubscribeSigner(await resolve_key(settings, read))
     return keys.signer
 
 

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from notifyd.metrics import metrics
 from notifyd.stream.runtime import Runtime
-from notifyd.web import auth_glue, console, realtime, unsubscribe
-from notifyd.web.api import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
+from notifyd.web import console, realtime, unsubscribe
+from notifyd.web.api.state import make_handlers
+from notifyd.web.api.v1 import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
+from notifyd.web.auth import setup as auth_setup
 from notifyd.web.openapi import Registry, Resp
 from notifyd.web.registry import registry
-from notifyd.web.routes import make_handlers
 from notifyd.web.routing import HTTP_CLIENT
 
 
@@ -34,7 +35,7 @@ def install_web_view(rt: Runtime) -> None:
             yield
 
     webapp.cleanup_ctx.append(http_client)
-    auth_glue.install(app, webapp)
+    auth_setup.install(app, webapp)
     webapp.add_routes(make_handlers(app, settings, metrics))
     metrics.bind(app)
     webapp.on_cleanup.append(lambda _: metrics.close())

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from notifyd.admin import TopicNames
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.broker.tansu import TansuBroker
+from notifyd.stream.topology import TopicNames
+from notifyd.tools.broker.kafka import KafkaBroker
+from notifyd.tools.broker.tansu import TansuBroker
 from tests.support.harness import Sinks, Stack, WorkerProcess, http_json, mint_user_token
 from tests.support.redis_server import RedisServer
 

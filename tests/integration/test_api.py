@@ -28,9 +28,9 @@ import pytest
 from aiokafka.partitioner import murmur2
 from openapi_spec_validator import validate as validate_spec
 
-from notifyd.broker.base import free_port
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.records import idempotency_scope, notification_id_for
+from notifyd.model.records import idempotency_scope, notification_id_for
+from notifyd.tools.broker.base import free_port
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import JWT_SECRET, LoopThread, Sinks, Stack, new_id, wait_for
 from tests.support.oidc_provider import OidcTestProvider

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
-from notifyd.audience import bucket_of
-from notifyd.broker.base import free_port
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.pipeline import partition_for
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.stream.audience import bucket_of
+from notifyd.stream.pipeline import partition_for
+from notifyd.tools.broker.base import free_port
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import WEBHOOK_SECRET, Sinks, Stack, http_json, new_id, signup, wait_for
 from tests.support.redis_server import RedisServer

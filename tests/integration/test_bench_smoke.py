@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from notifyd.bench_stats import LATENCY_KEYS, SECTIONS, missing_sections
+from notifyd.tools.bench.stats import LATENCY_KEYS, SECTIONS, missing_sections
 
 pytestmark = pytest.mark.integration
 

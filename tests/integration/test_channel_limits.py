@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.sandbox import Load
+from notifyd.tools.broker.kafka import KafkaBroker
+from notifyd.tools.sandbox.provider import Load
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, new_id, wait_for
 

@@ -119,7 +119,7 @@ def test_non_operator_token_is_refused(stack: Stack) -> None:
 
 
 def test_prefs_without_a_worker(stack: Stack) -> None:
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     res = notifyd(stack, "prefs", "get", "u1", "--url", f"http://127.0.0.1:{free_port()}",
                   "--token", "x")

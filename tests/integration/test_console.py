@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from notifyd.broker.kafka import KafkaBroker
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, new_id
 from tests.support.redis_server import RedisServer
@@ -213,7 +213,7 @@ async def test_console_shows_topic_subscribers_and_fallback_steps(
     console_stack: Stack, page: Any
 ) -> None:
     """Issue #17: a topic's subscribers (paged) and a notification's fallback steps."""
-    from notifyd.records import notification_id_for
+    from notifyd.model.records import notification_id_for
     from tests.support.harness import http_json, wait_for
 
     expect = pytest.importorskip("playwright.async_api").expect

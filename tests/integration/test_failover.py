@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import LoopThread, Sinks, Stack, http_json, new_id, wait_for
 from tests.support.http_target import HttpTarget

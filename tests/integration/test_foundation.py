@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from notifyd.broker.tansu import TansuBroker
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.tools.broker.tansu import TansuBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, header, new_id, wait_for
 
@@ -97,7 +97,7 @@ def test_run_command_delivers_the_demo(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     port = free_port()
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("NOTIFYD_")}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
 from tests.support.harness import Stack, new_id, wait_for
 
 pytestmark = pytest.mark.integration

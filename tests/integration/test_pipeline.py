@@ -12,9 +12,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from notifyd.broker.kafka import KafkaBroker
+from notifyd.model.records import notification_id_for
 from notifyd.providers.webhook import verify
-from notifyd.records import notification_id_for
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import WEBHOOK_SECRET, Sinks, Stack, header, new_id, wait_for
 from tests.support.redis_server import RedisServer
@@ -472,7 +472,7 @@ async def test_quiet_hours_in_the_repeated_hour_end_at_the_second_pass(
 
 async def test_log_lines_carry_record_coordinates_and_ids(stack: Stack) -> None:
     """structlog JSON: a record's log lines carry topic, partition, offset, ids."""
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     user = new_id("u-log")
     # A webhook nobody listens on: the channel logs a retry.

@@ -18,9 +18,9 @@ import aiohttp
 import orjson
 import pytest
 
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.pipeline import partition_for
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.stream.pipeline import partition_for
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, http_json, new_id, signup, wait_for
 from tests.support.redis_server import RedisServer

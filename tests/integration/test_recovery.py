@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, WorkerProcess, new_id, wait_for
 from tests.support.redis_server import RedisServer
@@ -109,7 +109,7 @@ async def test_fresh_worker_recovers_compacted_changelog(
         await asyncio.sleep(2)
     count, offsets = await _changelog_stats(st.bootstrap, changelog)
     # A brand-new worker with an empty data dir recovers from the compacted log: with
-    # Faust's own recovery (memory store) and with notifyd.restore first (RocksDB).
+    # Faust's own recovery (memory store) and with notifyd.stream.restore first (RocksDB).
     st.worker.stop()
     try:
         for store in ("memory://", "rocksdb://"):

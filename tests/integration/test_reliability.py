@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.crash_evidence import (
     Snapshot,

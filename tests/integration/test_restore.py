@@ -1,4 +1,4 @@
-"""notifyd.restore: table changelogs read into the local RocksDB files before Faust starts."""
+"""notifyd.stream.restore: table changelogs read into the local RocksDB files before Faust starts."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import rocksdict
 from aiokafka import AIOKafkaProducer
 
-from notifyd.admin import ensure_topics
-from notifyd.broker.kafka import KafkaBroker
 from notifyd.config import Settings
-from notifyd.pipeline import partition_for
-from notifyd.restore import OFFSET_KEY, db_path, restore_tables
+from notifyd.stream.pipeline import partition_for
+from notifyd.stream.restore import OFFSET_KEY, db_path, restore_tables
+from notifyd.stream.topology import ensure_topics
+from notifyd.tools.broker.kafka import KafkaBroker
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from notifyd.broker.kafka import KafkaBroker
-from notifyd.records import notification_id_for
+from notifyd.model.records import notification_id_for
+from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.integration.test_pipeline import contact, sms_to, wait_states
 from tests.support.harness import Sinks, Stack, http_json, new_id, wait_for

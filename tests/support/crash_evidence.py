@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from notifyd.records import idempotency_scope
+from notifyd.model.records import idempotency_scope
 
 
 @dataclass
@@ -135,7 +135,7 @@ def _log_lines(paths: Iterable[Path], needles: list[str], limit: int = 12) -> li
 
 
 def consumer_warnings(paths: Iterable[Path], limit: int = 40) -> list[str]:
-    """Offset-bookkeeping warnings (notifyd.faust_fixes) and Faust's commit/seek lines."""
+    """Offset-bookkeeping warnings (notifyd.stream.faust_fixes) and Faust's commit/seek lines."""
     return _log_lines(paths, ['"consumer.', "Discarded commit", "Seek stream partitions"],
                       limit)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from notifyd import pipeline
-from notifyd.kafka_headers import header_value
+from notifyd.stream import pipeline
+from notifyd.stream.headers import header_value
 
 
 class DeadLetters:

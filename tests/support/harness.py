@@ -26,11 +26,12 @@ from typing import Any, ClassVar, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from notifyd.admin import TopicNames
-from notifyd.broker.base import free_port
-from notifyd.kafka_headers import header_value
-from notifyd.sandbox import SandboxServer, SmtpSink
-from notifyd.worker_process import WorkerSubprocess
+from notifyd.stream.headers import header_value
+from notifyd.stream.topology import TopicNames
+from notifyd.tools.broker.base import free_port
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
+from notifyd.tools.worker_process import WorkerSubprocess
 
 T = TypeVar("T")
 WEBHOOK_SECRET = "whsec-integration-tests-0123456789abcdef"
@@ -189,8 +190,8 @@ JWT_SECRET = "integration-tests-jwt-secret-0123456789abcdef"
 async def mint_user_token(store_url: str, username: str, roles: tuple[str, ...]) -> str:
     """Create a user straight in the credential store and sign a token for it, the
     way ``notifyd user create`` + ``notifyd token`` do for an operator."""
-    from notifyd.store import open_store
-    from notifyd.web.auth import TokenService, UserService
+    from notifyd.web.auth.store import open_store
+    from notifyd.web.auth.users import TokenService, UserService
 
     store = await open_store(store_url)
     try:
@@ -304,5 +305,5 @@ def signup(stack: Stack, prefix: str) -> tuple[str, str]:
 
 
 def header(record: Any, name: str) -> str | None:
-    """A header of a consumed record, decoded (see :func:`notifyd.kafka_headers.header_value`)."""
+    """A header of a consumed record, decoded (see :func:`notifyd.stream.headers.header_value`)."""
     return header_value(record.headers, name)

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from notifyd.broker.base import free_port
+from notifyd.tools.broker.base import free_port
 
 
 def _pings(host: str, port: int) -> bool:

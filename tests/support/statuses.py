@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from notifyd import pipeline
+from notifyd.stream import pipeline
 
 Published = list[tuple[str, list[dict[str, Any]]]]
 

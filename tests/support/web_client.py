@@ -11,12 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from argon2 import PasswordHasher
 
-from notifyd.app import app
-from notifyd.store import SqliteStore
-from notifyd.web import api
-from notifyd.web.auth import SessionService, TokenService, UserService, auth_middleware
-from notifyd.web.auth import error_middleware as errors_mw
-from notifyd.web.auth_glue import AUTH, AuthServices, is_public
+from notifyd.stream.app import app
+from notifyd.web.api import v1 as api
+from notifyd.web.auth.setup import AUTH, AuthServices, is_public
+from notifyd.web.auth.store import SqliteStore
+from notifyd.web.auth.users import SessionService, TokenService, UserService, auth_middleware
+from notifyd.web.auth.users import error_middleware as errors_mw
 
 Client = TestClient[web.Request, web.Application]
 

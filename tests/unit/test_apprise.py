@@ -10,18 +10,18 @@ from typing import Any
 import pytest
 
 from notifyd.config import Settings
+from notifyd.domain.rules import SEND, SUPPRESS, ThrottlePolicy, decide
 from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
+from notifyd.model.records import Delivery, Event
 from notifyd.providers.apprise import (
     AppriseProvider,
     PushRouter,
     is_apprise_url,
     split_targets,
 )
-from notifyd.providers.memory import MemoryProvider
 from notifyd.providers.registry import build_provider
-from notifyd.records import Delivery, Event
-from notifyd.rules import SEND, SUPPRESS, ThrottlePolicy, decide
 from tests.support.http_receiver import Receiver, receiving
+from tests.support.memory_provider import MemoryProvider
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ async def test_failing_target_is_retriable_and_retry_skips_delivered_ones(
 
 
 async def test_unreachable_target_is_retriable() -> None:
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     provider = AppriseProvider(timeout_s=5)
     with pytest.raises(RetriableDeliveryError):

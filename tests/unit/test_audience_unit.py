@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from notifyd import audience, callbacks, fallback
 from notifyd.config import Settings
 from notifyd.errors import InvalidEvent
+from notifyd.model.records import parse_event
 from notifyd.providers.webhook import verify
-from notifyd.records import parse_event
+from notifyd.stream import audience, callbacks, fallback
 
 SECRET = "cb-secret-0123456789abcdef0123456789"
 
@@ -264,8 +264,8 @@ def test_no_callback_for_channels_the_event_did_not_request() -> None:
 
 
 def test_fanout_counter_counts_distinct_recipients_and_completion() -> None:
-    from notifyd.bench_fanout import _FanoutCounter, format_fanout
-    from notifyd.records import notification_id_for
+    from notifyd.model.records import notification_id_for
+    from notifyd.tools.bench.fanout import _FanoutCounter, format_fanout
 
     users = ["a", "b"]
     c = _FanoutCounter("ev-1", {notification_id_for(u, "ev-1"): u for u in users})

@@ -8,18 +8,11 @@ import math
 import orjson
 import pytest
 
-from notifyd.bench import (
-    WORKER_PATCHES,
-    BenchOptions,
-    Collector,
-    StatusTracker,
-    WorkerProc,
-    _event,
-    machine_info,
-    proc_cpu_s,
-    proc_mem_mb,
-)
-from notifyd.bench_stats import (
+from notifyd.tools.bench.load import Collector, StatusTracker, _event
+from notifyd.tools.bench.meter import machine_info, proc_cpu_s, proc_mem_mb
+from notifyd.tools.bench.procs import WORKER_PATCHES, WorkerProc
+from notifyd.tools.bench.run import BenchOptions
+from notifyd.tools.bench.stats import (
     LATENCY_KEYS,
     SCHEMA,
     SECTIONS,
@@ -259,7 +252,7 @@ def test_status_tracker_splits_stages() -> None:
 
 
 def test_event_shape_is_a_valid_notifyd_event() -> None:
-    from notifyd.records import parse_event
+    from notifyd.model.records import parse_event
 
     raw = _event("run-a", 7, "u1")
     ev = parse_event(raw)
@@ -295,7 +288,7 @@ def test_machine_and_proc_readers() -> None:
 
 
 def test_profile_summary_by_component() -> None:
-    from notifyd.bench_profile import component, parse_frame, render, summarise
+    from notifyd.tools.bench.profile import component, parse_frame, render, summarise
 
     def fr(fn: str, path: str, line: int = 1) -> str:
         return f"{fn}\x00{path}\x00{line}"
@@ -327,8 +320,8 @@ def test_profile_summary_by_component() -> None:
 def test_worker_env_option(monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    import notifyd.bench as bench_mod
-    from notifyd.cli import main
+    import notifyd.tools.bench.run as bench_mod
+    from notifyd.cli.commands import main
 
     d = BenchOptions(worker_env=(("NOTIFYD_FAST_RESTORE", "false"),)).to_json()
     assert d["worker_env"] == {"NOTIFYD_FAST_RESTORE": "false"}

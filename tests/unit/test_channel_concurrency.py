@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
+from notifyd.model.records import Delivery
 from notifyd.providers.base import SendReceipt
-from notifyd.providers.memory import MemoryProvider
-from notifyd.records import Delivery
-from notifyd.tables import ledger
+from notifyd.stream.tables import ledger
 from tests.support.app import app_agent, build_app, provider
+from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 

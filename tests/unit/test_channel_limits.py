@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from notifyd import ratelimit
 from notifyd.config import Settings
 from notifyd.errors import (
     DeliveryError,
@@ -23,14 +22,15 @@ from notifyd.errors import (
     RetriableDeliveryError,
 )
 from notifyd.metrics import metrics
+from notifyd.model.records import Delivery
+from notifyd.providers import ratelimit
 from notifyd.providers.base import SendReceipt
 from notifyd.providers.httpapi import SmsProvider
-from notifyd.providers.memory import MemoryProvider
-from notifyd.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
-from notifyd.records import Delivery
-from notifyd.sandbox import SandboxServer
+from notifyd.providers.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
 from notifyd.stream.runtime import Timer
+from notifyd.tools.sandbox.provider import SandboxServer
 from tests.support.app import app_agent, build_app
+from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifyd.errors import PermanentDeliveryError
-from notifyd.providers.rules import (
+from notifyd.domain.channel_rules import (
     GSM7_BASIC,
     GSM7_EXTENSION,
     check_e164,
@@ -17,6 +16,7 @@ from notifyd.providers.rules import (
     sms_segments,
     sms_units,
 )
+from notifyd.errors import PermanentDeliveryError
 
 
 def test_gsm7_tables() -> None:

@@ -16,9 +16,8 @@ import jwt
 import pytest
 from click.testing import CliRunner
 
-from notifyd import cli_admin
-from notifyd.cli import main
-from notifyd.cli_admin import (
+from notifyd.cli import admin as cli_admin
+from notifyd.cli.admin import (
     EXIT_NOPERM,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
@@ -26,6 +25,7 @@ from notifyd.cli_admin import (
     apply_changes,
     parse_quiet_hours,
 )
+from notifyd.cli.commands import main
 from notifyd.config import get_settings
 
 SECRET = "unit-test-jwt-secret-0123456789abcdef0123"
@@ -99,7 +99,7 @@ def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
 
 
 def test_worker_with_a_bad_setting_exits_2_naming_it() -> None:
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     # A broker nobody listens on: were the setting accepted, the worker would start.
     broker = f"kafka://127.0.0.1:{free_port()}"
@@ -120,7 +120,7 @@ def test_prefs_without_token_exit_77() -> None:
 
 
 def test_prefs_unreachable_worker_exit_69() -> None:
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     result = run("prefs", "get", "u1", "--url", url, "--token", "t")
@@ -218,7 +218,7 @@ def test_unknown_user_token_exit_77() -> None:
 
 
 def test_unreachable_store_exit_69(monkeypatch: pytest.MonkeyPatch) -> None:
-    from notifyd.broker.base import free_port
+    from notifyd.tools.broker.base import free_port
 
     monkeypatch.setenv("NOTIFYD_CREDENTIAL_STORE_URL", f"redis://127.0.0.1:{free_port()}/0")
     get_settings.cache_clear()
@@ -228,7 +228,7 @@ def test_unreachable_store_exit_69(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _stored_secret() -> str:
-    from notifyd.store import open_store
+    from notifyd.web.auth.store import open_store
 
     store = await open_store(get_settings().resolved_credential_store_url)
     try:

@@ -18,14 +18,14 @@ import pytest
 from faust.events import Event as FaustEvent
 from faust.types import Message
 
-from notifyd import pipeline
-from notifyd.agents import common
-from notifyd.app import app
+from notifyd.domain.templating import TemplateStore
 from notifyd.metrics import metrics
-from notifyd.records import Delivery
-from notifyd.tables import seen
-from notifyd.templating import TemplateStore
-from notifyd.topics import names
+from notifyd.model.records import Delivery
+from notifyd.stream import pipeline
+from notifyd.stream.agents import common
+from notifyd.stream.app import app
+from notifyd.stream.tables import seen
+from notifyd.stream.topics import names
 from tests.support.app import app_agent
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
@@ -132,7 +132,7 @@ async def test_channel_agent_failure_outside_the_provider_is_dead_lettered(
 
 async def test_status_record_that_cannot_be_folded_is_dead_lettered(dlq: DeadLetters) -> None:
     status_agent = app_agent("status")
-    from notifyd.tables import status
+    from notifyd.stream.tables import status
 
     good = f"n-good-{uuid.uuid4().hex[:6]}"
     bad = orjson.dumps({"notification_id": "n-bad", "updates": [{"status": "sent"}]})
@@ -168,10 +168,10 @@ async def test_control_message_that_fails_is_dead_lettered(dlq: DeadLetters) -> 
 async def test_preferences_failure_is_dead_lettered(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import notifyd.records
+    import notifyd.model.records
     preferences_agent = app_agent("preferences")
 
-    monkeypatch.setattr(notifyd.records, "merge_preferences", boom)
+    monkeypatch.setattr(notifyd.model.records, "merge_preferences", boom)
     user = new_user()
     raw = orjson.dumps({"op": "put", "user_id": user, "fields": {"locale": "fr"}})
     async with preferences_agent.test_context() as agent:

@@ -18,10 +18,10 @@ from pydantic import ValidationError
 from notifyd.config import Settings
 from notifyd.egress import EgressDenied, EgressPolicy, classify, guard_sockets
 from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
+from notifyd.model.records import Delivery
 from notifyd.providers.http import EgressResolver, egress_connector, post_json
 from notifyd.providers.httpapi import SmsProvider
 from notifyd.providers.webhook import WebhookProvider
-from notifyd.records import Delivery
 from tests.support.http_target import HttpTarget
 
 DENY_ALL = EgressPolicy()

@@ -14,11 +14,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from notifyd.config import Settings
+from notifyd.domain.templating import TemplateStore
+from notifyd.domain.unsubscribe import PATH, Unsubscribe, UnsubscribeSigner
+from notifyd.model.records import Delivery
 from notifyd.providers.smtp import SmtpProvider, message_id_for
-from notifyd.records import Delivery
-from notifyd.sandbox import SmtpSink
-from notifyd.templating import TemplateStore
-from notifyd.unsubscribe import PATH, Unsubscribe, UnsubscribeSigner
+from notifyd.tools.sandbox.smtp import SmtpSink
 
 KEY = "unsubscribe-key-of-the-email-tests-0123456789"
 

@@ -10,21 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from notifyd.admin import TABLE_NAMES
 from notifyd.config import CHANNELS
 from notifyd.stream import runtime
 from notifyd.stream.runtime import NotBuilt, Runtime, ref
-from notifyd.tables import ledger
-from notifyd.topics import events_topic, names
+from notifyd.stream.tables import ledger
+from notifyd.stream.topics import events_topic, names
+from notifyd.stream.topology import TABLE_NAMES
 from tests.support.app import build_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
 IMPORT_EVERYTHING = """
-import notifyd.app, notifyd.topics, notifyd.tables, notifyd.agents, notifyd.pipeline
-import notifyd.scheduler, notifyd.service, notifyd.web.view, notifyd.web.api, notifyd.cli
+import notifyd.stream.app, notifyd.stream.topics, notifyd.stream.tables, notifyd.stream.agents
+import notifyd.stream.pipeline, notifyd.stream.scheduler, notifyd.service, notifyd.web.view
+import notifyd.web.api.v1, notifyd.cli.commands
 from notifyd.stream import runtime
-from notifyd.topics import events_topic
+from notifyd.stream.topics import events_topic
 assert runtime._current == [], runtime._current
 try:
     events_topic.get_topic_name()

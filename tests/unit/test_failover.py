@@ -20,19 +20,20 @@ from prometheus_client import CollectorRegistry
 
 from notifyd.config import Settings
 from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
-from notifyd.logging import configure
+from notifyd.log import configure
 from notifyd.metrics import Metrics
+from notifyd.model.records import Delivery
 from notifyd.providers.apprise import AppriseProvider, PushRouter
 from notifyd.providers.chain import CLOSED, HALF_OPEN, OPEN, Circuit, FailoverProvider, board
 from notifyd.providers.httpapi import SmsProvider
-from notifyd.providers.memory import MemoryProvider
 from notifyd.providers.registry import build_provider
 from notifyd.providers.service import ServiceProvider, encode_value, expand
 from notifyd.providers.smtp import SmtpProvider
 from notifyd.providers.spec import ProviderSpec, parse_providers
-from notifyd.records import Delivery
-from notifyd.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
 from tests.support.http_receiver import Receiver, receiving
+from tests.support.memory_provider import MemoryProvider
 
 HOSTILE = "a@evil/x?y#z"
 

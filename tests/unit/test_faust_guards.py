@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from notifyd.app import app  # the current (this test's) app
+from notifyd.stream.app import app  # the current (this test's) app
 
 
 def test_every_agent_runs_with_concurrency_one() -> None:
@@ -30,7 +30,7 @@ def test_processing_guarantee_is_at_least_once() -> None:
 
 async def test_producer_buffer_flush_waits_until_empty() -> None:
     """faust's ProducerBuffer.flush() returned after 0.1 s without progress even with
-    messages left; the consumer commits right after it (notifyd.faust_fixes)."""
+    messages left; the consumer commits right after it (notifyd.stream.faust_fixes)."""
     import asyncio
     from types import SimpleNamespace
 
@@ -61,7 +61,7 @@ def test_acks_from_before_a_rebalance_are_not_booked(monkeypatch: pytest.MonkeyP
     committed offset; booking its ack would let a commit pass the re-fetched copy."""
     from faust.types import TP, Message
 
-    from notifyd.topics import events_topic
+    from notifyd.stream.topics import events_topic
 
     consumer = app.consumer
     topic = events_topic.get_topic_name()
@@ -95,7 +95,7 @@ def test_acks_from_before_a_rebalance_are_not_booked(monkeypatch: pytest.MonkeyP
 
 
 # --------------------------------------------------------------------------------------
-# Offsets: a commit covers only processed records (notifyd.faust_fixes, "Offsets")
+# Offsets: a commit covers only processed records (notifyd.stream.faust_fixes, "Offsets")
 # --------------------------------------------------------------------------------------
 
 
@@ -104,8 +104,8 @@ def events_tp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Partition 3 of the events topic, with empty offset bookkeeping, acks enabled."""
     from faust.types import TP
 
-    from notifyd import faust_fixes
-    from notifyd.topics import events_topic
+    from notifyd.stream import faust_fixes
+    from notifyd.stream.topics import events_topic
 
     consumer = app.consumer
     topic = events_topic.get_topic_name()
@@ -135,7 +135,7 @@ def test_commit_never_passes_the_record_at_the_committed_offset(events_tp: Any) 
     """The loss in the crash test: offset 903 (committed) was never processed, 904 and 905
     were; Faust's ``_new_offset`` let the run start one past the committed offset and
     committed 906."""
-    from notifyd import faust_fixes
+    from notifyd.stream import faust_fixes
 
     consumer, tp = app.consumer, events_tp
     consumer._committed_offset[tp] = 903
@@ -152,7 +152,7 @@ def test_commit_never_passes_the_record_at_the_committed_offset(events_tp: Any) 
 def test_offsets_without_a_record_count_as_processed(events_tp: Any) -> None:
     """A transaction marker (or a compacted record) at the committed offset holds
     nothing up: the fetch that passed it told us so."""
-    from notifyd import faust_fixes
+    from notifyd.stream import faust_fixes
 
     consumer, tp = app.consumer, events_tp
     consumer._committed_offset[tp] = 903
@@ -169,7 +169,7 @@ def test_without_a_committed_offset_a_commit_waits_for_records_in_flight(
     record a channel agent was still delivering."""
     from faust.types import Message
 
-    from notifyd import faust_fixes
+    from notifyd.stream import faust_fixes
 
     consumer, tp = app.consumer, events_tp
     in_flight = Message(tp.topic, 3, 5, 0.0, 0, [], b"k", b"v", None)
@@ -242,7 +242,7 @@ def test_fetch_notes_offsets_it_passed_without_a_record(events_tp: Any) -> None:
 
     from aiokafka.consumer.fetcher import FetchResult
 
-    from notifyd import faust_fixes
+    from notifyd.stream import faust_fixes
 
     tp = events_tp
 

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from notifyd import pipeline
-from notifyd.records import (
+from notifyd.model.records import (
     idempotency_scope,
     legacy_notification_id_for,
     notification_id_for,
 )
-from notifyd.tables import inbox, seen, status
+from notifyd.stream import pipeline
+from notifyd.stream.tables import inbox, seen, status
 from tests.support.app import app_agent
 from tests.support.waiting import until
 

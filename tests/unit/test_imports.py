@@ -19,21 +19,18 @@ WEB = "notifyd.web"
 
 #: Known cycles, each broken here at one edge (importer, imported): why it is still there.
 KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    # notifyd.pipeline and its callers (split into notifyd.stream.handlers in progress).
-    ("notifyd.pipeline", "notifyd.scheduler"): "pipeline <-> scheduler",
-    ("notifyd.scheduler", "notifyd.pipeline"): "pipeline <-> scheduler",
-    ("notifyd.pipeline", "notifyd.web.realtime"): "pipeline -> realtime hub (publish hook)",
-    ("notifyd.timing", "notifyd.pipeline"): "timing <-> pipeline",
-    ("notifyd.timing", "notifyd.scheduler"): "timing -> scheduler -> pipeline -> timing",
-    ("notifyd.fallback", "notifyd.pipeline"): "fallback <-> pipeline",
-    ("notifyd.fallback", "notifyd.scheduler"): "fallback -> scheduler -> pipeline",
-    ("notifyd.audience", "notifyd.pipeline"): "audience <-> pipeline",
-    ("notifyd.callbacks", "notifyd.pipeline"): "callbacks <-> pipeline",
+    # notifyd.stream.pipeline and its callers (split into notifyd.stream.handlers).
+    ("notifyd.stream.pipeline", "notifyd.stream.scheduler"): "pipeline <-> scheduler",
+    ("notifyd.stream.scheduler", "notifyd.stream.pipeline"): "pipeline <-> scheduler",
+    ("notifyd.stream.pipeline", "notifyd.web.realtime"): "pipeline -> hub (publish hook)",
+    ("notifyd.stream.timing", "notifyd.stream.pipeline"): "timing <-> pipeline",
+    ("notifyd.stream.timing", "notifyd.stream.scheduler"): "timing -> scheduler -> pipeline",
+    ("notifyd.stream.fallback", "notifyd.stream.pipeline"): "fallback <-> pipeline",
+    ("notifyd.stream.fallback", "notifyd.stream.scheduler"): "fallback -> scheduler",
+    ("notifyd.stream.audience", "notifyd.stream.pipeline"): "audience <-> pipeline",
+    ("notifyd.stream.callbacks", "notifyd.stream.pipeline"): "callbacks <-> pipeline",
     # records validates preference chains with fallback, which reads records.
-    ("notifyd.records", "notifyd.fallback"): "records <-> fallback",
-    # the bench's phases share helpers with the bench that runs them.
-    ("notifyd.bench_fanout", "notifyd.bench"): "bench <-> bench_fanout",
-    ("notifyd.bench_schedule", "notifyd.bench"): "bench <-> bench_schedule",
+    ("notifyd.model.records", "notifyd.stream.fallback"): "records <-> fallback",
 }
 
 

@@ -1,8 +1,8 @@
-"""``notifyd.kafka_headers.header_value``: one header out of a record's headers."""
+"""``notifyd.stream.headers.header_value``: one header out of a record's headers."""
 
 from __future__ import annotations
 
-from notifyd.kafka_headers import header_value
+from notifyd.stream.headers import header_value
 
 
 def test_header_value_decodes_bytes() -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from notifyd.logging import configure, get_logger
+from notifyd.log import configure, get_logger
 
 
 @pytest.fixture

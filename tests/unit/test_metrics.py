@@ -16,7 +16,7 @@ from faust.types import TP
 from prometheus_client.parser import text_string_to_metric_families
 
 from notifyd.metrics import CONTENT_TYPE, Metrics, e2e_latency_s, reason_code
-from notifyd.records import Delivery
+from notifyd.model.records import Delivery
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -341,7 +341,7 @@ async def test_no_app_bound_renders_empty_gauges() -> None:
 
 async def test_metrics_route_serves_prometheus_text(offsets: FakeOffsetsConsumer) -> None:
     from notifyd.config import Settings
-    from notifyd.web.routes import make_handlers
+    from notifyd.web.api.state import make_handlers
 
     m = reading(offsets)
     m.event_received("notifyd.events")
@@ -359,8 +359,8 @@ async def test_metrics_route_serves_prometheus_text(offsets: FakeOffsetsConsumer
 
 
 def test_metrics_route_is_documented_and_public() -> None:
-    from notifyd.web import api
-    from notifyd.web.auth_glue import PUBLIC_PATHS
+    from notifyd.web.api import v1 as api
+    from notifyd.web.auth.setup import PUBLIC_PATHS
 
     op = api.openapi_document()["paths"]["/metrics"]["get"]
     assert op["x-notifyd-auth"] == "public"

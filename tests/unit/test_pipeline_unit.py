@@ -19,10 +19,10 @@ from faust.streams import current_event
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifyd import pipeline
-from notifyd.records import Delivery
+from notifyd.model.records import Delivery
+from notifyd.stream import pipeline
 from notifyd.stream.runtime import Runtime
-from notifyd.tables import inbox, ledger
+from notifyd.stream.tables import inbox, ledger
 from tests.support.app import app_agent, build_app
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses

@@ -18,13 +18,14 @@ import pytest
 
 from notifyd.config import Settings
 from notifyd.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError
+from notifyd.model.records import Delivery
 from notifyd.providers.http import error_for_status, parse_retry_after
 from notifyd.providers.httpapi import PushProvider, SmsProvider
-from notifyd.providers.memory import MemoryProvider
 from notifyd.providers.smtp import SmtpProvider, message_id_for
 from notifyd.providers.webhook import WebhookProvider, sign, verify
-from notifyd.records import Delivery
-from notifyd.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
+from tests.support.memory_provider import MemoryProvider
 
 SECRET = b"whsec-test-secret"
 TOKEN = "sandbox-token"
@@ -560,7 +561,7 @@ async def test_sandbox_main_runs_standalone() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "notifyd.sandbox",
+        "notifyd.tools.sandbox",
         "--port",
         "0",
         "--smtp-port",

@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from notifyd import pipeline
-from notifyd.records import Delivery
+from notifyd.model.records import Delivery
+from notifyd.stream import pipeline
 from notifyd.web import console, realtime
 from notifyd.web.realtime import CLOSED, Hub, sse
 from tests.support.app import app_agent

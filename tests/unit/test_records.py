@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from notifyd.config import CHANNELS
 from notifyd.errors import InvalidEvent
-from notifyd.records import (
+from notifyd.model.records import (
     MAX_DATA_BYTES,
     MAX_ID_LEN,
     PREFERENCE_FIELDS,

@@ -13,8 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from notifyd.config import CHANNELS
-from notifyd.records import Event
-from notifyd.rules import (
+from notifyd.domain.rules import (
     DEFER,
     SEND,
     SUPPRESS,
@@ -25,6 +24,7 @@ from notifyd.rules import (
     quiet_hours_end,
     throttle_slot,
 )
+from notifyd.model.records import Event
 
 PARIS = ZoneInfo("Europe/Paris")
 NO_THROTTLE = ThrottlePolicy(limit=0, window_s=3600, mode="defer")

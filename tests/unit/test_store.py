@@ -15,7 +15,13 @@ import pytest
 import redis.asyncio as aredis
 
 from notifyd.errors import ServiceUnavailable
-from notifyd.store import CredentialStore, RedisStore, SqliteStore, StoreUnavailable, open_store
+from notifyd.web.auth.store import (
+    CredentialStore,
+    RedisStore,
+    SqliteStore,
+    StoreUnavailable,
+    open_store,
+)
 from tests.support.redis_server import RedisServer
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from notifyd.domain.templating import MAX_RENDERED, TemplateStore, locale_chain
 from notifyd.errors import InvalidEvent
-from notifyd.templating import MAX_RENDERED, TemplateStore, locale_chain
 
 
 @pytest.fixture(scope="module")

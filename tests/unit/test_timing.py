@@ -1,4 +1,4 @@
-"""Scheduled sends, cancellation and digests (notifyd.timing): parsing, windows, the
+"""Scheduled sends, cancellation and digests (notifyd.stream.timing): parsing, windows, the
 status fold, and the real ingest and channel agents in Faust's ``test_context()``
 (tables in memory; timer records are fed to the ingest agent as the scheduler would
 produce them)."""
@@ -16,9 +16,8 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from notifyd import pipeline, timing
 from notifyd.errors import InvalidEvent
-from notifyd.records import (
+from notifyd.model.records import (
     CancelRequest,
     InvalidPreferences,
     idempotency_scope,
@@ -27,7 +26,8 @@ from notifyd.records import (
     parse_input,
     validate_preferences,
 )
-from notifyd.tables import cancels, inbox, preferences, scheduled, seen
+from notifyd.stream import pipeline, timing
+from notifyd.stream.tables import cancels, inbox, preferences, scheduled, seen
 from tests.support.app import app_agent, build_app
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -448,15 +448,15 @@ async def test_empty_digest_sends_nothing(ingest: Driver) -> None:
 
 
 def timing_heap() -> list[tuple[float, str, int]]:
-    from notifyd.scheduler import scheduler
+    from notifyd.stream.scheduler import scheduler
 
     return scheduler.heap
 
 
 async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
     webhook_agent = app_agent("agent.webhook")
-    from notifyd.records import Delivery
-    from notifyd.tables import ledger
+    from notifyd.model.records import Delivery
+    from notifyd.stream.tables import ledger
 
     published = capture_statuses(monkeypatch)
     user, eid = fresh("u"), fresh("e")
@@ -479,8 +479,8 @@ async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.Monk
 def test_due_lag_histogram_and_digest_counter_as_the_bench_reads_them() -> None:
     from prometheus_client import CollectorRegistry
 
-    from notifyd.bench_schedule import _METRIC_RE, lag_from_histogram
     from notifyd.metrics import Metrics
+    from notifyd.tools.bench.schedule import _METRIC_RE, lag_from_histogram
 
     m = Metrics(CollectorRegistry(auto_describe=True))
     m.due_lag("event", 0.2)
@@ -504,7 +504,7 @@ def test_due_lag_histogram_and_digest_counter_as_the_bench_reads_them() -> None:
 async def test_scheduler_index_rebuild_keeps_entries_pushed_meanwhile(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from notifyd import scheduler as sched_mod
+    from notifyd.stream import scheduler as sched_mod
 
     monkeypatch.setattr(sched_mod, "REBUILD_CHUNK", 1)  # yield after every row
     s = sched_mod.Scheduler()

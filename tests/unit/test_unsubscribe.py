@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,12 +18,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from notifyd import pipeline
 from notifyd.config import Settings
-from notifyd.errors import BadRequest, Forbidden
-from notifyd.records import InvalidPreferences, add_opt_out
-from notifyd.store import SqliteStore, resolve_jwt_secret
-from notifyd.unsubscribe import (
+from notifyd.domain.unsubscribe import (
     AUDIENCE,
     MAX_HEADER_LINE,
     PATH,
@@ -35,6 +32,10 @@ from notifyd.unsubscribe import (
     mailto_address,
     resolve_key,
 )
+from notifyd.errors import BadRequest, Forbidden
+from notifyd.model.records import InvalidPreferences, add_opt_out
+from notifyd.stream import pipeline
+from notifyd.web.auth.store import SqliteStore, resolve_jwt_secret
 from tests.support.app import app_agent
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
@@ -135,10 +136,12 @@ async def test_key_from_the_jwt_secret_shared_through_the_store(tmp_path: Path) 
     store = await SqliteStore.open(tmp_path / "creds.db", purge_interval_s=0)
     try:
         shared = await resolve_jwt_secret(settings, store)
-        assert await resolve_key(settings, store) == derive_key(shared)
+        assert await resolve_key(settings, partial(resolve_jwt_secret, settings, store)) == (
+            derive_key(shared)
+        )
     finally:
         await store.close()
-    # Without a store at hand (the SMTP provider): it opens the configured one.
+    # Without a store at hand (the SMTP provider): the app's reader opens the configured one.
     assert await resolve_key(settings) == derive_key(shared)
 
 
@@ -223,8 +226,8 @@ async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPa
     """The ``opt_out`` op: added to what is there, idempotent, answered to the waiter;
     a bad one is a dead letter, not a crash."""
     preferences_agent = app_agent("preferences")
-    from notifyd.tables import preferences
-    from notifyd.waiters import waiters
+    from notifyd.stream.tables import preferences
+    from notifyd.stream.waiters import waiters
 
     dlq = DeadLetters().install(monkeypatch)
     user = f"u-{uuid.uuid4().hex[:8]}"

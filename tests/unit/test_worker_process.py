@@ -1,4 +1,4 @@
-"""``notifyd.worker_process``: launch, readiness, logs and stop, with stand-in workers."""
+"""``notifyd.tools.worker_process``: launch, readiness, logs and stop, with stand-in workers."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from notifyd.broker.base import free_port
-from notifyd.worker_process import WorkerSubprocess, readyz
+from notifyd.tools.broker.base import free_port
+from notifyd.tools.worker_process import WorkerSubprocess, readyz
 
 # A stand-in worker: says hello on stdout, then answers /readyz on NOTIFYD_WEB_PORT.
 FAKE_WORKER = """

@@ -1,0 +1,1 @@
+"""Pure decisions on a notification: routing rules, templates, channel rules, unsubscribe links."""

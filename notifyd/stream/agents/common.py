@@ -1,0 +1,101 @@
+"""The loops agents run: bind log context per record, never let one record kill them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any
+
+import structlog
+from faust.streams import Stream
+from faust.types import EventT, StreamT
+
+from notifyd.stream.pipeline import dead_letter_failure, hold
+from notifyd.stream.tables import current_event
+
+log = structlog.stdlib.get_logger("notifyd.stream.agents")
+
+Handler = Callable[[EventT[Any]], Awaitable[None]]
+
+
+async def _handle(ev: EventT[Any], handler: Handler) -> None:
+    """Run ``handler`` on one record; whatever it raises ends in a dead letter.
+
+    A bug or an outage while handling one record must neither stop the partition nor
+    lose the record: it goes to its dead-letter topic with ``internal_error: <Type>:
+    <message>`` and its coordinates (``pipeline.dead_letter_failure``), which returns
+    only once the broker has it.  Cancelled (the worker stops) before the outcome is
+    written, the record is held unacked and handled again after the restart.
+    """
+    msg = ev.message
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        topic=msg.topic, partition=msg.partition, offset=msg.offset
+    )
+    try:
+        await handler(ev)
+    except asyncio.CancelledError:
+        hold(ev)
+        raise
+    except Exception as exc:
+        log.exception("agent.record_failed")
+        await dead_letter_failure(ev, exc)
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+async def run_events(stream: StreamT[Any], handler: Handler) -> AsyncIterable[None]:
+    """One record at a time, in order (Faust acks each when the next is taken)."""
+    async for ev in stream.events():
+        await _handle(ev, handler)
+        yield None
+
+
+async def run_events_concurrently(
+    stream: StreamT[Any], handler: Handler, limit: int, drain_s: float = 10.0
+) -> None:
+    """Up to ``limit`` records in flight, in order per message key (user id).
+
+    For I/O-bound handlers (provider calls): one slow recipient no longer holds up the
+    whole worker.  Each record is acked when its handler is done; Faust commits only the
+    acked *prefix* of a partition (``Consumer._new_offset`` stops at the first gap), so
+    a crash re-delivers whatever was in flight and never skips it.  Records of one key
+    run one after another, so a user's notifications keep their order and two copies
+    of one delivery never race past the ledger.
+    """
+    assert isinstance(stream, Stream)
+    stream.enable_acks = False  # acked below, when handled
+    slots = asyncio.Semaphore(limit)
+    tails: dict[Any, asyncio.Task[None]] = {}
+    inflight: set[asyncio.Task[None]] = set()
+
+    async def one(ev: EventT[Any], key: Any, before: asyncio.Task[None] | None) -> None:
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # never raises; see below
+            # Tables are read and written in the partition of the *current* event.
+            with current_event(ev):
+                await _handle(ev, handler)  # catches everything but cancellation
+            await stream.ack(ev)  # not on cancellation: re-consumed after a restart
+        finally:
+            slots.release()
+            if tails.get(key) is asyncio.current_task():
+                del tails[key]
+
+    try:
+        async for ev in stream.events():
+            await slots.acquire()
+            key = (ev.message.tp, ev.message.key)
+            task = asyncio.create_task(one(ev, key, tails.get(key)))
+            tails[key] = task
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+    finally:
+        # Stopping: let in-flight sends finish (an interrupted send is re-sent after the
+        # restart under the same idempotency key), then cancel the stragglers.
+        pending = set(inflight)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=drain_s)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

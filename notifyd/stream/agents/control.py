@@ -1,0 +1,23 @@
+"""notifyd.control: partition-local housekeeping (unschedule, expiry, inbox edits)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.types import StreamT
+
+from notifyd.stream.agents.common import run_events
+from notifyd.stream.pipeline import handle_control
+from notifyd.stream.runtime import Runtime
+from notifyd.stream.scheduler import run_scheduler
+
+
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.control, name="notifyd.control")
+    async def control_agent(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_control):
+            pass
+
+    @rt.app.task
+    async def scheduler_task() -> None:
+        await run_scheduler()

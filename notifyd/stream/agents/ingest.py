@@ -1,0 +1,27 @@
+"""notifyd.events (+ rekeyed): validate, dedupe, apply rules, fan out to channels."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.types import StreamT
+
+from notifyd.stream.agents.common import run_events
+from notifyd.stream.pipeline import handle_event
+from notifyd.stream.runtime import Runtime
+
+
+def register(rt: Runtime) -> None:
+    source = rt.app.topic(
+        rt.topics.names.events,
+        rt.topics.names.events_rekeyed,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @rt.app.agent(source, name="notifyd.ingest")
+    async def ingest(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_event):
+            pass

@@ -1,0 +1,370 @@
+"""Channel fallback chains (a small workflow) and the per-event routing extras.
+
+A chain, per event (``fallback``) or per category in the user's preferences
+(``fallback: {category | "*": chain}``; the event's own wins)::
+
+    [{"channel": "inapp"},
+     {"channel": "push", "after_s": 300, "unless": "read"},
+     {"channel": "email", "after_s": 3600, "unless": "read"}]
+
+The first step is sent like any event restricted to that channel.  Every later step
+is a durable schedule: a row of the ``scheduled`` table under the key its delivery
+would have (``<notification_id>:<channel>``), due ``after_s`` after the event was
+accepted, carrying the event, so it survives crashes and rebalances like a deferred
+delivery (rebuilt by the scheduler from the table).  When it is due the scheduler
+hands it to the control topic keyed by the user, and the step runs on the user's
+partition, where the facts live: ``unless: "read"`` looks at the in-app item (the
+``inbox`` table), ``unless: "delivered"`` at the previous steps' ledger entries and the
+inbox.  If the condition holds the step is ``skipped``; else it is processed as the
+event restricted to its channel (preferences, quiet hours, throttle, locale apply).
+
+Cancelled as soon as the condition is met: marking the in-app item read deletes the
+pending steps that wait on ``read`` or ``delivered`` and shows them ``skipped``; a
+step's channel ending ``failed`` or ``dead`` (or ``suppressed``) makes the next step
+due at once.  The status document shows the chain (``fallback``) and each step's
+channel as ``pending`` (with ``deliver_at``), ``skipped`` or its delivery states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from notifyd.clock import now as clock_now
+from notifyd.config import CHANNELS
+from notifyd.errors import InvalidEvent
+from notifyd.stream.tables import inbox, ledger, scheduled
+from notifyd.stream.topics import control_topic
+
+log = structlog.stdlib.get_logger("notifyd.stream.fallback")
+
+CONDITIONS = ("read", "delivered")
+MAX_STEPS = len(CHANNELS)
+MAX_AFTER_S = 30 * 24 * 3600
+#: ``Event.extra`` key of a step being run (set on the event the step re-processes).
+STEP_KEY = "_fallback_step"
+
+
+class InvalidChain(ValueError):
+    """A fallback chain that cannot be used; the message says why."""
+
+
+def parse_chain(value: Any, where: str = "fallback") -> list[dict[str, Any]]:
+    """Normalise a chain or raise :class:`InvalidChain`."""
+    if not isinstance(value, list) or not value:
+        raise InvalidChain(f"{where} must be a non-empty list of steps")
+    if len(value) > MAX_STEPS:
+        raise InvalidChain(f"{where} has at most {MAX_STEPS} steps")
+    steps: list[dict[str, Any]] = []
+    last_after = 0.0
+    for i, raw in enumerate(value):
+        at = f"{where}[{i}]"
+        if not isinstance(raw, dict):
+            raise InvalidChain(f"{at} must be an object")
+        unknown = set(raw) - {"channel", "after_s", "unless"}
+        if unknown:
+            raise InvalidChain(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
+        ch = raw.get("channel")
+        if ch not in CHANNELS:
+            raise InvalidChain(f"{at}.channel must be one of {', '.join(CHANNELS)}")
+        if any(s["channel"] == ch for s in steps):
+            raise InvalidChain(f"{at}: channel {ch} is already a step")
+        after = raw.get("after_s", 0)
+        if isinstance(after, bool) or not isinstance(after, int | float):
+            raise InvalidChain(f"{at}.after_s must be a number of seconds")
+        if not 0 <= after <= MAX_AFTER_S:
+            raise InvalidChain(f"{at}.after_s must be between 0 and {MAX_AFTER_S}")
+        if i == 0 and after:
+            raise InvalidChain(f"{at}: the first step is sent at once (no after_s)")
+        if after < last_after:
+            raise InvalidChain(f"{at}.after_s must not be earlier than the step before")
+        unless = raw.get("unless")
+        if unless is not None and (i == 0 or unless not in CONDITIONS):
+            raise InvalidChain(
+                f"{at}.unless must be one of {', '.join(CONDITIONS)} (not on the first step)"
+            )
+        step: dict[str, Any] = {"channel": ch, "after_s": after}
+        if unless is not None:
+            step["unless"] = unless
+        steps.append(step)
+        last_after = after
+    return steps
+
+
+def parse_preferences_chains(value: Any) -> dict[str, list[dict[str, Any]]] | None:
+    """The ``fallback`` field of preferences: ``{category | "*": chain}`` or null."""
+    from notifyd.model.records import _CATEGORY_RE
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidChain("fallback must be an object of category -> chain")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cat, chain in value.items():
+        if not isinstance(cat, str) or not (cat == "*" or _CATEGORY_RE.match(cat)):
+            raise InvalidChain(f"fallback: invalid category {str(cat)[:40]!r}")
+        out[cat] = parse_chain(chain, f"fallback.{cat}")
+    return out
+
+
+@dataclass
+class Plan:
+    """What :func:`prepare` decided for one event before the rules run."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    #: Index of the step this event runs (0: the event itself; >0: a due step).
+    step: int = 0
+    #: Extra fields of the status document's content.
+    content: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(event: Any, prefs: dict[str, Any] | None) -> Plan:
+    """Check the event's routing extras and restrict it to the current step's channel.
+
+    Raises :class:`InvalidEvent` (dead letter) for a bad ``callback_url`` or chain."""
+    from notifyd.stream.callbacks import check_callback_url
+
+    check_extras(event)
+    extra: dict[str, Any] = event.extra
+    plan = Plan()
+    url = check_callback_url(extra.get("callback_url"))
+    if url is not None:
+        plan.content["callback_url"] = url
+    if isinstance(extra.get("topic"), str):
+        plan.content["topic"] = extra["topic"]
+    step_info = extra.get(STEP_KEY)
+    if step_info is not None:  # a due step re-processing its event: already checked
+        plan.steps = step_info["steps"]
+        plan.step = int(step_info["step"])
+        plan.content["accepted_at"] = step_info["accepted_at"]
+    elif extra.get("fallback") is not None:
+        plan.steps = parse_chain(extra["fallback"])  # checked above
+    else:
+        chains = (prefs or {}).get("fallback") or {}
+        chain = chains.get(event.category) or chains.get("*")
+        if chain and event.channels is None:
+            plan.steps = chain
+    if plan.steps:
+        event.channels = (plan.steps[plan.step]["channel"],)
+        plan.content["fallback"] = plan.steps
+    return plan
+
+
+def check_extras(event: Any) -> None:
+    """Check ``callback_url`` and ``fallback`` of an event (also the API's 400s)."""
+    from notifyd.stream.callbacks import check_callback_url
+
+    extra: dict[str, Any] = event.extra
+    check_callback_url(extra.get("callback_url"))
+    if extra.get("fallback") is not None and STEP_KEY not in extra:
+        if event.channels is not None:
+            raise InvalidEvent("invalid_fallback: give channels or fallback, not both")
+        try:
+            parse_chain(extra["fallback"])
+        except InvalidChain as exc:
+            raise InvalidEvent(f"invalid_fallback: {exc}") from None
+
+
+def _step_key(nid: str, channel: str) -> str:
+    return f"{nid}:{channel}"
+
+
+async def after_decisions(
+    plan: Plan, event: Any, decisions: list[Any], partition: int, now: float,
+    updates: list[dict[str, Any]],
+) -> None:
+    """Schedule the later steps (first run) or hurry the next one; adjusts ``updates``.
+
+    The rules see the event restricted to the current step's channel, so they call
+    every other channel ``not_requested``: not so for the chain's later steps (they
+    are pending), nor, when a step runs, for any channel (stated by the first run)."""
+    if not plan.steps:
+        return
+    chain = {s["channel"] for s in plan.steps}
+    updates[:] = [
+        u for u in updates
+        if not (
+            u["status"] == "suppressed"
+            and str(u.get("reason", "")).startswith("not_requested")
+            and (plan.step > 0 or u["channel"] in chain)
+        )
+    ]
+    updates += await _after_decisions(plan, event, decisions, partition, now)
+
+
+async def _after_decisions(
+    plan: Plan, event: Any, decisions: list[Any], partition: int, now: float
+) -> list[dict[str, Any]]:
+    from notifyd.domain.rules import DEFER, SEND
+
+    nid = event.notification_id
+    current = plan.steps[plan.step]
+    d = next((d for d in decisions if d.channel == current["channel"]), None)
+    suppressed = d is not None and d.action not in (SEND, DEFER)
+    if plan.step > 0:
+        return await hurry_next(event.user_id, nid, partition, now, "suppressed") if (
+            suppressed
+        ) else []
+    inapp_sent = d is not None and d.action == SEND and current["channel"] == "inapp"
+    updates: list[dict[str, Any]] = []
+    accepted = now
+    event_doc = {k: v for k, v in event.to_dict().items() if k != STEP_KEY}
+    for i, step in enumerate(plan.steps[1:], start=1):
+        ch = step["channel"]
+        if step.get("unless") == "delivered" and inapp_sent:
+            updates.append(_skipped(ch, "delivered", now))
+            continue
+        due = accepted + float(step["after_s"])
+        if suppressed and i == 1:
+            due = now  # nothing to wait for
+        _schedule_step(event_doc, plan.steps, i, nid, event.user_id, due, accepted, partition)
+        updates.append(_pending(ch, due, now, step))
+    return updates
+
+
+def _pending(ch: str, due: float, now: float, step: dict[str, Any]) -> dict[str, Any]:
+    reason = f"fallback: unless {step['unless']}" if step.get("unless") else "fallback"
+    return {"channel": ch, "status": "pending", "deliver_at": due, "ts": now, "reason": reason}
+
+
+def _skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
+    return {"channel": ch, "status": "skipped", "reason": f"fallback: {condition}", "ts": now}
+
+
+def _schedule_step(
+    event_doc: dict[str, Any], steps: list[dict[str, Any]], i: int, nid: str, user_id: str,
+    due: float, accepted: float, partition: int,
+) -> None:
+    from notifyd.stream.scheduler import scheduler
+
+    key = _step_key(nid, steps[i]["channel"])
+    scheduled[key] = {
+        "due": due,
+        "p": partition,
+        "reason": "fallback",
+        "fallback": {
+            "step": i, "steps": steps, "event": event_doc, "user_id": user_id, "nid": nid,
+            "accepted_at": accepted,
+        },
+    }
+    scheduler.push(due, key, partition)
+
+
+def _pending_steps(nid: str) -> list[tuple[str, dict[str, Any]]]:
+    """This notification's scheduled steps (the caller is in the user's partition)."""
+    out = []
+    for ch in CHANNELS:
+        key = _step_key(nid, ch)
+        entry = scheduled.get(key)
+        if entry is not None and "fallback" in entry:
+            out.append((key, entry))
+    return sorted(out, key=lambda kv: int(kv[1]["fallback"]["step"]))
+
+
+async def hurry_next(
+    user_id: str, nid: str, partition: int, now: float, why: str
+) -> list[dict[str, Any]]:
+    """A step's channel failed, died or was suppressed: the next step is due now."""
+    from notifyd.stream.scheduler import scheduler
+
+    pending = _pending_steps(nid)
+    if not pending:
+        return []
+    key, entry = pending[0]
+    if entry["due"] <= now:
+        return []
+    scheduled[key] = {**entry, "due": now}
+    scheduler.push(now, key, partition)
+    fb = entry["fallback"]
+    step = fb["steps"][fb["step"]]
+    log.info("fallback.hurried", notification_id=nid, channel=step["channel"], why=why)
+    update = _pending(step["channel"], now, now, step)
+    update["reason"] = f"fallback: previous step {why}"
+    return [update]
+
+
+async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
+    """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
+    from notifyd.stream.pipeline import publish_status
+
+    updates = await hurry_next(
+        delivery.user_id, delivery.notification_id, partition, clock_now(), state
+    )
+    if updates:
+        await publish_status(delivery.notification_id, updates)
+
+
+async def on_read(user_id: str, nids: list[str]) -> None:
+    """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
+    from notifyd.stream.pipeline import publish_status
+
+    now = clock_now()
+    for nid in nids:
+        updates = []
+        for key, entry in _pending_steps(nid):
+            step = entry["fallback"]["steps"][entry["fallback"]["step"]]
+            if step.get("unless") in CONDITIONS:
+                del scheduled[key]
+                updates.append(_skipped(step["channel"], "read", now))
+        if updates:
+            await publish_status(nid, updates)
+            log.info("fallback.cancelled", notification_id=nid, steps=len(updates))
+
+
+async def release_step(key: str, entry: dict[str, Any]) -> None:
+    """Scheduler: a step is due; it runs on its user's partition (control topic)."""
+    from notifyd.model.records import dumps
+
+    user_id = entry["fallback"]["user_id"]
+    await control_topic.send(
+        key=user_id.encode(),
+        value=dumps({"op": "fallback_step", "id": key, "due": entry["due"]}),
+    )
+
+
+def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
+                   upto: int) -> bool:
+
+    item = next(
+        (it for it in (inbox.get(user_id) or {}).get("items", ()) if it.get("id") == nid), None
+    )
+    if condition == "read":
+        return bool(item is not None and item.get("read"))
+    if item is not None:
+        return True  # the in-app item was delivered
+    for step in steps[:upto]:
+        done = ledger.get(_step_key(nid, step["channel"]))
+        if done is not None and done.get("s") == "sent":
+            return True
+    return False
+
+
+async def run_step(msg: dict[str, Any], partition: int) -> None:
+    """Control message ``fallback_step``: check the condition, skip or send the step."""
+    from notifyd.model.records import dumps, parse_event
+    from notifyd.stream.pipeline import process_event, publish_status
+
+    entry = scheduled.get(msg["id"])
+    if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:
+        return  # already run, cancelled or rescheduled
+    del scheduled[msg["id"]]
+    fb = entry["fallback"]
+    i = int(fb["step"])
+    step = fb["steps"][i]
+    user_id = fb["user_id"]
+    nid = fb["nid"]
+    now = clock_now()
+    condition = step.get("unless")
+    if condition and _condition_met(condition, nid, user_id, fb["steps"], i):
+        await publish_status(nid, [_skipped(step["channel"], condition, now)])
+        log.info("fallback.skipped", notification_id=nid, channel=step["channel"])
+        return
+    raw = {**fb["event"], "channels": None, "fallback": None,
+           STEP_KEY: {"step": i, "steps": fb["steps"], "accepted_at": fb["accepted_at"]}}
+    event = parse_event(dumps(raw))
+    if event.notification_id != nid:  # an id of the legacy scheme: keep the one it had
+        event.legacy_ids = True
+    log.info("fallback.step", notification_id=nid, channel=step["channel"], step=i)
+    await process_event(event, partition, now)

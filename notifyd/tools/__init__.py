@@ -1,0 +1,1 @@
+"""Tooling beside the daemon: local brokers, the embedded run, the sandbox, the benchmark."""

@@ -1,0 +1,1 @@
+"""``notifyd bench``: notifyd against the raw-client floor, one broker, one run."""

