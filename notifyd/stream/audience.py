@@ -51,7 +51,7 @@ from notifyd.errors import InvalidEvent
 from notifyd.model.records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
 from notifyd.stream.app import settings
 from notifyd.stream.tables import seen, subscribers, subscriptions
-from notifyd.stream.topics import events_topic, fanout_topic, subscriptions_topic
+from notifyd.stream.topics import events_topic, fanout_topic, partition_for, subscriptions_topic
 from notifyd.stream.waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.stream.audience")
@@ -163,7 +163,7 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
 
 async def handle_subscription(ev: EventT[Any]) -> None:
     """Apply one phase of a subscription command (see the module doc)."""
-    from notifyd.stream.pipeline import dead_letter, dlq_for, partition_for
+    from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
 
     raw: bytes | None = ev.value
     try:
@@ -272,7 +272,8 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
 
 async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
     """Ingest of a topic-addressed event: on the topic's partition, once per event id."""
-    from notifyd.stream.pipeline import dead_letter, on_key_partition, record_origin
+    from notifyd.stream.handlers.deadletter import dead_letter
+    from notifyd.stream.handlers.ingest import on_key_partition, record_origin
 
     msg = ev.message
     raw: bytes = ev.value
@@ -301,7 +302,7 @@ async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
 
 async def handle_fanout(ev: EventT[Any]) -> None:
     """One chunk of a fan-out: recipients of the next buckets, then the continuation."""
-    from notifyd.stream.pipeline import dead_letter, dlq_for, partition_for
+    from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
 
     raw: bytes = ev.value
     msg = loads(raw)

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 
 from notifyd.config import Settings
 from notifyd.providers.base import Provider
-from notifyd.providers.registry import build_provider as configured_provider
 from notifyd.stream.agents import register_agents
 from notifyd.stream.app import faust_app
+from notifyd.stream.handlers.deliver import build_provider as configured_provider
 from notifyd.stream.runtime import Runtime, Timer, install
 from notifyd.stream.tables import declare_tables
 from notifyd.stream.topics import declare_topics
@@ -29,9 +29,9 @@ def build_stream(
 ) -> Runtime:
     """A new app with notifyd's topics, tables and agents, made the current runtime.
 
-    ``build_provider`` gives each channel agent its provider (default: as configured,
-    ``providers.registry.build_provider``); ``timer`` drives the channels' rate limits
-    and pauses; ``extensions`` run last, on the runtime.
+    ``build_provider`` gives each channel agent its provider (default: the inbox for
+    in-app, else as configured: ``stream.handlers.deliver.build_provider``); ``timer``
+    drives the channels' rate limits and pauses; ``extensions`` run last, on the runtime.
     """
     app = faust_app(settings)
     rt = Runtime(

@@ -41,7 +41,7 @@ class Runtime:
     app: faust.App
     topics: Topics
     tables: Tables
-    #: Builds the provider a channel agent owns (``providers.registry.build_provider``).
+    #: Builds the provider a channel agent owns (``stream.handlers.deliver.build_provider``).
     build_provider: Callable[[str, Settings], Provider]
     timer: Timer = field(default_factory=Timer)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.types import TopicT
 
 from notifyd.config import CHANNELS, Settings
@@ -92,3 +93,9 @@ def active_partitions(topic: str | None = None) -> frozenset[int]:
     except Exception:  # no assignment yet (starting, rebalancing)
         return frozenset()
     return frozenset(tp.partition for tp in tps if tp.topic == name)
+
+
+def partition_for(key: str, partitions: int | None = None) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for a UTF-8 key."""
+    n = partitions or current().settings.topic_partitions
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % n

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 IMPORT_EVERYTHING = """
 import notifyd.stream.app, notifyd.stream.topics, notifyd.stream.tables, notifyd.stream.agents
-import notifyd.stream.pipeline, notifyd.stream.scheduler, notifyd.service, notifyd.web.view
+import notifyd.stream.handlers.ingest, notifyd.stream.scheduler, notifyd.service, notifyd.web.view
 import notifyd.web.api.v1, notifyd.cli.commands
 from notifyd.stream import runtime
 from notifyd.stream.topics import events_topic

@@ -19,18 +19,17 @@ WEB = "notifyd.web"
 
 #: Known cycles, each broken here at one edge (importer, imported): why it is still there.
 KNOWN_CYCLE_EDGES: dict[tuple[str, str], str] = {
-    # notifyd.stream.pipeline and its callers (split into notifyd.stream.handlers).
-    ("notifyd.stream.pipeline", "notifyd.stream.scheduler"): "pipeline <-> scheduler",
-    ("notifyd.stream.scheduler", "notifyd.stream.pipeline"): "pipeline <-> scheduler",
-    ("notifyd.stream.pipeline", "notifyd.web.realtime"): "pipeline -> hub (publish hook)",
-    ("notifyd.stream.timing", "notifyd.stream.pipeline"): "timing <-> pipeline",
-    ("notifyd.stream.timing", "notifyd.stream.scheduler"): "timing -> scheduler -> pipeline",
-    ("notifyd.stream.fallback", "notifyd.stream.pipeline"): "fallback <-> pipeline",
-    ("notifyd.stream.fallback", "notifyd.stream.scheduler"): "fallback -> scheduler",
-    ("notifyd.stream.audience", "notifyd.stream.pipeline"): "audience <-> pipeline",
-    ("notifyd.stream.callbacks", "notifyd.stream.pipeline"): "callbacks <-> pipeline",
     # records validates preference chains with fallback, which reads records.
     ("notifyd.model.records", "notifyd.stream.fallback"): "records <-> fallback",
+    # timing, fallback, callbacks and audience call handlers that call them back.
+    ("notifyd.stream.callbacks", "notifyd.stream.handlers.deliver"): "callbacks <-> handlers",
+    ("notifyd.stream.callbacks", "notifyd.stream.handlers.status"): "callbacks <-> status",
+    ("notifyd.stream.fallback", "notifyd.stream.handlers.dispatch"): "fallback <-> dispatch",
+    ("notifyd.stream.fallback", "notifyd.stream.handlers.status"): "fallback <-> handlers",
+    ("notifyd.stream.timing", "notifyd.stream.handlers.deadletter"): "timing <-> handlers",
+    ("notifyd.stream.timing", "notifyd.stream.handlers.dispatch"): "timing <-> dispatch",
+    ("notifyd.stream.timing", "notifyd.stream.handlers.status"): "timing <-> handlers",
+    ("notifyd.stream.audience", "notifyd.stream.handlers.ingest"): "audience <-> ingest",
 }
 
 

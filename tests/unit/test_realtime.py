@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from notifyd.model.records import Delivery
-from notifyd.stream import pipeline
+from notifyd.stream.handlers import status as statuses
 from notifyd.web import console, realtime
 from notifyd.web.realtime import CLOSED, Hub, sse
 from tests.support.app import app_agent
@@ -201,7 +201,7 @@ async def test_deliver_inapp_publishes_to_the_hub(monkeypatch: pytest.MonkeyPatc
     async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
         return None
 
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    monkeypatch.setattr(statuses, "publish_status", record)
     user = f"rt-{uuid.uuid4().hex[:8]}"
     with realtime.hub.subscribe(user) as sub:
         async with app_agent("agent.inapp").test_context() as agent:

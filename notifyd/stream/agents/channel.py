@@ -16,7 +16,7 @@ from notifyd.config import CHANNELS, Settings
 from notifyd.providers.base import Provider
 from notifyd.providers.ratelimit import LimitedProvider, channel_limits
 from notifyd.stream.agents.common import run_events, run_events_concurrently
-from notifyd.stream.pipeline import handle_delivery
+from notifyd.stream.handlers.deliver import handle_delivery
 from notifyd.stream.runtime import Runtime, Timer
 
 

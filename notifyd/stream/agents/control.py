@@ -7,9 +7,9 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.pipeline import handle_control
+from notifyd.stream.handlers.control import handle_control
+from notifyd.stream.handlers.schedule import run_scheduler
 from notifyd.stream.runtime import Runtime
-from notifyd.stream.scheduler import run_scheduler
 
 
 def register(rt: Runtime) -> None:

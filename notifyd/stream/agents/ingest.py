@@ -7,7 +7,7 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.pipeline import handle_event
+from notifyd.stream.handlers.ingest import handle_event
 from notifyd.stream.runtime import Runtime
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from faust.streams import Stream
 from faust.types import StreamT
 
-from notifyd.stream.pipeline import fold_status_events
+from notifyd.stream.handlers.status import fold_status_events
 from notifyd.stream.runtime import Runtime
 
 
