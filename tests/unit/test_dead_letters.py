@@ -169,10 +169,10 @@ async def test_control_message_that_fails_is_dead_lettered(dlq: DeadLetters) -> 
 async def test_preferences_failure_is_dead_lettered(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import notifyd.model.records
+    from notifyd.stream.handlers import preferences as preferences_handler
     preferences_agent = app_agent("preferences")
 
-    monkeypatch.setattr(notifyd.model.records, "merge_preferences", boom)
+    monkeypatch.setattr(preferences_handler, "merge_preferences", boom)
     user = new_user()
     raw = orjson.dumps({"op": "put", "user_id": user, "fields": {"locale": "fr"}})
     async with preferences_agent.test_context() as agent:
