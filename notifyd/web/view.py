@@ -15,6 +15,7 @@ from aiohttp import web
 from notifyd.metrics import metrics
 from notifyd.stream.runtime import Runtime
 from notifyd.web import console, realtime, unsubscribe
+from notifyd.web.api import audience as audience_api  # noqa: F401  (its routes join the registry)
 from notifyd.web.api.state import make_handlers
 from notifyd.web.api.v1 import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
 from notifyd.web.auth import setup as auth_setup

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grimp
 import pytest
 
 from notifyd.config import CHANNELS
@@ -58,6 +59,16 @@ def test_create_app_declares_topics_tables_agents_and_the_web_view(runtime: Runt
     paths = {r.resource.canonical for r in app.web.web_app.router.routes()  # type: ignore[attr-defined]
              if r.resource is not None}
     assert {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"} <= paths
+    # One route of each module that declares routes on the registry.
+    assert {"/api/v1/subscriptions", "/api/v1/notifications/stream", "/api/v1/unsubscribe",
+            "/api/v1/admin/providers"} <= paths
+
+
+def test_the_web_view_mounts_every_module_that_declares_routes() -> None:
+    graph = grimp.build_graph("notifyd", cache_dir=None)
+    declaring = graph.find_modules_that_directly_import("notifyd.web.registry")
+    mounted = graph.find_modules_directly_imported_by("notifyd.web.view")
+    assert declaring - {"notifyd.web.view"} <= mounted
 
 
 async def test_each_build_has_its_own_settings_and_the_refs_follow_the_current() -> None:
