@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import faust
 import structlog
@@ -16,10 +17,13 @@ from notifyd.stream.topology import ensure_topics
 
 
 class Worker(faust.Worker):
+    def __init__(self, app: faust.App, settings: Settings, **kwargs: Any) -> None:
+        self.notifyd_settings = settings  # for _setup_logging, called while Faust starts
+        super().__init__(app, **kwargs)
+
     def _setup_logging(self) -> None:
         # Faust installs its own colour handlers; one structlog chain for everything.
-        s = get_settings()
-        configure(s.log_format, s.log_level)
+        configure(self.notifyd_settings.log_format, self.notifyd_settings.log_level)
 
 
 def run_worker(build_app: Callable[[Settings], faust.App], s: Settings | None = None) -> int:
@@ -55,6 +59,6 @@ def run_worker(build_app: Callable[[Settings], faust.App], s: Settings | None = 
         store=s.table_store,
         datadir=str(s.datadir),
     )
-    w = Worker(app, loglevel=s.log_level)
+    w = Worker(app, s, loglevel=s.log_level)
     w.execute_from_commandline()
     return 0
