@@ -18,7 +18,6 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from openapi_spec_validator.validation.validators import OpenAPIV30SpecValidator
 
-import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.errors import BadRequest, InvalidEvent
 from notifyd.model import limits
 from notifyd.model.api import UserCreate
