@@ -131,7 +131,10 @@ def setup(app: faust.App) -> None:
     webapp: web.Application = app.web.web_app  # type: ignore[attr-defined]
     webapp._client_max_size = settings.max_request_bytes  # set before the app freezes
     webapp.cleanup_ctx.append(_http_client)
+    from notifyd.web import protocol
     from notifyd.web.auth.setup import install
+
+    protocol.install(app.web)  # parser errors as JSON too
 
     install(app, webapp)
     webapp.add_routes(make_handlers(app))
