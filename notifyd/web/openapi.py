@@ -17,6 +17,7 @@ contract clients see *and* the check the server runs.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -559,6 +560,9 @@ _SECURED: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
 
 # --- the registry -----------------------------------------------------------------------
 
+#: A path parameter without a declared schema: an id.
+ID_SCHEMA: Schema = {"type": "string", "minLength": 1, "maxLength": 200}
+
 
 @dataclass(frozen=True)
 class Param:
@@ -568,6 +572,8 @@ class Param:
     schema: Schema
     description: str = ""
     required: bool = False
+    #: The error code of a value its schema refuses.
+    code: str = "invalid_parameter"
 
 
 @dataclass(frozen=True)
@@ -576,6 +582,8 @@ class Resp:
     schema: Schema | None = None
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+    #: OpenAPI links: name -> Link object (what a client can call next with this answer).
+    links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -619,6 +627,10 @@ class Endpoint:
     routed: bool = False
     operation_id: str = ""
 
+    def path_param_schema(self, name: str) -> Schema:
+        """The schema of path parameter ``name``: declared, else an id (1-200 chars)."""
+        return self.path_params.get(name, ID_SCHEMA)
+
     def error_statuses(self) -> list[int]:
         out = set(self.errors)
         if self.auth != "public":
@@ -627,7 +639,7 @@ class Endpoint:
             out.add(403)
         if self.body is not None:
             out.update((400, 413))
-        if self.query or self.path_params:
+        if self.query or _path_param_names(self.path):
             out.add(400)
         if self.routed:
             out.add(503)
@@ -663,6 +675,31 @@ class Registry:
 
         return deco
 
+    def router_path(self, path: str) -> str:
+        """``path`` for aiohttp's router.  In OpenAPI a concrete path wins over a
+        templated one (``/notifications/stream`` is not ``/notifications/{id}`` with id
+        ``stream``); aiohttp would try the template too, and answer a method only the
+        template has (``DELETE /notifications/stream``), or list it in a 405's
+        ``Allow``.  So a parameter never matches a literal segment that another declared
+        path has in its place."""
+        segs = path.split("/")
+        shape = [_shape(s) for s in segs]
+        out = list(segs)
+        for i, seg in enumerate(segs):
+            if shape[i] != "{}":
+                continue
+            literals = sorted({
+                other[i]
+                for other in (e.path.split("/") for e in self.endpoints)
+                if len(other) == len(segs) and _shape(other[i]) != "{}"
+                and [_shape(x) for x in other[:i]] == shape[:i]
+                and [_shape(x) for x in other[i + 1:]] == shape[i + 1:]
+            })
+            if literals:
+                taken = "|".join(re.escape(x) for x in literals)
+                out[i] = f"{{{seg[1:-1]}:(?!(?:{taken})(?:/|$))[^{{}}/]+}}"
+        return "/".join(out)
+
     def document(
         self, method: str, path: str, *, summary: str, auth: Auth, tags: tuple[str, ...],
         responses: dict[int, Resp], operation_id: str, **kw: Any,
@@ -674,6 +711,11 @@ class Registry:
                 responses=responses, operation_id=operation_id, **kw,
             )
         )
+
+
+def _shape(segment: str) -> str:
+    """A path segment with any parameter name erased: ``{}`` or the literal."""
+    return "{}" if segment.startswith("{") and segment.endswith("}") else segment
 
 
 # --- request validation (a JSON Schema subset) ---------------------------------------
@@ -743,7 +785,7 @@ def validate(schema: Schema, value: Any, path: str = "") -> None:
                 f"{_name(path)} must be at most {schema['maxLength']} characters",
                 code="invalid_value",
             )
-        if "pattern" in schema and not re.search(schema["pattern"], value):
+        if "pattern" in schema and not _regex(schema["pattern"]).search(value):
             raise BadRequest(f"{_name(path)} has an invalid format", code="invalid_value")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
@@ -792,6 +834,15 @@ def validate(schema: Schema, value: Any, path: str = "") -> None:
                 validate(extra, item, sub)
 
 
+@functools.cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema ``pattern`` (ECMA-262) for Python's ``re``: ``\\d`` and ``\\w`` are
+    ASCII there, and a final ``$`` does not match before a trailing newline."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern, re.ASCII)
+
+
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
@@ -832,7 +883,7 @@ def parse_query(query: Mapping[str, str], params: tuple[Param, ...]) -> dict[str
             validate(p.schema, value, p.name)
         except BadRequest as exc:
             raise BadRequest(
-                "query parameter " + exc.detail.removeprefix("field "), code="invalid_parameter"
+                "query parameter " + exc.detail.removeprefix("field "), code=p.code
             ) from None
         out[p.name] = value
     return out
@@ -868,7 +919,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
             "name": name,
             "in": "path",
             "required": True,
-            "schema": ep.path_params.get(name, {"type": "string"}),
+            "schema": ep.path_param_schema(name),
         }
         for name in _path_param_names(ep.path)
     ]
@@ -895,6 +946,8 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
                 name: {"description": desc, "schema": {"type": "string"}}
                 for name, desc in resp.headers.items()
             }
+        if resp.links:
+            r["links"] = copy.deepcopy(dict(resp.links))
         responses[str(status)] = r
     for status in ep.error_statuses():
         responses.setdefault(
@@ -939,7 +992,6 @@ def build_document(
             "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
         },
     }
-
 
 def _downgrade_schema(node: Any) -> Any:
     if isinstance(node, list):

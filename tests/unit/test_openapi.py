@@ -97,6 +97,39 @@ def test_document_details() -> None:
     assert len(ops) == sum(len(item) for item in doc["paths"].values())  # unique
 
 
+def test_path_parameters_are_documented_as_checked() -> None:
+    """The schema a path parameter is checked against is the documented one (an id:
+    1 to 200 characters unless declared), and its 400 is documented."""
+    doc = api.openapi_document()
+    op = doc["paths"]["/api/v1/notifications/{notification_id}"]["get"]
+    [param] = op["parameters"]
+    assert param["schema"] == {"type": "string", "minLength": 1, "maxLength": 200}
+    assert "400" in op["responses"]
+
+
+def test_links_name_real_operations_and_their_parameters() -> None:
+    doc = api.openapi_document()
+    ops = {op["operationId"]: op for item in doc["paths"].values() for op in item.values()}
+    links = [link for item in doc["paths"].values() for op in item.values()
+             for resp in op["responses"].values() for link in resp.get("links", {}).values()]
+    assert {link["operationId"] for link in links} >= {
+        "get_notification", "update_notification", "delete_notification"}
+    for link in links:
+        op = ops[link["operationId"]]
+        assert set(link["parameters"]) == {p["name"] for p in op.get("parameters", ())
+                                           if p["in"] == "path"}, link
+
+
+def test_a_literal_segment_is_not_a_parameter_value() -> None:
+    """OpenAPI: /notifications/stream is that path, never /notifications/{id} with id
+    "stream"; the router is told so."""
+    reg = api.registry
+    assert reg.router_path("/api/v1/notifications/{notification_id}") == (
+        "/api/v1/notifications/{notification_id:(?!(?:stream)(?:/|$))[^{}/]+}")
+    assert reg.router_path("/api/v1/users/{user_id}/preferences") == (
+        "/api/v1/users/{user_id}/preferences")
+
+
 def test_public_endpoints_match_the_auth_middleware() -> None:
     """What the document calls public is what the middleware lets through anonymously."""
     for ep in api.registry.endpoints:
@@ -254,6 +287,34 @@ async def test_auth_and_parameters_checked_before_handlers(
     await _error(await client.post("/api/v1/notifications", json={"title": 5}, headers=h),
                  400, "wrong_type")
     await _error(await client.delete("/api/v1/users/me", headers=h), 405, "method_not_allowed")
+
+
+async def test_405_allows_what_the_document_lists(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    svc = client.app[AUTH]
+    user = await svc.users.create("erin", "correct horse battery", "erin@example.com")
+    h = {"Authorization": f"Bearer {(await svc.tokens.issue(user))['access_token']}"}
+    doc = api.openapi_document()
+    for method in ("DELETE", "PATCH", "OPTIONS"):
+        resp = await client.request(method, "/api/v1/notifications/stream", headers=h)
+        await _error(resp, 405, "method_not_allowed")
+        allowed = set(resp.headers["Allow"].split(",")) - {"HEAD"}  # HEAD: implied by GET
+        assert allowed == {m.upper() for m in doc["paths"]["/api/v1/notifications/stream"]}
+    # The template still serves every other id.
+    await _error(await client.delete("/api/v1/notifications/streams", headers=h), 503,
+                 "not_ready")
+
+
+async def test_oidc_callback_parameters_are_rfc_6749_ascii(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    for query in ("state=a&code=%C3%A4", "error=%22quoted%22", "error_description=%5C"):
+        detail = await _error(await client.get(f"/api/v1/auth/callback?{query}"), 400,
+                              "invalid_parameter")
+        assert "invalid format" in detail
+    await _error(await client.get("/api/v1/auth/callback?error=x&error_description=a%20b"),
+                 404, "oidc_not_configured")
 
 
 async def test_docs_and_document_served(

@@ -104,8 +104,10 @@ async def unsubscribe_me(call: Call) -> web.StreamResponse:
     query=(
         Param("limit", {"type": "integer", "minimum": 1, "maximum": audience.MAX_PAGE,
                         "default": 100}),
-        Param("cursor", {"type": "string", "maxLength": 300},
-              "next_cursor of the previous page; the first page without it"),
+        Param("cursor", {"type": "string", "maxLength": 300,
+                         "pattern": audience.CURSOR_PATTERN},
+              "next_cursor of the previous page; the first page without it",
+              code="invalid_cursor"),
     ),
     description="Answered by the owner of the topic's partition; `next_cursor` is null "
     "on the last page. `total` counts every subscriber.",

@@ -90,7 +90,6 @@ BINDING_COOKIE = "notifyd_oidc_binding"
 _BINDING_PATH = "/api/v1/auth/"
 _BINDING_TTL_S = 600
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 # --- plumbing -----------------------------------------------------------------------
@@ -149,7 +148,7 @@ def _wrap(ep: Endpoint) -> Any:
             user = require_user(request)
         for name in param_names:
             try:
-                validate(ep.path_params.get(name, _ID_SCHEMA), request.match_info[name], name)
+                validate(ep.path_param_schema(name), request.match_info[name], name)
             except BadRequest as exc:
                 raise BadRequest(
                     "path parameter " + exc.detail.removeprefix("field "),
@@ -362,11 +361,19 @@ async def oidc_login(call: Call) -> web.StreamResponse:
     return resp
 
 
+#: RFC 6749 appendix A: state and code are VSCHAR (printable ASCII), error and its
+#: description NQSCHAR (the same without '"' and '\\').  ASCII also bounds the request
+#: line: percent-encoded, these fit in notifyd.web.protocol.MAX_LINE_BYTES.
+_VSCHAR = r"^[\x20-\x7E]*$"
+_NQSCHAR = r"^[\x20\x21\x23-\x5B\x5D-\x7E]*$"
 _CALLBACK_PARAMS = (
-    Param("state", {"type": "string", "maxLength": 256}, "from the provider"),
-    Param("code", {"type": "string", "maxLength": 4096}, "authorization code"),
-    Param("error", {"type": "string", "maxLength": 256}, "the provider refused the login"),
-    Param("error_description", {"type": "string", "maxLength": 1024}),
+    Param("state", {"type": "string", "maxLength": 256, "pattern": _VSCHAR},
+          "from the provider"),
+    Param("code", {"type": "string", "maxLength": 4096, "pattern": _VSCHAR},
+          "authorization code"),
+    Param("error", {"type": "string", "maxLength": 256, "pattern": _NQSCHAR},
+          "the provider refused the login"),
+    Param("error_description", {"type": "string", "maxLength": 1024, "pattern": _NQSCHAR}),
 )
 
 
@@ -516,6 +523,18 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
 # --- notifications --------------------------------------------------------------------
 
 
+_BY_ID = {"notification_id": "$response.body#/notification_id"}
+#: What a client does next with an accepted notification (null id for a topic's).
+_NOTIFICATION_LINKS = {
+    "GetNotification": {"operationId": "get_notification", "parameters": _BY_ID,
+                        "description": "its delivery status"},
+    "UpdateNotification": {"operationId": "update_notification", "parameters": _BY_ID,
+                           "description": "mark it read or archive it (in-app)"},
+    "DeleteNotification": {"operationId": "delete_notification", "parameters": _BY_ID,
+                           "description": "cancel it, or delete it from the inbox"},
+}
+
+
 @registry.route(
     "POST", "/api/v1/notifications", summary="Send a notification", auth="user",
     tags=("notifications",), body=ref("NotificationCreate"), validate_body=False,
@@ -531,7 +550,8 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     "`user_id` (operators only) every subscriber of the topic gets their own notification.",
     responses={
         202: Resp("Accepted for delivery", ref("NotificationAccepted"),
-                  headers={"Location": "the notification's status URL"}),
+                  headers={"Location": "the notification's status URL"},
+                  links=_NOTIFICATION_LINKS),
     },
 )
 async def create_notification(call: Call) -> web.StreamResponse:
@@ -914,7 +934,7 @@ async def docs_asset(call: Call) -> web.StreamResponse:
 def make_api_routes(app: faust.App) -> list[web.AbstractRouteDef]:
     """aiohttp route definitions of every registry endpoint with a handler here."""
     return [
-        web.route(ep.method, ep.path, _wrap(ep))
+        web.route(ep.method, registry.router_path(ep.path), _wrap(ep))
         for ep in registry.endpoints
         if ep.handler is not None
     ]
