@@ -74,7 +74,6 @@ from notifyd.web.openapi import (
     json_type,
     parse_query,
     ref,
-    to_openapi_30,
     validate,
 )
 from notifyd.web.routing import route
@@ -849,22 +848,16 @@ def openapi_document() -> dict[str, Any]:
 
 
 @functools.cache
-def _openapi_bytes(compat: str | None) -> bytes:
-    doc = openapi_document()
-    return dumps(to_openapi_30(doc) if compat == "3.0" else doc)
+def _openapi_bytes() -> bytes:
+    return dumps(openapi_document())
 
 
 @registry.route(
     "GET", "/api/v1/openapi.json", summary="This API as OpenAPI 3.1", auth="public",
-    tags=("meta",),
-    query=(Param("compat", {"type": "string", "enum": ["3.0"]},
-                 "3.0: the same document as OpenAPI 3.0.3 (for older tools)"),),
-    responses={200: Resp("The OpenAPI document", {"type": "object"})},
+    tags=("meta",), responses={200: Resp("The OpenAPI document", {"type": "object"})},
 )
 async def openapi_json(call: Call) -> web.StreamResponse:
-    return web.Response(
-        body=_openapi_bytes(call.query.get("compat")), content_type="application/json"
-    )
+    return web.Response(body=_openapi_bytes(), content_type="application/json")
 
 
 _DOCS_HTML = """<!DOCTYPE html>
@@ -882,9 +875,9 @@ _DOCS_HTML = """<!DOCTYPE html>
 <script src="/docs/static/swagger-ui-standalone-preset.js"></script>
 <script>
 window.onload = function () {
-  // The bundled Swagger UI (4.x) reads OpenAPI 3.0, so it loads the 3.0 rendering.
+  // Swagger UI 5 (swagger-ui-bundle-v2) reads the OpenAPI 3.1 document as served.
   window.ui = SwaggerUIBundle({
-    url: "/api/v1/openapi.json?compat=3.0",
+    url: "/api/v1/openapi.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
