@@ -284,5 +284,9 @@ async def test_swagger_ui_renders_the_openapi_31_document(
     await expect(info.locator(".title")).to_contain_text(doc["info"]["title"])
     await expect(info.locator(".version-stamp")).to_contain_text("OAS 3.1")
     await expect(page.locator(".opblock")).to_have_count(shown)
+    # A schema of 3.1 only (the inbox stream's events: const, contentSchema) renders.
+    stream = page.locator("#operations-notifications-notification_stream")
+    await stream.locator(".opblock-summary").click()
+    await expect(stream.locator(".responses-wrapper")).to_contain_text("text/event-stream")
     assert await page.locator(".errors-wrapper").count() == 0
     assert page.errors == []
