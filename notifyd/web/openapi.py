@@ -758,11 +758,13 @@ def validate(schema: Schema, value: Any, path: str = "") -> None:
         for option in schema["anyOf"]:
             try:
                 validate(option, value, path)
-                return
+                break
             except BadRequest as exc:
                 errors.append(exc)
-        # Report the error of the non-null option: that is what the client meant.
-        raise next((e for e in errors if e.code != "wrong_type"), errors[0])
+        else:
+            # Report the error of the non-null option: that is what the client meant.
+            raise next((e for e in errors if e.code != "wrong_type"), errors[0])
+        # The keywords beside anyOf hold too (JSON Schema applies every keyword).
     t = schema.get("type")
     if t is not None:
         types = t if isinstance(t, list) else [t]

@@ -159,6 +159,18 @@ def test_nested_paths_in_errors() -> None:
     assert "field 'a[1]' must be boolean" in info.value.detail
 
 
+def test_any_of_and_the_keywords_beside_it_all_hold() -> None:
+    schema = {"type": "object", "required": ["topic"],
+              "properties": {"topic": {"type": "string"}, "all": {"type": "boolean"}},
+              "anyOf": [{"required": ["all"]}, {"required": ["ids"]}]}
+    check(schema, {"topic": "t", "all": True})
+    for bad, code in (({"all": True}, "missing_field"), ({"topic": "t"}, "missing_field"),
+                      ({"topic": "t", "all": "yes"}, "wrong_type")):
+        with pytest.raises(BadRequest) as info:
+            check(schema, bad)
+        assert info.value.code == code, bad
+
+
 def test_query_parsing() -> None:
     params = (
         Param("unread", {"type": "boolean"}),
