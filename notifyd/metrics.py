@@ -7,7 +7,7 @@ tests can build as many as they like and nothing else in the process leaks in.
 Two kinds of metrics:
 
 * **Counters and a histogram** moved by the pipeline as it works (one-line calls in
-  :mod:`notifyd.stream.pipeline`): events received per topic, accepted, dead-lettered per
+  :mod:`notifyd.stream.handlers`): events received per topic, accepted, dead-lettered per
   reason code; delivery transitions per channel and status (``queued``, ``sent``,
   ``failed``, ``suppressed``, ``deferred``, ``retrying``, ``dead``); attempts and
   retries; channel pauses on a provider's 429 and time spent waiting for a channel's
@@ -149,8 +149,10 @@ def _scheduled_gauge() -> Metric:
         "Pending entries in this worker's scheduler index (deferred and retrying "
         "deliveries, scheduled sends, open digests)",
     )
-    mod = sys.modules.get("notifyd.stream.scheduler")  # only in a worker; never imported here
-    family.add_metric([], float(len(mod.scheduler.heap)) if mod is not None else 0.0)
+    # Only in a worker; never imported here.  The module may still be importing (it
+    # imports this one, whose registry collects once on registration): no index yet.
+    index = getattr(sys.modules.get("notifyd.stream.scheduler"), "scheduler", None)
+    family.add_metric([], float(len(index.heap)) if index is not None else 0.0)
     return family
 
 

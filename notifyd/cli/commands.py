@@ -457,8 +457,10 @@ def bench(**kw: Any) -> None:
 
 # Operator commands (prefs, user, token) live in their own module.
 from notifyd.cli.admin import register  # noqa: E402
+from notifyd.tools.sandbox.cli import sandbox  # noqa: E402
 
 register(main)
+main.add_command(sandbox)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -2,7 +2,9 @@
 
 Each channel agent owns its provider: started before its stream, stopped after.  A
 channel's providers are configured as an ordered list (:mod:`.spec`); several are
-wrapped in a failover chain (:mod:`.chain`).
+wrapped in a failover chain (:mod:`.chain`).  The in-app channel has no configurable
+provider: its inbox is a table of the streaming core
+(``notifyd.stream.handlers.inapp.InboxProvider``).
 """
 
 from __future__ import annotations
@@ -10,23 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from notifyd.config import Settings
-from notifyd.model.records import Delivery
-from notifyd.providers.base import Provider, SendReceipt
+from notifyd.providers.base import Provider
 from notifyd.providers.spec import BUILTINS, ProviderSpec
 
 if TYPE_CHECKING:
     from notifyd.providers.apprise import AppriseProvider
-
-
-class InboxProvider(Provider):
-    """In-app: writes the user's inbox table (runs inside the inapp agent's event)."""
-
-    channel = "inapp"
-
-    async def send(self, delivery: Delivery) -> SendReceipt:
-        from notifyd.stream.pipeline import deliver_inapp
-
-        return SendReceipt(provider_id=deliver_inapp(delivery))
 
 
 def build_builtin(channel: str, settings: Settings) -> Provider:
@@ -48,8 +38,6 @@ def build_builtin(channel: str, settings: Settings) -> Provider:
         from notifyd.providers.webhook import WebhookProvider
 
         return WebhookProvider(settings)
-    if channel == "inapp":
-        return InboxProvider()
     raise ValueError(f"no provider for channel {channel!r}")
 
 
@@ -94,10 +82,6 @@ def build_provider(channel: str, settings: Settings) -> Provider:
     One entry (the default: the built-in one) gives that provider itself, exactly as
     before failover existed; several give a :class:`~.chain.FailoverProvider`.
     """
-    if channel == "inapp":
-        provider: Provider = InboxProvider()
-        provider.name = "inapp"
-        return provider
     if channel not in BUILTINS:
         raise ValueError(f"no provider for channel {channel!r}")
     specs = settings.provider_specs(channel)

@@ -169,9 +169,9 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
 
 async def handle_subscription(ev: EventT[Any]) -> None:
     """Apply one phase of a subscription command (see the module doc)."""
-    from notifyd.stream.pipeline import dead_letter, dlq_for, partition_for
+    from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
     from notifyd.stream.tables import subscribers, subscriptions
-    from notifyd.stream.topics import subscriptions_topic
+    from notifyd.stream.topics import partition_for, subscriptions_topic
     from notifyd.stream.waiters import waiters
 
     raw: bytes | None = ev.value
@@ -282,7 +282,8 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
 async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
     """Ingest of a topic-addressed event: on the topic's partition, once per event id."""
     from notifyd.stream.app import settings
-    from notifyd.stream.pipeline import dead_letter, on_key_partition, record_origin
+    from notifyd.stream.handlers.deadletter import dead_letter
+    from notifyd.stream.handlers.ingest import on_key_partition, record_origin
     from notifyd.stream.tables import seen
     from notifyd.stream.topics import fanout_topic
 
@@ -313,9 +314,9 @@ async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
 
 async def handle_fanout(ev: EventT[Any]) -> None:
     """One chunk of a fan-out: recipients of the next buckets, then the continuation."""
-    from notifyd.stream.pipeline import dead_letter, dlq_for, partition_for
+    from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
     from notifyd.stream.tables import subscribers
-    from notifyd.stream.topics import events_topic, fanout_topic
+    from notifyd.stream.topics import events_topic, fanout_topic, partition_for
 
     raw: bytes = ev.value
     msg = loads(raw)

@@ -1,6 +1,6 @@
 """Delivery callbacks to producers: POST each terminal state of each channel.
 
-Where they start: the status fold (``pipeline.fold_status_events``) sees every
+Where they start: the status fold (``stream.handlers.status.fold_status_events``) sees every
 transition of a channel.  A channel that *reaches* a callback state (``sent``,
 ``failed``, ``dead``, ``suppressed``, ``cancelled``) it was not in yet yields one
 callback job (a channel the event did not request, ``suppressed: not_requested``,
@@ -152,7 +152,7 @@ class CallbackSender:
 
     async def deliver(self, job: dict[str, Any]) -> dict[str, Any]:
         """Attempts with backoff until done; the outcome recorded in the status document."""
-        from notifyd.stream.pipeline import backoff
+        from notifyd.stream.handlers.deliver import backoff
 
         payload = job["payload"]
         attempt = 0
@@ -173,7 +173,7 @@ class CallbackSender:
 
 
 async def handle_callback(ev: EventT[Any], sender: CallbackSender) -> None:
-    from notifyd.stream.pipeline import publish_status
+    from notifyd.stream.handlers.status import publish_status
 
     job = loads(ev.value)
     payload = job["payload"]

@@ -222,12 +222,16 @@ async def _after_decisions(
 
 
 def _pending(ch: str, due: float, now: float, step: dict[str, Any]) -> dict[str, Any]:
+    from notifyd.stream.handlers.status import status_update
+
     reason = f"fallback: unless {step['unless']}" if step.get("unless") else "fallback"
-    return {"channel": ch, "status": "pending", "deliver_at": due, "ts": now, "reason": reason}
+    return status_update(ch, "pending", now, deliver_at=due, reason=reason)
 
 
 def _skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
-    return {"channel": ch, "status": "skipped", "reason": f"fallback: {condition}", "ts": now}
+    from notifyd.stream.handlers.status import status_update
+
+    return status_update(ch, "skipped", now, reason=f"fallback: {condition}")
 
 
 def _schedule_step(
@@ -289,7 +293,7 @@ async def hurry_next(
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
     from notifyd.clock import now as clock_now
-    from notifyd.stream.pipeline import publish_status
+    from notifyd.stream.handlers.status import publish_status
 
     updates = await hurry_next(
         delivery.user_id, delivery.notification_id, partition, clock_now(), state
@@ -301,7 +305,7 @@ async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
     from notifyd.clock import now as clock_now
-    from notifyd.stream.pipeline import publish_status
+    from notifyd.stream.handlers.status import publish_status
     from notifyd.stream.tables import scheduled
 
     now = clock_now()
@@ -351,7 +355,8 @@ async def run_step(msg: dict[str, Any], partition: int) -> None:
     """Control message ``fallback_step``: check the condition, skip or send the step."""
     from notifyd.clock import now as clock_now
     from notifyd.model.records import dumps, parse_event
-    from notifyd.stream.pipeline import process_event, publish_status
+    from notifyd.stream.handlers.dispatch import process_event
+    from notifyd.stream.handlers.status import publish_status
     from notifyd.stream.tables import scheduled
 
     entry = scheduled.get(msg["id"])

@@ -12,6 +12,10 @@ again and the delivery ledger drops the duplicate.
 The same loop expires old rows of ``seen``, ``ledger`` and ``status`` through
 control messages sent to the rows' own partitions (Faust tables can only be
 written while processing a record of that partition).
+
+What a due row becomes, and how an overdue delivery is re-queued, is the handlers'
+business (``notifyd.stream.handlers.schedule.run_scheduler`` passes both in), so this
+index imports no handler: the handlers import it to push rows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -32,6 +37,11 @@ from notifyd.stream.topics import active_partitions
 log = structlog.stdlib.get_logger("notifyd.stream.scheduler")
 EXPIRE_CHUNK = 500
 REBUILD_CHUNK = 5000
+
+#: Hands a due row (key, row) on: see ``notifyd.stream.handlers.schedule.release``.
+Release = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: Re-queues overdue deliveries of these partitions at ``now``; returns how many.
+Reconcile = Callable[[frozenset[int], float], Awaitable[int]]
 
 
 class Scheduler:
@@ -83,9 +93,8 @@ class Scheduler:
         log.info("scheduler.rebuilt", pending=len(self.heap), partitions=sorted(self.active),
                  seconds=round(self.last_rebuild_s, 3))
 
-    async def tick(self) -> float:
+    async def tick(self, release: Release, reconcile: Reconcile) -> float:
         """Release what is due; returns seconds until the next due entry (capped)."""
-        from notifyd.stream.pipeline import release
         from notifyd.stream.tables import scheduled
 
         if not self._ready():
@@ -111,60 +120,11 @@ class Scheduler:
             self.released[key] = due
         if now - self.last_reconcile > min(10.0, settings.requeue_after_s / 2):
             self.last_reconcile = now
-            await self.reconcile(now)
+            await reconcile(self.active, now)
         if now - self.last_sweep > 60:
             self.last_sweep = now
             await self.sweep(now)
         return min(0.5, self.heap[0][0] - now) if self.heap else 0.5
-
-    async def reconcile(self, now: float) -> int:
-        """Re-queue deliveries whose outcome is overdue (safety net, at-least-once).
-
-        The status table (this worker's partitions) knows every channel still
-        ``queued``/``retrying``/``deferred`` with the delivery it is waiting for.  One
-        overdue by ``requeue_after_s`` is produced to its channel topic again: if it was
-        in fact delivered the channel agent finds it in the ledger and re-states the
-        outcome; if a crash or rebalance left its record unprocessed it is delivered now.
-        """
-        from notifyd.stream.pipeline import publish_status
-        from notifyd.stream.tables import status
-        from notifyd.stream.topics import deliver_topics
-
-        requeued: list[str] = []
-        grace = settings.requeue_after_s
-        for nid, doc in list(status.data.items()):
-            if not doc or doc.get("p") not in self.active:
-                continue
-            for channel, entry in doc.get("channels", {}).items():
-                delivery = entry.get("delivery")
-                if not delivery or entry.get("status") not in ("queued", "retrying", "deferred"):
-                    continue
-                due = max(entry.get("ts") or 0, entry.get("deliver_at") or 0)
-                if now - due < grace:
-                    continue
-                await deliver_topics[channel].send(
-                    key=str(delivery["user_id"]).encode(), value=dumps(delivery)
-                )
-                await publish_status(
-                    nid,
-                    [
-                        {
-                            "channel": channel,
-                            "status": "queued",
-                            "ts": now,
-                            "delivery": delivery,
-                            "attempt": delivery.get("attempt", 1),
-                            "reason": f"requeued: no outcome {grace:.0f}s after it was due",
-                        }
-                    ],
-                )
-                requeued.append(f"{nid}:{channel}")
-        if requeued:
-            log.warning("reconcile.requeued", count=len(requeued), keys=requeued[:20])
-            # Every key, for tracing what was re-queued (tests/integration/test_reliability).
-            for i in range(20, len(requeued), 500):
-                log.info("reconcile.requeued_keys", keys=requeued[i : i + 500])
-        return len(requeued)
 
     async def sweep(self, now: float) -> None:
         from notifyd.stream.tables import cancels, ledger, scheduled, seen, status
@@ -206,10 +166,10 @@ class Scheduler:
 scheduler = Scheduler()
 
 
-async def run_scheduler() -> None:
+async def run_scheduler(release: Release, reconcile: Reconcile) -> None:
     while True:
         try:
-            delay = await scheduler.tick()
+            delay = await scheduler.tick(release, reconcile)
         except asyncio.CancelledError:
             raise
         except Exception:

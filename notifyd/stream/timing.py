@@ -83,7 +83,8 @@ async def schedule_event(
     event: Event, raw: dict[str, Any], due: float, partition: int, now: float
 ) -> None:
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
-    from notifyd.stream.pipeline import publish_status, templates
+    from notifyd.stream.handlers.dispatch import templates
+    from notifyd.stream.handlers.status import publish_status, status_update
     from notifyd.stream.scheduler import scheduler
     from notifyd.stream.tables import preferences, scheduled
 
@@ -108,7 +109,7 @@ async def schedule_event(
     await publish_status(
         event.notification_id,
         [
-            {"channel": ch, "status": "scheduled", "deliver_at": due, "ts": now}
+            status_update(ch, "scheduled", now, deliver_at=due)
             for ch in channels
         ],
         content=_content(event, now) | {"send_at": due},
@@ -150,7 +151,7 @@ async def fire(ev: EventT[Any], kind: str) -> None:
         except InvalidEvent as exc:
             # E.g. a template changed since it was scheduled: the event's own bytes go
             # to the events DLQ with the reason, as they would have on arrival.
-            from notifyd.stream.pipeline import dead_letter
+            from notifyd.stream.handlers.deadletter import dead_letter
 
             await dead_letter(ev, dumps(row["event"]), exc.reason)
     elif kind == "digest":
@@ -167,7 +168,7 @@ async def outputs_on_broker() -> None:
 
 
 async def _release_event(row: dict[str, Any], partition: int, due: float) -> None:
-    from notifyd.stream.pipeline import process_event
+    from notifyd.stream.handlers.dispatch import process_event
     from notifyd.stream.tables import seen
 
     event = parse_event(dumps(row["event"]), max(settings.max_event_bytes, 1 << 20))
@@ -200,7 +201,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     retrying deliveries and the digest item are removed; the status document gets
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
-    from notifyd.stream.pipeline import publish_status
+    from notifyd.stream.handlers.status import publish_status, status_update
     from notifyd.stream.tables import cancels, scheduled, seen
 
     scope = req.dedupe_key
@@ -232,7 +233,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
                 for ch in dropped.get("channels") or CHANNELS:
                     channels[ch] = "cancelled: removed from the open digest"
     updates = [
-        {"channel": ch, "status": "cancelled", "reason": reason, "ts": now, "force": True}
+        status_update(ch, "cancelled", now, reason=reason, force=True)
         for ch, reason in channels.items()
     ]
     await publish_status(nid, updates, cancel={"at": now})
@@ -242,13 +243,12 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
 
 async def drop_cancelled_event(event: Event, now: float) -> None:
     """An event whose cancel came first: every requested channel ``cancelled``."""
-    from notifyd.stream.pipeline import publish_status
+    from notifyd.stream.handlers.status import publish_status, status_update
 
     await publish_status(
         event.notification_id,
         [
-            {"channel": ch, "status": "cancelled", "reason": "cancelled: before it arrived",
-             "ts": now}
+            status_update(ch, "cancelled", now, reason="cancelled: before it arrived")
             for ch in requested(event)
         ],
         content=_content(event, now),
@@ -333,7 +333,7 @@ async def collect(
     whose digest is ``known`` (its ``seen`` row) stays in that digest, or, if that one
     was sent already, joins none.  Every requested channel of the item is ``digested``
     with the digest's id and closing time."""
-    from notifyd.stream.pipeline import publish_status
+    from notifyd.stream.handlers.status import publish_status, status_update
     from notifyd.stream.scheduler import scheduler
     from notifyd.stream.tables import scheduled
 
@@ -386,8 +386,7 @@ async def collect(
     await publish_status(
         nid,
         [
-            {"channel": ch, "status": "digested", "digest_id": digest_id, "deliver_at": close,
-             "ts": now}
+            status_update(ch, "digested", now, digest_id=digest_id, deliver_at=close)
             for ch in requested(event)
         ],
         content=_content(event, now) | {"title": title, "digest_id": digest_id},
@@ -398,7 +397,7 @@ async def collect(
 async def close_digest(row: dict[str, Any], partition: int, now: float) -> None:
     """Send the digest as one notification (rules and opt-outs applied now); nothing
     if every item was cancelled."""
-    from notifyd.stream.pipeline import process_event
+    from notifyd.stream.handlers.dispatch import process_event
 
     items: list[dict[str, Any]] = row["items"]
     user_id = row["user_id"]

@@ -7,6 +7,7 @@ contract (README: "Event contract").
 
 from __future__ import annotations
 
+from aiokafka.partitioner import murmur2
 from faust.types import TopicT
 
 from notifyd.config import CHANNELS
@@ -55,3 +56,9 @@ def active_partitions(topic: str | None = None) -> frozenset[int]:
     except Exception:  # no assignment yet (starting, rebalancing)
         return frozenset()
     return frozenset(tp.partition for tp in tps if tp.topic == name)
+
+
+def partition_for(key: str, partitions: int | None = None) -> int:
+    """The partition Kafka's default partitioner (murmur2) picks for a UTF-8 key."""
+    n = partitions or settings.topic_partitions
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % n

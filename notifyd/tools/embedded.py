@@ -30,7 +30,8 @@ from notifyd.stream.producer import produce
 from notifyd.stream.topology import TopicNames
 from notifyd.tools.broker.base import BrokerError, port_is_free
 from notifyd.tools.broker.tansu import TansuBroker
-from notifyd.tools.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
 
 DEMO_USER = "demo-user"
 
@@ -57,7 +58,7 @@ async def _operator_token(store_url: str, jwt_secret: str, token_file: Path) -> 
             user = await users.create(
                 "operator",
                 secrets.token_urlsafe(24),
-                "operator@notifyd.local",
+                "operator@example.com",
                 roles=("user", "operator"),
             )
         tokens = TokenService(

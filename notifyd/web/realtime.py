@@ -1,7 +1,7 @@
 """The realtime in-app inbox: ``GET /api/v1/notifications/stream`` (Server-Sent Events).
 
 The inbox of a user lives on the worker owning the user's partition, and the in-app
-channel agent of that worker writes it (:func:`notifyd.stream.pipeline.deliver_inapp`), which
+channel agent of that worker writes it (:func:`notifyd.stream.handlers.inapp.deliver_inapp`), which
 also publishes each new item to the in-process :data:`hub`.  A stream opened on that
 worker subscribes to the hub; one opened on another worker is proxied, streaming, to
 the owner (never twice: a request already routed once gets ``503 rebalancing``).
@@ -39,6 +39,7 @@ from aiohttp import web
 from notifyd.errors import ServiceUnavailable
 from notifyd.model.records import dumps
 from notifyd.stream.app import app
+from notifyd.stream.handlers.inapp import on_new_inbox_item
 from notifyd.stream.tables import inbox
 from notifyd.web.api.v1 import _me, registry
 from notifyd.web.openapi import Call, Resp, ref
@@ -205,7 +206,7 @@ class Hub:
         }
 
 
-#: The hub of this process (see :func:`notifyd.stream.pipeline.deliver_inapp`).
+#: The hub of this process (see :func:`notifyd.stream.handlers.inapp.deliver_inapp`).
 hub = Hub()
 
 
@@ -453,4 +454,5 @@ def install(webapp: web.Application) -> None:
     """End open streams when the web server shuts down (before it waits for handlers)."""
     webapp.on_startup.append(_open_hub)
     webapp.on_shutdown.append(_close_streams)
+    on_new_inbox_item(hub.publish)  # each new inbox item of this worker feeds the hub
 

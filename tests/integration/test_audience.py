@@ -17,7 +17,7 @@ import pytest
 
 from notifyd.model.records import notification_id_for
 from notifyd.stream.audience import bucket_of
-from notifyd.stream.pipeline import partition_for
+from notifyd.stream.topics import partition_for
 from notifyd.tools.broker.base import free_port
 from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack

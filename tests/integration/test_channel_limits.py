@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from notifyd.tools.broker.kafka import KafkaBroker
-from notifyd.tools.sandbox import Load
+from notifyd.tools.sandbox.provider import Load
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, new_id, wait_for
 

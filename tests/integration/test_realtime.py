@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from notifyd.model.records import notification_id_for
-from notifyd.stream.pipeline import partition_for
+from notifyd.stream.topics import partition_for
 from notifyd.tools.broker.kafka import KafkaBroker
 from tests.integration.conftest import start_stack
 from tests.support.harness import Sinks, Stack, http_json, new_id, signup, wait_for

@@ -10,8 +10,8 @@ import rocksdict
 from aiokafka import AIOKafkaProducer
 
 from notifyd.config import Settings
-from notifyd.stream.pipeline import partition_for
 from notifyd.stream.restore import OFFSET_KEY, db_path, restore_tables
+from notifyd.stream.topics import partition_for
 from notifyd.stream.topology import ensure_topics
 from notifyd.tools.broker.kafka import KafkaBroker
 

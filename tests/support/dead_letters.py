@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from notifyd.stream import pipeline
 from notifyd.stream.headers import header_value
+from notifyd.stream.topics import deliveries_dlq_topic, events_dlq_topic
 
 
 class DeadLetters:
@@ -43,6 +43,6 @@ class DeadLetters:
         return [h["notifyd-reason"] for t, _, _, h in self.records if topic in (None, t)]
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> DeadLetters:
-        for t in (pipeline.events_dlq_topic, pipeline.deliveries_dlq_topic):
+        for t in (events_dlq_topic, deliveries_dlq_topic):
             monkeypatch.setattr(t, "send", self.sender(t.get_topic_name()))
         return self

@@ -29,7 +29,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from notifyd.stream.headers import header_value
 from notifyd.stream.topology import TopicNames
 from notifyd.tools.broker.base import free_port
-from notifyd.tools.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
 from notifyd.tools.worker_process import WorkerSubprocess
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from notifyd.errors import PermanentDeliveryError, RetriableDeliveryError
 from notifyd.model.records import Delivery
 from notifyd.providers.apprise import AppriseProvider, PushRouter
 from notifyd.providers.registry import build_provider
-from notifyd.tools.sandbox import SmtpSink
+from notifyd.tools.sandbox.smtp import SmtpSink
 from tests.support.http_target import HttpTarget
 
 LOOPBACK_ALLOWED = EgressPolicy.parse("127.0.0.1/32")

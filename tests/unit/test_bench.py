@@ -8,17 +8,10 @@ import math
 import orjson
 import pytest
 
-from notifyd.tools.bench.run import (
-    WORKER_PATCHES,
-    BenchOptions,
-    Collector,
-    StatusTracker,
-    WorkerProc,
-    _event,
-    machine_info,
-    proc_cpu_s,
-    proc_mem_mb,
-)
+from notifyd.tools.bench.load import Collector, StatusTracker, _event
+from notifyd.tools.bench.meter import machine_info, proc_cpu_s, proc_mem_mb
+from notifyd.tools.bench.procs import WORKER_PATCHES, WorkerProc
+from notifyd.tools.bench.run import BenchOptions
 from notifyd.tools.bench.stats import (
     LATENCY_KEYS,
     SCHEMA,

@@ -33,7 +33,7 @@ from notifyd.stream.agents.push import push_agent
 from notifyd.stream.agents.sms import sms_agent
 from notifyd.stream.agents.webhook import webhook_agent
 from notifyd.stream.app import settings
-from notifyd.tools.sandbox import SandboxServer
+from notifyd.tools.sandbox.provider import SandboxServer
 from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until

@@ -22,11 +22,12 @@ import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.domain.templating import TemplateStore
 from notifyd.metrics import metrics
 from notifyd.model.records import Delivery
-from notifyd.stream import pipeline
 from notifyd.stream.agents import common
 from notifyd.stream.app import app
+from notifyd.stream.handlers import deadletter, dispatch
+from notifyd.stream.handlers import status as statuses
 from notifyd.stream.tables import seen
-from notifyd.stream.topics import names
+from notifyd.stream.topics import deliveries_dlq_topic, events_dlq_topic, names, partition_for
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
 
@@ -61,12 +62,12 @@ async def test_template_runtime_error_is_dead_lettered(
     (tmp_path / "calc.json").write_text(
         orjson.dumps({"locales": {"en": {"title": "{{ n + 1 }}", "body": "b"}}}).decode()
     )
-    monkeypatch.setattr(pipeline, "_templates", TemplateStore(tmp_path))
+    monkeypatch.setattr(dispatch, "_templates", TemplateStore(tmp_path))
     user = new_user()
     raw = orjson.dumps({"event_id": "e1", "user_id": user, "template": "calc", "data": {"n": "x"}})
     before = dead_count("template_error")
     async with ingest.test_context() as agent:
-        await agent.put(raw, key=user.encode(), partition=pipeline.partition_for(user))
+        await agent.put(raw, key=user.encode(), partition=partition_for(user))
         await until(lambda: dlq.records)
     (topic, key, value, headers), = dlq.records
     assert topic == names.events_dlq and value == raw and key == user.encode()
@@ -80,17 +81,17 @@ async def test_unexpected_ingest_error_is_dead_lettered_with_the_original_bytes(
 ) -> None:
     from notifyd.stream.agents.ingest import ingest
 
-    monkeypatch.setattr(pipeline, "throttle_policy", boom)
+    monkeypatch.setattr(dispatch, "throttle_policy", boom)
     user = new_user()
     raw = orjson.dumps({"event_id": "e2", "user_id": user, "title": "t"})
     before = dead_count("internal_error")
     async with ingest.test_context() as agent:
-        await agent.put(raw, key=user.encode(), partition=pipeline.partition_for(user))
+        await agent.put(raw, key=user.encode(), partition=partition_for(user))
         await until(lambda: dlq.records)
     (_, key, value, headers), = dlq.records
     assert value == raw and key == user.encode()
     assert headers["notifyd-reason"] == "internal_error: RuntimeError: injected fault"
-    assert headers["notifyd-source-partition"] == str(pipeline.partition_for(user))
+    assert headers["notifyd-source-partition"] == str(partition_for(user))
     assert headers["notifyd-source-offset"] == "0"
     assert dead_count("internal_error") == before + 1
 
@@ -112,7 +113,7 @@ async def test_channel_agent_failure_outside_the_provider_is_dead_lettered(
     async def status_down(*a: Any, **kw: Any) -> None:
         raise RuntimeError("status topic unavailable")
 
-    monkeypatch.setattr(pipeline, "publish_status", status_down)
+    monkeypatch.setattr(statuses, "publish_status", status_down)
     async with inapp_agent.test_context() as agent:
         await agent.put(d.dumps(), key=user.encode())
         await agent.put(b"{not a delivery", key=user.encode())
@@ -175,7 +176,7 @@ async def test_preferences_failure_is_dead_lettered(
     user = new_user()
     raw = orjson.dumps({"op": "put", "user_id": user, "fields": {"locale": "fr"}})
     async with preferences_agent.test_context() as agent:
-        await agent.put(raw, key=user.encode(), partition=pipeline.partition_for(user))
+        await agent.put(raw, key=user.encode(), partition=partition_for(user))
         await until(lambda: dlq.records)
     (topic, _, value, headers), = dlq.records
     assert (topic, value) == (names.events_dlq, raw)
@@ -186,9 +187,9 @@ def test_dead_letter_topic_by_source() -> None:
     # Producers' input: the events DLQ (its re-drive goes back through validation);
     # notifyd's own records: the deliveries DLQ.
     for t in (names.events, names.events_rekeyed, names.preferences):
-        assert pipeline.dlq_for(t) is pipeline.events_dlq_topic
+        assert deadletter.dlq_for(t) is events_dlq_topic
     for t in (names.status, names.control, names.deliver("email"), names.deliver("inapp")):
-        assert pipeline.dlq_for(t) is pipeline.deliveries_dlq_topic
+        assert deadletter.dlq_for(t) is deliveries_dlq_topic
 
 
 # --------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def event(value: bytes, topic: str = names.control) -> FaustEvent:
 async def test_dead_letter_produce_is_retried_until_the_broker_takes_it(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEAD_LETTER_RETRY_BASE_S", 0.001)
+    monkeypatch.setattr(deadletter, "DEAD_LETTER_RETRY_BASE_S", 0.001)
     dlq.failures = 3
     ev = event(b"payload")
 
@@ -222,7 +223,7 @@ async def test_dead_letter_produce_is_retried_until_the_broker_takes_it(
 async def test_record_is_held_unacked_when_stopped_before_its_dead_letter(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "DEAD_LETTER_RETRY_BASE_S", 0.001)
+    monkeypatch.setattr(deadletter, "DEAD_LETTER_RETRY_BASE_S", 0.001)
     dlq.failures = 10**9  # the broker never takes it
     ev = event(b"payload")
 

@@ -18,7 +18,7 @@ from notifyd.domain.templating import TemplateStore
 from notifyd.domain.unsubscribe import PATH, Unsubscribe, UnsubscribeSigner
 from notifyd.model.records import Delivery
 from notifyd.providers.smtp import SmtpProvider, message_id_for
-from notifyd.tools.sandbox import SmtpSink
+from notifyd.tools.sandbox.smtp import SmtpSink
 
 KEY = "unsubscribe-key-of-the-email-tests-0123456789"
 

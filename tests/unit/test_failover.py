@@ -30,7 +30,8 @@ from notifyd.providers.registry import build_provider
 from notifyd.providers.service import ServiceProvider, encode_value, expand
 from notifyd.providers.smtp import SmtpProvider
 from notifyd.providers.spec import ProviderSpec, parse_providers
-from notifyd.tools.sandbox import SandboxServer, SmtpSink
+from notifyd.tools.sandbox.provider import SandboxServer
+from notifyd.tools.sandbox.smtp import SmtpSink
 from tests.support.http_receiver import Receiver, receiving
 from tests.support.memory_provider import MemoryProvider
 

@@ -17,8 +17,10 @@ from notifyd.model.records import (
     legacy_notification_id_for,
     notification_id_for,
 )
-from notifyd.stream import pipeline
+from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.ingest import ORIGIN_HEADER
 from notifyd.stream.tables import inbox, seen, status
+from notifyd.stream.topics import partition_for
 from tests.support.waiting import until
 
 
@@ -31,9 +33,9 @@ class Ingest:
 
     async def send(self, user: str, event_id: str, origin: str | None = None) -> None:
         event = {"event_id": event_id, "user_id": user, "title": "t", "channels": ["inapp"]}
-        headers = [(pipeline.ORIGIN_HEADER, origin.encode())] if origin else None
+        headers = [(ORIGIN_HEADER, origin.encode())] if origin else None
         await self.agent.put(  # the test agent numbers the offsets
-            orjson.dumps(event), key=user.encode(), partition=pipeline.partition_for(user),
+            orjson.dumps(event), key=user.encode(), partition=partition_for(user),
             headers=headers,
         )
 
@@ -57,7 +59,7 @@ async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ingest]:
     async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
         published.append((nid, content))
 
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    monkeypatch.setattr(statuses, "publish_status", record)
     async with agent_def.test_context() as agent:
         yield Ingest(agent, published)
 
@@ -71,7 +73,7 @@ def legacy_rows(user: str, event_id: str, *, status_doc: bool = True,
     """The rows an older worker left for ``event_id`` sent to ``user`` (as restored from
     their changelogs); returns its legacy notification id."""
     nid = legacy_notification_id_for(event_id)
-    seen.data[event_id] = [1.0, pipeline.partition_for(user), origin]
+    seen.data[event_id] = [1.0, partition_for(user), origin]
     if status_doc:
         status.data[nid] = {"notification_id": nid, "user_id": user, "event_id": event_id,
                             "channels": {}, "p": 0}

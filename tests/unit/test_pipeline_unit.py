@@ -18,12 +18,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
+from notifyd import clock
 from notifyd.model.records import Delivery
-from notifyd.stream import pipeline
+from notifyd.providers import registry
 from notifyd.stream.agents.control import control_agent
 from notifyd.stream.agents.inapp import inapp_agent
 from notifyd.stream.app import settings
-from notifyd.stream.tables import inbox, ledger
+from notifyd.stream.handlers import deliver, queueing, schedule
+from notifyd.stream.handlers import inapp as inapp_handlers
+from notifyd.stream.handlers.inapp import deliver_inapp
+from notifyd.stream.handlers.status import fold_status, sent_update, status_update
+from notifyd.stream.tables import inbox, ledger, status
+from notifyd.stream.topics import control_topic, deliver_topics, partition_for
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -38,7 +44,7 @@ def upd(channel: str, status: str, ts: float = 1.0, **kw: Any) -> dict[str, Any]
 
 
 def fold(current: dict[str, Any] | None, *updates: dict[str, Any], **msg: Any) -> dict[str, Any]:
-    return pipeline.fold_status(
+    return fold_status(
         current, {"notification_id": "n1", "updates": list(updates), **msg}, 3
     )
 
@@ -148,7 +154,7 @@ def retry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     ("attempt", "cap"), [(1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 60.0), (30, 60.0)]
 )
 def test_backoff_bounds(attempt: int, cap: float) -> None:
-    delays = [pipeline.backoff(attempt, None) for _ in range(300)]
+    delays = [deliver.backoff(attempt, None) for _ in range(300)]
     assert all(cap / 2 <= d <= cap for d in delays)
     assert len(set(delays)) > 1  # jittered
 
@@ -156,23 +162,23 @@ def test_backoff_bounds(attempt: int, cap: float) -> None:
 @pytest.mark.usefixtures("retry_settings")
 def test_backoff_extremes_of_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(random, "uniform", lambda a, b: a)
-    assert pipeline.backoff(3, None) == 4.0
+    assert deliver.backoff(3, None) == 4.0
     monkeypatch.setattr(random, "uniform", lambda a, b: b)
-    assert pipeline.backoff(3, None) == 8.0
+    assert deliver.backoff(3, None) == 8.0
 
 
 @pytest.mark.usefixtures("retry_settings")
 def test_backoff_honours_retry_after() -> None:
     for _ in range(100):
-        assert pipeline.backoff(1, 30.0) == 30.0  # longer than the jittered 1..2 s
-        assert 1.0 <= pipeline.backoff(1, 0.5) <= 2.0  # shorter hint: backoff wins
-        assert pipeline.backoff(1, 3600.0) == 60.0  # capped at retry_max_s
-        assert 30.0 <= pipeline.backoff(6, 10.0) <= 60.0
+        assert deliver.backoff(1, 30.0) == 30.0  # longer than the jittered 1..2 s
+        assert 1.0 <= deliver.backoff(1, 0.5) <= 2.0  # shorter hint: backoff wins
+        assert deliver.backoff(1, 3600.0) == 60.0  # capped at retry_max_s
+        assert 30.0 <= deliver.backoff(6, 10.0) <= 60.0
 
 
 @pytest.mark.usefixtures("retry_settings")
 def test_backoff_huge_attempt_stays_capped() -> None:
-    assert 30.0 <= pipeline.backoff(2000, None) <= 60.0
+    assert 30.0 <= deliver.backoff(2000, None) <= 60.0
 
 
 # --------------------------------------------------------------------------------------
@@ -184,7 +190,7 @@ def test_backoff_huge_attempt_stays_capped() -> None:
 def test_partition_for_matches_aiokafka_default_partitioner(key: str, n: int) -> None:
     parts = list(range(n))
     expected = DefaultPartitioner()(key.encode("utf-8"), parts, parts)
-    assert pipeline.partition_for(key, n) == expected
+    assert partition_for(key, n) == expected
 
 
 # Java client test vectors (Kafka UtilsTest.testMurmur2): signed 32-bit murmur2 values.
@@ -202,7 +208,7 @@ KAFKA_MURMUR2 = {
 @pytest.mark.parametrize("n", [1, 3, 8, 12, 1024])
 def test_partition_for_matches_java_client(key: str, n: int) -> None:
     # Utils.toPositive(murmur2(key)) % numPartitions
-    assert pipeline.partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
+    assert partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
 
 
 def test_partition_for_defaults_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,8 +217,8 @@ def test_partition_for_defaults_to_settings(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setattr(settings, "topic_partitions", n)
         parts = list(range(n))
         for k in keys:
-            assert pipeline.partition_for(k) == DefaultPartitioner()(k.encode(), parts, parts)
-        assert {pipeline.partition_for(k) for k in keys} == set(parts)
+            assert partition_for(k) == DefaultPartitioner()(k.encode(), parts, parts)
+        assert {partition_for(k) for k in keys} == set(parts)
 
 
 # --------------------------------------------------------------------------------------
@@ -301,7 +307,7 @@ def ids(user: str) -> list[str]:
 async def test_table_write_outside_event_is_refused() -> None:
     # Why the agents are needed: Faust refuses table writes outside a stream event.
     with pytest.raises((RuntimeError, TypeError)):
-        pipeline.deliver_inapp(delivery(new_user(), "n-out"))
+        deliver_inapp(delivery(new_user(), "n-out"))
 
 
 async def test_deliver_inapp_adds_newest_first(inapp: InappDriver) -> None:
@@ -443,7 +449,7 @@ async def test_ingest_writes_inbox_inline(
     async def no_hop(*a: Any, **kw: Any) -> None:
         routed.append((a, kw))
 
-    monkeypatch.setattr(pipeline.deliver_topics["inapp"], "send", no_hop)
+    monkeypatch.setattr(deliver_topics["inapp"], "send", no_hop)
     user = new_user()
     event = {
         "event_id": f"ev-{user}",
@@ -455,7 +461,7 @@ async def test_ingest_writes_inbox_inline(
     async with ingest.test_context() as agent:
         for _ in range(2):  # a replayed record must not add a second item
             await agent.put(
-                orjson.dumps(event), key=user.encode(), partition=pipeline.partition_for(user)
+                orjson.dumps(event), key=user.encode(), partition=partition_for(user)
             )
             await until(lambda: inbox.get(user) is not None)
     assert routed == []
@@ -524,3 +530,121 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
         "inapp": "sent",
     }
     assert [h["status"] for h in doc["channels"]["webhook"]["history"]] == ["queued", "sent"]
+
+
+async def test_a_due_delivery_is_queued_then_unscheduled(
+    statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``release``: the delivery to its channel topic, its ``queued`` update (with the
+    attempt it is at), then the control message that drops the row, in that order."""
+    produced: list[tuple[str, bytes, Any]] = []
+
+    def recorder(name: str) -> Any:
+        async def send(*, key: bytes, value: bytes, **kw: Any) -> None:
+            produced.append((name, key, orjson.loads(value)))
+
+        return send
+
+    monkeypatch.setattr(deliver_topics["email"], "send", recorder("email"))
+    monkeypatch.setattr(control_topic, "send", recorder("control"))
+    monkeypatch.setattr(clock, "now", lambda: 1234.5)
+    user = new_user()
+    d = Delivery(notification_id="n-due", event_id="e-due", user_id=user, channel="email",
+                 title="t", body="b", address="a@example.org", attempt=3).to_dict()
+    await schedule.release("n-due:email", {"due": 1200.0, "p": 0, "delivery": d})
+    assert produced == [
+        ("email", user.encode(), d),
+        ("control", user.encode(), {"op": "unschedule", "id": "n-due:email", "due": 1200.0}),
+    ]
+    assert statuses == [
+        ("n-due", [{"channel": "email", "status": "queued", "attempt": 3, "ts": 1234.5,
+                    "delivery": d}]),
+    ]
+
+
+def test_status_update_holds_only_the_fields_given() -> None:
+    """Absent and ``None`` differ in the fold: an update without a reason keeps the
+    channel's previous one, so the builder never adds a field it was not given."""
+    assert status_update("sms", "queued", 2.0) == {"channel": "sms", "status": "queued", "ts": 2.0}
+    assert status_update("sms", "suppressed", 2.0, reason=None) == {
+        "channel": "sms", "status": "suppressed", "ts": 2.0, "reason": None,
+    }
+    d = delivery(new_user(), "n-sent")
+    assert "provider" not in sent_update(d, None, d.accepted_at + 1.0)
+    assert sent_update(d, None, d.accepted_at + 1.0, "inapp") == {
+        "channel": "inapp", "status": "sent", "ts": d.accepted_at + 1.0, "attempt": d.attempt,
+        "provider_id": None, "latency_ms": 1000.0, "provider": "inapp",
+    }
+
+
+async def test_the_reconciler_requeues_only_overdue_pending_deliveries_of_its_partitions(
+    statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of this worker's partitions, channels still pending (with the delivery they wait
+    for) longer than ``requeue_after_s`` are produced again, each with a queued update."""
+    produced: list[tuple[bytes, Any]] = []
+
+    async def send(*, key: bytes, value: bytes, **kw: Any) -> None:
+        produced.append((key, orjson.loads(value)))
+
+    monkeypatch.setattr(deliver_topics["sms"], "send", send)
+    monkeypatch.setattr(settings, "requeue_after_s", 60.0)
+    user = new_user()
+    d = Delivery(notification_id="n-late", event_id="e-late", user_id=user, channel="sms",
+                 title="t", body="b", address="+15550001111", attempt=2).to_dict()
+    docs = {
+        "n-late": {"p": 97, "channels": {"sms": {"status": "retrying", "ts": 100.0,
+                                                "deliver_at": 130.0, "delivery": d}}},
+        "n-recent": {"p": 97, "channels": {"sms": {"status": "queued", "ts": 150.0,
+                                                  "delivery": d}}},
+        "n-done": {"p": 97, "channels": {"sms": {"status": "sent", "ts": 10.0}}},
+        "n-elsewhere": {"p": 98, "channels": {"sms": {"status": "queued", "ts": 10.0,
+                                                     "delivery": d}}},
+    }
+    status.data.update(docs)
+    try:
+        # Partition 97: no other test has documents there.
+        assert await queueing.requeue_overdue(frozenset({97}), 200.0) == 1
+    finally:
+        for nid in docs:
+            status.data.pop(nid, None)
+    assert produced == [(user.encode(), d)]
+    assert statuses == [("n-late", [{
+        "channel": "sms", "status": "queued", "ts": 200.0, "delivery": d, "attempt": 2,
+        "reason": "requeued: no outcome 60s after it was due",
+    }])]
+
+
+
+async def test_inbox_listeners_get_each_new_item_once(
+    inapp: InappDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publish hook the web view's live streams register with (no core -> web
+    import): every new item, once per listener however often it registered, none for a
+    delivery already in the inbox, none after the listener is removed."""
+    monkeypatch.setattr(inapp_handlers, "_listeners", [])
+    got: list[tuple[str, str, int]] = []
+
+    def listener(user_id: str, item: dict[str, Any], unread: int) -> None:
+        got.append((user_id, item["id"], unread))
+
+    user = new_user()
+    remove = inapp_handlers.on_new_inbox_item(listener)
+    assert inapp_handlers.on_new_inbox_item(listener) is not None
+    await inapp.deliver(delivery(user, "n-1"))
+    await inapp.deliver(delivery(user, "n-1"))  # already there: nothing new
+    await inapp.deliver(delivery(user, "n-2"))
+    remove()
+    await inapp.deliver(delivery(user, "n-3"))
+    assert got == [(user, "n-1", 1), (user, "n-2", 2)]
+    assert ids(user) == ["n-3", "n-2", "n-1"]
+
+
+def test_the_inapp_channel_gets_the_inbox_provider_of_the_core() -> None:
+    """The in-app provider is part of the streaming core (it writes a table); the
+    provider registry, which the core imports, builds only configurable providers."""
+    provider = deliver.build_provider("inapp", settings)
+    assert isinstance(provider, inapp_handlers.InboxProvider) and provider.name == "inapp"
+    assert deliver.build_provider("webhook", settings).channel == "webhook"
+    with pytest.raises(ValueError):
+        registry.build_provider("inapp", settings)

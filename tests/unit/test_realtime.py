@@ -19,8 +19,8 @@ from jsonschema import Draft202012Validator, ValidationError
 import notifyd.stream.tables  # registers the tables with the app
 import notifyd.web  # noqa: F401 - the routes (and the hub) as the worker has them
 from notifyd.model.records import Delivery
-from notifyd.stream import pipeline
 from notifyd.stream.agents.inapp import inapp_agent
+from notifyd.stream.handlers import status as statuses
 from notifyd.web import console, realtime
 from notifyd.web.api import v1 as api
 from notifyd.web.realtime import CLOSED, Hub, sse
@@ -252,7 +252,7 @@ async def test_deliver_inapp_publishes_to_the_hub(monkeypatch: pytest.MonkeyPatc
     async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
         return None
 
-    monkeypatch.setattr(pipeline, "publish_status", record)
+    monkeypatch.setattr(statuses, "publish_status", record)
     user = f"rt-{uuid.uuid4().hex[:8]}"
     with realtime.hub.subscribe(user) as sub:
         async with inapp_agent.test_context() as agent:

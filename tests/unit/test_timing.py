@@ -27,9 +27,12 @@ from notifyd.model.records import (
     parse_input,
     validate_preferences,
 )
-from notifyd.stream import pipeline, timing
+from notifyd.stream import timing
 from notifyd.stream.app import settings
+from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.ingest import ORIGIN_HEADER
 from notifyd.stream.tables import cancels, inbox, preferences, scheduled, seen
+from notifyd.stream.topics import deliver_topics, partition_for
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 
@@ -159,7 +162,7 @@ def test_digest_spec_event_field_then_preferences_critical_bypasses() -> None:
 
 
 def fold(doc: dict[str, Any] | None, *updates: dict[str, Any], **msg: Any) -> dict[str, Any]:
-    return pipeline.fold_status(doc, {"notification_id": "n1", "updates": list(updates), **msg},
+    return statuses.fold_status(doc, {"notification_id": "n1", "updates": list(updates), **msg},
                                 0)
 
 
@@ -225,7 +228,7 @@ class Driver:
     async def put(self, user: str, value: dict[str, Any] | bytes,
                   headers: list[tuple[str, bytes]] | None = None) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
-        await self.agent.put(raw, key=user.encode(), partition=pipeline.partition_for(user),
+        await self.agent.put(raw, key=user.encode(), partition=partition_for(user),
                              headers=headers)  # the test agent numbers the offsets
 
     async def fire(self, key: str) -> None:
@@ -253,7 +256,7 @@ class Driver:
                     msg["content"] = content
                 if cancel is not None:
                     msg["cancel"] = cancel
-                doc = pipeline.fold_status(doc, msg, 0)
+                doc = statuses.fold_status(doc, msg, 0)
         return states(doc) if doc else {}
 
 
@@ -274,8 +277,8 @@ async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
     async def nothing() -> None:
         return None
 
-    monkeypatch.setattr(pipeline, "publish_status", record)
-    for topic in pipeline.deliver_topics.values():
+    monkeypatch.setattr(statuses, "publish_status", record)
+    for topic in deliver_topics.values():
         monkeypatch.setattr(topic, "send", to_channel)
     monkeypatch.setattr(timing, "outputs_on_broker", nothing)  # no broker here
     monkeypatch.setattr(settings, "throttle_limit", 0)
@@ -467,7 +470,7 @@ async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.Monk
     d = Delivery(notification_id=nid, event_id=eid, user_id=user, channel="webhook",
                  title="t", body="b", address="http://127.0.0.1:9/never")
     async with webhook_agent.test_context() as agent:
-        await agent.put(d.dumps(), key=user.encode(), partition=pipeline.partition_for(user))
+        await agent.put(d.dumps(), key=user.encode(), partition=partition_for(user))
         await until(lambda: published)
     assert published[0][1][0]["status"] == "cancelled"
     assert ledger.get(d.idempotency_key)["s"] == "cancelled"
@@ -555,7 +558,7 @@ async def test_replayed_item_of_a_sent_digest_joins_no_other_digest(ingest: Driv
                               "digests": [{"category": "comments", "window": "1h"}]}
     event = {"event_id": eid, "user_id": user, "title": "once", "category": "comments",
              "channels": ["inapp"]}
-    origin = [(pipeline.ORIGIN_HEADER, b"notifyd.events/1/41")]
+    origin = [(ORIGIN_HEADER, b"notifyd.events/1/41")]
     await ingest.put(user, event, headers=origin)
     await ingest.flush()
     mark = seen.get(idempotency_scope(user, eid))

@@ -36,7 +36,7 @@ from notifyd.domain.unsubscribe import (
 )
 from notifyd.errors import BadRequest, Forbidden
 from notifyd.model.records import InvalidPreferences, add_opt_out
-from notifyd.stream import pipeline
+from notifyd.stream.topics import partition_for
 from notifyd.web.auth.store import SqliteStore
 from notifyd.web.auth.users import resolve_jwt_secret
 from tests.support.dead_letters import DeadLetters
@@ -239,7 +239,7 @@ async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPa
 
     dlq = DeadLetters().install(monkeypatch)
     user = f"u-{uuid.uuid4().hex[:8]}"
-    part = pipeline.partition_for(user)
+    part = partition_for(user)
 
     async def put(msg: dict[str, Any]) -> Any:
         request_id, fut = waiters.create()

@@ -12,10 +12,9 @@ from faust.types import EventT, StreamT
 
 from notifyd.providers.base import Provider
 from notifyd.providers.ratelimit import LimitedProvider, channel_limits
-from notifyd.providers.registry import build_provider
 from notifyd.stream.agents.common import run_events, run_events_concurrently
 from notifyd.stream.app import settings
-from notifyd.stream.pipeline import handle_delivery
+from notifyd.stream.handlers.deliver import build_provider, handle_delivery
 
 
 async def run_channel(channel: str, stream: StreamT[Any], provider: Provider | None = None) -> None:

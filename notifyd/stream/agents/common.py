@@ -10,7 +10,7 @@ import structlog
 from faust.streams import Stream
 from faust.types import EventT, StreamT
 
-from notifyd.stream.pipeline import dead_letter_failure, hold
+from notifyd.stream.handlers.deadletter import dead_letter_failure, hold
 from notifyd.stream.tables import current_event
 
 log = structlog.stdlib.get_logger("notifyd.stream.agents")
@@ -23,7 +23,7 @@ async def _handle(ev: EventT[Any], handler: Handler) -> None:
 
     A bug or an outage while handling one record must neither stop the partition nor
     lose the record: it goes to its dead-letter topic with ``internal_error: <Type>:
-    <message>`` and its coordinates (``pipeline.dead_letter_failure``), which returns
+    <message>`` and its coordinates (``handlers.deadletter.dead_letter_failure``), which returns
     only once the broker has it.  Cancelled (the worker stops) before the outcome is
     written, the record is held unacked and handled again after the restart.
     """

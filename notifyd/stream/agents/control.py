@@ -8,8 +8,8 @@ from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
 from notifyd.stream.app import app
-from notifyd.stream.pipeline import handle_control
-from notifyd.stream.scheduler import run_scheduler
+from notifyd.stream.handlers.control import handle_control
+from notifyd.stream.handlers.schedule import run_scheduler
 from notifyd.stream.topics import control_topic
 
 

@@ -8,7 +8,7 @@ from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
 from notifyd.stream.app import app
-from notifyd.stream.pipeline import handle_event
+from notifyd.stream.handlers.ingest import handle_event
 from notifyd.stream.topics import events_topic, rekeyed_topic
 
 source = app.topic(

@@ -8,7 +8,7 @@ from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
 from notifyd.stream.app import app
-from notifyd.stream.pipeline import handle_preferences
+from notifyd.stream.handlers.preferences import handle_preferences
 from notifyd.stream.topics import preferences_topic
 
 

@@ -8,7 +8,7 @@ from faust.streams import Stream
 from faust.types import StreamT
 
 from notifyd.stream.app import app, settings
-from notifyd.stream.pipeline import fold_status_events
+from notifyd.stream.handlers.status import fold_status_events
 from notifyd.stream.topics import status_topic
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from notifyd.stream.audience import MAX_BULK, command
+from notifyd.tools.bench.load import TopicTap, wait_group_drained
 
 RUN_TIMEOUT_S = 1800.0
 
@@ -67,7 +68,6 @@ class _FanoutCounter:
 
 async def _subscribe_all(bench: Any, topic_name: str, names: Any, users: list[str]) -> float:
     """Bulk subscription commands; seconds until the worker group applied them all."""
-    from notifyd.tools.bench.run import wait_group_drained
 
     t0 = time.monotonic()
     futs = []
@@ -115,7 +115,6 @@ async def run_fanout(bench: Any, subscribers: int, workers: int) -> dict[str, An
     from notifyd.config import Settings
     from notifyd.model.records import notification_id_for
     from notifyd.stream.topology import TopicNames, ensure_topics
-    from notifyd.tools.bench.run import TopicTap
 
     o = bench.opts
     app_id = f"notifyd-bench-fanout{workers}-{bench.tag}"

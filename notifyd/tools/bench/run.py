@@ -26,31 +26,53 @@ Everything (broker, sink, workers) runs on this machine, started and stopped her
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import importlib.metadata
 import json
 import os
-import platform
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
 from notifyd.tools.bench.fanout import fanout_phase, format_fanout
+from notifyd.tools.bench.load import (
+    Collector,
+    Progress,
+    RunStats,
+    StatusTracker,
+    TopicTap,
+    _event,
+    _floor_doc,
+    create_topics,
+    produce_fast,
+    produce_paced,
+    wait_done,
+    wait_group_caught_up,
+    wait_group_drained,
+)
+from notifyd.tools.bench.meter import (
+    CpuMeter,
+    _loadavg,
+    dir_mb,
+    machine_info,
+    maps_mention,
+    proc_cpu_s,
+    proc_mem_mb,
+    thread_cpu_s,
+)
+from notifyd.tools.bench.procs import FloorProc, WorkerProc
+from notifyd.tools.bench.sink import Sink
 from notifyd.tools.bench.stats import (
     SCHEMA,
-    batch_to_send,
     compute_ratios,
     format_summary,
     latency_summary,
@@ -58,41 +80,9 @@ from notifyd.tools.bench.stats import (
     rate,
     total_for,
 )
-from notifyd.tools.worker_process import WorkerSubprocess
 
 WEBHOOK_SECRET = "whsec-bench-0123456789abcdef0123456789"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
-#: ``--worker-patch`` experiments: code run in the worker process before notifyd starts.
-WORKER_PATCHES: dict[str, str] = {
-    # The event loop: uvloop instead of asyncio's default loop.
-    "uvloop": "import asyncio, uvloop\nasyncio.set_event_loop_policy(uvloop.EventLoopPolicy())",
-    # Faust hard-codes fetch_max_wait_ms=1500 for its aiokafka consumer (faust
-    # transport/drivers/aiokafka.py); try 10 ms.
-    "fetch-wait-10ms": (
-        "import aiokafka\n"
-        "_init = aiokafka.AIOKafkaConsumer.__init__\n"
-        "def _patched(self, *a, **kw):\n"
-        "    if kw.get('fetch_max_wait_ms') == 1500:\n"
-        "        kw['fetch_max_wait_ms'] = 10\n"
-        "    _init(self, *a, **kw)\n"
-        "aiokafka.AIOKafkaConsumer.__init__ = _patched"
-    ),
-    # Let the broker hold each fetch up to 5 ms to gather records (fetch_min_bytes 1 MB):
-    # fewer fetch round trips at low rates, at up to 5 ms more latency per hop.
-    "fetch-batch-5ms": (
-        "import aiokafka\n"
-        "_init = aiokafka.AIOKafkaConsumer.__init__\n"
-        "def _patched(self, *a, **kw):\n"
-        "    if kw.get('fetch_max_wait_ms') == 1500:\n"
-        "        kw['fetch_max_wait_ms'] = 5\n"
-        "        kw['fetch_min_bytes'] = 1 << 20\n"
-        "    _init(self, *a, **kw)\n"
-        "aiokafka.AIOKafkaConsumer.__init__ = _patched"
-    ),
-    # notifyd.stream.app sets producer_linger=0.001 (1 ms); try 5 ms: fewer, larger requests.
-    "linger-5ms": "import notifyd.stream.app as _app\n_app.app.conf.producer_linger = 0.005",
-}
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass
@@ -157,219 +147,24 @@ class BenchOptions:
 # --------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram_gb: float | None = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
-
-    def ver(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "?"
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "ram_gb": ram_gb,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "faust": ver("faust-streaming"),
-        "aiokafka": ver("aiokafka"),
-        "rocksdict": ver("rocksdict"),
-        "loadavg_start": _loadavg(),
-    }
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
-def proc_cpu_s(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (Linux /proc), None if unknown."""
-    if pid is None:
-        return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def thread_cpu_s(pid: int | None) -> dict[str, float] | None:
-    """CPU seconds of a process's main thread and of all its other threads (Faust
-    runs its aiokafka consumer in a thread of its own)."""
-    if pid is None:
-        return None
-    main = other = 0.0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        if int(tid) == pid:
-            main += cpu
-        else:
-            other += cpu
-    return {"main_thread": round(main, 3), "other_threads": round(other, 3)}
 
 
-def proc_mem_mb(pid: int | None) -> tuple[float | None, float | None]:
-    """(RSS, peak RSS) in MB of a process (Linux /proc)."""
-    if pid is None:
-        return None, None
-    rss = hwm = None
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = round(int(line.split()[1]) / 1024, 1)
-            elif line.startswith("VmHWM:"):
-                hwm = round(int(line.split()[1]) / 1024, 1)
-    return rss, hwm
 
 
-def maps_mention(pid: int | None, needle: str) -> bool:
-    """Whether a shared object whose path contains ``needle`` is mapped in ``pid``."""
-    if pid is None:
-        return False
-    try:
-        return needle in Path(f"/proc/{pid}/maps").read_text()
-    except OSError:
-        return False
 
 
-def dir_mb(path: Path) -> float:
-    total = 0
-    for p in path.rglob("*"):
-        with contextlib.suppress(OSError):
-            if p.is_file():
-                total += p.stat().st_size
-    return round(total / 1024 / 1024, 1)
 
 
-class CpuMeter:
-    """CPU seconds used by named processes between start() and stop()."""
-
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = pids
-        self.t0: dict[str, float | None] = {}
-        self.wall0 = 0.0
-
-    def start(self) -> CpuMeter:
-        self.t0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
-        self.wall0 = time.monotonic()
-        return self
-
-    def stop(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"wall_s": round(time.monotonic() - self.wall0, 3)}
-        for k, p in self.pids.items():
-            now, then = proc_cpu_s(p), self.t0.get(k)
-            out[k] = round(now - then, 3) if now is not None and then is not None else None
-        return out
 
 
-@dataclass(kw_only=True)
-class WorkerProc(WorkerSubprocess):
-    """``python -m notifyd worker`` in a subprocess, optionally under pyinstrument or
-    with ``--worker-patch`` experiments (readiness, logs, stop: :class:`WorkerSubprocess`)."""
-
-    env: dict[str, str]
-    profile_out: Path | None = None
-    patches: tuple[str, ...] = ()
-
-    probe_timeout_s: ClassVar[float] = 3.0
-
-    def command(self) -> list[str]:
-        if self.patches:
-            # Experiments on the unmodified worker: patches applied before it starts.
-            code = "\n".join(WORKER_PATCHES[p] for p in self.patches)
-            target = ["-c", code + "\nfrom notifyd.cli.commands import main\nmain(['worker'])\n"]
-        else:
-            target = ["-m", "notifyd", "worker"]
-        if self.profile_out is not None:
-            # pyinstrument writes its session when the worker exits (SIGTERM: clean stop).
-            return [
-                sys.executable,
-                "-m",
-                "pyinstrument",
-                "--interval",
-                "0.001",
-                "-r",
-                "session",
-                "-o",
-                str(self.profile_out),
-                *target,
-            ]
-        return [sys.executable, *target]
-
-    def start(self) -> WorkerProc:
-        self.launch(self.env)
-        return self
 
 
-@dataclass
-class FloorProc:
-    bootstrap: str
-    src: str
-    dst: str
-    group: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def start(self) -> FloorProc:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "notifyd.tools.bench.floor",
-                    "--bootstrap",
-                    self.bootstrap,
-                    "--src",
-                    self.src,
-                    "--dst",
-                    self.dst,
-                    "--group",
-                    self.group,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 # --------------------------------------------------------------------------------------
@@ -377,211 +172,18 @@ class FloorProc:
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunStats:
-    expected: int
-    latencies_ms: list[float] = field(default_factory=list)
-    seqs: set[int] = field(default_factory=set)
-    duplicates: int = 0
-    first_at: float | None = None
-    last_at: float | None = None
-    #: when the producer started (throughput runs)
-    t_first: float = 0.0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def received(self) -> int:
-        return len(self.seqs)
 
 
-class Collector:
-    """Receipts per (kind, run): ``kind`` is where they were seen (sink, topic)."""
-
-    def __init__(self) -> None:
-        self.runs: dict[tuple[str, str], RunStats] = {}
-
-    def expect(self, kind: str, run: str, n: int) -> RunStats:
-        st = RunStats(expected=n)
-        self.runs[(kind, run)] = st
-        return st
-
-    def record(self, kind: str, data: Any, now: float) -> None:
-        if not isinstance(data, dict):
-            return
-        st = self.runs.get((kind, str(data.get("run"))))
-        if st is None:
-            return
-        seq = data.get("seq")
-        if not isinstance(seq, int) or seq in st.seqs:
-            st.duplicates += 1
-            return
-        st.seqs.add(seq)
-        t0 = data.get("t0")
-        if isinstance(t0, int | float):
-            st.latencies_ms.append((now - t0) * 1000.0)
-        if st.first_at is None:
-            st.first_at = now
-        st.last_at = now
-        if st.received >= st.expected:
-            st.done.set()
 
 
-class Sink:
-    """A minimal webhook receiver: records receipt time and ``data`` of each POST."""
-
-    def __init__(self, collector: Collector, latency_s: float = 0.0) -> None:
-        self.collector = collector
-        #: Answer each POST after this long (a provider's own latency).
-        self.latency_s = latency_s
-        self.requests = 0
-        self._runner: Any = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        from aiohttp import web
-
-        from notifyd.tools.broker.base import free_port
-
-        async def hook(request: web.Request) -> web.Response:
-            raw = await request.read()
-            now = time.time()
-            self.requests += 1
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                return web.Response(status=400)
-            self.collector.record("sink", doc.get("data"), now)
-            if self.latency_s > 0:
-                await asyncio.sleep(self.latency_s)
-            return web.Response(
-                body=b'{"id":"' + str(self.requests).encode() + b'"}',
-                content_type="application/json",
-            )
-
-        app = web.Application()
-        app.router.add_post("/hook/{name}", hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
-async def _partitions(consumer: Any, topic: str) -> set[int]:
-    """Partitions of ``topic`` (a fresh client's metadata may not know it yet)."""
-    for _ in range(100):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await consumer._client.force_metadata_update()
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic} has no partitions")
 
 
-async def _end_positioned_consumer(bootstrap: str, topic: str) -> Any:
-    """A group-less consumer of every partition of ``topic``, positioned at its end."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        parts = await _partitions(consumer, topic)
-    except RuntimeError:
-        await consumer.stop()
-        raise
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)  # resolve now: nothing produced later is skipped
-    return consumer
 
 
-class TopicTap:
-    """Consumes a topic from its end in the background, handing each value to ``on``."""
-
-    def __init__(self, bootstrap: str, topic: str, on: Callable[[bytes, float], None]) -> None:
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.on = on
-        self._consumer: Any = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> TopicTap:
-        self._consumer = await _end_positioned_consumer(self.bootstrap, self.topic)
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=5000)
-            now = time.time()
-            for records in batch.values():
-                for rec in records:
-                    self.on(rec.value, now)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
-class StatusTracker:
-    """Follows ``notifyd.status``: counts in-app ``sent`` updates and splits latency
-    into stages with the worker's own timestamps — *ingest* (produce → the ingest agent
-    accepted the event) and, per channel, *send* (accepted → provider call done,
-    the ``latency_ms`` of the ``sent`` update)."""
-
-    def __init__(self) -> None:
-        self.inapp_sent = 0
-        self.last_inapp_at: float | None = None
-        #: event_id -> produce time, filled by the producer, popped here.
-        self.t0: dict[str, float] = {}
-        self._nid_run: dict[str, str] = {}
-        self.stages: dict[str, dict[str, list[float]]] = {}
-
-    def _stage(self, run: str, name: str) -> list[float]:
-        return self.stages.setdefault(run, {}).setdefault(name, [])
-
-    def __call__(self, value: bytes, now: float) -> None:
-        try:
-            msg = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return
-        nid = msg.get("notification_id")
-        content = msg.get("content")
-        if content:
-            eid = str(content.get("event_id"))
-            run = eid.rsplit("-", 1)[0]
-            self._nid_run[nid] = run
-            t0 = self.t0.pop(eid, None)
-            if t0 is not None and isinstance(content.get("accepted_at"), int | float):
-                self._stage(run, "ingest").append((content["accepted_at"] - t0) * 1000.0)
-        for u in msg.get("updates") or ():
-            if u.get("status") != "sent":
-                continue
-            if u.get("channel") == "inapp":
-                self.inapp_sent += 1
-                self.last_inapp_at = now
-            run_of = self._nid_run.get(nid)
-            if run_of is not None and isinstance(u.get("latency_ms"), int | float):
-                self._stage(run_of, f"{u['channel']}_send").append(float(u["latency_ms"]))
-
-    def summary(self, run: str) -> dict[str, Any]:
-        return {k: latency_summary(v) for k, v in sorted(self.stages.get(run, {}).items())}
 
 
 # --------------------------------------------------------------------------------------
@@ -589,222 +191,24 @@ class StatusTracker:
 # --------------------------------------------------------------------------------------
 
 
-def _event(run: str, seq: int, user: str) -> bytes:
-    return orjson.dumps(
-        {
-            "event_id": f"{run}-{seq}",
-            "user_id": user,
-            "category": "bench",
-            "title": "Benchmark",
-            "body": f"Event {seq} of run {run}",
-            "channels": ["webhook", "inapp"],
-            "data": {"run": run, "seq": seq, "t0": time.time()},
-        }
-    )
 
 
-def _floor_doc(run: str, seq: int, user: str) -> bytes:
-    # Same shape and size as a notifyd event, so the JSON work is comparable.
-    return _event(run, seq, user)
 
 
-class Progress:
-    """tqdm when asked for and available, otherwise nothing."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-
-    @contextlib.contextmanager
-    def bar(self, total: int, desc: str) -> Iterator[Any]:
-        if not self.enabled:
-            yield _NoBar()
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            yield _NoBar()
-            return
-        bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, unit="ev")
-        try:
-            yield bar
-        finally:
-            bar.close()
-
-    def note(self, msg: str) -> None:
-        if self.enabled:
-            try:
-                from tqdm import tqdm
-
-                tqdm.write(msg, file=sys.stderr)
-            except ImportError:
-                print(msg, file=sys.stderr)
-        else:
-            print(msg, file=sys.stderr)
 
 
-class _NoBar:
-    n = 0
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
 
 
-async def produce_fast(
-    producer: Any,
-    topic: str,
-    n: int,
-    make: Callable[[int], tuple[bytes, bytes]],
-    bar: Any = None,
-) -> float:
-    """Produce ``n`` messages as fast as the client takes them; seconds until all acked."""
-    t0 = time.monotonic()
-    futs = []
-    for i in range(n):
-        key, value = make(i)
-        futs.append(await producer.send(topic, value, key=key))
-        if bar is not None and i % 1000 == 999:
-            bar.update(1000)
-    await asyncio.gather(*futs)
-    if bar is not None:
-        bar.update(n % 1000)
-    return time.monotonic() - t0
 
 
-async def produce_paced(
-    producer: Any,
-    topic: str,
-    rate_per_s: float,
-    total: int,
-    make: Callable[[int], tuple[bytes, bytes]],
-    bar: Any = None,
-) -> dict[str, Any]:
-    """Produce ``total`` messages at ``rate_per_s``: at each ~1 ms tick, what is due."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    sent = 0
-    futs = []
-    max_behind = 0
-    while sent < total:
-        now = loop.time()
-        n = batch_to_send(rate_per_s, now - start, sent, total)
-        max_behind = max(max_behind, n)
-        for _ in range(n):
-            key, value = make(sent)
-            futs.append(await producer.send(topic, value, key=key))
-            sent += 1
-        if bar is not None and n:
-            bar.update(n)
-        await asyncio.sleep(0.001)
-    elapsed = loop.time() - start
-    await asyncio.gather(*futs)
-    return {
-        "offered_rate": rate_per_s,
-        "sent": sent,
-        "produce_s": round(elapsed, 3),
-        "achieved_produce_rate": rate(sent, elapsed),
-        "max_batch_per_tick": max_behind,
-    }
 
 
-async def wait_done(
-    stats: list[RunStats],
-    timeout: float,
-    bar: Any = None,
-    extra: Callable[[], bool] | None = None,
-) -> bool:
-    """Wait until every run received what it expects (and ``extra()`` holds)."""
-    deadline = time.monotonic() + timeout
-    shown = 0
-    while time.monotonic() < deadline:
-        got = min(s.received for s in stats)
-        if bar is not None and got > shown:
-            bar.update(got - shown)
-            shown = got
-        if all(s.done.is_set() for s in stats) and (extra is None or extra()):
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
-async def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(n, partitions, 1) for n in names if n not in existing]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new, timeout_ms=30000)
-    finally:
-        await admin.close()
 
 
-async def wait_group_caught_up(
-    bootstrap: str, group: str, topic: str, at_least: int, timeout: float, bar: Any = None
-) -> float:
-    """Seconds until ``group``'s committed offsets reach the end of ``topic``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    t0 = time.monotonic()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        parts = await _partitions(consumer, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        end = await consumer.end_offsets(tps)
-        target = sum(end.values())
-        if target < at_least:
-            raise RuntimeError(f"{topic} holds {target} records, expected {at_least}")
-        shown = 0
-        while time.monotonic() - t0 < timeout:
-            offsets = await admin.list_consumer_group_offsets(group)
-            done = sum(
-                meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0
-            )
-            if bar is not None and done > shown:
-                bar.update(min(done, target) - shown)
-                shown = min(done, target)
-            if done >= target:
-                return time.monotonic() - t0
-            await asyncio.sleep(0.5)
-        raise TimeoutError(f"group {group} did not catch up on {topic} in {timeout}s")
-    finally:
-        await admin.close()
-        await consumer.stop()
 
 
-async def wait_group_drained(bootstrap: str, group: str, topics: list[str], timeout: float) -> bool:
-    """Wait until ``group`` committed everything produced so far to ``topics`` (the
-    worker has no backlog left, e.g. of status updates); False on timeout."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    deadline = time.monotonic() + timeout
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await consumer.start()
-    await admin.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(await _partitions(consumer, t))]
-        while time.monotonic() < deadline:
-            end = await consumer.end_offsets(tps)
-            offsets = await admin.list_consumer_group_offsets(group)
-            if all(end[tp] == 0 or (tp in offsets and offsets[tp].offset >= end[tp]) for tp in tps):
-                return True
-            await asyncio.sleep(0.25)
-        return False
-    finally:
-        await admin.close()
-        await consumer.stop()
 
 
 # --------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ import aiohttp
 import orjson
 
 from notifyd.model.records import idempotency_scope, notification_id_for
+from notifyd.tools.bench.load import wait_done
+from notifyd.tools.bench.meter import proc_mem_mb
+from notifyd.tools.bench.procs import WorkerProc
 from notifyd.tools.bench.stats import latency_summary, rate
 
 if TYPE_CHECKING:
@@ -90,7 +93,6 @@ def lag_from_histogram(metrics: dict[str, float], kind: str) -> dict[str, Any]:
 async def schedule_phase(b: Bench) -> dict[str, Any]:
     from notifyd.config import Settings
     from notifyd.stream.topology import TopicNames, ensure_topics
-    from notifyd.tools.bench.run import WorkerProc, proc_mem_mb
 
     o = b.opts
     n = o.schedule_entries
@@ -167,7 +169,6 @@ async def schedule_phase(b: Bench) -> dict[str, Any]:
 
 async def _probe_lag(b: Bench, url: str, events: str, prefs_topic: str) -> dict[str, Any]:
     """Scheduled sends through the real path, due 5-15 s ahead: how late they fire."""
-    from notifyd.tools.bench.run import wait_done
 
     run_id = f"sched-lag-{b.tag}"
     probe_users = [f"lag{i}" for i in range(20)]

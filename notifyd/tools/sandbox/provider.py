@@ -1,4 +1,4 @@
-"""Sandbox delivery providers: an SMS/push/webhook HTTP API and an SMTP sink.
+"""Sandbox delivery providers: an SMS/push/webhook HTTP API (the SMTP sink is in ``smtp``).
 
 It plays the remote side of every channel for tests, benchmarks and demos, and
 behaves like a careful real provider: it validates the channel rules, honours
@@ -19,29 +19,21 @@ Run standalone::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import email.policy
 import hmac
 import logging
-import mailbox
 import random
-import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.parser import BytesParser
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import orjson
-import phonenumbers
 from aiohttp import web
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from notifyd.domain.channel_rules import segment_fits, sms_segments
+from notifyd.model.contact import InvalidContact, e164
 from notifyd.providers.webhook import verify
 
 log = logging.getLogger("notifyd.tools.sandbox")
@@ -240,28 +232,14 @@ def _check_bearer(request: web.Request, token: str | None) -> None:
 def _check_to(to: object) -> None:
     """Refuse ``to`` unless it is a possible number in E.164 wire form.
 
-    Checked with Google's libphonenumber data (``phonenumbers``), not notifyd's own
-    pattern, so the sandbox catches what notifyd's check lets through: a known
-    country code and a length that fits its numbering plan.  "Possible", not "valid":
-    fictional numbers (+1 555 ...) have the right shape and are what tests and demos use.
+    The same libphonenumber check as notifyd's own (:mod:`notifyd.model.contact`): a
+    real provider refuses what it refuses, so the sandbox does too, on its own side of
+    the wire, and still catches a send whose number notifyd failed to check.
     """
-    shown = str(to)[:40]
-    if not isinstance(to, str) or not to.startswith("+"):
-        raise Reject(422, "invalid_to", f"to {shown!r} is not an E.164 number")
     try:
-        number = phonenumbers.parse(to, None)
-    except phonenumbers.NumberParseException as exc:
-        raise Reject(422, "invalid_to", f"to {shown!r} is not a phone number: {exc}") from None
-    if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != to:
-        raise Reject(422, "invalid_to", f"to {shown!r} is not in E.164 form (+ and digits)")
-    reason = phonenumbers.is_possible_number_with_reason(number)
-    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
-        names = {v: k.lower() for k, v in vars(phonenumbers.ValidationResult).items()
-                 if k.isupper()}
-        raise Reject(
-            422, "invalid_to",
-            f"to {shown!r} is not a possible number: {names.get(reason, reason)}",
-        )
+        e164(to)
+    except InvalidContact as exc:
+        raise Reject(422, "invalid_to", f"to {exc}") from None
 
 
 def _validate_sms(obj: dict[str, Any]) -> dict[str, Any]:
@@ -579,232 +557,3 @@ class SandboxServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
-
-
-# ---------------------------------------------------------------------------------------
-# SMTP sink
-# ---------------------------------------------------------------------------------------
-
-
-class _SinkHandler:
-    def __init__(self, sink: SmtpSink) -> None:
-        self._sink = sink
-
-    async def handle_RCPT(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        reply = self._sink.refuse.get(address.lower())
-        if reply is not None:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content or envelope.content or b""
-        if isinstance(content, str):
-            content = content.encode("utf-8", "surrogateescape")
-        self._sink.receive(content, envelope.mail_from or "", list(envelope.rcpt_tos))
-        return "250 Message accepted for delivery"
-
-
-class _SinkSMTP(SMTP):
-    """aiosmtpd's protocol, tracked by the sink so stop() can close live sessions."""
-
-    def __init__(self, sink: SmtpSink, **kwargs: Any) -> None:
-        super().__init__(_SinkHandler(sink), **kwargs)
-        self._sink = sink
-
-    def connection_made(self, transport: Any) -> None:
-        self._sink._sessions.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self._sink._sessions.discard(self)
-
-
-@dataclass(slots=True)
-class SinkEnvelope:
-    mail_from: str
-    rcpt_tos: list[str]
-    message: EmailMessage
-    received_at: float
-
-
-class SmtpSink:
-    """An SMTP server in the current event loop that keeps what it receives.
-
-    ``messages`` holds every accepted message (retries included), ``receipts``
-    counts them, ``unique`` dedupes by Message-ID.  ``refuse`` maps a lower-cased
-    recipient to the SMTP reply that refuses it, e.g. ``{"x@y.z": "550 5.1.1 no such
-    user"}`` or a ``451`` for a temporary failure.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        maildir: Path | None = None,
-        *,
-        mbox: Path | None = None,
-        refuse: Mapping[str, str] | None = None,
-    ) -> None:
-        self.host = host
-        self._requested_port = port
-        self.port: int | None = None
-        self.maildir = maildir
-        self.mbox = mbox
-        self.refuse: dict[str, str] = {k.lower(): v for k, v in (refuse or {}).items()}
-        self.envelopes: list[SinkEnvelope] = []
-        self._server: asyncio.Server | None = None
-        self._sessions: set[_SinkSMTP] = set()
-
-    @property
-    def messages(self) -> list[EmailMessage]:
-        return [e.message for e in self.envelopes]
-
-    @property
-    def receipts(self) -> int:
-        return len(self.envelopes)
-
-    @property
-    def unique(self) -> list[EmailMessage]:
-        """Messages deduplicated by Message-ID (first copy kept; no Message-ID: all kept)."""
-        seen: set[str] = set()
-        out: list[EmailMessage] = []
-        for msg in self.messages:
-            mid = msg.get("Message-ID")
-            if mid is not None:
-                if str(mid) in seen:
-                    continue
-                seen.add(str(mid))
-            out.append(msg)
-        return out
-
-    def receive(self, content: bytes, mail_from: str, rcpt_tos: list[str]) -> None:
-        parser = BytesParser(policy=email.policy.default)
-        # SMTP carries CRLF; store with local line ends, as a delivery agent would.
-        msg = cast(EmailMessage, parser.parsebytes(content.replace(b"\r\n", b"\n")))
-        self.envelopes.append(SinkEnvelope(mail_from, rcpt_tos, msg, time.time()))
-        # Local files, a few KB per message: cheap enough to write inline.
-        if self.maildir is not None:
-            mailbox.Maildir(self.maildir, create=True).add(msg)
-        if self.mbox is not None:
-            box = mailbox.mbox(self.mbox, create=True)
-            try:
-                box.lock()
-                box.add(msg)
-                box.flush()
-            finally:
-                box.unlock()
-                box.close()
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def factory() -> _SinkSMTP:
-            # A fixed hostname: aiosmtpd would otherwise call getfqdn() (DNS) per connection.
-            return _SinkSMTP(self, hostname="notifyd-sandbox", enable_SMTPUTF8=True, loop=loop)
-
-        self._server = await loop.create_server(factory, self.host, self._requested_port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        # Close live sessions and wait for their handler tasks, so none is left pending.
-        tasks = []
-        for proto in list(self._sessions):
-            if proto.transport is not None:
-                proto.transport.close()
-            if proto._handler_coroutine is not None:
-                tasks.append(proto._handler_coroutine)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-    async def __aenter__(self) -> SmtpSink:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-
-# ---------------------------------------------------------------------------------------
-# Standalone entry point
-# ---------------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m notifyd.tools.sandbox", description="notifyd sandbox delivery providers"
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8025, help="HTTP API port (0: any free port)")
-    p.add_argument(
-        "--smtp-port", type=int, default=2525, help="SMTP sink port (0: any, -1: no SMTP)"
-    )
-    p.add_argument("--fail-rate", type=float, default=0.0)
-    p.add_argument("--lost-ack-rate", type=float, default=0.0)
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--jitter-ms", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--webhook-secret", default=None, help="verify webhook signatures")
-    p.add_argument("--api-token", default=None, help="require this bearer token for sms/push")
-    p.add_argument("--ledger", type=Path, default=None, help="append every request here")
-    p.add_argument("--maildir", type=Path, default=None, help="store received mail here")
-    return p
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    server = SandboxServer(
-        args.host,
-        args.port,
-        fail_rate=args.fail_rate,
-        lost_ack_rate=args.lost_ack_rate,
-        latency_ms=args.latency_ms,
-        jitter_ms=args.jitter_ms,
-        seed=args.seed,
-        webhook_secret=args.webhook_secret.encode() if args.webhook_secret else None,
-        api_token=args.api_token,
-        ledger_path=args.ledger,
-    )
-    sink = SmtpSink(args.host, args.smtp_port, args.maildir) if args.smtp_port >= 0 else None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    try:
-        print(f"sandbox http  {server.url}  (sms: {server.url}/v1/sms)", flush=True)
-        if sink is not None:
-            await sink.start()
-            print(f"sandbox smtp  {sink.host}:{sink.port}", flush=True)
-        await stop.wait()
-    finally:
-        if sink is not None:
-            await sink.stop()
-        await server.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(_serve(args))
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

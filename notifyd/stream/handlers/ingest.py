@@ -1,0 +1,178 @@
+"""Ingest: a record of ``notifyd.events`` / ``notifyd.events.rekeyed`` arrives.
+
+Decoded and validated, moved to its user's partition, de-duplicated against ``seen``,
+then scheduled (a ``deliver_at`` ahead), cancelled, or handed to :mod:`.dispatch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from faust.types import EventT
+
+from notifyd import clock
+from notifyd.errors import InvalidEvent
+from notifyd.metrics import metrics
+from notifyd.model.records import (
+    CancelRequest,
+    Event,
+    legacy_notification_id_for,
+    loads,
+    parse_input,
+)
+from notifyd.stream import audience
+from notifyd.stream.app import settings
+from notifyd.stream.handlers.deadletter import dead_letter
+from notifyd.stream.handlers.dispatch import process_event
+from notifyd.stream.headers import header_value
+from notifyd.stream.tables import any_partition, cancels, inbox, scheduled, seen, status, throttle
+from notifyd.stream.topics import names, partition_for, rekeyed_topic
+
+log = structlog.stdlib.get_logger("notifyd.stream.handlers.ingest")
+
+ORIGIN_HEADER = "notifyd-origin"
+
+
+async def on_key_partition(ev: EventT[Any], raw: bytes | None, key: str) -> bool:
+    """Whether an ingest record stands on ``key``'s partition, so the caller goes on.
+
+    If not, it is handled here and the caller stops: a record already rekeyed is
+    dead-lettered (only possible if topics were created with different partition
+    counts); any other (a producer keyed by something else, or used another
+    partitioner) takes one hop through the rekeyed topic to the key's partition, so
+    state is partition-local, with its first place as the origin header.
+    """
+    msg = ev.message
+    expected = partition_for(key)
+    if msg.partition == expected:
+        return True
+    if msg.topic == rekeyed_topic.get_topic_name():
+        await dead_letter(
+            ev, raw, f"partition_mismatch: rekeyed to {msg.partition}, expected {expected}"
+        )
+        return False
+    origin = f"{msg.topic}/{msg.partition}/{msg.offset}"
+    await rekeyed_topic.send(
+        key=key.encode(), value=raw, headers=[(ORIGIN_HEADER, origin.encode())]
+    )
+    return False
+
+
+def record_origin(ev: EventT[Any]) -> str:
+    """Where an ingest record was first read: its origin header once rekeyed, else itself."""
+    msg = ev.message
+    return header_value(msg.headers, ORIGIN_HEADER) or f"{msg.topic}/{msg.partition}/{msg.offset}"
+
+
+async def handle_event(ev: EventT[Any]) -> None:
+    from notifyd.stream import timing
+
+    msg = ev.message
+    raw: bytes | None = ev.value
+    timer = header_value(msg.headers, timing.TIMER_HEADER)
+    if timer is not None and msg.topic != names.events:  # producers' topic: not trusted
+        await timing.fire(ev, timer)  # a schedule or digest window came due (notifyd.stream.timing)
+        return
+    metrics.event_received(msg.topic)
+    addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
+    if addressed_to_topic is not None:
+        await audience.handle_topic_event(ev, addressed_to_topic)
+        return
+    try:
+        event = parse_input(raw, settings.max_event_bytes)
+    except InvalidEvent as exc:
+        await dead_letter(ev, raw, exc.reason)
+        return
+    structlog.contextvars.bind_contextvars(
+        user_id=event.user_id, notification_id=event.notification_id, event_id=event.event_id
+    )
+    if not await on_key_partition(ev, raw, event.user_id):
+        return
+    origin = record_origin(ev)
+    now = clock.now()
+    if isinstance(event, CancelRequest):
+        await timing.cancel(event, msg.partition, now)
+        return
+    prev = _scoped_row(seen.get(event.dedupe_key))
+    if prev is None:
+        old = _legacy_row(seen.get(event.event_id))
+        if old is not None and old[2] == origin:
+            # The very record an older worker processed, replayed: same ids as then.
+            event.legacy_ids = True
+            structlog.contextvars.bind_contextvars(notification_id=event.notification_id)
+            prev = old
+        elif old is not None and legacy_duplicate(event):
+            log.info("event.duplicate", first_seen=old[0], first_origin=old[2], legacy=True)
+            return
+    if prev is not None and prev[2] != origin:
+        log.info("event.duplicate", first_seen=prev[0], first_origin=prev[2])
+        return
+    digest_key: str | None = None
+    try:
+        if cancels.get(event.dedupe_key) is not None:
+            await timing.drop_cancelled_event(event, now)  # its cancel came first
+        elif (due := event.due(now, settings.max_schedule_days)) is not None and due > now:
+            key = timing.event_key(event.user_id, event.event_id)
+            if prev is None:
+                assert raw is not None
+                await timing.schedule_event(event, loads(raw), due, msg.partition, now)
+            elif (row := scheduled.get(key)) is not None:
+                # The same record replayed: keep the due time it got the first time.
+                await timing.schedule_event(event, row["event"], row["due"], msg.partition,
+                                            row.get("scheduled_at", now))
+            # else: replayed after its schedule fired or was cancelled: nothing to do
+        else:
+            digest_key = await process_event(
+                event, msg.partition, now, produced_at=msg.timestamp,
+                digest_key=prev[4] if prev is not None and len(prev) > 4 else None,
+            )
+    except InvalidEvent as exc:  # e.g. a template variable missing from data
+        await dead_letter(ev, raw, exc.reason)
+        return
+    if prev is None or (digest_key is not None and len(prev) < 5):
+        # Marked after the outputs: a crash before this line replays the record,
+        # which is harmless (outputs are idempotent downstream).  The digest an event
+        # went into is kept with it, so a cancel can take it out again.
+        mark: list[Any] = [now, msg.partition, origin, event.user_id]
+        if prev is not None:
+            mark = list(prev[:4])
+        seen[event.dedupe_key] = [*mark, digest_key] if digest_key is not None else mark
+
+
+# ``seen`` rows: ``[first_seen, partition, origin, user_id]`` under
+# ``records.idempotency_scope(user_id, event_id)``; rows written before ids were scoped
+# to the user have no user_id and are keyed by the bare event id ("legacy" rows, gone
+# after ``NOTIFYD_DEDUPE_TTL_S``).  A legacy row whose event id happens to read like a
+# scoped key is told apart by its length.
+
+
+def _scoped_row(row: list[Any] | None) -> list[Any] | None:
+    return row if row is not None and len(row) >= 4 else None
+
+
+def _legacy_row(row: list[Any] | None) -> list[Any] | None:
+    return row if row is not None and len(row) == 3 else None
+
+
+def legacy_duplicate(event: Event) -> bool:
+    """Is ``event`` a re-send of the one a legacy ``seen`` row (its bare event id) records?
+
+    Only if that was the same user's event; the legacy row does not say whose it was, so
+    this looks for evidence under the legacy notification id: the status document
+    (``user_id``), when this worker holds its partition, else the user's own inbox or
+    throttle history holding that id (both in the user's partition, i.e. here).  With no
+    evidence the event counts as new and gets a scoped id: a re-send straddling the
+    upgrade may then be delivered twice, which at-least-once allows, where treating it as
+    a duplicate could drop another user's event, the loss scoping the ids prevents.
+    """
+    legacy_nid = legacy_notification_id_for(event.event_id)
+    with any_partition():
+        doc = status.get(legacy_nid)
+    if doc is not None and doc.get("user_id") is not None:
+        return bool(doc["user_id"] == event.user_id)
+    box = inbox.get(event.user_id) or {}
+    if any(it.get("id") == legacy_nid for it in box.get("items", ())):
+        return True
+    history = throttle.get(event.user_id) or {}
+    return any(len(h) > 1 and h[1] == legacy_nid for sends in history.values() for h in sends)

@@ -1,0 +1,75 @@
+"""Hand a delivery to its channel's topic, where its channel agent calls the provider.
+
+The one place a delivery is produced, together with the ``queued`` status update that
+records it: from :mod:`.dispatch` (an event's channel is sent now), :mod:`.schedule`
+(a deferred or retried delivery is due) and :func:`requeue_overdue`, the scheduler's
+reconciler (an outcome is overdue, the delivery is produced again).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from notifyd.model.records import dumps
+from notifyd.stream.app import settings
+from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.status import UpdateFields, status_update
+from notifyd.stream.tables import status
+from notifyd.stream.topics import deliver_topics
+
+log = structlog.stdlib.get_logger("notifyd.stream.handlers.queueing")
+
+
+async def queue_delivery(
+    delivery: dict[str, Any], ts: float, *, attempt: int | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """Produce ``delivery`` (a ``Delivery.to_dict()``) to its channel topic, keyed by
+    its user; returns its ``queued`` status update for the caller to publish, alone or
+    with the other channels' updates of the same event in one status record."""
+    await deliver_topics[delivery["channel"]].send(
+        key=str(delivery["user_id"]).encode(), value=dumps(delivery)
+    )
+    fields: UpdateFields = {"delivery": delivery}
+    if attempt is not None:
+        fields["attempt"] = attempt
+    if reason is not None:
+        fields["reason"] = reason
+    return status_update(delivery["channel"], "queued", ts, **fields)
+
+
+async def requeue_overdue(active: frozenset[int], now: float) -> int:
+    """Re-queue deliveries of partitions ``active`` whose outcome is overdue (the
+    scheduler's reconciler: a safety net, at-least-once).
+
+    The status table (this worker's partitions) knows every channel still
+    ``queued``/``retrying``/``deferred`` with the delivery it is waiting for.  One
+    overdue by ``requeue_after_s`` is produced to its channel topic again: if it was
+    in fact delivered the channel agent finds it in the ledger and re-states the
+    outcome; if a crash or rebalance left its record unprocessed it is delivered now.
+    """
+    requeued: list[str] = []
+    grace = settings.requeue_after_s
+    for nid, doc in list(status.data.items()):
+        if not doc or doc.get("p") not in active:
+            continue
+        for channel, entry in doc.get("channels", {}).items():
+            delivery = entry.get("delivery")
+            if not delivery or entry.get("status") not in ("queued", "retrying", "deferred"):
+                continue
+            due = max(entry.get("ts") or 0, entry.get("deliver_at") or 0)
+            if now - due < grace:
+                continue
+            queued = await queue_delivery(
+                delivery, now, attempt=delivery.get("attempt", 1),
+                reason=f"requeued: no outcome {grace:.0f}s after it was due",
+            )
+            await statuses.publish_status(nid, [queued])
+            requeued.append(f"{nid}:{channel}")
+    if requeued:
+        log.warning("reconcile.requeued", count=len(requeued), keys=requeued[:20])
+        # Every key, for tracing what was re-queued (tests/integration/test_reliability).
+        for i in range(20, len(requeued), 500):
+            log.info("reconcile.requeued_keys", keys=requeued[i : i + 500])
+    return len(requeued)

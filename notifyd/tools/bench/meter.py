@@ -1,0 +1,142 @@
+"""What the bench reads of a process in /proc (CPU, threads, memory) and of the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram_gb: float | None = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+
+    def ver(pkg: str) -> str:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return "?"
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "ram_gb": ram_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "faust": ver("faust-streaming"),
+        "aiokafka": ver("aiokafka"),
+        "rocksdict": ver("rocksdict"),
+        "loadavg_start": _loadavg(),
+    }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def proc_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_s(pid: int | None) -> dict[str, float] | None:
+    """CPU seconds of a process's main thread and of all its other threads (Faust
+    runs its aiokafka consumer in a thread of its own)."""
+    if pid is None:
+        return None
+    main = other = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        if int(tid) == pid:
+            main += cpu
+        else:
+            other += cpu
+    return {"main_thread": round(main, 3), "other_threads": round(other, 3)}
+
+
+def proc_mem_mb(pid: int | None) -> tuple[float | None, float | None]:
+    """(RSS, peak RSS) in MB of a process (Linux /proc)."""
+    if pid is None:
+        return None, None
+    rss = hwm = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = round(int(line.split()[1]) / 1024, 1)
+            elif line.startswith("VmHWM:"):
+                hwm = round(int(line.split()[1]) / 1024, 1)
+    return rss, hwm
+
+
+def maps_mention(pid: int | None, needle: str) -> bool:
+    """Whether a shared object whose path contains ``needle`` is mapped in ``pid``."""
+    if pid is None:
+        return False
+    try:
+        return needle in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def dir_mb(path: Path) -> float:
+    total = 0
+    for p in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if p.is_file():
+                total += p.stat().st_size
+    return round(total / 1024 / 1024, 1)
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between start() and stop()."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.t0: dict[str, float | None] = {}
+        self.wall0 = 0.0
+
+    def start(self) -> CpuMeter:
+        self.t0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
+        self.wall0 = time.monotonic()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"wall_s": round(time.monotonic() - self.wall0, 3)}
+        for k, p in self.pids.items():
+            now, then = proc_cpu_s(p), self.t0.get(k)
+            out[k] = round(now - then, 3) if now is not None and then is not None else None
+        return out

@@ -1,0 +1,1 @@
+"""The sandbox delivery providers: an SMS/push/webhook HTTP API (``provider``), an SMTP sink."""
