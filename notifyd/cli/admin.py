@@ -447,12 +447,8 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
 
     async def issue() -> dict[str, Any]:
         from notifyd.errors import WebError
-        from notifyd.web.auth.users import (
-            LoginThrottle,
-            TokenService,
-            UserService,
-            resolve_jwt_secret,
-        )
+        from notifyd.web.auth.store import resolve_jwt_secret
+        from notifyd.web.auth.users import LoginThrottle, TokenService, UserService
 
         s = _settings()
         store = await _open_store()

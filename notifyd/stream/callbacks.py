@@ -39,6 +39,7 @@ from notifyd.config import Settings
 from notifyd.egress import EgressPolicy
 from notifyd.errors import DeliveryError, InvalidEvent
 from notifyd.model.records import dumps, loads
+from notifyd.stream.topics import callbacks_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.callbacks")
 
@@ -102,7 +103,6 @@ def jobs_for(
 
 
 async def enqueue(jobs: list[dict[str, Any]]) -> None:
-    from notifyd.stream.topics import callbacks_topic
 
     for job in jobs:
         nid = job["payload"]["notification_id"]

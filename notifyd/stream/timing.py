@@ -45,6 +45,7 @@ from notifyd.model.records import (
     parse_event,
 )
 from notifyd.stream.app import app, settings
+from notifyd.stream.tables import cancels, preferences, scheduled, seen
 
 log = structlog.stdlib.get_logger("notifyd.stream.timing")
 
@@ -86,7 +87,6 @@ async def schedule_event(
     from notifyd.stream.handlers.dispatch import templates
     from notifyd.stream.handlers.status import publish_status, status_update
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import preferences, scheduled
 
     if event.template:  # rendered now only to refuse a broken event at once (DLQ)
         locale = (preferences.get(event.user_id) or {}).get("locale") or settings.default_locale
@@ -137,7 +137,6 @@ async def fire(ev: EventT[Any], kind: str) -> None:
     Only a row still holding the record's due time fires (a cancel deletes the row, a
     second timer for the same row finds it gone).  The row is deleted once the outputs
     are on the broker (``producer.flush``), so a crash before that fires it again."""
-    from notifyd.stream.tables import scheduled
 
     msg = loads(ev.value)
     key, due = str(msg["key"]), float(msg["due"])
@@ -169,7 +168,6 @@ async def outputs_on_broker() -> None:
 
 async def _release_event(row: dict[str, Any], partition: int, due: float) -> None:
     from notifyd.stream.handlers.dispatch import process_event
-    from notifyd.stream.tables import seen
 
     event = parse_event(dumps(row["event"]), max(settings.max_event_bytes, 1 << 20))
     event.send_at = event.delay_s = None
@@ -189,7 +187,6 @@ async def _release_event(row: dict[str, Any], partition: int, due: float) -> Non
 
 
 def is_cancelled(user_id: str, event_id: str) -> bool:
-    from notifyd.stream.tables import cancels
 
     return cancels.get(idempotency_scope(user_id, event_id)) is not None
 
@@ -202,7 +199,6 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
     from notifyd.stream.handlers.status import publish_status, status_update
-    from notifyd.stream.tables import cancels, scheduled, seen
 
     scope = req.dedupe_key
     if cancels.get(scope) is None:
@@ -335,7 +331,6 @@ async def collect(
     with the digest's id and closing time."""
     from notifyd.stream.handlers.status import publish_status, status_update
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import scheduled
 
     row: dict[str, Any] | None = None
     if known is not None:
@@ -441,7 +436,6 @@ def pending_for(user_id: str) -> dict[str, list[dict[str, Any]]]:
 
     Reads the keys of the scheduler's index (no table scan), then only the user's rows."""
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import scheduled
 
     ev_prefix, dg_prefix = user_prefixes(user_id)
     keys = sorted({k for _, k, _ in scheduler.heap if k.startswith((ev_prefix, dg_prefix))})

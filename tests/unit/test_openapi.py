@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.errors import BadRequest
 from notifyd.stream.app import app
 from notifyd.web.api import v1 as api

@@ -11,6 +11,7 @@ from faust.types import EventT
 from notifyd.model.records import loads
 from notifyd.stream import fallback
 from notifyd.stream.tables import cancels, inbox, ledger, scheduled, seen, status
+from notifyd.stream.waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.control")
 
@@ -32,8 +33,6 @@ async def handle_control(ev: EventT[Any]) -> None:
     elif op == "fallback_step":
         await fallback.run_step(msg, ev.message.partition)
     elif op == "inbox":
-        from notifyd.stream.waiters import waiters
-
         box = apply_inbox_op(msg)
         if box is not None and msg.get("action") == "read":  # cancels fallback steps
             ids = [it["id"] for it in box["items"]] if msg.get("all") else msg.get("ids") or []

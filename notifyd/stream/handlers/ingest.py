@@ -21,7 +21,7 @@ from notifyd.model.records import (
     loads,
     parse_input,
 )
-from notifyd.stream import audience
+from notifyd.stream import audience, timing
 from notifyd.stream.app import settings
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.dispatch import process_event
@@ -66,8 +66,6 @@ def record_origin(ev: EventT[Any]) -> str:
 
 
 async def handle_event(ev: EventT[Any]) -> None:
-    from notifyd.stream import timing
-
     msg = ev.message
     raw: bytes | None = ev.value
     timer = header_value(msg.headers, timing.TIMER_HEADER)

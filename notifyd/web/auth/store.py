@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import secrets
 import sqlite3
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiosqlite
 import redis.asyncio as aredis
@@ -30,6 +31,9 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifyd.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from notifyd.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -389,3 +393,30 @@ async def open_store(url: str, **kwargs: Any) -> CredentialStore:
     if scheme == "sqlite":
         return await SqliteStore.open(_sqlite_path(url), **kwargs)
     raise ValueError(f"unsupported credential store URL scheme {scheme or url!r}")
+
+
+async def resolve_jwt_secret(settings: Settings, store: CredentialStore) -> str:
+    """The configured secret, else one shared through the credential store.
+
+    Every worker of a deployment (and the CLI minting tokens for it) must sign with the
+    same key; with Redis the first one creates it and the others read it, with SQLite
+    (single worker) it persists in the data dir.
+    """
+    configured = settings.jwt_secret.get_secret_value()
+    if configured:
+        return configured
+    await store.set_if_absent("config:jwt_secret", secrets.token_urlsafe(48).encode())
+    value = await store.get("config:jwt_secret")
+    if value is None:  # pragma: no cover - just written
+        raise RuntimeError("could not read the generated JWT secret")
+    return value.decode()
+
+
+async def read_jwt_secret(settings: Settings) -> str:
+    """The shared JWT secret through a store opened for the purpose (the e-mail provider
+    has none at hand): :func:`notifyd.domain.unsubscribe.share_secret_from`."""
+    store = await open_store(settings.resolved_credential_store_url)
+    try:
+        return await resolve_jwt_secret(settings, store)
+    finally:
+        await store.close()
