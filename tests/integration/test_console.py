@@ -110,6 +110,7 @@ def test_page_and_assets_are_served_locally(console_stack: Stack) -> None:
             assert "https://" not in resp.read().decode()
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(f"{base}/console/static/nope.js")
+    exc.value.close()  # its connection: left to the garbage collector, a ResourceWarning
     assert exc.value.code == 404
 
 
