@@ -55,6 +55,14 @@ MAX_HEADER_LINE = 998
 _HKDF_INFO = b"notifyd unsubscribe link v1"
 _CATEGORY_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
 _CLAIMS = ("aud", "sub", "cat", "ch")
+_B64 = "[A-Za-z0-9_-]"
+#: base64url without padding, of a length some bytes encode to (never 1 mod 4).
+_B64_PART = f"(?:(?:{_B64}{{4}})+(?:{_B64}{{2,3}})?|{_B64}{{2,3}})"
+#: The shape of a token (a JWS compact serialization: header.payload.signature), in
+#: the OpenAPI document too.  A string of another shape is not a token (400); one of
+#: this shape that does not verify is a forged or altered link (403).
+TOKEN_PATTERN = f"^{_B64_PART}\\.{_B64_PART}\\.(?:{_B64_PART})?$"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +91,8 @@ class UnsubscribeSigner:
         ``token_rejected`` if its signature or claims do not check out."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise BadRequest("the unsubscribe token is empty or too long", code="invalid_token")
+        if not _TOKEN_RE.fullmatch(token):
+            raise BadRequest("the unsubscribe token is malformed", code="invalid_token")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -96,7 +106,10 @@ class UnsubscribeSigner:
                 "the unsubscribe link's signature does not match", code="token_rejected"
             ) from None
         except jwt.DecodeError:
-            raise BadRequest("the unsubscribe token is malformed", code="invalid_token") from None
+            # Shaped like a token, but its parts are not ours (not JSON, not base64).
+            raise Forbidden(
+                "the unsubscribe token is not one of this server's links", code="token_rejected"
+            ) from None
         except jwt.InvalidTokenError as exc:  # wrong audience, missing claim
             raise Forbidden(
                 f"the unsubscribe token is not valid: {exc}", code="token_rejected"

@@ -107,13 +107,19 @@ def subscriber_count(topic: str) -> int:
     return sum(len(subscribers.get(bucket_key(topic, b)) or {}) for b in range(BUCKETS))
 
 
+#: What a cursor starts with: its bucket, 0 to BUCKETS - 1 (255) in decimal, and ":"
+#: (in the OpenAPI document too).
+CURSOR_PATTERN = "^(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]):"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+
+
 def parse_cursor(cursor: str | None) -> tuple[int, str]:
     """``"<bucket>:<user_id>"``: the page starts after that user in that bucket."""
     if not cursor:
         return 0, ""
-    b, sep, user = cursor.partition(":")
-    if not sep or not b.isdigit() or not 0 <= int(b) < BUCKETS:
+    if not _CURSOR_RE.match(cursor):
         raise InvalidSubscription("cursor is not one this API returned")
+    b, _, user = cursor.partition(":")
     return int(b), user
 
 

@@ -320,6 +320,9 @@ _SECURED: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
 
 # --- the registry -----------------------------------------------------------------------
 
+#: A path parameter without a declared schema: an id.
+ID_SCHEMA: Schema = {"type": "string", "minLength": 1, "maxLength": 200}
+
 
 @dataclass(frozen=True)
 class Param:
@@ -331,6 +334,8 @@ class Param:
     description: str = ""
     required: bool = False
     default: Any = UNSET
+    #: The error code of a value its type refuses.
+    code: str = "invalid_parameter"
 
     @property
     def schema(self) -> Schema:
@@ -351,6 +356,8 @@ class Resp:
     schema: Schema | None = None
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+    #: OpenAPI links: name -> Link object (what a client can call next with this answer).
+    links: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -397,6 +404,10 @@ class Endpoint:
     routed: bool = False
     operation_id: str = ""
 
+    def path_param_schema(self, name: str) -> Schema:
+        """The schema of path parameter ``name``: declared, else an id (1-200 chars)."""
+        return type_schema(self.path_params.get(name, PATH_ID))
+
     def error_statuses(self) -> list[int]:
         out = set(self.errors)
         if self.auth != "public":
@@ -405,7 +416,7 @@ class Endpoint:
             out.add(403)
         if self.body is not None:
             out.update((400, 413))
-        if self.query or self.path_params:
+        if self.query or _path_param_names(self.path):
             out.add(400)
         if self.routed:
             out.add(503)
@@ -441,6 +452,31 @@ class Registry:
 
         return deco
 
+    def router_path(self, path: str) -> str:
+        """``path`` for aiohttp's router.  In OpenAPI a concrete path wins over a
+        templated one (``/notifications/stream`` is not ``/notifications/{id}`` with id
+        ``stream``); aiohttp would try the template too, and answer a method only the
+        template has (``DELETE /notifications/stream``), or list it in a 405's
+        ``Allow``.  So a parameter never matches a literal segment that another declared
+        path has in its place."""
+        segs = path.split("/")
+        shape = [_shape(s) for s in segs]
+        out = list(segs)
+        for i, seg in enumerate(segs):
+            if shape[i] != "{}":
+                continue
+            literals = sorted({
+                other[i]
+                for other in (e.path.split("/") for e in self.endpoints)
+                if len(other) == len(segs) and _shape(other[i]) != "{}"
+                and [_shape(x) for x in other[:i]] == shape[:i]
+                and [_shape(x) for x in other[i + 1:]] == shape[i + 1:]
+            })
+            if literals:
+                taken = "|".join(re.escape(x) for x in literals)
+                out[i] = f"{{{seg[1:-1]}:(?!(?:{taken})(?:/|$))[^{{}}/]+}}"
+        return "/".join(out)
+
     def document(
         self, method: str, path: str, *, summary: str, auth: Auth, tags: tuple[str, ...],
         responses: dict[int, Resp], operation_id: str, **kw: Any,
@@ -452,6 +488,11 @@ class Registry:
                 responses=responses, operation_id=operation_id, **kw,
             )
         )
+
+
+def _shape(segment: str) -> str:
+    """A path segment with any parameter name erased: ``{}`` or the literal."""
+    return "{}" if segment.startswith("{") and segment.endswith("}") else segment
 
 
 # --- request checks: through the models -----------------------------------------------
@@ -572,7 +613,7 @@ def parse_query(query: Mapping[str, str], params: tuple[Param, ...]) -> dict[str
             out[p.name] = check_value(p.type, value, p.name)
         except BadRequest as exc:
             raise BadRequest(
-                "query parameter " + exc.detail.removeprefix("field "), code="invalid_parameter"
+                "query parameter " + exc.detail.removeprefix("field "), code=p.code
             ) from None
     return out
 
@@ -607,7 +648,7 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
             "name": name,
             "in": "path",
             "required": True,
-            "schema": type_schema(ep.path_params.get(name, PATH_ID)),
+            "schema": ep.path_param_schema(name),
         }
         for name in _path_param_names(ep.path)
     ]
@@ -635,6 +676,8 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
                 name: {"description": desc, "schema": {"type": "string"}}
                 for name, desc in resp.headers.items()
             }
+        if resp.links:
+            r["links"] = copy.deepcopy(dict(resp.links))
         responses[str(status)] = r
     for status in ep.error_statuses():
         responses.setdefault(
@@ -679,63 +722,3 @@ def build_document(
             "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
         },
     }
-
-
-def _downgrade_schema(node: Any) -> Any:
-    if isinstance(node, list):
-        return [_downgrade_schema(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: _downgrade_schema(v) for k, v in node.items()}
-    if "$ref" in out and len(out) > 1:
-        out = {"$ref": out["$ref"]}
-    t = out.get("type")
-    if isinstance(t, list):
-        rest = [x for x in t if x != "null"]
-        if len(rest) != 1:
-            raise ValueError(f"cannot express type {t!r} in OpenAPI 3.0")
-        out["type"] = rest[0]
-        if "null" in t:
-            out["nullable"] = True
-    for key in ("anyOf", "oneOf"):
-        options = out.get(key)
-        if isinstance(options, list) and {"type": "null"} in options:
-            rest = [o for o in options if o != {"type": "null"}]
-            del out[key]
-            if len(rest) == 1:
-                out["allOf"] = rest
-            else:
-                out[key] = rest
-            out["nullable"] = True
-    if "examples" in out and isinstance(out["examples"], list):
-        examples = out.pop("examples")
-        if examples:
-            out["example"] = examples[0]
-    if "const" in out:
-        out["enum"] = [out.pop("const")]
-    out.pop("propertyNames", None)  # 3.1 only (a map's key pattern or enum)
-    return out
-
-
-def to_openapi_30(doc: dict[str, Any]) -> dict[str, Any]:
-    """The same document as OpenAPI 3.0.3, for tools that do not read 3.1 yet
-    (the bundled Swagger UI 4 among them)."""
-    out = copy.deepcopy(doc)
-    out["openapi"] = "3.0.3"
-    out.pop("jsonSchemaDialect", None)
-    out["info"].get("license", {}).pop("identifier", None)
-    components = out["components"]
-    components["schemas"] = {k: _downgrade_schema(v) for k, v in components["schemas"].items()}
-    components["responses"] = _downgrade_schema(components["responses"])
-    for item in out["paths"].values():
-        for op in item.values():
-            for p in op.get("parameters", ()):
-                p["schema"] = _downgrade_schema(p["schema"])
-            body = op.get("requestBody")
-            if body:
-                for media in body["content"].values():
-                    media["schema"] = _downgrade_schema(media["schema"])
-            for resp in op["responses"].values():
-                for media in resp.get("content", {}).values():
-                    media["schema"] = _downgrade_schema(media["schema"])
-    return out

@@ -43,7 +43,7 @@ from notifyd.stream.app import app
 from notifyd.stream.handlers.inapp import on_new_inbox_item
 from notifyd.stream.tables import inbox
 from notifyd.web.http import caller
-from notifyd.web.openapi import Call, Resp
+from notifyd.web.openapi import Call, Resp, ref
 from notifyd.web.registry import registry
 from notifyd.web.routing import (
     HTTP_CLIENT,
@@ -407,11 +407,54 @@ the worker stops; EventSource reconnects by itself, and `Last-Event-ID` replays 
 newer inbox items."""
 
 
+def _event(name: str, data: dict[str, Any], *, with_id: bool = False) -> dict[str, Any]:
+    """One event of the stream as schemathesis and OpenAPI 3.2 read one: its fields,
+    ``data`` being JSON (``contentSchema``)."""
+    props: dict[str, Any] = {
+        "event": {"const": name},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": data},
+        "retry": {"type": "integer", "minimum": 0,
+                  "description": "reconnection delay (ms), on the first event"},
+    }
+    if with_id:
+        props["id"] = {"type": "string", "description": "the inbox item's id"}
+    return {"type": "object", "required": ["event", "data"], "additionalProperties": False,
+            "properties": props}
+
+
+#: One Server-Sent Event of the stream (``: keep-alive`` comments are not events).
+STREAM_EVENT: dict[str, Any] = {
+    "oneOf": [
+        _event("unread", {
+            "type": "object", "required": ["user_id", "unread"],
+            "properties": {"user_id": {"type": "string"},
+                           "unread": {"type": "integer", "minimum": 0}},
+        }),
+        _event("notification", {
+            "allOf": [ref("InboxItem"), {
+                "type": "object", "required": ["unread"],
+                "properties": {"unread": {"type": "integer", "minimum": 0}},
+            }],
+        }, with_id=True),
+        _event("dropped", {
+            "type": "object", "required": ["dropped"],
+            "properties": {"dropped": {"type": "integer", "minimum": 1}},
+        }),
+        _event("reconnect", {
+            "type": "object", "required": ["reason"],
+            "properties": {"reason": {"type": "string", "enum": ["partition_moved"]}},
+        }),
+    ],
+}
+
+
 @registry.route(
     "GET", "/api/v1/notifications/stream", summary="My inbox, live (Server-Sent Events)",
     auth="user", tags=("notifications",), routed=True, description=_STREAM_DOC,
     responses={
-        200: Resp("An event stream", {"type": "string"}, content_type="text/event-stream"),
+        200: Resp("An event stream; the schema is one event's", STREAM_EVENT,
+                  content_type="text/event-stream"),
     },
 )
 async def notification_stream(call: Call) -> web.StreamResponse:

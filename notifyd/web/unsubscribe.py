@@ -35,6 +35,7 @@ from notifyd.domain.unsubscribe import (
     MAX_TOKEN_CHARS,
     ONE_CLICK,
     PATH,
+    TOKEN_PATTERN,
     UnsubscribeSigner,
     resolve_key,
 )
@@ -62,9 +63,10 @@ KEYS: web.AppKey[_Keys] = web.AppKey("notifyd_unsubscribe_keys", _Keys)
 
 _TOKEN = Param(
     "t",
-    Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS)],
+    Annotated[str, Meta(min_length=1, max_length=MAX_TOKEN_CHARS, pattern=TOKEN_PATTERN)],
     "the signed token of the e-mail's List-Unsubscribe link",
     required=True,
+    code="invalid_token",
 )
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 #: The pages carry the token in their URL: never cached, never sent on as a Referer,

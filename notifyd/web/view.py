@@ -14,7 +14,7 @@ from aiohttp import web
 
 from notifyd.metrics import metrics
 from notifyd.stream.runtime import Runtime
-from notifyd.web import console, realtime, unsubscribe
+from notifyd.web import console, protocol, realtime, unsubscribe
 from notifyd.web.api import audience as audience_api  # noqa: F401  (its routes join the registry)
 from notifyd.web.api.state import make_handlers
 from notifyd.web.api.v1 import make_api_routes  # the /api/v1 registry, OpenAPI and /docs (+ static)
@@ -36,6 +36,7 @@ def install_web_view(rt: Runtime) -> None:
             yield
 
     webapp.cleanup_ctx.append(http_client)
+    protocol.install(app.web)  # aiohttp's own errors (the HTTP parser's) as JSON too
     auth_setup.install(app, webapp)
     webapp.add_routes(make_handlers(app, settings, metrics))
     metrics.bind(app)

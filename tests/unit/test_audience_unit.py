@@ -3,6 +3,7 @@ callback jobs, and the callback sender against a real local HTTP server."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -143,9 +144,23 @@ def test_buckets_are_stable_and_spread() -> None:
 def test_cursor_round_trip_and_refusal() -> None:
     assert audience.parse_cursor(None) == (0, "")
     assert audience.parse_cursor("12:user:with:colons") == (12, "user:with:colons")
-    for bad in ("x", "999:u", "-1:u", "abc:u"):
+    for bad in ("x", "999:u", "-1:u", "abc:u", "007:u", "\u00b2:u"):
         with pytest.raises(audience.InvalidSubscription):
             audience.parse_cursor(bad)
+
+
+def test_cursor_pattern_is_what_parse_cursor_accepts() -> None:
+    """The documented pattern of ?cursor= and the check agree on every bucket number."""
+    pattern = re.compile(audience.CURSOR_PATTERN)
+    for b in [*range(0, 1000), "00", "01", "-0", "\u0661"]:
+        cursor = f"{b}:user"
+        try:
+            audience.parse_cursor(cursor)
+            accepted = True
+        except audience.InvalidSubscription:
+            accepted = False
+        assert accepted == bool(pattern.search(cursor)) == (
+            isinstance(b, int) and b < audience.BUCKETS), cursor
 
 
 # --- callbacks ---------------------------------------------------------------------------

@@ -14,10 +14,12 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from jsonschema import Draft202012Validator, ValidationError
 
 from notifyd.model.records import Delivery
 from notifyd.stream.handlers import status as statuses
 from notifyd.web import console, realtime
+from notifyd.web.api import v1 as api
 from notifyd.web.realtime import CLOSED, Hub, sse
 from tests.support.app import app_agent
 
@@ -192,6 +194,55 @@ async def test_stream_ends_when_the_partition_moves_or_the_server_stops(
             await read_event(resp)
     finally:
         realtime.hub.reopen()
+
+
+def parse_sse(raw: bytes) -> list[dict[str, Any]]:
+    """Events as the SSE spec (and schemathesis) reads them: fields of each block,
+    ``retry`` as an integer, comments dropped."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        event: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or ":" not in line:
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            event[name] = int(value) if name == "retry" else value
+        if "data" in event:
+            events.append(event)
+    return events
+
+
+def check_event(event: dict[str, Any]) -> None:
+    """``event`` against the stream's documented schema, its JSON data included."""
+    components = api.openapi_document()["components"]
+
+    def validate(schema: dict[str, Any], value: Any) -> None:
+        # The document's components at the root, so "#/components/..." resolves.
+        Draft202012Validator({**schema, "components": components}).validate(value)
+
+    validate(realtime.STREAM_EVENT, event)
+    [branch] = [b for b in realtime.STREAM_EVENT["oneOf"]
+                if b["properties"]["event"]["const"] == event["event"]]
+    validate(branch["properties"]["data"]["contentSchema"], orjson.loads(event["data"]))
+
+
+async def test_the_stream_matches_its_documented_schema(
+    stream_client: TestClient[Any, Any],
+) -> None:
+    """What schemathesis checks on a live worker: every event the stream sends."""
+    resp = await stream_client.get("/stream", params={"user": "u1"},
+                                   headers={"Last-Event-ID": "n1"})
+    stream_client.app[OWNER]["local"] = False  # ends it with event: reconnect
+    raw = await asyncio.wait_for(resp.read(), 5)
+    raw += sse("dropped", {"dropped": 3})
+    events = parse_sse(raw)
+    assert [e["event"] for e in events] == ["unread", "notification", "reconnect", "dropped"]
+    assert events[0]["retry"] == realtime.RETRY_MS and events[1]["id"] == "n2"
+    for event in events:
+        check_event(event)
+    with pytest.raises(ValidationError):  # the check can fail
+        check_event({"event": "unread", "data": '{"user_id": "u1", "unread": -1}'})
 
 
 # --- the in-app agent feeds the hub ---------------------------------------------------

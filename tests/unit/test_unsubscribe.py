@@ -4,6 +4,7 @@ the opt-out they apply (``add_opt_out``, and the ``opt_out`` op of the preferenc
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from notifyd.domain.unsubscribe import (
     AUDIENCE,
     MAX_HEADER_LINE,
     PATH,
+    TOKEN_PATTERN,
     Unsubscribe,
     UnsubscribeLinks,
     UnsubscribeSigner,
@@ -105,9 +107,17 @@ def test_other_keys_and_other_tokens_are_refused() -> None:
     assert reason("e30.e30.") == (403, "token_rejected")  # {} . {} . no signature
 
 
-@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "x" * 5000, "..."])
+@pytest.mark.parametrize("token", ["", "abc", "a.b.c", "x" * 5000, "...", "e30.e30.\n"])
 def test_what_is_not_a_token_is_a_400(token: str) -> None:
     assert reason(token) == (400, "invalid_token")
+
+
+@pytest.mark.parametrize("token", ["AAAA.AAAA.AAAA", "e30.AAAA.", "eyJ9.e30.abc"])
+def test_the_shape_of_a_token_that_does_not_decode_is_a_403(token: str) -> None:
+    """The OpenAPI document states a token's shape (TOKEN_PATTERN): what has it is
+    judged as a link (forged or altered: 403), not as a malformed request (400)."""
+    assert re.search(TOKEN_PATTERN, token)
+    assert reason(token) == (403, "token_rejected")
 
 
 def test_short_keys_are_refused() -> None:

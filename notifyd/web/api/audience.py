@@ -102,8 +102,9 @@ async def unsubscribe_me(call: Call) -> web.StreamResponse:
     auth="operator", tags=("subscriptions", "admin"), routed=True, path_params=_TOPIC_PATH,
     query=(
         Param("limit", Annotated[int, Meta(ge=1, le=audience.MAX_PAGE)], default=100),
-        Param("cursor", Annotated[str, Meta(max_length=300)],
-              "next_cursor of the previous page; the first page without it"),
+        Param("cursor", Annotated[str, Meta(max_length=300, pattern=audience.CURSOR_PATTERN)],
+              "next_cursor of the previous page; the first page without it",
+              code="invalid_cursor"),
     ),
     description="Answered by the owner of the topic's partition; `next_cursor` is null "
     "on the last page. `total` counts every subscriber.",

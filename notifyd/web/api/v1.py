@@ -88,7 +88,6 @@ from notifyd.web.openapi import (
     json_type,
     parse_query,
     ref,
-    to_openapi_30,
 )
 from notifyd.web.registry import registry
 from notifyd.web.routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
@@ -348,11 +347,17 @@ async def oidc_login(call: Call) -> web.StreamResponse:
     return resp
 
 
+#: RFC 6749 appendix A: state and code are VSCHAR (printable ASCII), error and its
+#: description NQSCHAR (the same without '"' and '\\').  ASCII also bounds the request
+#: line: percent-encoded, these fit in notifyd.web.protocol.MAX_LINE_BYTES.
+_VSCHAR = r"^[\x20-\x7E]*$"
+_NQSCHAR = r"^[\x20\x21\x23-\x5B\x5D-\x7E]*$"
 _CALLBACK_PARAMS = (
-    Param("state", Annotated[str, Meta(max_length=256)], "from the provider"),
-    Param("code", Annotated[str, Meta(max_length=4096)], "authorization code"),
-    Param("error", Annotated[str, Meta(max_length=256)], "the provider refused the login"),
-    Param("error_description", Annotated[str, Meta(max_length=1024)]),
+    Param("state", Annotated[str, Meta(max_length=256, pattern=_VSCHAR)], "from the provider"),
+    Param("code", Annotated[str, Meta(max_length=4096, pattern=_VSCHAR)], "authorization code"),
+    Param("error", Annotated[str, Meta(max_length=256, pattern=_NQSCHAR)],
+          "the provider refused the login"),
+    Param("error_description", Annotated[str, Meta(max_length=1024, pattern=_NQSCHAR)]),
 )
 
 
@@ -502,6 +507,18 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
 # --- notifications --------------------------------------------------------------------
 
 
+_BY_ID = {"notification_id": "$response.body#/notification_id"}
+#: What a client does next with an accepted notification (null id for a topic's).
+_NOTIFICATION_LINKS = {
+    "GetNotification": {"operationId": "get_notification", "parameters": _BY_ID,
+                        "description": "its delivery status"},
+    "UpdateNotification": {"operationId": "update_notification", "parameters": _BY_ID,
+                           "description": "mark it read or archive it (in-app)"},
+    "DeleteNotification": {"operationId": "delete_notification", "parameters": _BY_ID,
+                           "description": "cancel it, or delete it from the inbox"},
+}
+
+
 @registry.route(
     "POST", "/api/v1/notifications", summary="Send a notification", auth="user",
     tags=("notifications",), body=NotificationCreate, validate_body=False,
@@ -517,7 +534,8 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     "`user_id` (operators only) every subscriber of the topic gets their own notification.",
     responses={
         202: Resp("Accepted for delivery", ref("NotificationAccepted"),
-                  headers={"Location": "the notification's status URL"}),
+                  headers={"Location": "the notification's status URL"},
+                  links=_NOTIFICATION_LINKS),
     },
 )
 async def create_notification(call: Call) -> web.StreamResponse:
@@ -809,22 +827,16 @@ def openapi_document() -> dict[str, Any]:
 
 
 @functools.cache
-def _openapi_bytes(compat: str | None) -> bytes:
-    doc = openapi_document()
-    return dumps(to_openapi_30(doc) if compat == "3.0" else doc)
+def _openapi_bytes() -> bytes:
+    return dumps(openapi_document())
 
 
 @registry.route(
     "GET", "/api/v1/openapi.json", summary="This API as OpenAPI 3.1", auth="public",
-    tags=("meta",),
-    query=(Param("compat", Literal["3.0"],
-                 "3.0: the same document as OpenAPI 3.0.3 (for older tools)"),),
-    responses={200: Resp("The OpenAPI document", {"type": "object"})},
+    tags=("meta",), responses={200: Resp("The OpenAPI document", {"type": "object"})},
 )
 async def openapi_json(call: Call) -> web.StreamResponse:
-    return web.Response(
-        body=_openapi_bytes(call.query.get("compat")), content_type="application/json"
-    )
+    return web.Response(body=_openapi_bytes(), content_type="application/json")
 
 
 _DOCS_HTML = """<!DOCTYPE html>
@@ -842,9 +854,9 @@ _DOCS_HTML = """<!DOCTYPE html>
 <script src="/docs/static/swagger-ui-standalone-preset.js"></script>
 <script>
 window.onload = function () {
-  // The bundled Swagger UI (4.x) reads OpenAPI 3.0, so it loads the 3.0 rendering.
+  // Swagger UI 5 (swagger-ui-bundle-v2) reads the OpenAPI 3.1 document as served.
   window.ui = SwaggerUIBundle({
-    url: "/api/v1/openapi.json?compat=3.0",
+    url: "/api/v1/openapi.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
@@ -894,7 +906,7 @@ async def docs_asset(call: Call) -> web.StreamResponse:
 def make_api_routes(app: faust.App) -> list[web.AbstractRouteDef]:
     """aiohttp route definitions of every registry endpoint with a handler here."""
     return [
-        web.route(ep.method, ep.path, _wrap(ep))
+        web.route(ep.method, registry.router_path(ep.path), _wrap(ep))
         for ep in registry.endpoints
         if ep.handler is not None
     ]
