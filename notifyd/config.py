@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from notifyd.egress import EgressPolicy
 from notifyd.providers.spec import ProviderSpec, masked, parse_providers
 
 CHANNELS: tuple[str, ...] = ("email", "sms", "push", "webhook", "inapp")
@@ -213,8 +214,6 @@ class Settings(BaseSettings):
     @field_validator("egress_allow")
     @classmethod
     def _egress_allow(cls, v: str) -> str:
-        from notifyd.egress import EgressPolicy
-
         EgressPolicy.parse(v)  # ValueError names the bad entry
         return v
 
