@@ -31,7 +31,7 @@ import click
 from notifyd.model.records import HHMM_RE
 
 if TYPE_CHECKING:
-    from notifyd.web.auth.store import CredentialStore
+    from notifyd.store import CredentialStore
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -335,7 +335,7 @@ def prefs_set(
 
 
 async def _open_store() -> CredentialStore:
-    from notifyd.web.auth.store import StoreUnavailable, open_store
+    from notifyd.store import StoreUnavailable, open_store
 
     s = _settings()
     url = s.resolved_credential_store_url

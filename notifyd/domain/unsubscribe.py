@@ -35,7 +35,7 @@ from notifyd.config import CHANNELS, Settings
 from notifyd.errors import BadRequest, Forbidden
 
 if TYPE_CHECKING:
-    from notifyd.web.auth.store import CredentialStore
+    from notifyd.store import CredentialStore
 
 #: Path of the public unsubscribe endpoint (``notifyd.web.unsubscribe``).
 PATH = "/api/v1/unsubscribe"
@@ -129,11 +129,11 @@ async def resolve_key(settings: Settings, store: CredentialStore | None = None) 
     """The link key, the same on every worker: configured, or derived from the JWT secret
     the workers share through the credential store (``store``, else one opened for it).
 
-    Raises :class:`~notifyd.web.auth.store.StoreUnavailable` (a 503) if the store is down."""
+    Raises :class:`~notifyd.store.StoreUnavailable` (a 503) if the store is down."""
     key = configured_key(settings)
     if key is not None:
         return key
-    from notifyd.web.auth.store import open_store
+    from notifyd.store import open_store
     from notifyd.web.auth.users import resolve_jwt_secret
 
     if store is not None:

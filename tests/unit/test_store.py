@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 from notifyd.errors import ServiceUnavailable
-from notifyd.web.auth.store import (
+from notifyd.store import (
     CredentialStore,
     RedisStore,
     SqliteStore,

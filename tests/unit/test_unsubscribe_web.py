@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.domain.unsubscribe import PATH, UnsubscribeSigner, resolve_key
+from notifyd.store import SqliteStore
 from notifyd.stream.app import app, settings
 from notifyd.web import unsubscribe
 from notifyd.web.api import v1 as api
-from notifyd.web.auth.store import SqliteStore
 from notifyd.web.auth.users import error_middleware as errors_mw
 from tests.support.web_client import Client, api_client
 

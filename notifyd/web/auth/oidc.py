@@ -32,7 +32,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from notifyd.errors import ServiceUnavailable, Unauthorized
-from notifyd.web.auth.store import CredentialStore
+from notifyd.store import CredentialStore
 
 if TYPE_CHECKING:
     from notifyd.config import Settings

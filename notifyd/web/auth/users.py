@@ -1,6 +1,6 @@
 """Users, passwords, tokens and sessions, plus the auth and error middlewares of the web view.
 
-Everything persistent lives in the :class:`~notifyd.web.auth.store.CredentialStore`:
+Everything persistent lives in the :class:`~notifyd.store.CredentialStore`:
 
 * ``user:<username lower-cased>`` -> user JSON (no TTL); ``userid:<user_id>`` -> username
 * ``refresh:<sha256(token)>`` / ``session:<sha256(id)>`` -> ``{user_id, created_at}`` (TTL)
@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from notifyd.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
 from notifyd.model.records import E164_RE
-from notifyd.web.auth.store import CredentialStore
+from notifyd.store import CredentialStore
 
 if TYPE_CHECKING:
     from notifyd.config import Settings
