@@ -5,6 +5,9 @@ Redis (shared by every worker) and SQLite (single host, zero setup).  Values are
 every key may carry a TTL.  Any backend failure surfaces as :class:`StoreUnavailable`,
 a :class:`~notifyd.errors.ServiceUnavailable`, so the web layer answers 503 instead of
 500 and never leaks driver details.
+
+It is no part of the web view: the worker's SMTP provider reads the JWT secret the
+workers share through it (:func:`resolve_jwt_secret`) to derive the unsubscribe key.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import secrets
 import sqlite3
 import time
 from abc import ABC, abstractmethod
@@ -29,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from notifyd.config import Settings
 from notifyd.errors import ServiceUnavailable
 
 log = structlog.get_logger(__name__)
@@ -389,3 +394,20 @@ async def open_store(url: str, **kwargs: Any) -> CredentialStore:
     if scheme == "sqlite":
         return await SqliteStore.open(_sqlite_path(url), **kwargs)
     raise ValueError(f"unsupported credential store URL scheme {scheme or url!r}")
+
+
+async def resolve_jwt_secret(settings: Settings, store: CredentialStore) -> str:
+    """The configured secret, else one shared through the credential store.
+
+    Every worker of a deployment (and the CLI minting tokens for it) must sign with the
+    same key; with Redis the first one creates it and the others read it, with SQLite
+    (single worker) it persists in the data dir.
+    """
+    configured = settings.jwt_secret.get_secret_value()
+    if configured:
+        return configured
+    await store.set_if_absent("config:jwt_secret", secrets.token_urlsafe(48).encode())
+    value = await store.get("config:jwt_secret")
+    if value is None:  # pragma: no cover - just written
+        raise RuntimeError("could not read the generated JWT secret")
+    return value.decode()

@@ -447,11 +447,11 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
 
     async def issue() -> dict[str, Any]:
         from notifyd.errors import WebError
+        from notifyd.store import resolve_jwt_secret
         from notifyd.web.auth.users import (
             LoginThrottle,
             TokenService,
             UserService,
-            resolve_jwt_secret,
         )
 
         s = _settings()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import jwt
@@ -33,9 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from notifyd.config import CHANNELS, Settings
 from notifyd.errors import BadRequest, Forbidden
-
-if TYPE_CHECKING:
-    from notifyd.store import CredentialStore
+from notifyd.store import CredentialStore, open_store, resolve_jwt_secret
 
 #: Path of the public unsubscribe endpoint (``notifyd.web.unsubscribe``).
 PATH = "/api/v1/unsubscribe"
@@ -133,9 +131,6 @@ async def resolve_key(settings: Settings, store: CredentialStore | None = None) 
     key = configured_key(settings)
     if key is not None:
         return key
-    from notifyd.store import open_store
-    from notifyd.web.auth.users import resolve_jwt_secret
-
     if store is not None:
         return derive_key(await resolve_jwt_secret(settings, store))
     opened = await open_store(settings.resolved_credential_store_url)

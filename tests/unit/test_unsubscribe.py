@@ -34,9 +34,8 @@ from notifyd.domain.unsubscribe import (
 )
 from notifyd.errors import BadRequest, Forbidden
 from notifyd.model.records import InvalidPreferences, add_opt_out
-from notifyd.store import SqliteStore
+from notifyd.store import SqliteStore, resolve_jwt_secret
 from notifyd.stream.topics import partition_for
-from notifyd.web.auth.users import resolve_jwt_secret
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
 

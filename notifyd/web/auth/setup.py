@@ -15,7 +15,7 @@ import aiohttp
 import faust
 from aiohttp import web
 
-from notifyd.store import CredentialStore, open_store
+from notifyd.store import CredentialStore, open_store, resolve_jwt_secret
 from notifyd.stream.app import settings
 from notifyd.web.auth.oidc import OidcClient, oidc_configured
 from notifyd.web.auth.users import (
@@ -26,7 +26,6 @@ from notifyd.web.auth.users import (
     UserService,
     auth_middleware,
     error_middleware,
-    resolve_jwt_secret,
 )
 from notifyd.web.auth.users import require_operator as _require_operator
 from notifyd.web.auth.users import require_user as _require_user

@@ -437,23 +437,6 @@ def _looks_like_public_key(secret: bytes) -> bool:
     return head.startswith((b"-----BEGIN", b"ssh-", b"ecdsa-sha2-")) or b'"kty"' in secret
 
 
-async def resolve_jwt_secret(settings: Settings, store: CredentialStore) -> str:
-    """The configured secret, else one shared through the credential store.
-
-    Every worker of a deployment (and the CLI minting tokens for it) must sign with the
-    same key; with Redis the first one creates it and the others read it, with SQLite
-    (single worker) it persists in the data dir.
-    """
-    configured = settings.jwt_secret.get_secret_value()
-    if configured:
-        return configured
-    await store.set_if_absent("config:jwt_secret", secrets.token_urlsafe(48).encode())
-    value = await store.get("config:jwt_secret")
-    if value is None:  # pragma: no cover - just written
-        raise RuntimeError("could not read the generated JWT secret")
-    return value.decode()
-
-
 class TokenService:
     """HS256 access tokens (JWT) plus opaque, rotating refresh tokens."""
 
