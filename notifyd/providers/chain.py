@@ -49,8 +49,6 @@ from notifyd.providers.base import Provider, SendReceipt
 log = structlog.stdlib.get_logger("notifyd.providers.chain")
 
 CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
-#: The circuit state gauge's values.
-STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 _REASON_MAX = 500
 
 
