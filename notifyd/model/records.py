@@ -21,6 +21,8 @@ import orjson
 
 from notifyd.config import CHANNELS
 from notifyd.errors import InvalidEvent
+from notifyd.model.chains import InvalidChain, parse_preferences_chains
+from notifyd.model.fields import CATEGORY_RE as _CATEGORY_RE
 
 PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
 STATUSES: tuple[str, ...] = (
@@ -41,7 +43,6 @@ MAX_TITLE_LEN = 1_000
 MAX_BODY_LEN = 20_000
 MAX_DATA_BYTES = 64 * 1024
 _NAMESPACE = uuid.UUID("6f1d2c8e-7d0b-4c1e-9a55-0b5f3f1e2a10")
-_CATEGORY_RE = re.compile(r"\A[A-Za-z0-9_.:\-]+\Z")
 # \A..\Z and [0-9], not ^..$ and \d: "$" also matches before a trailing newline and
 # "\d" matches any Unicode digit (U+FF11, fullwidth one), both of which providers refuse.
 E164_RE = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
@@ -597,9 +598,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
                 "end": qh["end"],
                 "timezone": qh["timezone"],
             }
-    if "fallback" in data:  # per-category channel fallback chains (notifyd.stream.fallback)
-        from notifyd.stream.fallback import InvalidChain, parse_preferences_chains
-
+    if "fallback" in data:  # per-category channel fallback chains (notifyd.model.chains)
         try:
             out["fallback"] = parse_preferences_chains(data["fallback"])
         except InvalidChain as exc:

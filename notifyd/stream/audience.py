@@ -267,7 +267,7 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
     topic = obj.get("topic")
     if not isinstance(topic, str) or not TOPIC_NAME_RE.match(topic):
         raise InvalidEvent("invalid_topic: use 1-100 letters, digits and _ . : -")
-    from notifyd.stream.fallback import check_extras
+    from notifyd.domain.fallback import check_extras
 
     check_extras(parse_event(dumps({**obj, "user_id": "#" + topic}), max_bytes))
     return topic

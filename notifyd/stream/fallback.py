@@ -27,145 +27,17 @@ channel as ``pending`` (with ``deliver_at``), ``skipped`` or its delivery states
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from notifyd.config import CHANNELS
-from notifyd.errors import InvalidEvent
+from notifyd.domain.fallback import STEP_KEY, Plan, step_key
+from notifyd.model.chains import CONDITIONS
+from notifyd.model.records import Event
 
 log = structlog.stdlib.get_logger("notifyd.stream.fallback")
-
-CONDITIONS = ("read", "delivered")
-MAX_STEPS = len(CHANNELS)
-MAX_AFTER_S = 30 * 24 * 3600
-#: ``Event.extra`` key of a step being run (set on the event the step re-processes).
-STEP_KEY = "_fallback_step"
-
-
-class InvalidChain(ValueError):
-    """A fallback chain that cannot be used; the message says why."""
-
-
-def parse_chain(value: Any, where: str = "fallback") -> list[dict[str, Any]]:
-    """Normalise a chain or raise :class:`InvalidChain`."""
-    if not isinstance(value, list) or not value:
-        raise InvalidChain(f"{where} must be a non-empty list of steps")
-    if len(value) > MAX_STEPS:
-        raise InvalidChain(f"{where} has at most {MAX_STEPS} steps")
-    steps: list[dict[str, Any]] = []
-    last_after = 0.0
-    for i, raw in enumerate(value):
-        at = f"{where}[{i}]"
-        if not isinstance(raw, dict):
-            raise InvalidChain(f"{at} must be an object")
-        unknown = set(raw) - {"channel", "after_s", "unless"}
-        if unknown:
-            raise InvalidChain(f"{at}: unknown field(s) {', '.join(sorted(unknown))}")
-        ch = raw.get("channel")
-        if ch not in CHANNELS:
-            raise InvalidChain(f"{at}.channel must be one of {', '.join(CHANNELS)}")
-        if any(s["channel"] == ch for s in steps):
-            raise InvalidChain(f"{at}: channel {ch} is already a step")
-        after = raw.get("after_s", 0)
-        if isinstance(after, bool) or not isinstance(after, int | float):
-            raise InvalidChain(f"{at}.after_s must be a number of seconds")
-        if not 0 <= after <= MAX_AFTER_S:
-            raise InvalidChain(f"{at}.after_s must be between 0 and {MAX_AFTER_S}")
-        if i == 0 and after:
-            raise InvalidChain(f"{at}: the first step is sent at once (no after_s)")
-        if after < last_after:
-            raise InvalidChain(f"{at}.after_s must not be earlier than the step before")
-        unless = raw.get("unless")
-        if unless is not None and (i == 0 or unless not in CONDITIONS):
-            raise InvalidChain(
-                f"{at}.unless must be one of {', '.join(CONDITIONS)} (not on the first step)"
-            )
-        step: dict[str, Any] = {"channel": ch, "after_s": after}
-        if unless is not None:
-            step["unless"] = unless
-        steps.append(step)
-        last_after = after
-    return steps
-
-
-def parse_preferences_chains(value: Any) -> dict[str, list[dict[str, Any]]] | None:
-    """The ``fallback`` field of preferences: ``{category | "*": chain}`` or null."""
-    from notifyd.model.records import _CATEGORY_RE
-
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise InvalidChain("fallback must be an object of category -> chain")
-    out: dict[str, list[dict[str, Any]]] = {}
-    for cat, chain in value.items():
-        if not isinstance(cat, str) or not (cat == "*" or _CATEGORY_RE.match(cat)):
-            raise InvalidChain(f"fallback: invalid category {str(cat)[:40]!r}")
-        out[cat] = parse_chain(chain, f"fallback.{cat}")
-    return out
-
-
-@dataclass
-class Plan:
-    """What :func:`prepare` decided for one event before the rules run."""
-
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    #: Index of the step this event runs (0: the event itself; >0: a due step).
-    step: int = 0
-    #: Extra fields of the status document's content.
-    content: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare(event: Any, prefs: dict[str, Any] | None) -> Plan:
-    """Check the event's routing extras and restrict it to the current step's channel.
-
-    Raises :class:`InvalidEvent` (dead letter) for a bad ``callback_url`` or chain."""
-    from notifyd.stream.callbacks import check_callback_url
-
-    check_extras(event)
-    extra: dict[str, Any] = event.extra
-    plan = Plan()
-    url = check_callback_url(extra.get("callback_url"))
-    if url is not None:
-        plan.content["callback_url"] = url
-    if isinstance(extra.get("topic"), str):
-        plan.content["topic"] = extra["topic"]
-    step_info = extra.get(STEP_KEY)
-    if step_info is not None:  # a due step re-processing its event: already checked
-        plan.steps = step_info["steps"]
-        plan.step = int(step_info["step"])
-        plan.content["accepted_at"] = step_info["accepted_at"]
-    elif extra.get("fallback") is not None:
-        plan.steps = parse_chain(extra["fallback"])  # checked above
-    else:
-        chains = (prefs or {}).get("fallback") or {}
-        chain = chains.get(event.category) or chains.get("*")
-        if chain and event.channels is None:
-            plan.steps = chain
-    if plan.steps:
-        event.channels = (plan.steps[plan.step]["channel"],)
-        plan.content["fallback"] = plan.steps
-    return plan
-
-
-def check_extras(event: Any) -> None:
-    """Check ``callback_url`` and ``fallback`` of an event (also the API's 400s)."""
-    from notifyd.stream.callbacks import check_callback_url
-
-    extra: dict[str, Any] = event.extra
-    check_callback_url(extra.get("callback_url"))
-    if extra.get("fallback") is not None and STEP_KEY not in extra:
-        if event.channels is not None:
-            raise InvalidEvent("invalid_fallback: give channels or fallback, not both")
-        try:
-            parse_chain(extra["fallback"])
-        except InvalidChain as exc:
-            raise InvalidEvent(f"invalid_fallback: {exc}") from None
-
-
-def _step_key(nid: str, channel: str) -> str:
-    return f"{nid}:{channel}"
 
 
 async def after_decisions(
@@ -211,7 +83,7 @@ async def _after_decisions(
     for i, step in enumerate(plan.steps[1:], start=1):
         ch = step["channel"]
         if step.get("unless") == "delivered" and inapp_sent:
-            updates.append(_skipped(ch, "delivered", now))
+            updates.append(skipped(ch, "delivered", now))
             continue
         due = accepted + float(step["after_s"])
         if suppressed and i == 1:
@@ -228,7 +100,7 @@ def _pending(ch: str, due: float, now: float, step: dict[str, Any]) -> dict[str,
     return status_update(ch, "pending", now, deliver_at=due, reason=reason)
 
 
-def _skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
+def skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
     from notifyd.stream.handlers.status import status_update
 
     return status_update(ch, "skipped", now, reason=f"fallback: {condition}")
@@ -241,7 +113,7 @@ def _schedule_step(
     from notifyd.stream.scheduler import scheduler
     from notifyd.stream.tables import scheduled
 
-    key = _step_key(nid, steps[i]["channel"])
+    key = step_key(nid, steps[i]["channel"])
     scheduled[key] = {
         "due": due,
         "p": partition,
@@ -260,7 +132,7 @@ def _pending_steps(nid: str) -> list[tuple[str, dict[str, Any]]]:
 
     out = []
     for ch in CHANNELS:
-        key = _step_key(nid, ch)
+        key = step_key(nid, ch)
         entry = scheduled.get(key)
         if entry is not None and "fallback" in entry:
             out.append((key, entry))
@@ -315,7 +187,7 @@ async def on_read(user_id: str, nids: list[str]) -> None:
             step = entry["fallback"]["steps"][entry["fallback"]["step"]]
             if step.get("unless") in CONDITIONS:
                 del scheduled[key]
-                updates.append(_skipped(step["channel"], "read", now))
+                updates.append(skipped(step["channel"], "read", now))
         if updates:
             await publish_status(nid, updates)
             log.info("fallback.cancelled", notification_id=nid, steps=len(updates))
@@ -333,7 +205,7 @@ async def release_step(key: str, entry: dict[str, Any]) -> None:
     )
 
 
-def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
+def condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
                    upto: int) -> bool:
     from notifyd.stream.tables import inbox, ledger
 
@@ -345,23 +217,32 @@ def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str,
     if item is not None:
         return True  # the in-app item was delivered
     for step in steps[:upto]:
-        done = ledger.get(_step_key(nid, step["channel"]))
+        done = ledger.get(step_key(nid, step["channel"]))
         if done is not None and done.get("s") == "sent":
             return True
     return False
 
 
-async def run_step(msg: dict[str, Any], partition: int) -> None:
-    """Control message ``fallback_step``: check the condition, skip or send the step."""
+@dataclass
+class DueStep:
+    """A due step to send: its event, restricted to the step's channel, and the time."""
+
+    event: Event
+    now: float
+
+
+async def due_step(msg: dict[str, Any]) -> DueStep | None:
+    """Control message ``fallback_step``: check the condition, skip the step or return
+    the event it sends (the control handler dispatches it: dispatching runs this
+    module's :func:`after_decisions`, so this module does not dispatch)."""
     from notifyd.clock import now as clock_now
     from notifyd.model.records import dumps, parse_event
-    from notifyd.stream.handlers.dispatch import process_event
     from notifyd.stream.handlers.status import publish_status
     from notifyd.stream.tables import scheduled
 
     entry = scheduled.get(msg["id"])
     if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:
-        return  # already run, cancelled or rescheduled
+        return None  # already run, cancelled or rescheduled
     del scheduled[msg["id"]]
     fb = entry["fallback"]
     i = int(fb["step"])
@@ -370,14 +251,14 @@ async def run_step(msg: dict[str, Any], partition: int) -> None:
     nid = fb["nid"]
     now = clock_now()
     condition = step.get("unless")
-    if condition and _condition_met(condition, nid, user_id, fb["steps"], i):
-        await publish_status(nid, [_skipped(step["channel"], condition, now)])
+    if condition and condition_met(condition, nid, user_id, fb["steps"], i):
+        await publish_status(nid, [skipped(step["channel"], condition, now)])
         log.info("fallback.skipped", notification_id=nid, channel=step["channel"])
-        return
+        return None
     raw = {**fb["event"], "channels": None, "fallback": None,
            STEP_KEY: {"step": i, "steps": fb["steps"], "accepted_at": fb["accepted_at"]}}
     event = parse_event(dumps(raw))
     if event.notification_id != nid:  # an id of the legacy scheme: keep the one it had
         event.legacy_ids = True
     log.info("fallback.step", notification_id=nid, channel=step["channel"], step=i)
-    await process_event(event, partition, now)
+    return DueStep(event, now)

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 
+from notifyd.domain.fallback import prepare as prepare_fallback
 from notifyd.domain.rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
 from notifyd.domain.templating import TemplateStore
 from notifyd.metrics import metrics
@@ -61,7 +62,7 @@ async def process_event(
     digest it went into instead (``notifyd.stream.timing``), else None.  ``digest_key``: the
     digest a replayed record already went into (its ``seen`` row)."""
     prefs = preferences.get(event.user_id)
-    plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain
+    plan = prepare_fallback(event, prefs)  # callback_url, topic, fallback chain
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel, html = _content(event, locale)
     if collect:

@@ -30,6 +30,7 @@ from faust.types import TopicT
 from swagger_ui_bundle import swagger_ui_path
 
 from notifyd import clock
+from notifyd.domain.fallback import check_extras
 from notifyd.egress import EgressPolicy, url_host
 from notifyd.errors import (
     BadRequest,
@@ -48,7 +49,6 @@ from notifyd.model.records import (
 )
 from notifyd.stream import dlq
 from notifyd.stream.app import settings
-from notifyd.stream.fallback import check_extras
 from notifyd.stream.tables import inbox, preferences, status
 from notifyd.stream.topics import control_topic, events_topic, names, preferences_topic
 from notifyd.stream.waiters import waiters
@@ -546,7 +546,7 @@ async def create_notification(call: Call) -> web.StreamResponse:
     raw = dumps(event)
     try:
         parsed = parse_event(raw, settings.max_event_bytes)
-        check_extras(parsed)  # callback_url, fallback (notifyd.stream.fallback)
+        check_extras(parsed)  # callback_url, fallback (notifyd.domain.fallback)
         parsed.due(clock.now(), settings.max_schedule_days)  # too far ahead: 400 here
     except InvalidEvent as exc:
         code, sep, detail = exc.reason.partition(": ")
