@@ -11,6 +11,7 @@ import structlog
 from notifyd.domain.fallback import prepare as prepare_fallback
 from notifyd.domain.rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
 from notifyd.domain.templating import TemplateStore
+from notifyd.domain.timing import digest_spec
 from notifyd.metrics import metrics
 from notifyd.model.records import Delivery, Event
 from notifyd.stream import fallback
@@ -68,7 +69,7 @@ async def process_event(
     if collect:
         from notifyd.stream import timing
 
-        spec = timing.digest_spec(event, prefs)
+        spec = digest_spec(event, prefs)
         if spec is not None:
             return await timing.collect(event, spec, prefs, title, partition, now, digest_key)
     policy = throttle_policy()

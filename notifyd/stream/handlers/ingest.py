@@ -12,6 +12,7 @@ import structlog
 from faust.types import EventT
 
 from notifyd import clock
+from notifyd.domain.timing import event_key
 from notifyd.errors import InvalidEvent
 from notifyd.metrics import metrics
 from notifyd.model.records import (
@@ -67,12 +68,13 @@ def record_origin(ev: EventT[Any]) -> str:
 
 async def handle_event(ev: EventT[Any]) -> None:
     from notifyd.stream import timing
+    from notifyd.stream.handlers import timers
 
     msg = ev.message
     raw: bytes | None = ev.value
     timer = header_value(msg.headers, timing.TIMER_HEADER)
     if timer is not None and msg.topic != names.events:  # producers' topic: not trusted
-        await timing.fire(ev, timer)  # a schedule or digest window came due (notifyd.stream.timing)
+        await timers.fire(ev, timer)  # a schedule or digest window came due (notifyd.stream.timing)
         return
     metrics.event_received(msg.topic)
     addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
@@ -113,13 +115,13 @@ async def handle_event(ev: EventT[Any]) -> None:
         if cancels.get(event.dedupe_key) is not None:
             await timing.drop_cancelled_event(event, now)  # its cancel came first
         elif (due := event.due(now, settings.max_schedule_days)) is not None and due > now:
-            key = timing.event_key(event.user_id, event.event_id)
+            key = event_key(event.user_id, event.event_id)
             if prev is None:
                 assert raw is not None
-                await timing.schedule_event(event, loads(raw), due, msg.partition, now)
+                await timers.schedule_event(event, loads(raw), due, msg.partition, now)
             elif (row := scheduled.get(key)) is not None:
                 # The same record replayed: keep the due time it got the first time.
-                await timing.schedule_event(event, row["event"], row["due"], msg.partition,
+                await timers.schedule_event(event, row["event"], row["due"], msg.partition,
                                             row.get("scheduled_at", now))
             # else: replayed after its schedule fired or was cancelled: nothing to do
         else:
