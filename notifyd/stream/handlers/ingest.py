@@ -18,6 +18,7 @@ from notifyd.metrics import metrics
 from notifyd.model.records import (
     CancelRequest,
     Event,
+    dumps,
     legacy_notification_id_for,
     loads,
     parse_input,
@@ -28,9 +29,11 @@ from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.dispatch import process_event
 from notifyd.stream.headers import header_value
 from notifyd.stream.tables import any_partition, cancels, inbox, scheduled, seen, status, throttle
-from notifyd.stream.topics import names, partition_for, rekeyed_topic
+from notifyd.stream.topics import fanout_topic, names, partition_for, rekeyed_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.ingest")
+#: Accepted and duplicate fan-outs are logged with the rest of the fan-out.
+fanout_log = structlog.stdlib.get_logger("notifyd.stream.audience")
 
 ORIGIN_HEADER = "notifyd-origin"
 
@@ -79,7 +82,7 @@ async def handle_event(ev: EventT[Any]) -> None:
     metrics.event_received(msg.topic)
     addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
     if addressed_to_topic is not None:
-        await audience.handle_topic_event(ev, addressed_to_topic)
+        await handle_topic_event(ev, addressed_to_topic)
         return
     try:
         event = parse_input(raw, settings.max_event_bytes)
@@ -178,3 +181,31 @@ def legacy_duplicate(event: Event) -> bool:
         return True
     history = throttle.get(event.user_id) or {}
     return any(len(h) > 1 and h[1] == legacy_nid for sends in history.values() for h in sends)
+
+
+async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
+    """Ingest of a topic-addressed event: on the topic's partition, once per event id,
+    handed to the fan-out (``notifyd.stream.audience``)."""
+    msg = ev.message
+    raw: bytes = ev.value
+    try:
+        topic = audience.check_topic_event(obj, settings.max_event_bytes)
+    except InvalidEvent as exc:
+        await dead_letter(ev, raw, exc.reason)
+        return
+    event_id = str(obj["event_id"])
+    structlog.contextvars.bind_contextvars(topic_name=topic, event_id=event_id)
+    if not await on_key_partition(ev, raw, topic):
+        return
+    origin = record_origin(ev)
+    key = audience.fanout_seen_key(topic, event_id)
+    prev = seen.get(key)
+    if prev is not None and prev[2] != origin:
+        fanout_log.info("fanout.duplicate", first_seen=prev[0], first_origin=prev[2])
+        return
+    now = clock.now()
+    start = {"topic": topic, "event": obj, "bucket": 0, "started_at": now, "done": 0}
+    await fanout_topic.send(key=topic.encode(), value=dumps(start))
+    if prev is None:
+        seen[key] = [now, msg.partition, origin, "#" + topic]
+    fanout_log.info("fanout.accepted", subscribers=audience.subscriber_count(topic))
