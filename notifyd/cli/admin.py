@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from notifyd.model.records import HHMM_RE
+from notifyd.model.contact import is_hhmm
 
 if TYPE_CHECKING:
     from notifyd.store import CredentialStore
@@ -177,7 +177,7 @@ def parse_quiet_hours(value: str) -> dict[str, str] | None:
     start, end, tz = m.groups()
     start, end = start.zfill(5), end.zfill(5)
     for t in (start, end):
-        if not HHMM_RE.match(t):
+        if not is_hhmm(t):
             raise click.BadParameter(f"{t!r} is not a 24 h time HH:MM")
     if start == end:
         raise click.BadParameter("start and end must differ")

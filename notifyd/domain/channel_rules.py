@@ -17,7 +17,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from notifyd.errors import PermanentDeliveryError
-from notifyd.model.records import E164_RE, EMAIL_RE
+from notifyd.model.contact import is_e164, is_email
 
 # GSM 03.38 default alphabet (0x1B, the escape to the extension table, left out).
 GSM7_BASIC: frozenset[str] = frozenset(
@@ -105,7 +105,7 @@ def check_e164(phone: str | None) -> str:
     """Return ``phone`` if it is an E.164 number, else raise PermanentDeliveryError."""
     if not phone:
         raise PermanentDeliveryError("invalid_address: no phone number")
-    if not E164_RE.match(phone):
+    if not is_e164(phone):
         raise PermanentDeliveryError(
             f"invalid_address: {phone[:40]!r} is not an E.164 number like +15551234567"
         )
@@ -116,7 +116,7 @@ def check_email(addr: str | None) -> str:
     """Return ``addr`` if it is a plausible mailbox address, else raise."""
     if not addr:
         raise PermanentDeliveryError("invalid_address: no email address")
-    if len(addr) > 254 or not EMAIL_RE.match(addr):
+    if not is_email(addr):
         raise PermanentDeliveryError(f"invalid_address: {addr[:80]!r} is not an email address")
     return addr
 

@@ -22,6 +22,7 @@ import orjson
 from notifyd.config import CHANNELS
 from notifyd.errors import InvalidEvent
 from notifyd.model.chains import InvalidChain, parse_preferences_chains
+from notifyd.model.contact import HHMM_PATTERN, is_e164, is_email, is_hhmm
 from notifyd.model.fields import CATEGORY_RE as _CATEGORY_RE
 
 PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
@@ -43,12 +44,6 @@ MAX_TITLE_LEN = 1_000
 MAX_BODY_LEN = 20_000
 MAX_DATA_BYTES = 64 * 1024
 _NAMESPACE = uuid.UUID("6f1d2c8e-7d0b-4c1e-9a55-0b5f3f1e2a10")
-# \A..\Z and [0-9], not ^..$ and \d: "$" also matches before a trailing newline and
-# "\d" matches any Unicode digit (U+FF11, fullwidth one), both of which providers refuse.
-E164_RE = re.compile(r"\A\+[1-9][0-9]{6,14}\Z")
-# Pragmatic address check (RFC 5322 is broader than any real mailbox provider accepts).
-EMAIL_RE = re.compile(r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
-HHMM_RE = re.compile(r"\A([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 
 
 #: Namespace of notification ids scoped to (user_id, event_id).  Another namespace than
@@ -182,7 +177,7 @@ class Event:
 #: Fields that schedule a send (``send_at``: RFC 3339 with offset; ``delay_s``: seconds).
 SCHEDULING_FIELDS: tuple[str, ...] = ("send_at", "delay_s")
 #: A digest window: a period (``30m``, ``1h``, ``2d``) or a daily time (``daily@09:00``).
-DIGEST_WINDOW_RE = re.compile(r"^(?:(\d{1,4})([mhd])|daily@([01]\d|2[0-3]):([0-5]\d))$")
+DIGEST_WINDOW_RE = re.compile(rf"^(?:(\d{{1,4}})([mhd])|daily@{HHMM_PATTERN})$")
 MAX_DIGEST_WINDOW_S = 7 * 86400
 
 
@@ -522,12 +517,12 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
 
     if "email" in data:
         email = opt_str("email")
-        if email is not None and not EMAIL_RE.match(email):
+        if email is not None and not is_email(email):
             raise InvalidPreferences(f"email {email!r} is not a valid address")
         out["email"] = email
     if "phone" in data:
         phone = opt_str("phone")
-        if phone is not None and not E164_RE.match(phone):
+        if phone is not None and not is_e164(phone):
             raise InvalidPreferences(f"phone {phone!r} is not an E.164 number like +15551234567")
         out["phone"] = phone
     if "webhook_url" in data:
@@ -581,7 +576,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             if not isinstance(qh, dict) or set(qh) != {"start", "end", "timezone"}:
                 raise InvalidPreferences("quiet_hours needs exactly start, end and timezone")
             for k in ("start", "end"):
-                if not isinstance(qh[k], str) or not HHMM_RE.match(qh[k]):
+                if not is_hhmm(qh[k]):
                     raise InvalidPreferences(f"quiet_hours.{k} must be HH:MM (24 h)")
             if qh["start"] == qh["end"]:
                 raise InvalidPreferences("quiet_hours.start and end must differ")

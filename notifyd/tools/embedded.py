@@ -58,7 +58,7 @@ async def _operator_token(store_url: str, jwt_secret: str, token_file: Path) -> 
             user = await users.create(
                 "operator",
                 secrets.token_urlsafe(24),
-                "operator@notifyd.local",
+                "operator@example.com",
                 roles=("user", "operator"),
             )
         tokens = TokenService(

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from notifyd.config import CHANNELS
 from notifyd.errors import BadRequest
+from notifyd.model.contact import HHMM_PATTERN
 from notifyd.model.records import PRIORITIES
 
 Auth = Literal["public", "user", "operator"]
@@ -50,10 +51,10 @@ def nullable(schema: Schema) -> Schema:
 
 
 _STR = {"type": "string"}
-_HHMM = {"type": "string", "pattern": r"^([01]\d|2[0-3]):([0-5]\d)$", "examples": ["22:00"]}
+_HHMM = {"type": "string", "pattern": f"^{HHMM_PATTERN}$", "examples": ["22:00"]}
 _DIGEST_WINDOW = {
     "type": "string",
-    "pattern": r"^(?:\d{1,4}[mhd]|daily@([01]\d|2[0-3]):[0-5]\d)$",
+    "pattern": rf"^(?:\d{{1,4}}[mhd]|daily@{HHMM_PATTERN})$",
     "description": "a period aligned to the epoch (30m, 1h, 1d; 1m to 7d) or a daily time "
     "in the user's zone (daily@09:00)",
 }

@@ -169,6 +169,11 @@ class OidcTestProvider:
     def jwks_url(self) -> str:
         return f"{self.issuer}/jwks"
 
+    def sign(self, claims: dict[str, Any]) -> str:
+        """``claims`` as an RS256 JWT under the current published key (for verify tests)."""
+        key = self._keys[0]
+        return jwt.encode(claims, key.private, algorithm="RS256", headers={"kid": key.kid})
+
     def rotate_key(self) -> None:
         """Publish a new signing key (the old one stays in the JWKS) and sign with it."""
         self._keys.insert(0, _new_key())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -340,3 +343,72 @@ async def test_construction_and_settings(
     with pytest.raises(ValueError):
         OidcClient(client_id="c", client_secret="", redirect_url=REDIRECT, store=store,
                    session=http, issuer="https://idp.example")
+
+
+def _id_claims(provider: OidcTestProvider, **changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": provider.issuer, "sub": provider.user.sub, "aud": provider.client_id,
+        "iat": now, "exp": now + 300, "nonce": "n-1",
+    } | changes
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _at_hash(access_token: str) -> str:
+    digest = hashlib.sha256(access_token.encode()).digest()
+    return base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+async def test_verify_id_token_accepts_multi_audience_with_azp(
+    client: OidcClient, provider: OidcTestProvider
+) -> None:
+    token = provider.sign(_id_claims(
+        provider, aud=[provider.client_id, "other"], azp=provider.client_id,
+        at_hash=_at_hash("at-1"),
+    ))
+    claims = await client.verify_id_token(token, nonce="n-1", access_token="at-1")
+    assert claims["sub"] == provider.user.sub
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"aud": ["notifyd-test", "other"]}, "oidc_audience_mismatch"),  # no azp
+        ({"azp": "other"}, "oidc_audience_mismatch"),
+        ({"at_hash": "AAAAAAAAAAAAAAAAAAAAAA"}, "oidc_id_token_invalid"),
+        ({"sub": ""}, "oidc_id_token_invalid"),
+        ({"sub": None}, "oidc_id_token_invalid"),
+        ({"iss": None}, "oidc_id_token_invalid"),
+        ({"iat": int(time.time()) + 3600}, "oidc_id_token_invalid"),  # issued in the future
+        ({"exp": "tomorrow"}, "oidc_id_token_invalid"),
+    ],
+)
+async def test_verify_id_token_rejects(
+    client: OidcClient, provider: OidcTestProvider, changes: dict[str, Any], code: str
+) -> None:
+    token = provider.sign(_id_claims(provider, **changes))
+    await expect(Unauthorized, code, client.verify_id_token(token, nonce="n-1", access_token="at-1"))
+
+
+async def test_verify_id_token_rejects_unsigned_and_garbage(
+    client: OidcClient, provider: OidcTestProvider
+) -> None:
+    header, payload, _ = provider.sign(_id_claims(provider)).split(".")
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+    await expect(Unauthorized, "oidc_id_token_invalid",
+                 client.verify_id_token(f"{none_header}.{payload}.", nonce="n-1"))
+    await expect(Unauthorized, "oidc_id_token_invalid",
+                 client.verify_id_token(f"{header}.{payload}", nonce="n-1"))
+    await expect(Unauthorized, "oidc_id_token_invalid",
+                 client.verify_id_token("not a jwt", nonce="n-1"))
+
+
+async def test_client_secret_basic_form_encodes_the_secret(
+    store: CredentialStore, http: aiohttp.ClientSession
+) -> None:
+    # RFC 6749 2.3.1: the provider form-decodes id and secret from the Basic header.
+    async with OidcTestProvider(redirect_uris={REDIRECT}, client_secret="s:e%c+r t/") as idp:
+        client = make_client(idp, store, http)
+        state, code = await browse(http, await client.login_redirect())
+        assert (await client.callback(state, code))["sub"] == idp.user.sub
+        assert "client_secret" not in idp.token_requests[-1]

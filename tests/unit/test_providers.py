@@ -248,8 +248,9 @@ async def test_sandbox_validates_sms_rules(sandbox: SandboxServer) -> None:
     assert (status, answer["segments"]) == (201, 2)
 
 
-# Numbers of the form notifyd's E.164 pattern accepts (a +, a non-zero digit and 7 to 15
-# digits) that no numbering plan has: a real provider refuses them.
+# Numbers of the form notifyd's former E.164 pattern accepted (a +, a non-zero digit and 7
+# to 15 digits) that no numbering plan has: a real provider refuses them.  Since notifyd
+# checks numbers with libphonenumber too (notifyd.model.contact), it refuses them first.
 IMPOSSIBLE_BUT_E164_SHAPED = [
     "+1234567",  # +1 (NANP) needs 10 national digits
     "+15550001",  # 7 national digits: a local-only number, not dialable from abroad
@@ -260,16 +261,22 @@ IMPOSSIBLE_BUT_E164_SHAPED = [
 
 
 @pytest.mark.parametrize("to", IMPOSSIBLE_BUT_E164_SHAPED)
-async def test_sandbox_refuses_numbers_notifyd_lets_through(
+async def test_impossible_numbers_refused_by_notifyd_and_by_the_sandbox(
     sandbox: SandboxServer, sms_provider: SmsProvider, to: str
 ) -> None:
-    """The sandbox checks numbers with libphonenumber, not with notifyd's own pattern."""
+    """notifyd refuses these before sending (it once let them through to the provider);
+    posted anyway, the sandbox refuses them too, as a real provider does."""
     d = sms(address=to)
-    sms_provider.check(d)  # notifyd's own check lets it through ...
-    with pytest.raises(PermanentDeliveryError) as exc_info:
-        await sms_provider.send(d)  # ... the provider does not
-    assert exc_info.value.reason.startswith("http_422"), exc_info.value.reason
-    assert "invalid_to" in exc_info.value.reason
+    with pytest.raises(PermanentDeliveryError, match=r"^invalid_address"):
+        sms_provider.check(d)
+    with pytest.raises(PermanentDeliveryError, match=r"^invalid_address"):
+        await sms_provider.send(d)
+    assert sandbox.receipts("sms") == 0  # never sent
+    status, answer = await post_raw(
+        f"{sandbox.url}/v1/sms", orjson.dumps({"to": to, "body": "Hello"}),
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert (status, answer["code"]) == (422, "invalid_to"), answer
     assert sandbox.deliveries("sms") == []
     assert sandbox.receipts("sms") == 1
 

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-import phonenumbers
 from aiohttp import web
 
 from notifyd.domain.channel_rules import segment_fits, sms_segments
+from notifyd.model.contact import InvalidContact, e164
 from notifyd.providers.webhook import verify
 
 log = logging.getLogger("notifyd.tools.sandbox")
@@ -232,28 +232,14 @@ def _check_bearer(request: web.Request, token: str | None) -> None:
 def _check_to(to: object) -> None:
     """Refuse ``to`` unless it is a possible number in E.164 wire form.
 
-    Checked with Google's libphonenumber data (``phonenumbers``), not notifyd's own
-    pattern, so the sandbox catches what notifyd's check lets through: a known
-    country code and a length that fits its numbering plan.  "Possible", not "valid":
-    fictional numbers (+1 555 ...) have the right shape and are what tests and demos use.
+    The same libphonenumber check as notifyd's own (:mod:`notifyd.model.contact`): a
+    real provider refuses what it refuses, so the sandbox does too, on its own side of
+    the wire, and still catches a send whose number notifyd failed to check.
     """
-    shown = str(to)[:40]
-    if not isinstance(to, str) or not to.startswith("+"):
-        raise Reject(422, "invalid_to", f"to {shown!r} is not an E.164 number")
     try:
-        number = phonenumbers.parse(to, None)
-    except phonenumbers.NumberParseException as exc:
-        raise Reject(422, "invalid_to", f"to {shown!r} is not a phone number: {exc}") from None
-    if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != to:
-        raise Reject(422, "invalid_to", f"to {shown!r} is not in E.164 form (+ and digits)")
-    reason = phonenumbers.is_possible_number_with_reason(number)
-    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
-        names = {v: k.lower() for k, v in vars(phonenumbers.ValidationResult).items()
-                 if k.isupper()}
-        raise Reject(
-            422, "invalid_to",
-            f"to {shown!r} is not a possible number: {names.get(reason, reason)}",
-        )
+        e164(to)
+    except InvalidContact as exc:
+        raise Reject(422, "invalid_to", f"to {exc}") from None
 
 
 def _validate_sms(obj: dict[str, Any]) -> dict[str, Any]:

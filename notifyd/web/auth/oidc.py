@@ -9,6 +9,12 @@ verifier) at the token endpoint and returns the verified ID-token claims.
 ID tokens are accepted only RS256-signed by a key from the provider's JWKS (fetched with
 aiohttp, cached, refetched on an unknown ``kid``), for our client id, from the configured
 issuer, unexpired and carrying the nonce of this login.
+
+The protocol pieces come from kept libraries: joserfc parses the JWKS and verifies the
+ID token's signature, Authlib's OIDC ``CodeIDToken`` checks its claims (iss, aud/azp, exp,
+iat, nonce, at_hash) and Authlib builds the authorize URL, the PKCE challenge and the
+token request.  What stays here is policy: which keys and algorithm we accept, caching,
+the one-time login state, HTTP with bounded responses, and the mapping to our errors.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import aiohttp
-import jwt
 import orjson
 import structlog
+from authlib.oauth2.auth import ClientAuth
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from authlib.oidc.core import CodeIDToken
+from authlib.oidc.discovery import get_well_known_url
+from joserfc import jws, jwt
+from joserfc.errors import ClaimError, ExpiredTokenError, JoseError, MissingClaimError
+from joserfc.jwk import RSAKey
 from pydantic import SecretStr
-from yarl import URL
 
 from notifyd.errors import ServiceUnavailable, Unauthorized
 from notifyd.store import CredentialStore
@@ -46,13 +58,20 @@ _MAX_RESPONSE_BYTES = 1 << 20
 _ALGORITHM = "RS256"
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+#: Claim whose check failed -> (code, detail); other claims: ``oidc_id_token_invalid``.
+#: A missing iss/aud stays ``oidc_id_token_invalid`` (a malformed token, not a mix-up).
+_CLAIM_ERRORS = {
+    "iss": ("oidc_issuer_mismatch", "ID token is from another issuer"),
+    "aud": ("oidc_audience_mismatch", "ID token is for another client"),
+    "azp": ("oidc_audience_mismatch", "ID token azp is not this client"),
+    "nonce": ("oidc_nonce_mismatch", "ID token nonce does not match this login"),
+}
+_MISSING_CLAIM_ERRORS = {k: v for k, v in _CLAIM_ERRORS.items() if k in ("azp", "nonce")}
 
 
 def pkce_challenge(verifier: str) -> str:
-    """RFC 7636 S256: BASE64URL(SHA256(verifier)) without padding."""
-    return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+    """RFC 7636 S256: BASE64URL(SHA256(verifier)) without padding (Authlib's)."""
+    return str(create_s256_code_challenge(verifier))
 
 
 def oidc_configured(settings: Settings) -> bool:
@@ -86,7 +105,7 @@ class ProviderMetadata:
 
 
 class JwksCache:
-    """Signing keys of the provider by ``kid`` (like ``jwt.PyJWKClient``, but async).
+    """Signing keys of the provider by ``kid`` (joserfc keys; a cache policy joserfc lacks).
 
     Refetched when older than ``ttl_s`` or when a token names an unknown ``kid`` (key
     rotation) -- the latter at most every ``min_refetch_s`` so bogus kids cannot make
@@ -105,13 +124,14 @@ class JwksCache:
         self._ttl_s = ttl_s
         self._min_refetch_s = min_refetch_s
         self._clock = clock
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, RSAKey] = {}
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
 
     @staticmethod
-    def _parse(doc: Mapping[str, Any]) -> dict[str, Any]:
-        keys: dict[str, Any] = {}
+    def _parse(doc: Mapping[str, Any]) -> dict[str, RSAKey]:
+        """Usable RS256 signing keys; others (and broken ones) are skipped, not fatal."""
+        keys: dict[str, RSAKey] = {}
         raw_keys = doc.get("keys")
         if not isinstance(raw_keys, list):
             raise _unavailable("provider JWKS has no 'keys' list", "oidc_jwks_invalid")
@@ -121,8 +141,9 @@ class JwksCache:
             if jwk.get("use", "sig") != "sig" or jwk.get("alg", _ALGORITHM) != _ALGORITHM:
                 continue
             try:
-                key = jwt.PyJWK(jwk, algorithm=_ALGORITHM).key
-            except (jwt.PyJWTError, ValueError, KeyError, TypeError):
+                key = RSAKey.import_key(jwk)
+                key.check_key_op("verify")
+            except (JoseError, ValueError, KeyError, TypeError):
                 log.warning("oidc_jwks_key_skipped", kid=jwk.get("kid"))
                 continue
             keys[str(jwk.get("kid", f"#{i}"))] = key
@@ -135,7 +156,7 @@ class JwksCache:
             self._keys = self._parse(await self._fetch())
             self._fetched_at = self._clock()
 
-    async def get(self, kid: str | None) -> Any:
+    async def get(self, kid: str | None) -> RSAKey:
         """The verification key for ``kid``, or Unauthorized if the provider has none."""
         if self._fetched_at is None or self._clock() - self._fetched_at >= self._ttl_s:
             await self._refresh(self._fetched_at)
@@ -149,7 +170,7 @@ class JwksCache:
             raise _invalid(f"ID token signing key {kid!r} is not published by the provider")
         return key
 
-    def _lookup(self, kid: str | None) -> Any:
+    def _lookup(self, kid: str | None) -> RSAKey | None:
         if kid is None:
             # OIDC allows omitting kid when the provider has exactly one key.
             return next(iter(self._keys.values())) if len(self._keys) == 1 else None
@@ -286,7 +307,7 @@ class OidcClient:
         if self._discovery_url:
             url = self._discovery_url.rstrip("/")
             if not url.endswith(_WELL_KNOWN):
-                url += _WELL_KNOWN
+                url = get_well_known_url(url, external=True)
             doc = await self._get_json(url, what="discovery")
             configured_issuer = self._explicit["issuer"]
             if configured_issuer and doc.get("issuer") != configured_issuer:
@@ -342,17 +363,16 @@ class OidcClient:
         }
         await self._store.set(f"oidc:state:{state}", orjson.dumps(record), self._state_ttl_s)
         return str(
-            URL(meta.authorization_endpoint).update_query(
-                {
-                    "response_type": "code",
-                    "client_id": self.client_id,
-                    "redirect_uri": self.redirect_url,
-                    "scope": self.scopes,
-                    "state": state,
-                    "nonce": nonce,
-                    "code_challenge": pkce_challenge(verifier),
-                    "code_challenge_method": "S256",
-                }
+            prepare_grant_uri(
+                meta.authorization_endpoint,
+                client_id=self.client_id,
+                response_type="code",
+                redirect_uri=self.redirect_url,
+                scope=self.scopes,
+                state=state,
+                nonce=nonce,
+                code_challenge=pkce_challenge(verifier),
+                code_challenge_method="S256",
             )
         )
 
@@ -386,31 +406,40 @@ class OidcClient:
         id_token = tokens.get("id_token")
         if not isinstance(id_token, str) or not id_token:
             raise _invalid("provider returned no ID token", "oidc_id_token_missing")
-        return await self.verify_id_token(id_token, nonce=record["nonce"])
+        access_token = tokens.get("access_token")
+        return await self.verify_id_token(
+            id_token,
+            nonce=record["nonce"],
+            access_token=access_token if isinstance(access_token, str) else None,
+        )
 
     async def _exchange_code(
         self, meta: ProviderMetadata, code: str, record: Mapping[str, Any]
     ) -> dict[str, Any]:
-        form = {
-            "grant_type": "authorization_code",
-            "code": code,
-            "redirect_uri": record["redirect_uri"],
-            "code_verifier": record["code_verifier"],
+        body = prepare_token_request(
+            "authorization_code",
+            code=code,
+            redirect_uri=record["redirect_uri"],
+            code_verifier=record["code_verifier"],
+        )
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/x-www-form-urlencoded",
         }
-        headers = {"Accept": "application/json"}
-        if self._auth_method(meta) == "client_secret_post":
-            form |= {"client_id": self.client_id, "client_secret": self._client_secret}
-        else:
-            # RFC 6749 2.3.1: id and secret are form-encoded before base64.
-            pair = f"{quote(self.client_id, safe='')}:{quote(self._client_secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
-        status, body = await self._request_json(
-            "POST", meta.token_endpoint, what="token", data=form, headers=headers
+        method = self._auth_method(meta)
+        auth = ClientAuth(
+            self.client_id,
+            self._client_secret,
+            _client_secret_basic if method == "client_secret_basic" else method,
+        )
+        _, headers, body = auth.prepare("POST", meta.token_endpoint, headers, body)
+        status, reply = await self._request_json(
+            "POST", meta.token_endpoint, what="token", data=body.encode(), headers=headers
         )
         if status == 200:
-            return body
-        error = str(body.get("error", "unknown_error"))
-        description = str(body.get("error_description", ""))[:200]
+            return reply
+        error = str(reply.get("error", "unknown_error"))
+        description = str(reply.get("error_description", ""))[:200]
         log.warning("oidc_token_error", status=status, error=error, description=description)
         if status >= 500:
             raise _unavailable(f"OIDC token endpoint failed (HTTP {status})")
@@ -421,44 +450,55 @@ class OidcClient:
         raise Unauthorized(f"{detail}: {description}" if description else detail,
                            code="oidc_token_rejected")
 
-    async def verify_id_token(self, id_token: str, *, nonce: str) -> dict[str, Any]:
-        """Signature (RS256 via JWKS), iss, aud/azp, exp, iat and nonce of an ID token."""
+    async def verify_id_token(
+        self, id_token: str, *, nonce: str, access_token: str | None = None
+    ) -> dict[str, Any]:
+        """Signature (RS256 via JWKS), iss, aud/azp, exp, iat, nonce and at_hash of an ID token."""
         meta = await self.metadata()
         try:
-            header = jwt.get_unverified_header(id_token)
-        except jwt.PyJWTError:
+            header = jws.extract_compact(id_token.encode()).headers()
+        except (JoseError, ValueError):
             raise _invalid("ID token is malformed") from None
         if header.get("alg") != _ALGORITHM:
             raise _invalid(f"ID token must be {_ALGORITHM}-signed, not {header.get('alg')!r}")
         kid = header.get("kid")
         key = await self.jwks.get(kid if isinstance(kid, str) else None)
         try:
-            claims: dict[str, Any] = jwt.decode(
-                id_token,
-                key,
-                algorithms=[_ALGORITHM],
-                audience=self.client_id,
-                issuer=meta.issuer,
-                leeway=self._leeway_s,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise _invalid("ID token has expired", "oidc_id_token_expired") from None
-        except jwt.InvalidIssuerError:
-            raise _invalid("ID token is from another issuer", "oidc_issuer_mismatch") from None
-        except jwt.InvalidAudienceError:
-            raise _invalid("ID token is for another client", "oidc_audience_mismatch") from None
-        except jwt.PyJWTError as exc:
+            token = jwt.decode(id_token, key, algorithms=[_ALGORITHM])
+        except (JoseError, ValueError) as exc:
             raise _invalid(f"ID token is invalid: {exc}") from None
-        aud = claims["aud"]
-        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self.client_id:
-            raise _invalid("ID token azp is not this client", "oidc_audience_mismatch")
-        token_nonce = claims.get("nonce")
-        if not isinstance(token_nonce, str) or not hmac.compare_digest(token_nonce, nonce):
-            raise _invalid("ID token nonce does not match this login", "oidc_nonce_mismatch")
-        if not isinstance(claims.get("sub"), str) or not claims["sub"]:
-            raise _invalid("ID token has no subject")
-        return claims
+        claims = CodeIDToken(
+            token.claims,
+            token.header,
+            options={
+                "iss": {"essential": True, "value": meta.issuer},
+                "aud": {"essential": True, "value": self.client_id},
+                "sub": {"essential": True},
+            },
+            params={"nonce": nonce, "client_id": self.client_id, "access_token": access_token},
+        )
+        try:
+            claims.validate(leeway=int(self._leeway_s))
+        except ExpiredTokenError:
+            raise _invalid("ID token has expired", "oidc_id_token_expired") from None
+        except ClaimError as exc:
+            errors = _MISSING_CLAIM_ERRORS if isinstance(exc, MissingClaimError) else _CLAIM_ERRORS
+            code, detail = errors.get(exc.claim, ("oidc_id_token_invalid", "ID token is invalid"))
+            raise _invalid(f"{detail}: {exc.description}", code) from None
+        return dict(claims)
+
+
+def _client_secret_basic(
+    auth: ClientAuth, method: str, uri: str, headers: dict[str, str], body: str
+) -> tuple[str, dict[str, str], str]:
+    """client_secret_basic as RFC 6749 2.3.1 has it: id and secret form-encoded first.
+
+    Authlib's own encoder skips that step, which breaks secrets holding ``:``, ``%`` or
+    ``+`` at providers that decode them.
+    """
+    pair = f"{quote(auth.client_id, safe='')}:{quote(auth.client_secret, safe='')}"
+    headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    return uri, headers, body
 
 
 __all__ = [

@@ -36,7 +36,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import SecretStr
 
 from notifyd.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
-from notifyd.model.records import E164_RE
+from notifyd.model.contact import is_e164, is_email
 from notifyd.store import CredentialStore
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ SESSION_COOKIE = "notifyd_session"
 EXTERNAL_USERNAME_PREFIX = "oidc-"
 
 _USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,64}")
-_EMAIL_RE = re.compile(
-    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-)
 _MIN_PASSWORD, _MAX_PASSWORD = 8, 1024
 _MAX_TOKEN_CHARS = 8192
 _MIN_SECRET_BYTES = 32
@@ -153,12 +149,12 @@ def validate_password(password: str) -> None:
 
 
 def validate_email(email: str) -> None:
-    if not isinstance(email, str) or len(email) > 254 or not _EMAIL_RE.fullmatch(email):
+    if not is_email(email):
         raise BadRequest(f"email {email!r} is not a valid address", code="invalid_email")
 
 
 def validate_phone(phone: str) -> None:
-    if not isinstance(phone, str) or not E164_RE.fullmatch(phone):
+    if not is_e164(phone):
         raise BadRequest(
             "phone must be in E.164 format, e.g. +14155550123", code="invalid_phone"
         )
@@ -380,7 +376,7 @@ class UserService:
         """Find or create the user for an OIDC identity; keeps the e-mail up to date."""
         if not sub or not issuer:
             raise BadRequest("OIDC identity needs sub and issuer", code="oidc_identity_invalid")
-        if email is not None and (len(email) > 254 or not _EMAIL_RE.fullmatch(email)):
+        if email is not None and not is_email(email):
             email = None  # a provider's odd address must not block the login
         user_id = self.external_user_id(issuer, sub)
         user = await self.get_by_id(user_id)
