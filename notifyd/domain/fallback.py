@@ -73,4 +73,5 @@ def check_extras(event: Any) -> None:
 
 
 def step_key(nid: str, channel: str) -> str:
+    """Key of a step's row in ``scheduled`` and of its delivery in the ledger."""
     return f"{nid}:{channel}"

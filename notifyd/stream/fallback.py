@@ -23,6 +23,10 @@ pending steps that wait on ``read`` or ``delivered`` and shows them ``skipped``;
 step's channel ending ``failed`` or ``dead`` (or ``suppressed``) makes the next step
 due at once.  The status document shows the chain (``fallback``) and each step's
 channel as ``pending`` (with ``deliver_at``), ``skipped`` or its delivery states.
+
+Here is the durable part (scheduling, hurrying, cancelling the steps; a due step is
+dispatched by the control handler).  The chain's shape is :mod:`notifyd.model.chains`;
+the plan made before the rules run is :mod:`notifyd.domain.fallback`.
 """
 
 from __future__ import annotations
