@@ -32,7 +32,7 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,8 @@ log = structlog.stdlib.get_logger("notifyd.metrics")
 #: The Prometheus text exposition format ``generate_latest`` writes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NAMESPACE = "notifyd"
+#: The circuit state gauge's values, by the state a failover chain reports.
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 #: End-to-end latency buckets (seconds): sub-second deliveries up to quiet-hour deferrals.
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -171,8 +173,18 @@ def _gauge(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) 
 class Metrics:
     """The worker's metrics on a private registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        start_offsets: Callable[[list[str] | str], Awaitable[Any]] | None = None,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        #: Opens the client that reads DLQ sizes (default: :func:`start_offsets_client`).
+        self.start_offsets = start_offsets or start_offsets_client
+        #: How long lag and DLQ sizes are served from the last read.
+        self.lag_ttl_s = LAG_TTL_S
+        self.dlq_ttl_s = DLQ_TTL_S
         r = self.registry
         self.events_received = Counter(
             "events_received", "Events read from an input topic", ["topic"],
@@ -375,9 +387,9 @@ class Metrics:
             now = time.monotonic()
             snap = self.snapshot
             jobs = []
-            if now - snap.lag_at >= LAG_TTL_S:
+            if now - snap.lag_at >= self.lag_ttl_s:
                 jobs.append(self._refresh_lag(app))
-            if now - snap.dlq_at >= DLQ_TTL_S and dlq_topics and bootstrap:
+            if now - snap.dlq_at >= self.dlq_ttl_s and dlq_topics and bootstrap:
                 jobs.append(self._refresh_dlq(bootstrap, tuple(dlq_topics)))
             if now - snap.tables_at >= TABLES_TTL_S:
                 jobs.append(self._refresh_tables(app))
@@ -396,7 +408,7 @@ class Metrics:
         try:
             async with asyncio.timeout(REFRESH_TIMEOUT_S):
                 if self._offsets is None:
-                    self._offsets = await start_offsets_client(bootstrap)
+                    self._offsets = await self.start_offsets(bootstrap)
                 self.snapshot.dlq = await topic_sizes(self._offsets, topics)
         except Exception as exc:
             log.warning("metrics.dlq_failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,4 +1,4 @@
-"""Test-wide checks: no asyncio task may outlive its test."""
+"""Test-wide: each test gets a freshly built app; no asyncio task may outlive its test."""
 
 from __future__ import annotations
 
@@ -6,6 +6,20 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+
+from notifyd.stream.runtime import Runtime, scoped
+from tests.support.app import build_app, close_built
+
+
+@pytest.fixture(autouse=True)
+async def runtime() -> AsyncIterator[Runtime]:
+    """The app of this test (environment settings); a test may build another.  Built
+    in the test's event loop: Faust binds the loop it finds."""
+    with scoped():
+        try:
+            yield build_app()
+        finally:
+            close_built()
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ import click
 from notifyd.model.contact import is_hhmm
 
 if TYPE_CHECKING:
-    from notifyd.store import CredentialStore
+    from notifyd.web.auth.store import CredentialStore
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -335,7 +335,7 @@ def prefs_set(
 
 
 async def _open_store() -> CredentialStore:
-    from notifyd.store import StoreUnavailable, open_store
+    from notifyd.web.auth.store import StoreUnavailable, open_store
 
     s = _settings()
     url = s.resolved_credential_store_url
@@ -447,12 +447,8 @@ def token_cmd(username: str, password: str | None, password_stdin: bool, as_json
 
     async def issue() -> dict[str, Any]:
         from notifyd.errors import WebError
-        from notifyd.store import resolve_jwt_secret
-        from notifyd.web.auth.users import (
-            LoginThrottle,
-            TokenService,
-            UserService,
-        )
+        from notifyd.web.auth.store import resolve_jwt_secret
+        from notifyd.web.auth.users import LoginThrottle, TokenService, UserService
 
         s = _settings()
         store = await _open_store()

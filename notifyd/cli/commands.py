@@ -65,9 +65,10 @@ def worker(
     from notifyd.cli.admin import _settings
 
     _settings()  # a bad NOTIFYD_* variable: one line on stderr, not a traceback
+    from notifyd.service import create_app
     from notifyd.stream.worker import run_worker
 
-    sys.exit(run_worker())
+    sys.exit(run_worker(lambda s: create_app(s).app))
 
 
 # --------------------------------------------------------------------------------------

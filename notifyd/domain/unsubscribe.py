@@ -22,6 +22,7 @@ and access tokens are signed with different keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any
@@ -32,8 +33,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from notifyd.config import CHANNELS, Settings
-from notifyd.errors import BadRequest, Forbidden
-from notifyd.store import CredentialStore, open_store, resolve_jwt_secret
+from notifyd.errors import BadRequest, Forbidden, ServiceUnavailable
+
+#: Reads the JWT secret the workers share (kept in the credential store).
+SharedSecret = Callable[[Settings], Awaitable[str]]
+#: Set by the composition root (:func:`notifyd.service.create_app`): the domain never
+#: imports the credential store, which lives with the web view's auth.
+_shared_secret: list[SharedSecret] = []
 
 #: Path of the public unsubscribe endpoint (``notifyd.web.unsubscribe``).
 PATH = "/api/v1/unsubscribe"
@@ -123,21 +129,30 @@ def configured_key(settings: Settings) -> bytes | None:
     return derive_key(jwt_secret) if jwt_secret else None
 
 
-async def resolve_key(settings: Settings, store: CredentialStore | None = None) -> bytes:
-    """The link key, the same on every worker: configured, or derived from the JWT secret
-    the workers share through the credential store (``store``, else one opened for it).
+def share_secret_from(read: SharedSecret) -> None:
+    """Where :func:`resolve_key` reads the shared JWT secret when it is handed no reader."""
+    _shared_secret[:] = [read]
 
-    Raises :class:`~notifyd.store.StoreUnavailable` (a 503) if the store is down."""
+
+async def resolve_key(
+    settings: Settings, read_secret: Callable[[], Awaitable[str]] | None = None
+) -> bytes:
+    """The link key, the same on every worker: configured, or derived from the JWT secret
+    the workers share through the credential store (``read_secret``, else the reader set
+    with :func:`share_secret_from`, which opens the configured store).
+
+    Raises :class:`~notifyd.errors.ServiceUnavailable` (a 503) if the store is down."""
     key = configured_key(settings)
     if key is not None:
         return key
-    if store is not None:
-        return derive_key(await resolve_jwt_secret(settings, store))
-    opened = await open_store(settings.resolved_credential_store_url)
-    try:
-        return derive_key(await resolve_jwt_secret(settings, opened))
-    finally:
-        await opened.close()
+    if read_secret is not None:
+        return derive_key(await read_secret())
+    if not _shared_secret:
+        raise ServiceUnavailable(
+            "no unsubscribe key: none configured and no credential store set up",
+            code="not_ready",
+        )
+    return derive_key(await _shared_secret[0](settings))
 
 
 def mailto_address(settings: Settings) -> str | None:

@@ -43,12 +43,13 @@ from typing import Any, Protocol
 import structlog
 
 from notifyd.errors import DeliveryError, PermanentDeliveryError, RetriableDeliveryError, clip
+from notifyd.metrics import metrics as default_metrics
 from notifyd.model.records import Delivery
 from notifyd.providers.base import Provider, SendReceipt
 
 log = structlog.stdlib.get_logger("notifyd.providers.chain")
 
-CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
+CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"  # metrics.CIRCUIT_STATE_VALUES
 _REASON_MAX = 500
 
 
@@ -172,8 +173,6 @@ class FailoverProvider(Provider):
         self.channel = channel  # type: ignore[misc]
         self.name = "failover"
         if metrics is None:
-            from notifyd.metrics import metrics as default_metrics
-
             metrics = default_metrics
         self.metrics: ProviderMetrics = metrics
         self.links: list[Link] = []

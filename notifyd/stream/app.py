@@ -1,8 +1,10 @@
-"""The Faust application.
+"""The Faust application's configuration.
 
-Agents (``notifyd.stream.agents``), tables (``notifyd.stream.tables``) and web views
-(``notifyd.web``) live in their own modules and are found by ``autodiscover``.
-Settings come from :func:`notifyd.config.get_settings`, read once.
+Importing this module builds nothing: :func:`notifyd.stream.factory.build_stream`
+(through :func:`notifyd.service.create_app`) makes the app from a :class:`Settings`
+with :func:`faust_app` and declares its topics, tables, agents and web view on it.
+``app`` and ``settings`` here are the current runtime's (``stream.runtime.ref``), for
+modules that are not handed them yet.
 """
 
 from __future__ import annotations
@@ -11,21 +13,20 @@ from typing import Any
 
 import faust
 
-from notifyd.config import Settings, get_settings
+from notifyd.config import Settings
 from notifyd.stream import faust_fixes
+from notifyd.stream.runtime import ref
 
-faust_fixes.apply()
+settings: Settings = ref(lambda rt: rt.settings)
+app: faust.App = ref(lambda rt: rt.app)
 
-settings: Settings = get_settings()
 
-
-def _faust_settings(s: Settings) -> dict[str, Any]:
+def faust_settings(s: Settings) -> dict[str, Any]:
     canonical = s.web_canonical_url or f"http://{s.web_host}:{s.web_port}"
     return {
         "broker": s.broker_url,
         "store": s.table_store,
         "datadir": str(s.datadir),
-        "autodiscover": ["notifyd.stream.tables", "notifyd.stream.agents", "notifyd.web"],
         "origin": "notifyd",
         "topic_partitions": s.topic_partitions,
         "topic_replication_factor": s.topic_replication,
@@ -62,12 +63,10 @@ def _faust_settings(s: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(s: Settings | None = None) -> faust.App:
-    s = s or settings
-    return faust.App(s.app_id, **_faust_settings(s))
-
-
-app: faust.App = create_app()
+def faust_app(s: Settings) -> faust.App:
+    """A bare Faust app configured from ``s`` (nothing declared on it yet)."""
+    faust_fixes.apply()  # idempotent; before any app exists
+    return faust.App(s.app_id, **faust_settings(s))
 
 
 def recovery_done(a: faust.App) -> bool:

@@ -47,8 +47,13 @@ import structlog
 from faust.types import EventT
 
 from notifyd import clock
+from notifyd.domain.fallback import check_extras
 from notifyd.errors import InvalidEvent
 from notifyd.model.records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
+from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
+from notifyd.stream.tables import subscribers, subscriptions
+from notifyd.stream.topics import events_topic, fanout_topic, partition_for, subscriptions_topic
+from notifyd.stream.waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.stream.audience")
 
@@ -97,8 +102,6 @@ def fanout_seen_key(topic: str, event_id: str) -> str:
 
 
 def subscriber_count(topic: str) -> int:
-    from notifyd.stream.tables import subscribers
-
     return sum(len(subscribers.get(bucket_key(topic, b)) or {}) for b in range(BUCKETS))
 
 
@@ -114,8 +117,6 @@ def parse_cursor(cursor: str | None) -> tuple[int, str]:
 
 def page(topic: str, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
     """One page of a topic's subscribers, in (bucket, user_id) order, and the next cursor."""
-    from notifyd.stream.tables import subscribers
-
     start, after = parse_cursor(cursor)
     out: list[dict[str, Any]] = []
     for b in range(start, BUCKETS):
@@ -163,11 +164,6 @@ def _check_command(msg: Any) -> tuple[str, str, str, list[str]]:
 
 async def handle_subscription(ev: EventT[Any]) -> None:
     """Apply one phase of a subscription command (see the module doc)."""
-    from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
-    from notifyd.stream.tables import subscribers, subscriptions
-    from notifyd.stream.topics import partition_for, subscriptions_topic
-    from notifyd.stream.waiters import waiters
-
     raw: bytes | None = ev.value
     try:
         msg = loads(raw or b"")
@@ -267,18 +263,12 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
     topic = obj.get("topic")
     if not isinstance(topic, str) or not TOPIC_NAME_RE.match(topic):
         raise InvalidEvent("invalid_topic: use 1-100 letters, digits and _ . : -")
-    from notifyd.domain.fallback import check_extras
-
     check_extras(parse_event(dumps({**obj, "user_id": "#" + topic}), max_bytes))
     return topic
 
 
 async def handle_fanout(ev: EventT[Any]) -> None:
     """One chunk of a fan-out: recipients of the next buckets, then the continuation."""
-    from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
-    from notifyd.stream.tables import subscribers
-    from notifyd.stream.topics import events_topic, fanout_topic, partition_for
-
     raw: bytes = ev.value
     msg = loads(raw)
     topic = check_topic_name(msg["topic"])

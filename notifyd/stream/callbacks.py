@@ -43,6 +43,7 @@ from notifyd.model.records import loads
 
 log = structlog.stdlib.get_logger("notifyd.stream.callbacks")
 
+
 class CallbackSender:
     """One long-lived session (egress-checked, explicit timeout) for all callbacks."""
 

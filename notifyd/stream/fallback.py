@@ -36,10 +36,13 @@ from typing import Any
 
 import structlog
 
+from notifyd.clock import now as clock_now
 from notifyd.config import CHANNELS
 from notifyd.domain.fallback import STEP_KEY, Plan, step_key
 from notifyd.model.chains import CONDITIONS
 from notifyd.model.records import Event
+from notifyd.stream.tables import inbox, ledger, scheduled
+from notifyd.stream.topics import control_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.fallback")
 
@@ -115,7 +118,6 @@ def _schedule_step(
     due: float, accepted: float, partition: int,
 ) -> None:
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import scheduled
 
     key = step_key(nid, steps[i]["channel"])
     scheduled[key] = {
@@ -132,8 +134,6 @@ def _schedule_step(
 
 def _pending_steps(nid: str) -> list[tuple[str, dict[str, Any]]]:
     """This notification's scheduled steps (the caller is in the user's partition)."""
-    from notifyd.stream.tables import scheduled
-
     out = []
     for ch in CHANNELS:
         key = step_key(nid, ch)
@@ -148,7 +148,6 @@ async def hurry_next(
 ) -> list[dict[str, Any]]:
     """A step's channel failed, died or was suppressed: the next step is due now."""
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import scheduled
 
     pending = _pending_steps(nid)
     if not pending:
@@ -168,7 +167,6 @@ async def hurry_next(
 
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
-    from notifyd.clock import now as clock_now
     from notifyd.stream.handlers.status import publish_status
 
     updates = await hurry_next(
@@ -180,9 +178,7 @@ async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
 
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
-    from notifyd.clock import now as clock_now
     from notifyd.stream.handlers.status import publish_status
-    from notifyd.stream.tables import scheduled
 
     now = clock_now()
     for nid in nids:
@@ -200,7 +196,6 @@ async def on_read(user_id: str, nids: list[str]) -> None:
 async def release_step(key: str, entry: dict[str, Any]) -> None:
     """Scheduler: a step is due; it runs on its user's partition (control topic)."""
     from notifyd.model.records import dumps
-    from notifyd.stream.topics import control_topic
 
     user_id = entry["fallback"]["user_id"]
     await control_topic.send(
@@ -211,8 +206,6 @@ async def release_step(key: str, entry: dict[str, Any]) -> None:
 
 def condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
                    upto: int) -> bool:
-    from notifyd.stream.tables import inbox, ledger
-
     item = next(
         (it for it in (inbox.get(user_id) or {}).get("items", ()) if it.get("id") == nid), None
     )
@@ -239,10 +232,8 @@ async def due_step(msg: dict[str, Any]) -> DueStep | None:
     """Control message ``fallback_step``: check the condition, skip the step or return
     the event it sends (the control handler dispatches it: dispatching runs this
     module's :func:`after_decisions`, so this module does not dispatch)."""
-    from notifyd.clock import now as clock_now
     from notifyd.model.records import dumps, parse_event
     from notifyd.stream.handlers.status import publish_status
-    from notifyd.stream.tables import scheduled
 
     entry = scheduled.get(msg["id"])
     if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:

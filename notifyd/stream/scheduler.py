@@ -32,7 +32,8 @@ from notifyd import clock
 from notifyd.metrics import metrics
 from notifyd.model.records import dumps
 from notifyd.stream.app import app, recovery_done, settings
-from notifyd.stream.topics import active_partitions
+from notifyd.stream.tables import cancels, ledger, scheduled, seen, status
+from notifyd.stream.topics import active_partitions, control_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.scheduler")
 EXPIRE_CHUNK = 500
@@ -68,8 +69,6 @@ class Scheduler:
         """Index the rows of this worker's partitions (one pass over the table, on
         assignment change only).  Yields to the event loop every ``REBUILD_CHUNK`` rows:
         a million rows take seconds to decode, and the agents must not stall meanwhile."""
-        from notifyd.stream.tables import scheduled
-
         started = time.monotonic()
         self._rebuilding = []
         heap: list[tuple[float, str, int]] = []
@@ -95,8 +94,6 @@ class Scheduler:
 
     async def tick(self, release: Release, reconcile: Reconcile) -> float:
         """Release what is due; returns seconds until the next due entry (capped)."""
-        from notifyd.stream.tables import scheduled
-
         if not self._ready():
             return 0.5
         active = active_partitions()
@@ -127,9 +124,6 @@ class Scheduler:
         return min(0.5, self.heap[0][0] - now) if self.heap else 0.5
 
     async def sweep(self, now: float) -> None:
-        from notifyd.stream.tables import cancels, ledger, scheduled, seen, status
-        from notifyd.stream.topics import control_topic
-
         for key in [k for k in self.released if scheduled.get(k) is None]:
             del self.released[key]
         plans: list[tuple[str, Any, float, int]] = [

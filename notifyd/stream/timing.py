@@ -49,6 +49,7 @@ from notifyd.model.records import (
     notification_id_for,
 )
 from notifyd.stream.app import app, settings
+from notifyd.stream.tables import cancels, scheduled, seen
 
 log = structlog.stdlib.get_logger("notifyd.stream.timing")
 
@@ -86,7 +87,6 @@ async def outputs_on_broker() -> None:
 
 
 def is_cancelled(user_id: str, event_id: str) -> bool:
-    from notifyd.stream.tables import cancels
 
     return cancels.get(idempotency_scope(user_id, event_id)) is not None
 
@@ -99,7 +99,6 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
     ``cancelled`` for those channels and for any channel not finished yet (the fold
     keeps ``sent`` and the other terminal states)."""
     from notifyd.stream.handlers.status import publish_status, status_update
-    from notifyd.stream.tables import cancels, scheduled, seen
 
     scope = req.dedupe_key
     if cancels.get(scope) is None:
@@ -176,7 +175,6 @@ async def collect(
     with the digest's id and closing time."""
     from notifyd.stream.handlers.status import publish_status, status_update
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import scheduled
 
     row: dict[str, Any] | None = None
     if known is not None:
@@ -240,7 +238,6 @@ def pending_for(user_id: str) -> dict[str, list[dict[str, Any]]]:
 
     Reads the keys of the scheduler's index (no table scan), then only the user's rows."""
     from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import scheduled
 
     ev_prefix, dg_prefix = user_prefixes(user_id)
     keys = sorted({k for _, k, _ in scheduler.heap if k.startswith((ev_prefix, dg_prefix))})

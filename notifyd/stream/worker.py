@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import faust
 import structlog
 
 from notifyd import clock
-from notifyd.config import get_settings
+from notifyd.config import Settings, get_settings
 from notifyd.log import configure
+from notifyd.stream import restore
 from notifyd.stream.topology import ensure_topics
 
 
 class Worker(faust.Worker):
+    def __init__(self, app: faust.App, settings: Settings, **kwargs: Any) -> None:
+        self.notifyd_settings = settings  # for _setup_logging, called while Faust starts
+        super().__init__(app, **kwargs)
+
     def _setup_logging(self) -> None:
         # Faust installs its own colour handlers; one structlog chain for everything.
-        s = get_settings()
-        configure(s.log_format, s.log_level)
+        configure(self.notifyd_settings.log_format, self.notifyd_settings.log_level)
 
 
-def run_worker() -> int:
-    s = get_settings()
+def run_worker(build_app: Callable[[Settings], faust.App], s: Settings | None = None) -> int:
+    """Create the topics, build the app with ``build_app`` (the factory), restore, run."""
+    s = s or get_settings()
     configure(s.log_format, s.log_level)
     log = structlog.stdlib.get_logger("notifyd.stream.worker")
     clock.set_start(s.clock_start)
@@ -39,11 +46,7 @@ def run_worker() -> int:
         return 69
     if created:
         log.info("worker.topics_created", topics=created)
-    from notifyd.stream.app import app
-
-    app.discover()  # agents, tables, web routes (autodiscover)
-    from notifyd.stream import restore
-
+    app = build_app(s)
     if restore.enabled(s):
         try:
             asyncio.run(restore.restore_tables(s, app.conf.tabledir))
@@ -56,6 +59,6 @@ def run_worker() -> int:
         store=s.table_store,
         datadir=str(s.datadir),
     )
-    w = Worker(app, loglevel=s.log_level)
+    w = Worker(app, s, loglevel=s.log_level)
     w.execute_from_commandline()
     return 0

@@ -47,7 +47,7 @@ def _secret(path: Path) -> str:
 
 async def _operator_token(store_url: str, jwt_secret: str, token_file: Path) -> str:
     """An operator account for the local instance; its token goes to a 0600 file."""
-    from notifyd.store import open_store
+    from notifyd.web.auth.store import open_store
     from notifyd.web.auth.users import TokenService, UserService
 
     store = await open_store(store_url)

@@ -1,8 +1,1 @@
-"""The web view: mounted on Faust's aiohttp application when the worker starts."""
-
-from __future__ import annotations
-
-from notifyd.stream.app import app
-from notifyd.web.api.state import setup
-
-setup(app)
+"""The web view (HTTP API, console, realtime, unsubscribe), mounted by :mod:`.view`."""

@@ -34,14 +34,17 @@ from yarl import URL
 
 from notifyd import clock
 from notifyd.errors import NotFound
-from notifyd.stream.app import app
+from notifyd.providers.chain import board
+from notifyd.providers.spec import BUILTINS
+from notifyd.stream.app import app, settings
 from notifyd.stream.tables import status
+from notifyd.stream.timing import pending_for
 from notifyd.stream.topics import active_partitions, names
 from notifyd.web import realtime
-from notifyd.web.api.state import json_response
-from notifyd.web.api.v1 import registry
+from notifyd.web.http import json_response
 from notifyd.web.openapi import Call, Param, Resp
-from notifyd.web.routing import HTTP_CLIENT, ROUTED_HEADER, is_local
+from notifyd.web.registry import registry
+from notifyd.web.routing import HTTP_CLIENT, ROUTED_HEADER, is_local, route
 
 log = structlog.stdlib.get_logger("notifyd.web.console")
 
@@ -556,10 +559,6 @@ _PENDING_SCHEMA: dict[str, Any] = {
 
 def local_providers() -> dict[str, Any]:
     """This worker's failover chains and their circuits."""
-    from notifyd.providers.chain import board
-    from notifyd.providers.spec import BUILTINS
-    from notifyd.stream.app import settings
-
     worker = str(app.conf.canonical_url)
     return {
         "worker": worker,
@@ -610,9 +609,6 @@ async def admin_providers(call: Call) -> web.StreamResponse:
     responses={200: Resp("Pending schedules and open digests", _PENDING_SCHEMA)},
 )
 async def user_pending(call: Call) -> web.StreamResponse:
-    from notifyd.stream.timing import pending_for
-    from notifyd.web.routing import route
-
     user_id = call.path["user_id"]
     routed = await route(call.request, "preferences", user_id)
     if routed is not None:

@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -41,8 +42,9 @@ from notifyd.model.records import dumps
 from notifyd.stream.app import app
 from notifyd.stream.handlers.inapp import on_new_inbox_item
 from notifyd.stream.tables import inbox
-from notifyd.web.api.v1 import _me, registry
+from notifyd.web.http import caller
 from notifyd.web.openapi import Call, Resp
+from notifyd.web.registry import registry
 from notifyd.web.routing import (
     HTTP_CLIENT,
     forward_plan,
@@ -67,6 +69,32 @@ OWNER_CHECK_S = 5.0
 RETRY_MS = 2000
 #: How many inbox items a ``Last-Event-ID`` may replay.
 REPLAY_MAX = 50
+
+
+def _still_owner(user_id: str) -> bool:
+    if app.rebalancing:
+        return True  # undecided; look again later
+    try:
+        return is_local(owner_of("inbox", user_id))
+    except ServiceUnavailable:
+        return True
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Where a stream reads the inbox and its ownership, and how often it wakes, writes
+    a keep-alive and re-checks ownership (:func:`install`; a test passes its own)."""
+
+    #: The inbox document of a user (None: empty), read on this worker.
+    read_inbox: Callable[[str], Any] = lambda user_id: inbox.get(user_id)
+    #: Whether this worker still owns the user's partition.
+    still_owner: Callable[[str], bool] = _still_owner
+    poll_s: float = POLL_S
+    keepalive_s: float = KEEPALIVE_S
+    owner_check_s: float = OWNER_CHECK_S
+
+
+STREAM_CONFIG: web.AppKey[StreamConfig] = web.AppKey("stream_config", StreamConfig)
 
 
 class _Closed:
@@ -232,9 +260,11 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-def _replay(user_id: str, last_id: str | None) -> tuple[list[dict[str, Any]], int]:
+def _replay(
+    config: StreamConfig, user_id: str, last_id: str | None
+) -> tuple[list[dict[str, Any]], int]:
     """Inbox items newer than ``last_id`` (oldest first) and the unread count."""
-    box = inbox.get(user_id) or {}
+    box = config.read_inbox(user_id) or {}
     unread = int(box.get("unread", 0))
     if not last_id:
         return [], unread
@@ -247,19 +277,11 @@ def _replay(user_id: str, last_id: str | None) -> tuple[list[dict[str, Any]], in
     return [], unread  # unknown id (deleted, or another worker's stream): no replay
 
 
-def _still_owner(user_id: str) -> bool:
-    if app.rebalancing:
-        return True  # undecided; look again later
-    try:
-        return is_local(owner_of("inbox", user_id))
-    except ServiceUnavailable:
-        return True
-
-
 async def serve_stream(request: web.Request, user_id: str) -> web.StreamResponse:
     """The stream of ``user_id``'s new inbox items, served by the partition owner."""
+    config = request.app[STREAM_CONFIG]
     with hub.subscribe(user_id) as sub:  # before reading the inbox: nothing is missed
-        replay, unread = _replay(user_id, request.headers.get("Last-Event-ID"))
+        replay, unread = _replay(config, user_id, request.headers.get("Last-Event-ID"))
         resp = web.StreamResponse(
             headers={**_SSE_HEADERS, "X-Notifyd-Worker": str(app.conf.canonical_url)}
         )
@@ -274,19 +296,19 @@ async def serve_stream(request: web.Request, user_id: str) -> web.StreamResponse
             )
             last_write = last_owner_check = time.monotonic()
             while True:
-                msg = await sub.get(POLL_S)
+                msg = await sub.get(config.poll_s)
                 now = time.monotonic()
                 if isinstance(msg, _Closed):
                     break
                 if msg is None:
                     if _gone(request):
                         break
-                    if now - last_owner_check >= OWNER_CHECK_S:
+                    if now - last_owner_check >= config.owner_check_s:
                         last_owner_check = now
-                        if not _still_owner(user_id):
+                        if not config.still_owner(user_id):
                             await resp.write(sse("reconnect", {"reason": "partition_moved"}))
                             break
-                    if now - last_write >= KEEPALIVE_S:
+                    if now - last_write >= config.keepalive_s:
                         await resp.write(KEEPALIVE)
                         last_write = now
                     continue
@@ -358,9 +380,10 @@ async def _relay(
     request: web.Request, upstream: aiohttp.ClientResponse
 ) -> AsyncIterator[bytes]:
     """Chunks of ``upstream`` until it ends, the client goes or the hub closes."""
+    poll_s = request.app[STREAM_CONFIG].poll_s
     while True:
         try:
-            chunk = await asyncio.wait_for(upstream.content.readany(), POLL_S)
+            chunk = await asyncio.wait_for(upstream.content.readany(), poll_s)
         except TimeoutError:
             if _gone(request) or hub.closed:
                 return
@@ -392,7 +415,7 @@ newer inbox items."""
     },
 )
 async def notification_stream(call: Call) -> web.StreamResponse:
-    user_id = _me(call).user_id
+    user_id = caller(call).user_id
     proxied = await stream_route(call.request, "inbox", user_id)
     if proxied is not None:
         return proxied
@@ -407,8 +430,11 @@ async def _open_hub(webapp: web.Application) -> None:
     hub.reopen()
 
 
-def install(webapp: web.Application) -> None:
-    """End open streams when the web server shuts down (before it waits for handlers)."""
+def install(webapp: web.Application, config: StreamConfig | None = None) -> None:
+    """Streams of ``webapp`` read and wake as ``config`` says (default: this worker's
+    inbox table, every POLL_S); they end when the web server shuts down (before it
+    waits for handlers)."""
+    webapp[STREAM_CONFIG] = config or StreamConfig()
     webapp.on_startup.append(_open_hub)
     webapp.on_shutdown.append(_close_streams)
     on_new_inbox_item(hub.publish)  # each new inbox item of this worker feeds the hub

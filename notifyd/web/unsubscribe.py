@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import email.policy
 from email.parser import BytesParser
+from functools import partial
 from html import escape
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -39,10 +40,11 @@ from notifyd.domain.unsubscribe import (
 from notifyd.errors import BadRequest, ServiceUnavailable
 from notifyd.stream.app import settings
 from notifyd.stream.topics import preferences_topic
-from notifyd.web.api.state import json_response
-from notifyd.web.api.v1 import _command, registry
 from notifyd.web.auth.setup import AUTH
+from notifyd.web.auth.store import resolve_jwt_secret
+from notifyd.web.http import command, json_response
 from notifyd.web.openapi import Call, Param, Resp
+from notifyd.web.registry import registry
 from notifyd.web.routing import route
 
 
@@ -100,8 +102,8 @@ async def _signer(request: web.Request) -> UnsubscribeSigner:
         async with keys.lock:
             if keys.signer is None:
                 auth = request.app.get(AUTH)
-                store = auth.store if auth is not None else None
-                keys.signer = UnsubscribeSigner(await resolve_key(settings, store))
+                read = None if auth is None else partial(resolve_jwt_secret, settings, auth.store)
+                keys.signer = UnsubscribeSigner(await resolve_key(settings, read))
     return keys.signer
 
 
@@ -214,7 +216,7 @@ async def unsubscribe(call: Call) -> web.StreamResponse:
     routed = await route(request, "preferences", target.user_id)
     if routed is not None:
         return routed
-    await _command(
+    await command(
         preferences_topic,
         target.user_id,
         {

@@ -25,8 +25,8 @@ import pytest
 from notifyd.domain.unsubscribe import PATH, UnsubscribeSigner, derive_key
 from notifyd.model.records import notification_id_for
 from notifyd.providers.smtp import message_id_for
-from notifyd.store import SqliteStore
 from notifyd.tools.broker.kafka import KafkaBroker
+from notifyd.web.auth.store import SqliteStore
 from tests.integration.conftest import start_stack
 from tests.support.harness import JWT_SECRET, Sinks, Stack, http_json, new_id, wait_for
 

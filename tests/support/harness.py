@@ -190,7 +190,7 @@ JWT_SECRET = "integration-tests-jwt-secret-0123456789abcdef"
 async def mint_user_token(store_url: str, username: str, roles: tuple[str, ...]) -> str:
     """Create a user straight in the credential store and sign a token for it, the
     way ``notifyd user create`` + ``notifyd token`` do for an operator."""
-    from notifyd.store import open_store
+    from notifyd.web.auth.store import open_store
     from notifyd.web.auth.users import TokenService, UserService
 
     store = await open_store(store_url)

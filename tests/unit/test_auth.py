@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from notifyd.errors import BadRequest, Conflict, TooManyRequests, Unauthorized
-from notifyd.store import CredentialStore, SqliteStore
+from notifyd.web.auth.store import CredentialStore, SqliteStore
 from notifyd.web.auth.users import (
     CURRENT_USER,
     SESSION_COOKIE,

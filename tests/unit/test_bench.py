@@ -276,6 +276,17 @@ def test_worker_command_variants() -> None:
     assert w.command()[1:3] == ["-m", "pyinstrument"]
 
 
+async def test_the_linger_patch_reaches_the_app_the_factory_builds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from notifyd.stream import app as stream_app
+    from tests.support.app import build_app
+
+    monkeypatch.setattr(stream_app, "faust_settings", stream_app.faust_settings)  # undone after
+    exec(WORKER_PATCHES["linger-5ms"], {})
+    assert build_app().app.conf.producer_linger == 0.005
+
+
 def test_machine_and_proc_readers() -> None:
     import os
 

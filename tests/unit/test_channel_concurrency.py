@@ -7,12 +7,10 @@ import uuid
 
 import pytest
 
-import notifyd.stream.agents.channel as channel_mod
 from notifyd.model.records import Delivery
 from notifyd.providers.base import SendReceipt
-from notifyd.stream.agents.webhook import webhook_agent
-from notifyd.stream.app import settings
 from notifyd.stream.tables import ledger
+from tests.support.app import app_agent, build_app, provider
 from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -62,9 +60,8 @@ async def test_deliveries_in_flight_in_order_per_user(
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     slow, fast = f"slow-{tag}", f"fast-{tag}"
-    provider = SlowProvider({slow: 0.05})
-    monkeypatch.setattr(channel_mod, "build_provider", lambda ch, s: provider)
-    monkeypatch.setattr(settings, "delivery_concurrency", limit)
+    slow_provider = SlowProvider({slow: 0.05})
+    rt = build_app(build_provider=provider(slow_provider), delivery_concurrency=limit)
     published = capture_statuses(monkeypatch)
     plan = [
         delivery(slow, f"{tag}-s1"),
@@ -73,12 +70,12 @@ async def test_deliveries_in_flight_in_order_per_user(
         delivery(slow, f"{tag}-s3", title="boom"),  # a provider crash: retried, not fatal
         delivery(fast, f"{tag}-f2"),
     ]
-    async with webhook_agent.test_context() as agent:
+    async with app_agent("agent.webhook", rt).test_context() as webhook:
         for d in plan:
-            await agent.put(d.dumps(), key=d.user_id.encode(), partition=1)
+            await webhook.put(d.dumps(), key=d.user_id.encode(), partition=1)
         await until(lambda: len(published) == len(plan))
-    assert provider.max_active_per_user[slow] == 1  # one user's sends never overlap
-    slow_order = [n for n in provider.done if n.startswith(f"{tag}-s")]
+    assert slow_provider.max_active_per_user[slow] == 1  # one user's sends never overlap
+    slow_order = [n for n in slow_provider.done if n.startswith(f"{tag}-s")]
     assert slow_order == [f"{tag}-s1", f"{tag}-s2", f"{tag}-s3"]
     for d in plan[:3] + plan[4:]:
         entry = ledger.get(d.idempotency_key)
@@ -86,9 +83,9 @@ async def test_deliveries_in_flight_in_order_per_user(
     statuses = {nid: u[0]["status"] for nid, u in published}
     assert statuses[f"{tag}-s3"] == "retrying"
     if limit == 1:
-        assert provider.max_active == 1
-        assert provider.done.index(f"{tag}-f1") > provider.done.index(f"{tag}-s2")
+        assert slow_provider.max_active == 1
+        assert slow_provider.done.index(f"{tag}-f1") > slow_provider.done.index(f"{tag}-s2")
     else:
         # The fast user's deliveries do not wait behind the slow user's.
-        assert provider.max_active >= 2
-        assert provider.done.index(f"{tag}-f2") < provider.done.index(f"{tag}-s2")
+        assert slow_provider.max_active >= 2
+        assert slow_provider.done.index(f"{tag}-f2") < slow_provider.done.index(f"{tag}-s2")

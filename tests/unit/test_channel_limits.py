@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-import notifyd.stream.agents.channel as channel_mod
 from notifyd.config import Settings
 from notifyd.errors import (
     DeliveryError,
@@ -28,12 +27,9 @@ from notifyd.providers import ratelimit
 from notifyd.providers.base import SendReceipt
 from notifyd.providers.httpapi import SmsProvider
 from notifyd.providers.ratelimit import ChannelLimits, LimitedProvider, PauseGate, TokenBucket
-from notifyd.stream.agents.email import email_agent
-from notifyd.stream.agents.push import push_agent
-from notifyd.stream.agents.sms import sms_agent
-from notifyd.stream.agents.webhook import webhook_agent
-from notifyd.stream.app import settings
+from notifyd.stream.runtime import Timer
 from notifyd.tools.sandbox.provider import SandboxServer
+from tests.support.app import app_agent, build_app
 from tests.support.memory_provider import MemoryProvider
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -244,30 +240,29 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[dict[str,
     return capture_statuses(monkeypatch)
 
 
-@pytest.fixture
-def providers(monkeypatch: pytest.MonkeyPatch) -> dict[str, MemoryProvider]:
-    chosen: dict[str, MemoryProvider] = {}
-    monkeypatch.setattr(channel_mod, "build_provider", lambda ch, s: chosen[ch])
-    return chosen
+def chosen(providers: dict[str, MemoryProvider]) -> Any:
+    """``build_provider`` giving each channel its provider of ``providers``."""
+    return lambda channel, settings: providers[channel]
 
 
 async def test_each_channel_keeps_its_own_number_of_calls_in_flight(
-    monkeypatch: pytest.MonkeyPatch,
-    providers: dict[str, MemoryProvider],
     published: list[Any],
 ) -> None:
-    monkeypatch.setattr(settings, "delivery_concurrency", 32)
-    monkeypatch.setattr(settings, "email_concurrency", 2)
-    monkeypatch.setattr(settings, "sms_concurrency", 0)  # inherits 32
     email, sms = Blocking("email"), Blocking("sms")
-    providers.update(email=email, sms=sms)
+    rt = build_app(
+        build_provider=chosen({"email": email, "sms": sms}),
+        delivery_concurrency=32,
+        email_concurrency=2,
+        sms_concurrency=0,  # inherits 32
+    )
     tag = uuid.uuid4().hex[:6]
     users = [f"u{i}-{tag}" for i in range(6)]  # one user each: ordering never serialises
+    email_agent, sms_agent = app_agent("agent.email", rt), app_agent("agent.sms", rt)
     async with email_agent.test_context() as ea, sms_agent.test_context() as sa:
         for i, u in enumerate(users):
-            for agent, ch in ((ea, "email"), (sa, "sms")):
+            for tc, ch in ((ea, "email"), (sa, "sms")):
                 d = delivery(ch, u, f"{tag}-{ch}-{i}")
-                await agent.put(d.dumps(), key=u.encode(), partition=i % 4, wait=False)
+                await tc.put(d.dumps(), key=u.encode(), partition=i % 4, wait=False)
         try:
             # Both streams hold six deliveries; SMS has all of them at its provider at
             # once, e-mail only two, the other four waiting for a slot.
@@ -282,28 +277,25 @@ async def test_each_channel_keeps_its_own_number_of_calls_in_flight(
 
 
 @pytest.fixture
-async def virtual_limits(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[VirtualClock]:
+async def virtual_limits() -> AsyncIterator[VirtualClock]:
     vc = VirtualClock()
-    monkeypatch.setattr(
-        channel_mod,
-        "channel_limits",
-        lambda ch, s: ratelimit.channel_limits(ch, s, clock=vc.time, sleep=vc.sleep),
-    )
     yield vc
     vc.advance(1e9)  # nothing may stay asleep after the test
 
 
 async def test_a_429_pauses_its_channel_only_and_the_delivery_is_retried(
-    monkeypatch: pytest.MonkeyPatch,
-    providers: dict[str, MemoryProvider],
     published: list[tuple[str, list[dict[str, Any]]]],
     virtual_limits: VirtualClock,
 ) -> None:
     vc = virtual_limits
-    monkeypatch.setattr(settings, "delivery_concurrency", 8)
-    monkeypatch.setattr(settings, "retry_max_s", 60.0)
     sms, push = Recording("sms", vc), Recording("push", vc)
-    providers.update(sms=sms, push=push)
+    rt = build_app(
+        build_provider=chosen({"sms": sms, "push": push}),
+        timer=Timer(vc.time, vc.sleep),
+        delivery_concurrency=8,
+        retry_max_s=60.0,
+    )
+    sms_agent, push_agent = app_agent("agent.sms", rt), app_agent("agent.push", rt)
     sms.fail_next(RateLimitedDeliveryError("http_429: sms api answered 429", retry_after=5.0))
     tag = uuid.uuid4().hex[:6]
     paused_before = waited("sms", "paused"), waited("push", "paused")
@@ -332,15 +324,17 @@ async def test_a_429_pauses_its_channel_only_and_the_delivery_is_retried(
 
 
 async def test_a_webhook_receivers_429_does_not_pause_the_other_webhooks(
-    monkeypatch: pytest.MonkeyPatch,
-    providers: dict[str, MemoryProvider],
     published: list[tuple[str, list[dict[str, Any]]]],
     virtual_limits: VirtualClock,
 ) -> None:
     vc = virtual_limits
-    monkeypatch.setattr(settings, "delivery_concurrency", 1)
     hooks = Recording("webhook", vc)
-    providers["webhook"] = hooks
+    rt = build_app(
+        build_provider=chosen({"webhook": hooks}),
+        timer=Timer(vc.time, vc.sleep),
+        delivery_concurrency=1,
+    )
+    webhook_agent = app_agent("agent.webhook", rt)
     hooks.fail_next(RateLimitedDeliveryError("http_429: webhook answered 429", retry_after=5.0))
     tag = uuid.uuid4().hex[:6]
     async with webhook_agent.test_context() as wa:

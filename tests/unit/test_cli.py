@@ -228,7 +228,7 @@ def test_unreachable_store_exit_69(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _stored_secret() -> str:
-    from notifyd.store import open_store
+    from notifyd.web.auth.store import open_store
 
     store = await open_store(get_settings().resolved_credential_store_url)
     try:

@@ -18,7 +18,6 @@ import pytest
 from faust.events import Event as FaustEvent
 from faust.types import Message
 
-import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.domain.templating import TemplateStore
 from notifyd.metrics import metrics
 from notifyd.model.records import Delivery
@@ -28,6 +27,7 @@ from notifyd.stream.handlers import deadletter, dispatch
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.tables import seen
 from notifyd.stream.topics import deliveries_dlq_topic, events_dlq_topic, names, partition_for
+from tests.support.app import app_agent
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
 
@@ -57,7 +57,7 @@ def dead_count(reason: str) -> float:
 async def test_template_runtime_error_is_dead_lettered(
     dlq: DeadLetters, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from notifyd.stream.agents.ingest import ingest
+    ingest = app_agent("ingest")
 
     (tmp_path / "calc.json").write_text(
         orjson.dumps({"locales": {"en": {"title": "{{ n + 1 }}", "body": "b"}}}).decode()
@@ -79,7 +79,7 @@ async def test_template_runtime_error_is_dead_lettered(
 async def test_unexpected_ingest_error_is_dead_lettered_with_the_original_bytes(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from notifyd.stream.agents.ingest import ingest
+    ingest = app_agent("ingest")
 
     monkeypatch.setattr(dispatch, "throttle_policy", boom)
     user = new_user()
@@ -104,7 +104,7 @@ async def test_unexpected_ingest_error_is_dead_lettered_with_the_original_bytes(
 async def test_channel_agent_failure_outside_the_provider_is_dead_lettered(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from notifyd.stream.agents.inapp import inapp_agent
+    inapp_agent = app_agent("agent.inapp")
 
     user = new_user()
     d = Delivery(notification_id=f"n-{user}", event_id="e", user_id=user, channel="inapp",
@@ -132,7 +132,7 @@ async def test_channel_agent_failure_outside_the_provider_is_dead_lettered(
 
 
 async def test_status_record_that_cannot_be_folded_is_dead_lettered(dlq: DeadLetters) -> None:
-    from notifyd.stream.agents.status import status_agent
+    status_agent = app_agent("status")
     from notifyd.stream.tables import status
 
     good = f"n-good-{uuid.uuid4().hex[:6]}"
@@ -153,7 +153,7 @@ async def test_status_record_that_cannot_be_folded_is_dead_lettered(dlq: DeadLet
 
 
 async def test_control_message_that_fails_is_dead_lettered(dlq: DeadLetters) -> None:
-    from notifyd.stream.agents.control import control_agent
+    control_agent = app_agent("control")
 
     user = new_user()
     bad = orjson.dumps({"op": "unschedule", "due": 1})  # no id
@@ -169,10 +169,10 @@ async def test_control_message_that_fails_is_dead_lettered(dlq: DeadLetters) -> 
 async def test_preferences_failure_is_dead_lettered(
     dlq: DeadLetters, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import notifyd.model.records
-    from notifyd.stream.agents.preferences import preferences_agent
+    from notifyd.stream.handlers import preferences as preferences_handler
+    preferences_agent = app_agent("preferences")
 
-    monkeypatch.setattr(notifyd.model.records, "merge_preferences", boom)
+    monkeypatch.setattr(preferences_handler, "merge_preferences", boom)
     user = new_user()
     raw = orjson.dumps({"op": "put", "user_id": user, "fields": {"locale": "fr"}})
     async with preferences_agent.test_context() as agent:
@@ -197,8 +197,8 @@ def test_dead_letter_topic_by_source() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def event(value: bytes, topic: str = names.control) -> FaustEvent:
-    msg = Message(topic=topic, partition=1, offset=7, timestamp=0.0, timestamp_type=0,
+def event(value: bytes, topic: str | None = None) -> FaustEvent:
+    msg = Message(topic=topic or names.control, partition=1, offset=7, timestamp=0.0, timestamp_type=0,
                   headers=[], key=b"k", value=value, checksum=None)
     msg.incref()  # the stream's own reference, as Faust takes it when it yields the event
     return FaustEvent(app, b"k", value, [], msg)

@@ -13,16 +13,7 @@ from typing import Any
 
 import pytest
 
-import notifyd.stream.agents.control
-import notifyd.stream.agents.email
-import notifyd.stream.agents.inapp
-import notifyd.stream.agents.ingest
-import notifyd.stream.agents.preferences
-import notifyd.stream.agents.push
-import notifyd.stream.agents.sms
-import notifyd.stream.agents.status
-import notifyd.stream.agents.webhook  # noqa: F401
-from notifyd.stream.app import app
+from notifyd.stream.app import app  # the current (this test's) app
 
 
 def test_every_agent_runs_with_concurrency_one() -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.model.records import (
     idempotency_scope,
     legacy_notification_id_for,
@@ -21,6 +20,7 @@ from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.ingest import ORIGIN_HEADER
 from notifyd.stream.tables import inbox, seen, status
 from notifyd.stream.topics import partition_for
+from tests.support.app import app_agent
 from tests.support.waiting import until
 
 
@@ -52,7 +52,7 @@ class Ingest:
 
 @pytest.fixture
 async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ingest]:
-    from notifyd.stream.agents.ingest import ingest as agent_def
+    agent_def = app_agent("ingest")
 
     published: list[tuple[str, dict[str, Any] | None]] = []
 

@@ -15,7 +15,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from faust.types import TP
 from prometheus_client.parser import text_string_to_metric_families
 
-from notifyd import metrics as metrics_mod
 from notifyd.metrics import CONTENT_TYPE, Metrics, e2e_latency_s, reason_code
 from notifyd.model.records import Delivery
 
@@ -259,19 +258,22 @@ DLQS = ("notifyd.events.dlq", "notifyd.deliveries.dlq", "notifyd.missing.dlq2")
 
 
 @pytest.fixture
-def offsets(monkeypatch: pytest.MonkeyPatch) -> FakeOffsetsConsumer:
-    fake = FakeOffsetsConsumer()
+def offsets() -> FakeOffsetsConsumer:
+    return FakeOffsetsConsumer()
+
+
+def reading(fake: FakeOffsetsConsumer) -> Metrics:
+    """Metrics whose DLQ sizes come from ``fake`` (instead of a Kafka client)."""
 
     async def start(bootstrap: Any) -> FakeOffsetsConsumer:
         assert bootstrap == ["127.0.0.1:9092"]
         return fake
 
-    monkeypatch.setattr(metrics_mod, "start_offsets_client", start)
-    return fake
+    return Metrics(start_offsets=start)
 
 
 async def test_refresh_reads_lag_dlq_tables_and_monitor(offsets: FakeOffsetsConsumer) -> None:
-    m = Metrics()
+    m = reading(offsets)
     app = fake_app()
     m.bind(app)
     await m.refresh(dlq_topics=DLQS, bootstrap=["127.0.0.1:9092"])
@@ -299,12 +301,10 @@ async def test_refresh_reads_lag_dlq_tables_and_monitor(offsets: FakeOffsetsCons
     assert offsets.stopped
 
 
-async def test_dlq_failure_keeps_values_and_reconnects(
-    offsets: FakeOffsetsConsumer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    m = Metrics()
+async def test_dlq_failure_keeps_values_and_reconnects(offsets: FakeOffsetsConsumer) -> None:
+    m = reading(offsets)
     await m.refresh(fake_app(), dlq_topics=DLQS, bootstrap=["127.0.0.1:9092"])
-    monkeypatch.setattr(metrics_mod, "DLQ_TTL_S", 0.0)
+    m.dlq_ttl_s = 0.0
 
     async def broken(tps: list[Any]) -> dict[Any, int]:
         raise OSError("broker gone")
@@ -315,13 +315,13 @@ async def test_dlq_failure_keeps_values_and_reconnects(
     assert value(m, "notifyd_dlq_messages", topic="notifyd.events.dlq") == 6
 
 
-async def test_refresh_is_cached_and_survives_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_refresh_is_cached_and_survives_failures() -> None:
     m = Metrics()
     app = fake_app()
     await m.refresh(app)
     await m.refresh(app)
     assert app.consumer.calls == 1  # within LAG_TTL_S: not read again
-    monkeypatch.setattr(metrics_mod, "LAG_TTL_S", 0.0)
+    m.lag_ttl_s = 0.0
 
     def broken() -> set[TP]:
         raise RuntimeError("consumer not started")
@@ -339,19 +339,15 @@ async def test_no_app_bound_renders_empty_gauges() -> None:
     assert "notifyd_faust_events" not in text
 
 
-async def test_metrics_route_serves_prometheus_text(
-    monkeypatch: pytest.MonkeyPatch, offsets: FakeOffsetsConsumer
-) -> None:
-    from notifyd.web.api import state as routes
+async def test_metrics_route_serves_prometheus_text(offsets: FakeOffsetsConsumer) -> None:
+    from notifyd.config import Settings
     from notifyd.web.api.state import make_handlers
 
-    monkeypatch.setattr(routes.settings, "broker_url", "kafka://127.0.0.1:9092")
-
-    m = Metrics()
-    monkeypatch.setattr(metrics_mod, "metrics", m)
+    m = reading(offsets)
     m.event_received("notifyd.events")
     webapp = web.Application()
-    webapp.add_routes(make_handlers(fake_app()))  # type: ignore[arg-type]
+    settings = Settings(broker_url="kafka://127.0.0.1:9092")
+    webapp.add_routes(make_handlers(fake_app(), settings, m))  # type: ignore[arg-type]
     async with TestClient(TestServer(webapp)) as client:
         resp = await client.get("/metrics")
         assert resp.status == 200
@@ -363,7 +359,6 @@ async def test_metrics_route_serves_prometheus_text(
 
 
 def test_metrics_route_is_documented_and_public() -> None:
-    import notifyd.web  # noqa: F401  (runs routes.setup)
     from notifyd.web.api import v1 as api
     from notifyd.web.auth.setup import PUBLIC_PATHS
 

@@ -17,8 +17,8 @@ from yarl import URL
 
 from notifyd.config import Settings
 from notifyd.errors import ServiceUnavailable, Unauthorized, WebError
-from notifyd.store import CredentialStore, SqliteStore
 from notifyd.web.auth.oidc import JwksCache, OidcClient, oidc_configured, pkce_challenge
+from notifyd.web.auth.store import CredentialStore, SqliteStore
 from notifyd.web.auth.users import UserService
 from tests.support.oidc_provider import Fault, OidcTestProvider
 

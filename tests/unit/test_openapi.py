@@ -15,12 +15,11 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from openapi_spec_validator.validation.validators import OpenAPIV30SpecValidator
 
-import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.errors import BadRequest
-from notifyd.store import SqliteStore
 from notifyd.stream.app import app
 from notifyd.web.api import v1 as api
 from notifyd.web.auth.setup import AUTH, is_public
+from notifyd.web.auth.store import SqliteStore
 from notifyd.web.openapi import Param, parse_query
 from notifyd.web.openapi import validate as check
 from tests.support.web_client import api_client

@@ -9,27 +9,28 @@ import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from faust.streams import current_event
 from hypothesis import given
 from hypothesis import strategies as st
 
-import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd import clock
 from notifyd.model.records import Delivery
 from notifyd.providers import registry
-from notifyd.stream.agents.control import control_agent
-from notifyd.stream.agents.inapp import inapp_agent
 from notifyd.stream.app import settings
 from notifyd.stream.handlers import deliver, queueing, schedule
 from notifyd.stream.handlers import inapp as inapp_handlers
 from notifyd.stream.handlers.inapp import deliver_inapp
 from notifyd.stream.handlers.status import fold_status, sent_update, status_update
+from notifyd.stream.runtime import Runtime
 from notifyd.stream.tables import inbox, ledger, status
 from notifyd.stream.topics import control_topic, deliver_topics, partition_for
+from tests.support.app import app_agent, build_app
 from tests.support.dead_letters import DeadLetters
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
@@ -144,9 +145,8 @@ def test_fold_channels_independent() -> None:
 
 
 @pytest.fixture
-def retry_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings, "retry_base_s", 2.0)
-    monkeypatch.setattr(settings, "retry_max_s", 60.0)
+async def retry_settings() -> None:
+    build_app(retry_base_s=2.0, retry_max_s=60.0)
 
 
 @pytest.mark.usefixtures("retry_settings")
@@ -211,10 +211,10 @@ def test_partition_for_matches_java_client(key: str, n: int) -> None:
     assert partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
 
 
-def test_partition_for_defaults_to_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_partition_for_defaults_to_settings() -> None:
     keys = [f"user-{i}" for i in range(200)]
     for n in (3, 8):
-        monkeypatch.setattr(settings, "topic_partitions", n)
+        build_app(topic_partitions=n)
         parts = list(range(n))
         for k in keys:
             assert partition_for(k) == DefaultPartitioner()(k.encode(), parts, parts)
@@ -283,15 +283,17 @@ class ControlDriver:
 
 
 @pytest.fixture
-async def inapp(statuses: list[tuple[str, list[dict[str, Any]]]]) -> AsyncIterator[InappDriver]:
-    async with inapp_agent.test_context() as agent:
-        yield InappDriver(agent, statuses)
+async def inapp(
+    runtime: Runtime, statuses: list[tuple[str, list[dict[str, Any]]]]
+) -> AsyncIterator[InappDriver]:
+    async with app_agent("agent.inapp", runtime).test_context() as tc:
+        yield InappDriver(tc, statuses)
 
 
 @pytest.fixture
-async def control() -> AsyncIterator[ControlDriver]:
-    async with control_agent.test_context() as agent:
-        yield ControlDriver(agent)
+async def control(runtime: Runtime) -> AsyncIterator[ControlDriver]:
+    async with app_agent("control", runtime).test_context() as tc:
+        yield ControlDriver(tc)
 
 
 def box(user: str) -> dict[str, Any]:
@@ -361,11 +363,13 @@ async def test_deliver_inapp_idempotent_without_ledger(
     assert box(user)["unread"] == 2
 
 
-async def test_inbox_bounded(inapp: InappDriver, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settings, "inbox_max_items", 3)
+async def test_inbox_bounded(statuses: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    rt = build_app(inbox_max_items=3)
     user = new_user()
-    for i in range(5):
-        await inapp.deliver(delivery(user, f"b{i}"))
+    async with app_agent("agent.inapp", rt).test_context() as tc:
+        inapp = InappDriver(tc, statuses)
+        for i in range(5):
+            await inapp.deliver(delivery(user, f"b{i}"))
     assert ids(user) == ["b4", "b3", "b2"]
     assert box(user)["unread"] == 3
 
@@ -440,10 +444,10 @@ async def test_apply_inbox_op_unknown_action_rejected(
 
 
 async def test_ingest_writes_inbox_inline(
-    statuses: list[tuple[str, list[dict[str, Any]]]], monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime,
+    statuses: list[tuple[str, list[dict[str, Any]]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from notifyd.stream.agents.ingest import ingest
-
     routed: list[Any] = []
 
     async def no_hop(*a: Any, **kw: Any) -> None:
@@ -458,9 +462,9 @@ async def test_ingest_writes_inbox_inline(
         "body": "inline",
         "channels": ["inapp", "sms"],  # sms: no address, suppressed
     }
-    async with ingest.test_context() as agent:
+    async with app_agent("ingest", runtime).test_context() as tc:
         for _ in range(2):  # a replayed record must not add a second item
-            await agent.put(
+            await tc.put(
                 orjson.dumps(event), key=user.encode(), partition=partition_for(user)
             )
             await until(lambda: inbox.get(user) is not None)
@@ -482,11 +486,8 @@ async def test_ingest_writes_inbox_inline(
 async def test_status_agent_folds_a_batch_with_one_write_per_notification(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from types import SimpleNamespace
-
-    from notifyd.stream.agents.status import status_agent
-    from notifyd.stream.tables import status
-
+    rt = build_app(status_batch_max=4, status_batch_wait_s=5.0)  # only a full batch flushes
+    status = rt.tables.status
     writes: list[tuple[int | None, str]] = []
 
     def record(partition: int | None, key: Any, value: Any, *a: Any, **kw: Any) -> Any:
@@ -495,7 +496,6 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
 
     monkeypatch.setattr(status, "send_changelog", record)
     # RocksDB reads only the current event's partition: each read must see its record's.
-    from faust.streams import current_event
 
     reads: list[tuple[str, int]] = []
     real_get = status.get
@@ -507,8 +507,6 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
         return real_get(key, default)
 
     monkeypatch.setattr(status, "get", get)
-    monkeypatch.setattr(settings, "status_batch_max", 4)
-    monkeypatch.setattr(settings, "status_batch_wait_s", 5.0)  # only a full batch flushes
     a, b = f"n-a-{uuid.uuid4().hex[:6]}", f"n-b-{uuid.uuid4().hex[:6]}"
     records = [
         (a, 2, {"updates": [upd("webhook", "queued", 1.0)], "content": {"title": "T"}}),
@@ -516,10 +514,10 @@ async def test_status_agent_folds_a_batch_with_one_write_per_notification(
         (a, 2, {"updates": [upd("webhook", "sent", 2.0, attempt=1)]}),
         (a, 2, {"updates": [upd("inapp", "sent", 3.0, attempt=1)]}),
     ]
-    async with status_agent.test_context() as agent:
+    async with app_agent("status", rt).test_context() as tc:
         for nid, partition, body in records:
             msg = orjson.dumps({"notification_id": nid, **body})
-            await agent.put(msg, key=nid.encode(), partition=partition)
+            await tc.put(msg, key=nid.encode(), partition=partition)
         await until(lambda: len(writes) == 2)
     assert sorted(writes) == [(2, a), (5, b)]
     assert sorted(set(reads)) == sorted([(a, 2), (b, 5)])
@@ -582,13 +580,13 @@ async def test_the_reconciler_requeues_only_overdue_pending_deliveries_of_its_pa
 ) -> None:
     """Of this worker's partitions, channels still pending (with the delivery they wait
     for) longer than ``requeue_after_s`` are produced again, each with a queued update."""
+    build_app(requeue_after_s=60.0)
     produced: list[tuple[bytes, Any]] = []
 
     async def send(*, key: bytes, value: bytes, **kw: Any) -> None:
         produced.append((key, orjson.loads(value)))
 
     monkeypatch.setattr(deliver_topics["sms"], "send", send)
-    monkeypatch.setattr(settings, "requeue_after_s", 60.0)
     user = new_user()
     d = Delivery(notification_id="n-late", event_id="e-late", user_id=user, channel="sms",
                  title="t", body="b", address="+15550001111", attempt=2).to_dict()

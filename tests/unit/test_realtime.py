@@ -15,13 +15,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import notifyd.stream.tables  # registers the tables with the app
-import notifyd.web  # noqa: F401 - the routes (and the hub) as the worker has them
 from notifyd.model.records import Delivery
-from notifyd.stream.agents.inapp import inapp_agent
 from notifyd.stream.handlers import status as statuses
 from notifyd.web import console, realtime
 from notifyd.web.realtime import CLOSED, Hub, sse
+from tests.support.app import app_agent
 
 OWNER: web.AppKey[dict[str, bool]] = web.AppKey("owner", dict)
 ITEM = {"id": "n1", "title": "Hi", "body": "there", "read": False, "archived": False}
@@ -114,16 +112,18 @@ async def read_event(resp: Any, timeout: float = 5) -> tuple[str, Any]:
 
 
 @pytest.fixture
-async def stream_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient[Any, Any]]:
+async def stream_client() -> AsyncIterator[TestClient[Any, Any]]:
     boxes: dict[str, Any] = {
         "u1": {"items": [{**ITEM, "id": "n2"}, ITEM], "unread": 2},
     }
-    monkeypatch.setattr(realtime, "inbox", boxes)
-    monkeypatch.setattr(realtime, "POLL_S", 0.05)
-    monkeypatch.setattr(realtime, "KEEPALIVE_S", 0.1)
-    monkeypatch.setattr(realtime, "OWNER_CHECK_S", 0.1)
     owner = {"local": True}
-    monkeypatch.setattr(realtime, "_still_owner", lambda user_id: owner["local"])
+    config = realtime.StreamConfig(
+        read_inbox=boxes.get,
+        still_owner=lambda user_id: owner["local"],
+        poll_s=0.05,
+        keepalive_s=0.1,
+        owner_check_s=0.1,
+    )
 
     async def handler(request: web.Request) -> web.StreamResponse:
         return await realtime.serve_stream(request, request.query["user"])
@@ -131,7 +131,7 @@ async def stream_client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestCl
     webapp = web.Application()
     webapp.router.add_get("/stream", handler)
     webapp[OWNER] = owner
-    realtime.install(webapp)
+    realtime.install(webapp, config)
     try:
         async with TestClient(TestServer(webapp)) as client:
             yield client
@@ -204,7 +204,7 @@ async def test_deliver_inapp_publishes_to_the_hub(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(statuses, "publish_status", record)
     user = f"rt-{uuid.uuid4().hex[:8]}"
     with realtime.hub.subscribe(user) as sub:
-        async with inapp_agent.test_context() as agent:
+        async with app_agent("agent.inapp").test_context() as agent:
             for nid in ("a", "b", "a"):  # the repeat is idempotent: no second event
                 d = Delivery(notification_id=f"{user}-{nid}", event_id=nid, user_id=user,
                              channel="inapp", title=f"t {nid}", body="b")

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aredis
 
 from notifyd.errors import ServiceUnavailable
-from notifyd.store import (
+from notifyd.web.auth.store import (
     CredentialStore,
     RedisStore,
     SqliteStore,

@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.domain import timing as timing_rules
 from notifyd.errors import InvalidEvent
 from notifyd.model.records import (
@@ -29,11 +28,11 @@ from notifyd.model.records import (
     validate_preferences,
 )
 from notifyd.stream import timing
-from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.ingest import ORIGIN_HEADER
 from notifyd.stream.tables import cancels, inbox, preferences, scheduled, seen
 from notifyd.stream.topics import deliver_topics, partition_for
+from tests.support.app import app_agent, build_app
 from tests.support.statuses import capture_statuses
 from tests.support.waiting import until
 
@@ -263,7 +262,7 @@ class Driver:
 
 @pytest.fixture
 async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
-    from notifyd.stream.agents.ingest import ingest as agent_def
+    agent_def = app_agent("ingest", build_app(throttle_limit=0))
 
     published: Published = []
     produced: list[dict[str, Any]] = []
@@ -282,7 +281,6 @@ async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
     for topic in deliver_topics.values():
         monkeypatch.setattr(topic, "send", to_channel)
     monkeypatch.setattr(timing, "outputs_on_broker", nothing)  # no broker here
-    monkeypatch.setattr(settings, "throttle_limit", 0)
     async with agent_def.test_context() as agent:
         yield Driver(agent, published, produced)
 
@@ -460,8 +458,8 @@ def timing_heap() -> list[tuple[float, str, int]]:
 
 
 async def test_channel_agent_skips_a_cancelled_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    webhook_agent = app_agent("agent.webhook")
     from notifyd.model.records import Delivery
-    from notifyd.stream.agents.webhook import webhook_agent
     from notifyd.stream.tables import ledger
 
     published = capture_statuses(monkeypatch)

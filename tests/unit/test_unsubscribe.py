@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -17,7 +18,6 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-import notifyd.stream.tables  # noqa: F401 - registers the tables with the app
 from notifyd.config import Settings
 from notifyd.domain.unsubscribe import (
     AUDIENCE,
@@ -34,8 +34,9 @@ from notifyd.domain.unsubscribe import (
 )
 from notifyd.errors import BadRequest, Forbidden
 from notifyd.model.records import InvalidPreferences, add_opt_out
-from notifyd.store import SqliteStore, resolve_jwt_secret
 from notifyd.stream.topics import partition_for
+from notifyd.web.auth.store import SqliteStore, resolve_jwt_secret
+from tests.support.app import app_agent
 from tests.support.dead_letters import DeadLetters
 from tests.support.waiting import until
 
@@ -135,10 +136,12 @@ async def test_key_from_the_jwt_secret_shared_through_the_store(tmp_path: Path) 
     store = await SqliteStore.open(tmp_path / "creds.db", purge_interval_s=0)
     try:
         shared = await resolve_jwt_secret(settings, store)
-        assert await resolve_key(settings, store) == derive_key(shared)
+        assert await resolve_key(settings, partial(resolve_jwt_secret, settings, store)) == (
+            derive_key(shared)
+        )
     finally:
         await store.close()
-    # Without a store at hand (the SMTP provider): it opens the configured one.
+    # Without a store at hand (the SMTP provider): the app's reader opens the configured one.
     assert await resolve_key(settings) == derive_key(shared)
 
 
@@ -222,7 +225,7 @@ def test_add_opt_out_rejects_bad_input(category: Any, channel: Any) -> None:
 async def test_preferences_agent_applies_opt_out_op(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ``opt_out`` op: added to what is there, idempotent, answered to the waiter;
     a bad one is a dead letter, not a crash."""
-    from notifyd.stream.agents.preferences import preferences_agent
+    preferences_agent = app_agent("preferences")
     from notifyd.stream.tables import preferences
     from notifyd.stream.waiters import waiters
 

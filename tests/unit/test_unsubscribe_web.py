@@ -4,6 +4,7 @@ that happens before anything is produced (the opt-out itself: tests/integration)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-import notifyd.web  # noqa: F401  (runs routes.setup on the app)
 from notifyd.domain.unsubscribe import PATH, UnsubscribeSigner, resolve_key
-from notifyd.store import SqliteStore
 from notifyd.stream.app import app, settings
 from notifyd.web import unsubscribe
 from notifyd.web.api import v1 as api
+from notifyd.web.auth.store import SqliteStore, resolve_jwt_secret
 from notifyd.web.auth.users import error_middleware as errors_mw
 from tests.support.web_client import Client, api_client
 
@@ -32,7 +32,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 @pytest.fixture
 async def signer(store: SqliteStore) -> UnsubscribeSigner:
     """The key the web view resolves: configured, or from the JWT secret in the store."""
-    return UnsubscribeSigner(await resolve_key(settings, store))
+    return UnsubscribeSigner(await resolve_key(settings, partial(resolve_jwt_secret, settings, store)))
 
 
 @pytest.fixture

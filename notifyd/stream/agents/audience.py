@@ -7,20 +7,19 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.app import app
 from notifyd.stream.audience import handle_fanout, handle_subscription
-from notifyd.stream.topics import fanout_topic, subscriptions_topic
+from notifyd.stream.runtime import Runtime
 
 
-@app.agent(subscriptions_topic, name="notifyd.subscriptions")
-async def subscriptions_agent(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_subscription):
-        pass
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.subscriptions, name="notifyd.subscriptions")
+    async def subscriptions_agent(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_subscription):
+            pass
 
-
-@app.agent(fanout_topic, name="notifyd.fanout")
-async def fanout_agent(stream: StreamT[Any]) -> None:
-    # Its own stream: a 100,000-recipient fan-out holds up no event of the topic's
-    # partition on notifyd.events, and produces in chunks (one record per chunk).
-    async for _ in run_events(stream, handle_fanout):
-        pass
+    @rt.app.agent(rt.topics.fanout, name="notifyd.fanout")
+    async def fanout_agent(stream: StreamT[Any]) -> None:
+        # Its own stream: a 100,000-recipient fan-out holds up no event of the topic's
+        # partition on notifyd.events, and produces in chunks (one record per chunk).
+        async for _ in run_events(stream, handle_fanout):
+            pass

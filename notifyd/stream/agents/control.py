@@ -7,18 +7,17 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.app import app
 from notifyd.stream.handlers.control import handle_control
 from notifyd.stream.handlers.schedule import run_scheduler
-from notifyd.stream.topics import control_topic
+from notifyd.stream.runtime import Runtime
 
 
-@app.agent(control_topic, name="notifyd.control")
-async def control_agent(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_control):
-        pass
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.control, name="notifyd.control")
+    async def control_agent(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_control):
+            pass
 
-
-@app.task
-async def scheduler_task() -> None:
-    await run_scheduler()
+    @rt.app.task
+    async def scheduler_task() -> None:
+        await run_scheduler()

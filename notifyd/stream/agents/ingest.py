@@ -7,21 +7,21 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.app import app
 from notifyd.stream.handlers.ingest import handle_event
-from notifyd.stream.topics import events_topic, rekeyed_topic
-
-source = app.topic(
-    events_topic.get_topic_name(),
-    rekeyed_topic.get_topic_name(),
-    key_type=bytes,
-    value_type=bytes,
-    key_serializer="raw",
-    value_serializer="raw",
-)
+from notifyd.stream.runtime import Runtime
 
 
-@app.agent(source, name="notifyd.ingest")
-async def ingest(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_event):
-        pass
+def register(rt: Runtime) -> None:
+    source = rt.app.topic(
+        rt.topics.names.events,
+        rt.topics.names.events_rekeyed,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @rt.app.agent(source, name="notifyd.ingest")
+    async def ingest(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_event):
+            pass

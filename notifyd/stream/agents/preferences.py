@@ -7,12 +7,12 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.app import app
 from notifyd.stream.handlers.preferences import handle_preferences
-from notifyd.stream.topics import preferences_topic
+from notifyd.stream.runtime import Runtime
 
 
-@app.agent(preferences_topic, name="notifyd.preferences")
-async def preferences_agent(stream: StreamT[Any]) -> None:
-    async for _ in run_events(stream, handle_preferences):
-        pass
+def register(rt: Runtime) -> None:
+    @rt.app.agent(rt.topics.preferences, name="notifyd.preferences")
+    async def preferences_agent(stream: StreamT[Any]) -> None:
+        async for _ in run_events(stream, handle_preferences):
+            pass

@@ -7,16 +7,18 @@ from typing import Any
 from faust.streams import Stream
 from faust.types import StreamT
 
-from notifyd.stream.app import app, settings
 from notifyd.stream.handlers.status import fold_status_events
-from notifyd.stream.topics import status_topic
+from notifyd.stream.runtime import Runtime
 
 
-@app.agent(status_topic, name="notifyd.status")
-async def status_agent(stream: StreamT[Any]) -> None:
-    # take_events acks the batch only after this body has handled it (at least once).
-    assert isinstance(stream, Stream)  # take_events is missing from StreamT
-    async for events in stream.take_events(
-        settings.status_batch_max, within=settings.status_batch_wait_s
-    ):
-        await fold_status_events(events)
+def register(rt: Runtime) -> None:
+    settings = rt.settings
+
+    @rt.app.agent(rt.topics.status, name="notifyd.status")
+    async def status_agent(stream: StreamT[Any]) -> None:
+        # take_events acks the batch only after this body has handled it (at least once).
+        assert isinstance(stream, Stream)  # take_events is missing from StreamT
+        async for events in stream.take_events(
+            settings.status_batch_max, within=settings.status_batch_wait_s
+        ):
+            await fold_status_events(events)

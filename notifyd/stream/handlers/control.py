@@ -12,6 +12,7 @@ from notifyd.model.records import loads
 from notifyd.stream import fallback
 from notifyd.stream.handlers.dispatch import process_event
 from notifyd.stream.tables import cancels, inbox, ledger, scheduled, seen, status
+from notifyd.stream.waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.control")
 
@@ -35,8 +36,6 @@ async def handle_control(ev: EventT[Any]) -> None:
         if step is not None:
             await process_event(step.event, ev.message.partition, step.now)
     elif op == "inbox":
-        from notifyd.stream.waiters import waiters
-
         box = apply_inbox_op(msg)
         if box is not None and msg.get("action") == "read":  # cancels fallback steps
             ids = [it["id"] for it in box["items"]] if msg.get("all") else msg.get("ids") or []

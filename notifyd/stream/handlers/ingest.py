@@ -23,8 +23,9 @@ from notifyd.model.records import (
     loads,
     parse_input,
 )
-from notifyd.stream import audience
+from notifyd.stream import audience, timing
 from notifyd.stream.app import settings
+from notifyd.stream.handlers import timers
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.dispatch import process_event
 from notifyd.stream.headers import header_value
@@ -70,9 +71,6 @@ def record_origin(ev: EventT[Any]) -> str:
 
 
 async def handle_event(ev: EventT[Any]) -> None:
-    from notifyd.stream import timing
-    from notifyd.stream.handlers import timers
-
     msg = ev.message
     raw: bytes | None = ev.value
     timer = header_value(msg.headers, timing.TIMER_HEADER)

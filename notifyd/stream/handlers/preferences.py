@@ -9,10 +9,17 @@ import structlog
 from faust.types import EventT
 
 from notifyd import clock
-from notifyd.model.records import loads
+from notifyd.model.records import (
+    InvalidPreferences,
+    add_opt_out,
+    loads,
+    merge_preferences,
+    validate_preferences,
+)
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.tables import preferences
 from notifyd.stream.topics import partition_for
+from notifyd.stream.waiters import waiters
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.preferences")
 
@@ -22,14 +29,6 @@ async def handle_preferences(ev: EventT[Any]) -> None:
     ``{"op": "opt_out", "user_id", "category", "channel"}`` (an unsubscribe link): adds
     that one opt-out to the current document here, on the owner, so no other write is
     lost to a read-modify-write elsewhere."""
-    from notifyd.model.records import (
-        InvalidPreferences,
-        add_opt_out,
-        merge_preferences,
-        validate_preferences,
-    )
-    from notifyd.stream.waiters import waiters
-
     raw: bytes | None = ev.value
     try:
         msg = loads(raw or b"")

@@ -17,9 +17,9 @@ from notifyd.errors import BadRequest
 from notifyd.stream import audience
 from notifyd.stream.tables import subscriptions
 from notifyd.stream.topics import subscriptions_topic
-from notifyd.web.api.state import json_response
-from notifyd.web.api.v1 import _command, _me, registry
+from notifyd.web.http import caller, command, json_response
 from notifyd.web.openapi import Call, Param, Resp, ref
+from notifyd.web.registry import registry
 from notifyd.web.routing import route
 
 _TOPIC_PARAM = {
@@ -33,7 +33,7 @@ _TOPIC_PARAM = {
 
 async def _change(op: str, topic: str, user_id: str) -> dict[str, Any]:
     msg = audience.command(op, topic, [user_id])
-    mine: dict[str, Any] = await _command(subscriptions_topic, topic, msg, "subscription change")
+    mine: dict[str, Any] = await command(subscriptions_topic, topic, msg, "subscription change")
     return mine
 
 
@@ -73,7 +73,7 @@ _WRITE_DOC = (
     responses={200: Resp("The topics I subscribed to", ref("SubscriptionList"))},
 )
 async def list_my_subscriptions(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     routed = await route(call.request, "subscriptions", me.user_id)
     if routed is not None:
         return routed
@@ -86,7 +86,7 @@ async def list_my_subscriptions(call: Call) -> web.StreamResponse:
     responses={200: Resp("Subscribed", ref("Subscription"))},
 )
 async def subscribe_me(call: Call) -> web.StreamResponse:
-    return await _subscribe(call, call.path["topic"], _me(call).user_id)
+    return await _subscribe(call, call.path["topic"], caller(call).user_id)
 
 
 @registry.route(
@@ -95,7 +95,7 @@ async def subscribe_me(call: Call) -> web.StreamResponse:
     description=_WRITE_DOC, responses={204: Resp("Not subscribed (any more)")},
 )
 async def unsubscribe_me(call: Call) -> web.StreamResponse:
-    return await _unsubscribe(call, call.path["topic"], _me(call).user_id)
+    return await _unsubscribe(call, call.path["topic"], caller(call).user_id)
 
 
 @registry.route(

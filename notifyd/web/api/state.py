@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import aiohttp
 import faust
 from aiohttp import web
 
+from notifyd.config import Settings
 from notifyd.errors import BadRequest, NotFound
-from notifyd.model.records import dumps
-from notifyd.stream.app import recovery_done, settings
+from notifyd.metrics import CONTENT_TYPE, Metrics
+from notifyd.stream.app import recovery_done
+from notifyd.stream.tables import TABLES
 from notifyd.stream.topics import active_partitions, names
+from notifyd.web.auth.setup import require_operator
+from notifyd.web.http import json_response
 from notifyd.web.openapi import Param, parse_query
-from notifyd.web.routing import HTTP_CLIENT, route
+from notifyd.web.routing import route
 
 #: Tables whose rows are written while a record keyed by the user is processed (an
 #: event, a delivery): a row lives in its user's partition, whatever its own key hashes
@@ -33,15 +33,8 @@ TABLE_QUERY = (
 )
 
 
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def make_handlers(app: faust.App) -> web.RouteTableDef:
+def make_handlers(app: faust.App, settings: Settings, metrics: Metrics) -> web.RouteTableDef:
+    """Health, readiness, metrics and table look-ups of ``app``."""
     routes = web.RouteTableDef()
 
     @routes.get("/healthz")
@@ -68,8 +61,6 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
 
     @routes.get("/metrics")
     async def metrics_view(request: web.Request) -> web.Response:
-        from notifyd.metrics import CONTENT_TYPE, metrics
-
         await metrics.refresh(
             app,
             dlq_topics=(names.events_dlq, names.deliveries_dlq),
@@ -79,9 +70,6 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
 
     @routes.get("/api/v1/admin/tables/{table}/{key}")
     async def table_get(request: web.Request) -> web.Response:
-        from notifyd.stream.tables import TABLES
-        from notifyd.web.auth.setup import require_operator
-
         await require_operator(request)
         name = request.match_info["table"]
         key = request.match_info["key"]
@@ -118,51 +106,3 @@ def make_handlers(app: faust.App) -> web.RouteTableDef:
         )
 
     return routes
-
-
-async def _http_client(webapp: web.Application) -> AsyncIterator[None]:
-    timeout = aiohttp.ClientTimeout(total=settings.http_timeout_s, connect=3)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        webapp[HTTP_CLIENT] = session
-        yield
-
-
-def setup(app: faust.App) -> None:
-    webapp: web.Application = app.web.web_app  # type: ignore[attr-defined]
-    webapp._client_max_size = settings.max_request_bytes  # set before the app freezes
-    webapp.cleanup_ctx.append(_http_client)
-    from notifyd.web.auth.setup import install
-
-    install(app, webapp)
-    webapp.add_routes(make_handlers(app))
-    from notifyd.metrics import metrics
-    from notifyd.web import console, realtime, unsubscribe
-    from notifyd.web.api import audience as audience_api  # noqa: F401  (their routes join the registry)
-    from notifyd.web.api.v1 import (
-        make_api_routes,  # the /api/v1 registry, OpenAPI and /docs (+ static)
-    )
-    from notifyd.web.api.v1 import registry as api_registry
-
-    metrics.bind(app)
-    webapp.on_cleanup.append(lambda _: metrics.close())
-    _document_metrics(api_registry)
-    realtime.install(webapp)
-    console.install(webapp)
-    unsubscribe.install(webapp)
-    webapp.add_routes(make_api_routes(app))
-
-
-def _document_metrics(registry: Any) -> None:
-    """Declare ``GET /metrics`` (handled above) in the OpenAPI registry, once."""
-    from notifyd.web.openapi import Resp
-
-    if any(ep.path == "/metrics" for ep in registry.endpoints):
-        return
-    registry.document(
-        "GET", "/metrics", summary="Prometheus metrics", auth="public", tags=("operations",),
-        operation_id="metrics",
-        description="Prometheus text format 0.0.4: events, deliveries per channel and "
-        "status, end-to-end latency, consumer lag per partition, DLQ sizes, table sizes.",
-        responses={200: Resp("Metrics", {"type": "string"},
-                             content_type="text/plain; version=0.0.4")},
-    )

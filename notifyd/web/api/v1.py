@@ -26,7 +26,6 @@ import faust
 import orjson
 import structlog
 from aiohttp import web
-from faust.types import TopicT
 from swagger_ui_bundle import swagger_ui_path
 
 from notifyd import clock
@@ -49,14 +48,14 @@ from notifyd.model.records import (
 )
 from notifyd.stream import dlq
 from notifyd.stream.app import settings
+from notifyd.stream.audience import check_topic_event
+from notifyd.stream.redrive import redrive
 from notifyd.stream.tables import inbox, preferences, status
 from notifyd.stream.topics import control_topic, events_topic, names, preferences_topic
-from notifyd.stream.waiters import waiters
-from notifyd.web.api.state import TABLE_QUERY, json_response
+from notifyd.web.api.state import TABLE_QUERY
 from notifyd.web.auth.setup import services
 from notifyd.web.auth.users import (
     SESSION_COOKIE,
-    CurrentUser,
     UserService,
     clear_session_cookie,
     current_user,
@@ -64,11 +63,11 @@ from notifyd.web.auth.users import (
     require_user,
     set_session_cookie,
 )
+from notifyd.web.http import WRITE_TIMEOUT_S, caller, command, json_response
 from notifyd.web.openapi import (
     Call,
     Endpoint,
     Param,
-    Registry,
     Resp,
     build_document,
     json_type,
@@ -77,14 +76,12 @@ from notifyd.web.openapi import (
     to_openapi_30,
     validate,
 )
-from notifyd.web.routing import route
+from notifyd.web.registry import registry
+from notifyd.web.routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
 
 log = structlog.stdlib.get_logger("notifyd.web.api.v1")
 
-registry = Registry()
 
-#: How long a write waits for the agent to apply it (read-your-writes).
-WRITE_TIMEOUT_S = 10.0
 #: Cookie tying an OIDC login to the browser that started it (login CSRF).
 BINDING_COOKIE = "notifyd_oidc_binding"
 _BINDING_PATH = "/api/v1/auth/"
@@ -94,13 +91,6 @@ _ID_SCHEMA = {"type": "string", "minLength": 1, "maxLength": 200}
 
 
 # --- plumbing -----------------------------------------------------------------------
-
-
-def _me(call: Call) -> CurrentUser:
-    if call.user is None:
-        raise Unauthorized("authentication required", code="not_authenticated")
-    user: CurrentUser = call.user
-    return user
 
 
 async def _read_body(request: web.Request, ep: Endpoint) -> dict[str, Any]:
@@ -174,24 +164,6 @@ async def _acked(fut: Any, what: str) -> None:
         ) from None
 
 
-async def _command(topic: TopicT, user_id: str, msg: dict[str, Any], what: str) -> Any:
-    """Produce a command keyed by ``user_id`` and wait until the local agent applied it."""
-    request_id, fut = waiters.create()
-    try:
-        await topic.send(key=user_id.encode(), value=dumps({**msg, "request_id": request_id}))
-    except BaseException:
-        waiters.discard(request_id)
-        raise
-    try:
-        return await waiters.wait(request_id, fut, WRITE_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("api.write_timeout", what=what, user_id=user_id)
-        raise ServiceUnavailable(
-            f"the {what} was not confirmed within {WRITE_TIMEOUT_S:g} s; retry",
-            code="write_timeout",
-        ) from None
-
-
 def _secure_cookies(request: web.Request) -> bool:
     """Secure cookies over TLS, or when the public URLs are https (TLS proxy)."""
     return request.secure or any(
@@ -219,7 +191,7 @@ async def _seed_contacts(user_id: str, email: str | None, phone: str | None) -> 
         log.exception("api.seed_contacts_failed", user_id=user_id)
 
 
-# --- routes documented here, handled in web.routes ------------------------------------
+# --- routes documented here, handled in web.api.state --------------------------------
 
 registry.document(
     "GET", "/healthz", summary="Liveness", auth="public", tags=("operations",),
@@ -278,7 +250,7 @@ async def create_user(call: Call) -> web.StreamResponse:
     errors=(404,), responses={200: Resp("The caller", ref("User"))},
 )
 async def get_me(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     user = await services(call.request).users.get_by_id(me.user_id)
     if user is None:
         raise NotFound("this user no longer exists", code="user_not_found")
@@ -320,7 +292,7 @@ async def refresh_token(call: Call) -> web.StreamResponse:
     responses={204: Resp("Logged out")},
 )
 async def logout(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     svc = services(call.request)
     if me.via == "bearer" and me.jti:
         await svc.tokens.revoke(me)
@@ -454,7 +426,7 @@ async def _write_preferences(call: Call, user_id: str, op: str) -> web.StreamRes
     routed = await route(call.request, "preferences", user_id)
     if routed is not None:
         return routed
-    doc = await _command(
+    doc = await command(
         preferences_topic, user_id, {"op": op, "user_id": user_id, "fields": fields},
         "preferences update",
     )
@@ -474,7 +446,7 @@ _PREFS_WRITE_DOC = (
     tags=("preferences",), routed=True, responses=_PREFS_OK,
 )
 async def get_my_preferences(call: Call) -> web.StreamResponse:
-    return await _get_preferences(call, _me(call).user_id)
+    return await _get_preferences(call, caller(call).user_id)
 
 
 @registry.route(
@@ -483,7 +455,7 @@ async def get_my_preferences(call: Call) -> web.StreamResponse:
     description=_PREFS_WRITE_DOC, responses=_PREFS_WRITTEN,
 )
 async def put_my_preferences(call: Call) -> web.StreamResponse:
-    return await _write_preferences(call, _me(call).user_id, "put")
+    return await _write_preferences(call, caller(call).user_id, "put")
 
 
 @registry.route(
@@ -492,7 +464,7 @@ async def put_my_preferences(call: Call) -> web.StreamResponse:
     description=_PREFS_WRITE_DOC, responses=_PREFS_WRITTEN,
 )
 async def patch_my_preferences(call: Call) -> web.StreamResponse:
-    return await _write_preferences(call, _me(call).user_id, "patch")
+    return await _write_preferences(call, caller(call).user_id, "patch")
 
 
 @registry.route(
@@ -535,7 +507,7 @@ async def put_user_preferences(call: Call) -> web.StreamResponse:
     },
 )
 async def create_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     event = dict(call.body)
     if event.get("topic") is not None and event.get("user_id") is None:
         return await _create_topic_notification(call, event)
@@ -566,9 +538,7 @@ async def create_notification(call: Call) -> web.StreamResponse:
 
 async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.StreamResponse:
     """An operator's event to every subscriber of ``topic`` (notifyd.stream.audience)."""
-    from notifyd.stream.audience import check_topic_event
-
-    if not _me(call).is_operator:
+    if not caller(call).is_operator:
         raise Forbidden("only operators may notify a topic", code="forbidden_recipient")
     if event.get("event_id") is None:
         event["event_id"] = str(uuid.uuid4())
@@ -600,7 +570,7 @@ async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.S
     responses={200: Resp("One page of the in-app inbox, newest first", ref("InboxPage"))},
 )
 async def list_notifications(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
         return routed
@@ -633,7 +603,7 @@ def _not_found(nid: str) -> NotFound:
     responses={200: Resp("The status document", ref("NotificationStatus"))},
 )
 async def get_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     nid = call.path["notification_id"]
     routed = await route(call.request, "status", nid)
     if routed is not None:
@@ -652,7 +622,7 @@ def _inbox_item(box: dict[str, Any] | None, nid: str) -> dict[str, Any] | None:
 
 
 async def _inbox_command(user_id: str, action: str, nid: str) -> dict[str, Any] | None:
-    box: dict[str, Any] | None = await _command(
+    box: dict[str, Any] | None = await command(
         control_topic, user_id,
         {"op": "inbox", "user_id": user_id, "action": action, "ids": [nid]},
         "inbox update",
@@ -666,7 +636,7 @@ async def _inbox_command(user_id: str, action: str, nid: str) -> dict[str, Any] 
     errors=(404,), responses={200: Resp("The updated inbox item", ref("InboxItem"))},
 )
 async def update_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     nid = call.path["notification_id"]
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
@@ -711,7 +681,7 @@ CANCEL_WAIT_S = 5.0
     },
 )
 async def delete_notification(call: Call) -> web.StreamResponse:
-    me = _me(call)
+    me = caller(call)
     nid = call.path["notification_id"]
     routed = await route(call.request, "inbox", me.user_id)
     if routed is not None:
@@ -746,11 +716,9 @@ async def delete_notification(call: Call) -> web.StreamResponse:
 async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
     """The caller's view of a status document (None: unknown or not theirs), read here
     or asked of the worker owning the notification id's partition."""
-    from notifyd.web.routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable
-
     owner = owner_of("status", nid)
     if is_local(owner):
-        me = _me(call)
+        me = caller(call)
         doc: dict[str, Any] | None = status.get(nid)
         if doc is None or (doc.get("user_id") != me.user_id and not me.is_operator):
             return None
@@ -802,8 +770,6 @@ async def admin_dlq(call: Call) -> web.StreamResponse:
     responses={200: Resp("What was re-driven", ref("RedriveResult"))},
 )
 async def admin_dlq_redrive(call: Call) -> web.StreamResponse:
-    from notifyd.stream.redrive import redrive
-
     body = call.body
     wanted = [n.encode() for n in body.get("notification_ids") or []]
     if not wanted and not body.get("all"):

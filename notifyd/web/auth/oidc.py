@@ -44,7 +44,7 @@ from joserfc.jwk import RSAKey
 from pydantic import SecretStr
 
 from notifyd.errors import ServiceUnavailable, Unauthorized
-from notifyd.store import CredentialStore
+from notifyd.web.auth.store import CredentialStore
 
 if TYPE_CHECKING:
     from notifyd.config import Settings

@@ -15,9 +15,9 @@ import aiohttp
 import faust
 from aiohttp import web
 
-from notifyd.store import CredentialStore, open_store, resolve_jwt_secret
 from notifyd.stream.app import settings
 from notifyd.web.auth.oidc import OidcClient, oidc_configured
+from notifyd.web.auth.store import CredentialStore, open_store, resolve_jwt_secret
 from notifyd.web.auth.users import (
     CurrentUser,
     LoginThrottle,

@@ -1,6 +1,6 @@
 """Users, passwords, tokens and sessions, plus the auth and error middlewares of the web view.
 
-Everything persistent lives in the :class:`~notifyd.store.CredentialStore`:
+Everything persistent lives in the :class:`~notifyd.web.auth.store.CredentialStore`:
 
 * ``user:<username lower-cased>`` -> user JSON (no TTL); ``userid:<user_id>`` -> username
 * ``refresh:<sha256(token)>`` / ``session:<sha256(id)>`` -> ``{user_id, created_at}`` (TTL)
@@ -37,7 +37,7 @@ from pydantic import SecretStr
 
 from notifyd.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
 from notifyd.model.contact import is_e164, is_email
-from notifyd.store import CredentialStore
+from notifyd.web.auth.store import CredentialStore
 
 if TYPE_CHECKING:
     from notifyd.config import Settings
@@ -485,7 +485,8 @@ class TokenService:
         users: UserService,
         secret: str | None = None,
     ) -> TokenService:
-        """``secret``: the resolved one (:func:`resolve_jwt_secret`); default the setting."""
+        """``secret``: the resolved one (:func:`notifyd.web.auth.store.resolve_jwt_secret`);
+        default the setting."""
         return cls(
             secret if secret is not None else settings.jwt_secret,
             store=store,

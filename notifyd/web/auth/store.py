@@ -5,9 +5,6 @@ Redis (shared by every worker) and SQLite (single host, zero setup).  Values are
 every key may carry a TTL.  Any backend failure surfaces as :class:`StoreUnavailable`,
 a :class:`~notifyd.errors.ServiceUnavailable`, so the web layer answers 503 instead of
 500 and never leaks driver details.
-
-It is no part of the web view: the worker's SMTP provider reads the JWT secret the
-workers share through it (:func:`resolve_jwt_secret`) to derive the unsubscribe key.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiosqlite
 import redis.asyncio as aredis
@@ -33,8 +30,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from notifyd.config import Settings
 from notifyd.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from notifyd.config import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -411,3 +410,13 @@ async def resolve_jwt_secret(settings: Settings, store: CredentialStore) -> str:
     if value is None:  # pragma: no cover - just written
         raise RuntimeError("could not read the generated JWT secret")
     return value.decode()
+
+
+async def read_jwt_secret(settings: Settings) -> str:
+    """The shared JWT secret through a store opened for the purpose (the e-mail provider
+    has none at hand): :func:`notifyd.domain.unsubscribe.share_secret_from`."""
+    store = await open_store(settings.resolved_credential_store_url)
+    try:
+        return await resolve_jwt_secret(settings, store)
+    finally:
+        await store.close()
