@@ -39,8 +39,12 @@ import structlog
 from notifyd.clock import now as clock_now
 from notifyd.config import CHANNELS
 from notifyd.domain.fallback import STEP_KEY, Plan, step_key
+from notifyd.domain.rules import DEFER, SEND
 from notifyd.model.chains import CONDITIONS
-from notifyd.model.records import Event
+from notifyd.model.records import Event, dumps, parse_event
+from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.status import status_update
+from notifyd.stream.scheduler import scheduler
 from notifyd.stream.tables import inbox, ledger, scheduled
 from notifyd.stream.topics import control_topic
 
@@ -73,8 +77,6 @@ async def after_decisions(
 async def _after_decisions(
     plan: Plan, event: Any, decisions: list[Any], partition: int, now: float
 ) -> list[dict[str, Any]]:
-    from notifyd.domain.rules import DEFER, SEND
-
     nid = event.notification_id
     current = plan.steps[plan.step]
     d = next((d for d in decisions if d.channel == current["channel"]), None)
@@ -101,15 +103,11 @@ async def _after_decisions(
 
 
 def _pending(ch: str, due: float, now: float, step: dict[str, Any]) -> dict[str, Any]:
-    from notifyd.stream.handlers.status import status_update
-
     reason = f"fallback: unless {step['unless']}" if step.get("unless") else "fallback"
     return status_update(ch, "pending", now, deliver_at=due, reason=reason)
 
 
 def skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
-    from notifyd.stream.handlers.status import status_update
-
     return status_update(ch, "skipped", now, reason=f"fallback: {condition}")
 
 
@@ -117,8 +115,6 @@ def _schedule_step(
     event_doc: dict[str, Any], steps: list[dict[str, Any]], i: int, nid: str, user_id: str,
     due: float, accepted: float, partition: int,
 ) -> None:
-    from notifyd.stream.scheduler import scheduler
-
     key = step_key(nid, steps[i]["channel"])
     scheduled[key] = {
         "due": due,
@@ -147,8 +143,6 @@ async def hurry_next(
     user_id: str, nid: str, partition: int, now: float, why: str
 ) -> list[dict[str, Any]]:
     """A step's channel failed, died or was suppressed: the next step is due now."""
-    from notifyd.stream.scheduler import scheduler
-
     pending = _pending_steps(nid)
     if not pending:
         return []
@@ -167,19 +161,15 @@ async def hurry_next(
 
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
-    from notifyd.stream.handlers.status import publish_status
-
     updates = await hurry_next(
         delivery.user_id, delivery.notification_id, partition, clock_now(), state
     )
     if updates:
-        await publish_status(delivery.notification_id, updates)
+        await statuses.publish_status(delivery.notification_id, updates)
 
 
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
-    from notifyd.stream.handlers.status import publish_status
-
     now = clock_now()
     for nid in nids:
         updates = []
@@ -189,14 +179,12 @@ async def on_read(user_id: str, nids: list[str]) -> None:
                 del scheduled[key]
                 updates.append(skipped(step["channel"], "read", now))
         if updates:
-            await publish_status(nid, updates)
+            await statuses.publish_status(nid, updates)
             log.info("fallback.cancelled", notification_id=nid, steps=len(updates))
 
 
 async def release_step(key: str, entry: dict[str, Any]) -> None:
     """Scheduler: a step is due; it runs on its user's partition (control topic)."""
-    from notifyd.model.records import dumps
-
     user_id = entry["fallback"]["user_id"]
     await control_topic.send(
         key=user_id.encode(),
@@ -232,9 +220,6 @@ async def due_step(msg: dict[str, Any]) -> DueStep | None:
     """Control message ``fallback_step``: check the condition, skip the step or return
     the event it sends (the control handler dispatches it: dispatching runs this
     module's :func:`after_decisions`, so this module does not dispatch)."""
-    from notifyd.model.records import dumps, parse_event
-    from notifyd.stream.handlers.status import publish_status
-
     entry = scheduled.get(msg["id"])
     if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:
         return None  # already run, cancelled or rescheduled
@@ -247,7 +232,7 @@ async def due_step(msg: dict[str, Any]) -> DueStep | None:
     now = clock_now()
     condition = step.get("unless")
     if condition and condition_met(condition, nid, user_id, fb["steps"], i):
-        await publish_status(nid, [skipped(step["channel"], condition, now)])
+        await statuses.publish_status(nid, [skipped(step["channel"], condition, now)])
         log.info("fallback.skipped", notification_id=nid, channel=step["channel"])
         return None
     raw = {**fb["event"], "channels": None, "fallback": None,

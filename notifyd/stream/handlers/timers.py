@@ -21,6 +21,12 @@ from notifyd.metrics import metrics
 from notifyd.model.records import Event, dumps, loads, parse_event
 from notifyd.stream import timing
 from notifyd.stream.app import settings
+from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.deadletter import dead_letter
+from notifyd.stream.handlers.dispatch import process_event, templates
+from notifyd.stream.handlers.status import status_update
+from notifyd.stream.scheduler import scheduler
+from notifyd.stream.tables import preferences, scheduled, seen
 
 log = structlog.stdlib.get_logger("notifyd.stream.timing")  # the timing features' logger
 
@@ -29,11 +35,6 @@ async def schedule_event(
     event: Event, raw: dict[str, Any], due: float, partition: int, now: float
 ) -> None:
     """Keep the whole event until ``due``; every requested channel is ``scheduled``."""
-    from notifyd.stream.handlers.dispatch import templates
-    from notifyd.stream.handlers.status import publish_status, status_update
-    from notifyd.stream.scheduler import scheduler
-    from notifyd.stream.tables import preferences, scheduled
-
     if event.template:  # rendered now only to refuse a broken event at once (DLQ)
         locale = (preferences.get(event.user_id) or {}).get("locale") or settings.default_locale
         templates().render(event.template, event.data, locale)
@@ -52,7 +53,7 @@ async def schedule_event(
         "title": (event.title or event.template or "")[:MAX_ITEM_TITLE],
     }
     scheduler.push(due, key, partition)
-    await publish_status(
+    await statuses.publish_status(
         event.notification_id,
         [
             status_update(ch, "scheduled", now, deliver_at=due)
@@ -69,8 +70,6 @@ async def fire(ev: EventT[Any], kind: str) -> None:
     Only a row still holding the record's due time fires (a cancel deletes the row, a
     second timer for the same row finds it gone).  The row is deleted once the outputs
     are on the broker (``producer.flush``), so a crash before that fires it again."""
-    from notifyd.stream.tables import scheduled
-
     msg = loads(ev.value)
     key, due = str(msg["key"]), float(msg["due"])
     row = scheduled.get(key)
@@ -83,8 +82,6 @@ async def fire(ev: EventT[Any], kind: str) -> None:
         except InvalidEvent as exc:
             # E.g. a template changed since it was scheduled: the event's own bytes go
             # to the events DLQ with the reason, as they would have on arrival.
-            from notifyd.stream.handlers.deadletter import dead_letter
-
             await dead_letter(ev, dumps(row["event"]), exc.reason)
     elif kind == "digest":
         await close_digest(row, ev.message.partition, due)
@@ -95,9 +92,6 @@ async def fire(ev: EventT[Any], kind: str) -> None:
 
 
 async def _release_event(row: dict[str, Any], partition: int, due: float) -> None:
-    from notifyd.stream.handlers.dispatch import process_event
-    from notifyd.stream.tables import seen
-
     event = parse_event(dumps(row["event"]), max(settings.max_event_bytes, 1 << 20))
     event.send_at = event.delay_s = None
     structlog.contextvars.bind_contextvars(
@@ -113,8 +107,6 @@ async def _release_event(row: dict[str, Any], partition: int, due: float) -> Non
 async def close_digest(row: dict[str, Any], partition: int, now: float) -> None:
     """Send the digest as one notification (rules and opt-outs applied now); nothing
     if every item was cancelled."""
-    from notifyd.stream.handlers.dispatch import process_event
-
     items: list[dict[str, Any]] = row["items"]
     user_id = row["user_id"]
     structlog.contextvars.bind_contextvars(user_id=user_id, notification_id=row["digest_id"])
