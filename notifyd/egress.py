@@ -36,13 +36,19 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from notifyd.errors import PermanentDeliveryError
 
-if TYPE_CHECKING:
-    from notifyd.config import Settings
+
+class EgressSettings(Protocol):
+    """What the policy reads of the settings: the config validates ``egress_allow``
+    with :meth:`EgressPolicy.parse`, so this module must not import the config."""
+
+    @property
+    def egress_allow(self) -> str: ...
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -217,7 +223,7 @@ class EgressPolicy:
         return cls(tuple(networks), frozenset(hosts), tuple(suffixes))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EgressPolicy:
+    def from_settings(cls, settings: EgressSettings) -> EgressPolicy:
         return cls.parse(settings.egress_allow)
 
     # --- decisions ----------------------------------------------------------------------

@@ -59,6 +59,9 @@ LATENCY_BUCKETS = (
 #: Scheduler lateness: its tick is at most 0.5 s, so most releases sit below 1 s.
 DUE_LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 _REASON_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+#: The circuit state gauge's values, by state of a failover chain's breaker
+#: (``notifyd.providers.chain``, which reports here and so is not imported).
+CIRCUIT_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 #: Scrape-time values are recomputed at most this often (seconds).
 LAG_TTL_S = 2.0
 DLQ_TTL_S = 15.0

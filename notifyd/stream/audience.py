@@ -47,13 +47,12 @@ import structlog
 from faust.types import EventT
 
 from notifyd import clock
+from notifyd.domain.fallback import check_extras
 from notifyd.errors import InvalidEvent
 from notifyd.model.limits import TOPIC_PATTERN
 from notifyd.model.records import MAX_ID_LEN, dumps, idempotency_scope, loads, parse_event
-from notifyd.stream.app import settings
-from notifyd.stream.fallback import check_extras
 from notifyd.stream.handlers.deadletter import dead_letter, dlq_for
-from notifyd.stream.tables import seen, subscribers, subscriptions
+from notifyd.stream.tables import subscribers, subscriptions
 from notifyd.stream.topics import events_topic, fanout_topic, partition_for, subscriptions_topic
 from notifyd.stream.waiters import waiters
 
@@ -273,35 +272,6 @@ def check_topic_event(obj: dict[str, Any], max_bytes: int) -> str:
         raise InvalidEvent("invalid_topic: use 1-100 letters, digits and _ . : -")
     check_extras(parse_event(dumps({**obj, "user_id": "#" + topic}), max_bytes))
     return topic
-
-
-async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
-    """Ingest of a topic-addressed event: on the topic's partition, once per event id."""
-    from notifyd.stream.handlers.ingest import on_key_partition, record_origin
-
-    msg = ev.message
-    raw: bytes = ev.value
-    try:
-        topic = check_topic_event(obj, settings.max_event_bytes)
-    except InvalidEvent as exc:
-        await dead_letter(ev, raw, exc.reason)
-        return
-    event_id = str(obj["event_id"])
-    structlog.contextvars.bind_contextvars(topic_name=topic, event_id=event_id)
-    if not await on_key_partition(ev, raw, topic):
-        return
-    origin = record_origin(ev)
-    key = fanout_seen_key(topic, event_id)
-    prev = seen.get(key)
-    if prev is not None and prev[2] != origin:
-        log.info("fanout.duplicate", first_seen=prev[0], first_origin=prev[2])
-        return
-    now = clock.now()
-    start = {"topic": topic, "event": obj, "bucket": 0, "started_at": now, "done": 0}
-    await fanout_topic.send(key=topic.encode(), value=dumps(start))
-    if prev is None:
-        seen[key] = [now, msg.partition, origin, "#" + topic]
-    log.info("fanout.accepted", subscribers=subscriber_count(topic))
 
 
 async def handle_fanout(ev: EventT[Any]) -> None:

@@ -9,6 +9,7 @@ no transition, so each terminal state is called back once logically.  A status r
 folded twice after a crash yields the job again: on the wire callbacks are
 at-least-once, with the same ``Idempotency-Key: <notification_id>:<channel>:<state>``.
 
+Which transitions, with what payload, is decided by :mod:`notifyd.domain.callbacks`.
 Where they run: jobs go to ``notifyd.callbacks`` (keyed by notification id) and the
 callbacks agent POSTs them with up to ``NOTIFYD_DELIVERY_CONCURRENCY`` in flight, on a
 stream of its own, so a slow or dead receiver never holds up a delivery.  Retriable
@@ -37,76 +38,10 @@ from faust.types import EventT
 from notifyd import clock
 from notifyd.config import Settings
 from notifyd.egress import EgressPolicy
-from notifyd.errors import DeliveryError, InvalidEvent
-from notifyd.model.limits import MAX_URL_LEN
-from notifyd.model.records import dumps, loads
-from notifyd.stream.topics import callbacks_topic
+from notifyd.errors import DeliveryError
+from notifyd.model.records import loads
 
 log = structlog.stdlib.get_logger("notifyd.stream.callbacks")
-
-CALLBACK_STATES = frozenset({"sent", "failed", "dead", "suppressed", "cancelled"})
-
-
-def check_callback_url(value: Any) -> str | None:
-    """An event's ``callback_url``: None, or an http(s) URL (the egress policy judges
-    the host when the worker connects)."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidEvent(
-            f"wrong_type: callback_url must be a string, got {type(value).__name__}"
-        )
-    if len(value) > MAX_URL_LEN or not value.startswith(("http://", "https://")):
-        raise InvalidEvent(
-            "invalid_callback_url: must be an http(s) URL of at most 2000 characters"
-        )
-    return value
-
-
-def channel_states(doc: dict[str, Any] | None) -> dict[str, str]:
-    """Snapshot of a status document's channel states, taken before a fold."""
-    if not doc:
-        return {}
-    return {ch: e.get("status", "") for ch, e in doc.get("channels", {}).items()}
-
-
-def jobs_for(
-    before: dict[str, str], doc: dict[str, Any], default_url: str
-) -> list[dict[str, Any]]:
-    """Callback jobs for the channels that reached a callback state in this fold."""
-    url = doc.get("callback_url") or default_url
-    if not url:
-        return []
-    jobs = []
-    for ch, entry in doc.get("channels", {}).items():
-        state = entry.get("status")
-        if state not in CALLBACK_STATES or before.get(ch) == state:
-            continue
-        if state == "suppressed" and str(entry.get("reason", "")).startswith("not_requested"):
-            continue  # a channel the event did not ask for is no outcome to report
-        nid = doc["notification_id"]
-        payload = {
-            "notification_id": nid,
-            "event_id": doc.get("event_id"),
-            "user_id": doc.get("user_id"),
-            "channel": ch,
-            "status": state,
-            "reason": entry.get("reason"),
-            "attempts": entry.get("attempts"),
-            "ts": entry.get("ts"),
-            "idempotency_key": f"{nid}:{ch}:{state}",
-        }
-        if doc.get("topic"):
-            payload["topic"] = doc["topic"]
-        jobs.append({"url": url, "payload": payload})
-    return jobs
-
-
-async def enqueue(jobs: list[dict[str, Any]]) -> None:
-
-    for job in jobs:
-        nid = job["payload"]["notification_id"]
-        await callbacks_topic.send(key=nid.encode(), value=dumps(job))
 
 
 class CallbackSender:
@@ -194,10 +129,3 @@ async def handle_callback(ev: EventT[Any], sender: CallbackSender) -> None:
         log.warning("callback.not_delivered", key=record["key"], result=outcome["result"],
                     reason=outcome.get("reason"))
     await publish_status(payload["notification_id"], [], callbacks=[record])
-
-
-def fold_callbacks(doc: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    """Outcomes of callbacks into the status document (``callbacks``: key -> outcome)."""
-    done: dict[str, Any] = doc.setdefault("callbacks", {})
-    for rec in records:
-        done[rec["key"]] = {k: v for k, v in rec.items() if k != "key"}

@@ -14,10 +14,9 @@ from notifyd.config import Settings
 from notifyd.providers.base import Provider
 from notifyd.stream.agents import register_agents
 from notifyd.stream.app import faust_app
+from notifyd.stream.declare import declare_tables, declare_topics
 from notifyd.stream.handlers.deliver import build_provider as configured_provider
 from notifyd.stream.runtime import Runtime, Timer, install
-from notifyd.stream.tables import declare_tables
-from notifyd.stream.topics import declare_topics
 
 
 def build_stream(

@@ -23,93 +23,33 @@ pending steps that wait on ``read`` or ``delivered`` and shows them ``skipped``;
 step's channel ending ``failed`` or ``dead`` (or ``suppressed``) makes the next step
 due at once.  The status document shows the chain (``fallback``) and each step's
 channel as ``pending`` (with ``deliver_at``), ``skipped`` or its delivery states.
+
+Here is the durable part (scheduling, hurrying, cancelling the steps; a due step is
+dispatched by the control handler).  The chain's shape is :mod:`notifyd.model.fallback`;
+the plan made before the rules run is :mod:`notifyd.domain.fallback`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from notifyd.clock import now as clock_now
 from notifyd.config import CHANNELS
-from notifyd.errors import InvalidEvent
-from notifyd.model.fallback import (
-    CONDITIONS,
-    InvalidChain,
-    parse_chain,
-)
+from notifyd.domain.fallback import STEP_KEY, Plan, step_key
+from notifyd.domain.rules import DEFER, SEND
+from notifyd.model.fallback import CONDITIONS
 from notifyd.model.limits import SCHEMA_VERSION
+from notifyd.model.records import Event, dumps, parse_event
+from notifyd.stream.handlers import status as statuses
+from notifyd.stream.handlers.status import status_update
+from notifyd.stream.scheduler import scheduler
 from notifyd.stream.tables import inbox, ledger, scheduled
 from notifyd.stream.topics import control_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.fallback")
-
-#: ``Event.extra`` key of a step being run (set on the event the step re-processes).
-STEP_KEY = "_fallback_step"
-
-
-@dataclass
-class Plan:
-    """What :func:`prepare` decided for one event before the rules run."""
-
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    #: Index of the step this event runs (0: the event itself; >0: a due step).
-    step: int = 0
-    #: Extra fields of the status document's content.
-    content: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare(event: Any, prefs: dict[str, Any] | None) -> Plan:
-    """Check the event's routing extras and restrict it to the current step's channel.
-
-    Raises :class:`InvalidEvent` (dead letter) for a bad ``callback_url`` or chain."""
-    from notifyd.stream.callbacks import check_callback_url
-
-    check_extras(event)
-    extra: dict[str, Any] = event.extra
-    plan = Plan()
-    url = check_callback_url(extra.get("callback_url"))
-    if url is not None:
-        plan.content["callback_url"] = url
-    if isinstance(extra.get("topic"), str):
-        plan.content["topic"] = extra["topic"]
-    step_info = extra.get(STEP_KEY)
-    if step_info is not None:  # a due step re-processing its event: already checked
-        plan.steps = step_info["steps"]
-        plan.step = int(step_info["step"])
-        plan.content["accepted_at"] = step_info["accepted_at"]
-    elif extra.get("fallback") is not None:
-        plan.steps = parse_chain(extra["fallback"])  # checked above
-    else:
-        chains = (prefs or {}).get("fallback") or {}
-        chain = chains.get(event.category) or chains.get("*")
-        if chain and event.channels is None:
-            plan.steps = chain
-    if plan.steps:
-        event.channels = (plan.steps[plan.step]["channel"],)
-        plan.content["fallback"] = plan.steps
-    return plan
-
-
-def check_extras(event: Any) -> None:
-    """Check ``callback_url`` and ``fallback`` of an event (also the API's 400s)."""
-    from notifyd.stream.callbacks import check_callback_url
-
-    extra: dict[str, Any] = event.extra
-    check_callback_url(extra.get("callback_url"))
-    if extra.get("fallback") is not None and STEP_KEY not in extra:
-        if event.channels is not None:
-            raise InvalidEvent("invalid_fallback: give channels or fallback, not both")
-        try:
-            parse_chain(extra["fallback"])
-        except InvalidChain as exc:
-            raise InvalidEvent(f"invalid_fallback: {exc}") from None
-
-
-def _step_key(nid: str, channel: str) -> str:
-    return f"{nid}:{channel}"
 
 
 async def after_decisions(
@@ -138,8 +78,6 @@ async def after_decisions(
 async def _after_decisions(
     plan: Plan, event: Any, decisions: list[Any], partition: int, now: float
 ) -> list[dict[str, Any]]:
-    from notifyd.domain.rules import DEFER, SEND
-
     nid = event.notification_id
     current = plan.steps[plan.step]
     d = next((d for d in decisions if d.channel == current["channel"]), None)
@@ -155,7 +93,7 @@ async def _after_decisions(
     for i, step in enumerate(plan.steps[1:], start=1):
         ch = step["channel"]
         if step.get("unless") == "delivered" and inapp_sent:
-            updates.append(_skipped(ch, "delivered", now))
+            updates.append(skipped(ch, "delivered", now))
             continue
         due = accepted + float(step["after_s"])
         if suppressed and i == 1:
@@ -166,15 +104,11 @@ async def _after_decisions(
 
 
 def _pending(ch: str, due: float, now: float, step: dict[str, Any]) -> dict[str, Any]:
-    from notifyd.stream.handlers.status import status_update
-
     reason = f"fallback: unless {step['unless']}" if step.get("unless") else "fallback"
     return status_update(ch, "pending", now, deliver_at=due, reason=reason)
 
 
-def _skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
-    from notifyd.stream.handlers.status import status_update
-
+def skipped(ch: str, condition: str, now: float) -> dict[str, Any]:
     return status_update(ch, "skipped", now, reason=f"fallback: {condition}")
 
 
@@ -182,9 +116,7 @@ def _schedule_step(
     event_doc: dict[str, Any], steps: list[dict[str, Any]], i: int, nid: str, user_id: str,
     due: float, accepted: float, partition: int,
 ) -> None:
-    from notifyd.stream.scheduler import scheduler
-
-    key = _step_key(nid, steps[i]["channel"])
+    key = step_key(nid, steps[i]["channel"])
     scheduled[key] = {
         "due": due,
         "p": partition,
@@ -202,7 +134,7 @@ def _pending_steps(nid: str) -> list[tuple[str, dict[str, Any]]]:
     """This notification's scheduled steps (the caller is in the user's partition)."""
     out = []
     for ch in CHANNELS:
-        key = _step_key(nid, ch)
+        key = step_key(nid, ch)
         entry = scheduled.get(key)
         if entry is not None and "fallback" in entry:
             out.append((key, entry))
@@ -213,8 +145,6 @@ async def hurry_next(
     user_id: str, nid: str, partition: int, now: float, why: str
 ) -> list[dict[str, Any]]:
     """A step's channel failed, died or was suppressed: the next step is due now."""
-    from notifyd.stream.scheduler import scheduler
-
     pending = _pending_steps(nid)
     if not pending:
         return []
@@ -233,19 +163,15 @@ async def hurry_next(
 
 async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
     """Hook of the channel agent: ``failed``/``dead`` makes the next step due at once."""
-    from notifyd.stream.handlers.status import publish_status
-
     updates = await hurry_next(
         delivery.user_id, delivery.notification_id, partition, clock_now(), state
     )
     if updates:
-        await publish_status(delivery.notification_id, updates)
+        await statuses.publish_status(delivery.notification_id, updates)
 
 
 async def on_read(user_id: str, nids: list[str]) -> None:
     """Hook of the inbox edits: read items cancel the steps waiting on read/delivered."""
-    from notifyd.stream.handlers.status import publish_status
-
     now = clock_now()
     for nid in nids:
         updates = []
@@ -253,16 +179,14 @@ async def on_read(user_id: str, nids: list[str]) -> None:
             step = entry["fallback"]["steps"][entry["fallback"]["step"]]
             if step.get("unless") in CONDITIONS:
                 del scheduled[key]
-                updates.append(_skipped(step["channel"], "read", now))
+                updates.append(skipped(step["channel"], "read", now))
         if updates:
-            await publish_status(nid, updates)
+            await statuses.publish_status(nid, updates)
             log.info("fallback.cancelled", notification_id=nid, steps=len(updates))
 
 
 async def release_step(key: str, entry: dict[str, Any]) -> None:
     """Scheduler: a step is due; it runs on its user's partition (control topic)."""
-    from notifyd.model.records import dumps
-
     user_id = entry["fallback"]["user_id"]
     await control_topic.send(
         key=user_id.encode(),
@@ -270,9 +194,8 @@ async def release_step(key: str, entry: dict[str, Any]) -> None:
     )
 
 
-def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
+def condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str, Any]],
                    upto: int) -> bool:
-
     item = next(
         (it for it in (inbox.get(user_id) or {}).get("items", ()) if it.get("id") == nid), None
     )
@@ -281,21 +204,27 @@ def _condition_met(condition: str, nid: str, user_id: str, steps: list[dict[str,
     if item is not None:
         return True  # the in-app item was delivered
     for step in steps[:upto]:
-        done = ledger.get(_step_key(nid, step["channel"]))
+        done = ledger.get(step_key(nid, step["channel"]))
         if done is not None and done.get("s") == "sent":
             return True
     return False
 
 
-async def run_step(msg: dict[str, Any], partition: int) -> None:
-    """Control message ``fallback_step``: check the condition, skip or send the step."""
-    from notifyd.model.records import dumps, parse_event
-    from notifyd.stream.handlers.dispatch import process_event
-    from notifyd.stream.handlers.status import publish_status
+@dataclass
+class DueStep:
+    """A due step to send: its event, restricted to the step's channel, and the time."""
 
+    event: Event
+    now: float
+
+
+async def due_step(msg: dict[str, Any]) -> DueStep | None:
+    """Control message ``fallback_step``: check the condition, skip the step or return
+    the event it sends (the control handler dispatches it: dispatching runs this
+    module's :func:`after_decisions`, so this module does not dispatch)."""
     entry = scheduled.get(msg["id"])
     if entry is None or entry.get("due") != msg["due"] or "fallback" not in entry:
-        return  # already run, cancelled or rescheduled
+        return None  # already run, cancelled or rescheduled
     del scheduled[msg["id"]]
     fb = entry["fallback"]
     i = int(fb["step"])
@@ -304,14 +233,14 @@ async def run_step(msg: dict[str, Any], partition: int) -> None:
     nid = fb["nid"]
     now = clock_now()
     condition = step.get("unless")
-    if condition and _condition_met(condition, nid, user_id, fb["steps"], i):
-        await publish_status(nid, [_skipped(step["channel"], condition, now)])
+    if condition and condition_met(condition, nid, user_id, fb["steps"], i):
+        await statuses.publish_status(nid, [skipped(step["channel"], condition, now)])
         log.info("fallback.skipped", notification_id=nid, channel=step["channel"])
-        return
+        return None
     raw = {**fb["event"], "channels": None, "fallback": None,
            STEP_KEY: {"step": i, "steps": fb["steps"], "accepted_at": fb["accepted_at"]}}
     event = parse_event(dumps(raw))
     if event.notification_id != nid:  # an id of the legacy scheme: keep the one it had
         event.legacy_ids = True
     log.info("fallback.step", notification_id=nid, channel=step["channel"], step=i)
-    await process_event(event, partition, now)
+    return DueStep(event, now)

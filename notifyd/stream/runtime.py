@@ -21,8 +21,7 @@ if TYPE_CHECKING:
 
     from notifyd.config import Settings
     from notifyd.providers.base import Provider
-    from notifyd.stream.tables import Tables
-    from notifyd.stream.topics import Topics
+    from notifyd.stream.declare import Tables, Topics
 
 T = TypeVar("T")
 

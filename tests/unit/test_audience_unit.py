@@ -13,11 +13,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from notifyd.config import Settings
+from notifyd.domain import callbacks as callback_rules
+from notifyd.domain import fallback
 from notifyd.errors import InvalidEvent
 from notifyd.model import fallback as chains
 from notifyd.model.records import parse_event
 from notifyd.providers.webhook import verify
-from notifyd.stream import audience, callbacks, fallback
+from notifyd.stream import audience, callbacks
 
 SECRET = "cb-secret-0123456789abcdef0123456789"
 
@@ -175,7 +177,7 @@ def doc(**channels: str) -> dict[str, Any]:
 
 
 def test_callback_jobs_only_for_new_terminal_states() -> None:
-    jobs = callbacks.jobs_for({"email": "queued", "sms": "sent"},
+    jobs = callback_rules.jobs_for({"email": "queued", "sms": "sent"},
                               doc(email="sent", sms="sent", push="retrying", inapp="suppressed"),
                               "")
     keys = sorted(j["payload"]["idempotency_key"] for j in jobs)
@@ -186,8 +188,8 @@ def test_callback_jobs_only_for_new_terminal_states() -> None:
 def test_callback_default_url_and_none() -> None:
     d = doc(email="failed")
     del d["callback_url"]
-    assert callbacks.jobs_for({}, d, "") == []
-    [job] = callbacks.jobs_for({}, d, "https://default.example/cb")
+    assert callback_rules.jobs_for({}, d, "") == []
+    [job] = callback_rules.jobs_for({}, d, "https://default.example/cb")
     assert job["url"] == "https://default.example/cb"
     assert job["payload"]["status"] == "failed"
 
@@ -227,7 +229,7 @@ def sender_settings(**kw: Any) -> Settings:
 
 
 def job(url: str) -> dict[str, Any]:
-    return callbacks.jobs_for({}, {**doc(sms="dead"), "callback_url": url}, "")[0]
+    return callback_rules.jobs_for({}, {**doc(sms="dead"), "callback_url": url}, "")[0]
 
 
 async def deliver_once(s: Settings, url: str) -> dict[str, Any]:
@@ -273,7 +275,7 @@ async def test_sender_egress_denied_is_not_retried(receiver: tuple[Receiver, str
 def test_no_callback_for_channels_the_event_did_not_request() -> None:
     d = doc(email="sent", sms="suppressed")
     d["channels"]["sms"]["reason"] = "not_requested: event restricted channels to email"
-    assert [j["payload"]["channel"] for j in callbacks.jobs_for({}, d, "")] == ["email"]
+    assert [j["payload"]["channel"] for j in callback_rules.jobs_for({}, d, "")] == ["email"]
 
 
 # --- the bench's fan-out phase -----------------------------------------------------------

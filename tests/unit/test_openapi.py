@@ -17,12 +17,12 @@ from msgspec import Meta
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
+from notifyd.domain.fallback import check_extras
 from notifyd.errors import BadRequest, InvalidEvent
 from notifyd.model import limits
 from notifyd.model.api import UserCreate
 from notifyd.model.records import parse_event
 from notifyd.stream.app import app
-from notifyd.stream.fallback import check_extras
 from notifyd.web import openapi
 from notifyd.web.api import v1 as api
 from notifyd.web.auth.setup import AUTH, is_public

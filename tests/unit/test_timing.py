@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+from notifyd.domain import timing as timing_rules
 from notifyd.errors import InvalidEvent
 from notifyd.model.records import (
     CancelRequest,
@@ -127,32 +128,32 @@ def test_digest_preferences_and_timezone() -> None:
 
 def test_period_windows_are_aligned_to_the_epoch() -> None:
     utc = ZoneInfo("UTC")
-    assert timing.window_bounds("1h", 7200.0, utc) == (7200.0, 10800.0)
-    assert timing.window_bounds("1h", 10799.9, utc) == (7200.0, 10800.0)
-    assert timing.window_bounds("30m", 1900.0, utc) == (1800.0, 3600.0)
+    assert timing_rules.window_bounds("1h", 7200.0, utc) == (7200.0, 10800.0)
+    assert timing_rules.window_bounds("1h", 10799.9, utc) == (7200.0, 10800.0)
+    assert timing_rules.window_bounds("30m", 1900.0, utc) == (1800.0, 3600.0)
 
 
 def test_daily_window_in_the_users_zone_across_a_clock_change() -> None:
     paris = ZoneInfo("Europe/Paris")
     # 2026-03-29: clocks jump 02:00 -> 03:00 in Paris; the day is 23 hours long.
     now = datetime(2026, 3, 29, 8, 0, tzinfo=paris).timestamp()
-    start, close = timing.window_bounds("daily@09:00", now, paris)
+    start, close = timing_rules.window_bounds("daily@09:00", now, paris)
     assert datetime.fromtimestamp(start, paris) == datetime(2026, 3, 28, 9, 0, tzinfo=paris)
     assert datetime.fromtimestamp(close, paris) == datetime(2026, 3, 29, 9, 0, tzinfo=paris)
     assert close - start == 23 * 3600
     at_nine = datetime(2026, 3, 29, 9, 0, tzinfo=paris).timestamp()
-    assert timing.window_bounds("daily@09:00", at_nine, paris)[0] == at_nine
+    assert timing_rules.window_bounds("daily@09:00", at_nine, paris)[0] == at_nine
 
 
 def test_digest_spec_event_field_then_preferences_critical_bypasses() -> None:
     prefs = {"digests": [{"category": "comments", "window": "1h"}]}
     e = parse_event(ev(category="comments"))
-    assert timing.digest_spec(e, prefs) == {"window": "1h", "category": "comments"}
+    assert timing_rules.digest_spec(e, prefs) == {"window": "1h", "category": "comments"}
     e = parse_event(ev(category="comments", digest={"window": "daily@08:00"}))
-    assert timing.digest_spec(e, prefs) == {"window": "daily@08:00", "category": "comments"}
-    assert timing.digest_spec(parse_event(ev(category="orders")), prefs) is None
+    assert timing_rules.digest_spec(e, prefs) == {"window": "daily@08:00", "category": "comments"}
+    assert timing_rules.digest_spec(parse_event(ev(category="orders")), prefs) is None
     crit = parse_event(ev(category="comments", priority="critical"))
-    assert timing.digest_spec(crit, prefs) is None
+    assert timing_rules.digest_spec(crit, prefs) is None
 
 
 # --------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ async def test_scheduled_event_waits_then_goes_through_the_rules(ingest: Driver)
                             "channels": ["inapp"], "delay_s": 3600})
     await ingest.flush()
     assert ingest.channels(nid) == {"inapp": "scheduled"}
-    key = timing.event_key(user, eid)
+    key = timing_rules.event_key(user, eid)
     row = scheduled.get(key)
     assert row is not None and row["kind"] == "event" and row["nid"] == nid
     assert inbox.get(user) is None
@@ -330,7 +331,7 @@ async def test_released_event_meets_quiet_hours_at_its_time(
     await ingest.put(user, {"event_id": eid, "user_id": user, "title": "Night",
                             "channels": ["email"], "send_at": send_at.isoformat()})
     await ingest.flush()
-    key = timing.event_key(user, eid)
+    key = timing_rules.event_key(user, eid)
     await ingest.fire(key)  # released with now = its due time: inside quiet hours
     await ingest.flush()
     nid = notification_id_for(user, eid)
@@ -346,7 +347,7 @@ async def test_cancel_before_the_time_then_again_then_the_timer(ingest: Driver) 
     await ingest.put(user, {"event_id": eid, "user_id": user, "title": "x",
                             "channels": ["inapp", "email"], "delay_s": 600})
     await ingest.flush()
-    key = timing.event_key(user, eid)
+    key = timing_rules.event_key(user, eid)
     row = scheduled.get(key)
     for _ in range(2):  # cancelling twice is harmless
         await ingest.put(user, {"op": "cancel", "user_id": user, "event_id": eid})
@@ -407,7 +408,7 @@ async def test_digest_collects_cancels_and_sends_one_message(ingest: Driver) -> 
                             "channels": ["inapp"]})
     await ingest.flush()
     assert [it["title"] for it in inbox.get(user)["items"]] == ["Now"]
-    keys = [k for _, k, _ in timing_heap() if k.startswith(timing.user_prefixes(user)[1])]
+    keys = [k for _, k, _ in timing_heap() if k.startswith(timing_rules.user_prefixes(user)[1])]
     assert len(set(keys)) == 1
     key = keys[0]
     row = scheduled.get(key)
@@ -441,7 +442,7 @@ async def test_empty_digest_sends_nothing(ingest: Driver) -> None:
     await ingest.put(user, {"event_id": eid, "user_id": user, "title": "one",
                             "channels": ["inapp"], "digest": {"window": "1h"}})
     await ingest.flush()
-    key = next(k for _, k, _ in timing_heap() if k.startswith(timing.user_prefixes(user)[1]))
+    key = next(k for _, k, _ in timing_heap() if k.startswith(timing_rules.user_prefixes(user)[1]))
     await ingest.put(user, {"op": "cancel", "user_id": user, "event_id": eid})
     await ingest.flush()
     await ingest.fire(key)
@@ -546,7 +547,7 @@ async def test_scheduled_event_with_a_broken_template_is_refused_on_arrival(
         "unknown_template: no template named 'no_such_one'",
         "schedule_too_far: more than 365 days ahead (NOTIFYD_MAX_SCHEDULE_DAYS)",
     ]
-    assert scheduled.get(timing.event_key(user, eid)) is None
+    assert scheduled.get(timing_rules.event_key(user, eid)) is None
     assert ingest.channels(notification_id_for(user, eid)) == {}
 
 
@@ -561,7 +562,7 @@ async def test_replayed_item_of_a_sent_digest_joins_no_other_digest(ingest: Driv
     await ingest.flush()
     mark = seen.get(idempotency_scope(user, eid))
     key = mark[4]
-    assert key.startswith(timing.user_prefixes(user)[1])
+    assert key.startswith(timing_rules.user_prefixes(user)[1])
     await ingest.fire(key)
     await ingest.flush()
     assert len(inbox.get(user)["items"]) == 1

@@ -9,6 +9,7 @@ with Faust's ``test_context()``:
 * :mod:`.deliver`: the channel agent calls the provider; retries, dead deliveries;
 * :mod:`.inapp`: the in-app provider, the inbox table (and its listeners);
 * :mod:`.schedule`: deferred deliveries, released when due by ``notifyd.stream.scheduler``;
+* :mod:`.timers`: scheduled events and digest windows, fired when due (``notifyd.stream.timing``);
 * :mod:`.status`: status updates (one builder) and their fold into the status table;
 * :mod:`.control`, :mod:`.preferences`: housekeeping and the preferences table;
 * :mod:`.deadletter`: where a record that cannot be handled goes.

@@ -10,6 +10,7 @@ from faust.types import EventT
 
 from notifyd.model.records import loads
 from notifyd.stream import fallback
+from notifyd.stream.handlers.dispatch import process_event
 from notifyd.stream.tables import cancels, inbox, ledger, scheduled, seen, status
 from notifyd.stream.waiters import waiters
 
@@ -31,7 +32,9 @@ async def handle_control(ev: EventT[Any]) -> None:
             if table.get(key) is not None:
                 del table[key]
     elif op == "fallback_step":
-        await fallback.run_step(msg, ev.message.partition)
+        step = await fallback.due_step(msg)
+        if step is not None:
+            await process_event(step.event, ev.message.partition, step.now)
     elif op == "inbox":
         box = apply_inbox_op(msg)
         if box is not None and msg.get("action") == "read":  # cancels fallback steps

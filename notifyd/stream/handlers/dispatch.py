@@ -8,8 +8,10 @@ from typing import Any
 
 import structlog
 
+from notifyd.domain.fallback import prepare as prepare_fallback
 from notifyd.domain.rules import DEFER, SEND, ThrottlePolicy, decide, prune_history
 from notifyd.domain.templating import TemplateStore
+from notifyd.domain.timing import digest_spec
 from notifyd.metrics import metrics
 from notifyd.model.records import Delivery, Event
 from notifyd.stream import fallback
@@ -61,13 +63,13 @@ async def process_event(
     digest it went into instead (``notifyd.stream.timing``), else None.  ``digest_key``: the
     digest a replayed record already went into (its ``seen`` row)."""
     prefs = preferences.get(event.user_id)
-    plan = fallback.prepare(event, prefs)  # callback_url, topic, fallback chain
+    plan = prepare_fallback(event, prefs)  # callback_url, topic, fallback chain
     locale = (prefs or {}).get("locale") or settings.default_locale
     title, body, per_channel, html = _content(event, locale)
     if collect:
         from notifyd.stream import timing
 
-        spec = timing.digest_spec(event, prefs)
+        spec = digest_spec(event, prefs)
         if spec is not None:
             return await timing.collect(event, spec, prefs, title, partition, now, digest_key)
     policy = throttle_policy()

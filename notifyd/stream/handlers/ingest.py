@@ -12,24 +12,29 @@ import structlog
 from faust.types import EventT
 
 from notifyd import clock
+from notifyd.domain.timing import event_key
 from notifyd.errors import InvalidEvent
 from notifyd.metrics import metrics
 from notifyd.model.records import (
     CancelRequest,
     Event,
+    dumps,
     legacy_notification_id_for,
     loads,
     parse_input,
 )
 from notifyd.stream import audience, timing
 from notifyd.stream.app import settings
+from notifyd.stream.handlers import timers
 from notifyd.stream.handlers.deadletter import dead_letter
 from notifyd.stream.handlers.dispatch import process_event
 from notifyd.stream.headers import header_value
 from notifyd.stream.tables import any_partition, cancels, inbox, scheduled, seen, status, throttle
-from notifyd.stream.topics import names, partition_for, rekeyed_topic
+from notifyd.stream.topics import fanout_topic, names, partition_for, rekeyed_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.ingest")
+#: Accepted and duplicate fan-outs are logged with the rest of the fan-out.
+fanout_log = structlog.stdlib.get_logger("notifyd.stream.audience")
 
 ORIGIN_HEADER = "notifyd-origin"
 
@@ -70,12 +75,12 @@ async def handle_event(ev: EventT[Any]) -> None:
     raw: bytes | None = ev.value
     timer = header_value(msg.headers, timing.TIMER_HEADER)
     if timer is not None and msg.topic != names.events:  # producers' topic: not trusted
-        await timing.fire(ev, timer)  # a schedule or digest window came due (notifyd.stream.timing)
+        await timers.fire(ev, timer)  # a schedule or digest window came due (notifyd.stream.timing)
         return
     metrics.event_received(msg.topic)
     addressed_to_topic = audience.topic_event(raw)  # None unless "topic" without user_id
     if addressed_to_topic is not None:
-        await audience.handle_topic_event(ev, addressed_to_topic)
+        await handle_topic_event(ev, addressed_to_topic)
         return
     try:
         event = parse_input(raw, settings.max_event_bytes)
@@ -111,13 +116,13 @@ async def handle_event(ev: EventT[Any]) -> None:
         if cancels.get(event.dedupe_key) is not None:
             await timing.drop_cancelled_event(event, now)  # its cancel came first
         elif (due := event.due(now, settings.max_schedule_days)) is not None and due > now:
-            key = timing.event_key(event.user_id, event.event_id)
+            key = event_key(event.user_id, event.event_id)
             if prev is None:
                 assert raw is not None
-                await timing.schedule_event(event, loads(raw), due, msg.partition, now)
+                await timers.schedule_event(event, loads(raw), due, msg.partition, now)
             elif (row := scheduled.get(key)) is not None:
                 # The same record replayed: keep the due time it got the first time.
-                await timing.schedule_event(event, row["event"], row["due"], msg.partition,
+                await timers.schedule_event(event, row["event"], row["due"], msg.partition,
                                             row.get("scheduled_at", now))
             # else: replayed after its schedule fired or was cancelled: nothing to do
         else:
@@ -174,3 +179,31 @@ def legacy_duplicate(event: Event) -> bool:
         return True
     history = throttle.get(event.user_id) or {}
     return any(len(h) > 1 and h[1] == legacy_nid for sends in history.values() for h in sends)
+
+
+async def handle_topic_event(ev: EventT[Any], obj: dict[str, Any]) -> None:
+    """Ingest of a topic-addressed event: on the topic's partition, once per event id,
+    handed to the fan-out (``notifyd.stream.audience``)."""
+    msg = ev.message
+    raw: bytes = ev.value
+    try:
+        topic = audience.check_topic_event(obj, settings.max_event_bytes)
+    except InvalidEvent as exc:
+        await dead_letter(ev, raw, exc.reason)
+        return
+    event_id = str(obj["event_id"])
+    structlog.contextvars.bind_contextvars(topic_name=topic, event_id=event_id)
+    if not await on_key_partition(ev, raw, topic):
+        return
+    origin = record_origin(ev)
+    key = audience.fanout_seen_key(topic, event_id)
+    prev = seen.get(key)
+    if prev is not None and prev[2] != origin:
+        fanout_log.info("fanout.duplicate", first_seen=prev[0], first_origin=prev[2])
+        return
+    now = clock.now()
+    start = {"topic": topic, "event": obj, "bucket": 0, "started_at": now, "done": 0}
+    await fanout_topic.send(key=topic.encode(), value=dumps(start))
+    if prev is None:
+        seen[key] = [now, msg.partition, origin, "#" + topic]
+    fanout_log.info("fanout.accepted", subscribers=audience.subscriber_count(topic))

@@ -9,16 +9,15 @@ from typing import Any, TypedDict, Unpack
 import structlog
 from faust.types import EventT
 
+from notifyd.domain.callbacks import channel_states, fold_callbacks
+from notifyd.domain.callbacks import jobs_for as callback_jobs_for
 from notifyd.metrics import metrics
 from notifyd.model.limits import SCHEMA_VERSION
 from notifyd.model.records import Delivery, dumps, loads
 from notifyd.stream.app import settings
-from notifyd.stream.callbacks import channel_states, fold_callbacks
-from notifyd.stream.callbacks import enqueue as enqueue_callbacks
-from notifyd.stream.callbacks import jobs_for as callback_jobs_for
 from notifyd.stream.handlers.deadletter import dead_letter_failure
 from notifyd.stream.tables import current_event, status
-from notifyd.stream.topics import status_topic
+from notifyd.stream.topics import callbacks_topic, status_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.status")
 
@@ -187,3 +186,11 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     for bad, error in failed:
         await dead_letter_failure(bad, error)
     return len(folded)
+
+
+async def enqueue_callbacks(jobs: list[dict[str, Any]]) -> None:
+    """The fold's callback jobs to ``notifyd.callbacks`` (keyed by notification id), where
+    the callbacks agent (``notifyd.stream.callbacks``) POSTs them."""
+    for job in jobs:
+        nid = job["payload"]["notification_id"]
+        await callbacks_topic.send(key=nid.encode(), value=dumps(job))

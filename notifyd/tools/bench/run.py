@@ -70,6 +70,7 @@ from notifyd.tools.bench.meter import (
     thread_cpu_s,
 )
 from notifyd.tools.bench.procs import FloorProc, WorkerProc
+from notifyd.tools.bench.schedule import schedule_phase
 from notifyd.tools.bench.sink import Sink
 from notifyd.tools.bench.stats import (
     SCHEMA,
@@ -824,12 +825,6 @@ def _ver(pkg: str) -> str | None:
         return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-async def schedule_phase(b: Bench) -> dict[str, Any]:
-    from notifyd.tools.bench.schedule import schedule_phase as phase
-
-    return await phase(b)
 
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:

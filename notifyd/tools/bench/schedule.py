@@ -21,19 +21,46 @@ import asyncio
 import re
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from notifyd.model.records import idempotency_scope, notification_id_for
-from notifyd.tools.bench.load import wait_done
+from notifyd.tools.bench.load import Collector, Progress, wait_done
 from notifyd.tools.bench.meter import proc_mem_mb
 from notifyd.tools.bench.procs import WorkerProc
+from notifyd.tools.bench.sink import Sink
 from notifyd.tools.bench.stats import latency_summary, rate
 
-if TYPE_CHECKING:
-    from notifyd.tools.bench.run import Bench
+
+class ScheduleOptions(Protocol):
+    """The options this phase reads (``notifyd.tools.bench.run.BenchOptions``)."""
+
+    schedule_entries: int
+    partitions: int
+    drain_timeout: float
+    worker_patches: tuple[str, ...]
+
+
+class Bench(Protocol):
+    """What this phase uses of the bench (``notifyd.tools.bench.run.Bench``): the run
+    imports the phase, so the phase names its needs instead of importing the run."""
+
+    @property
+    def opts(self) -> ScheduleOptions: ...
+
+    tag: str
+    bootstrap: str
+    progress: Progress
+    producer: Any
+    sink: Sink
+    collector: Collector
+
+    def new_worker(
+        self, name: str, app_id: str, prefix: str, store: str, profile: Path | None = None
+    ) -> WorkerProc: ...
 
 PROBE_EVENTS = 200
 USERS_PER_ROW = 10  # one user per ten rows: users hold several schedules, as in life

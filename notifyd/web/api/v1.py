@@ -30,6 +30,7 @@ from msgspec import Meta
 from swagger_ui_bundle import swagger_ui_path
 
 from notifyd import clock
+from notifyd.domain.fallback import check_extras
 from notifyd.egress import EgressPolicy, url_host
 from notifyd.errors import (
     BadRequest,
@@ -60,7 +61,6 @@ from notifyd.model.records import (
 from notifyd.stream import dlq
 from notifyd.stream.app import settings
 from notifyd.stream.audience import check_topic_event
-from notifyd.stream.fallback import check_extras
 from notifyd.stream.redrive import redrive
 from notifyd.stream.tables import inbox, preferences, status
 from notifyd.stream.topics import control_topic, events_topic, names, preferences_topic
@@ -551,7 +551,7 @@ async def create_notification(call: Call) -> web.StreamResponse:
     raw = dumps(event)
     try:
         parsed = parse_event(raw, settings.max_event_bytes)
-        check_extras(parsed)  # callback_url, fallback (notifyd.stream.fallback)
+        check_extras(parsed)  # callback_url, fallback (notifyd.domain.fallback)
         parsed.due(clock.now(), settings.max_schedule_days)  # too far ahead: 400 here
     except InvalidEvent as exc:
         code, sep, detail = exc.reason.partition(": ")
