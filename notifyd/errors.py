@@ -26,9 +26,12 @@ class NotifydError(Exception):
 class InvalidEvent(NotifydError):
     """An inbound event that can never be processed; it goes to the dead-letter topic."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, rule: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        #: The record matches its published schema and a rule the schema cannot state
+        #: refuses it (a chain out of order, a date too far ahead): the API answers 422.
+        self.rule = rule
 
 
 class DeliveryError(NotifydError):
@@ -104,6 +107,14 @@ class Conflict(WebError):
 
 class PayloadTooLarge(WebError):
     status, code = 413, "payload_too_large"
+
+
+class Unprocessable(WebError):
+    """Well-formed and valid against the published schema, refused by a rule the schema
+    cannot state (a number libphonenumber deems impossible, quiet hours that end when they
+    start, a fallback chain out of order, a host the egress policy refuses)."""
+
+    status, code = 422, "unprocessable"
 
 
 class TooManyRequests(WebError):

@@ -65,11 +65,12 @@ def check_extras(event: Any) -> None:
     check_callback_url(extra.get("callback_url"))
     if extra.get("fallback") is not None and STEP_KEY not in extra:
         if event.channels is not None:
-            raise InvalidEvent("invalid_fallback: give channels or fallback, not both")
+            raise InvalidEvent("invalid_fallback: give channels or fallback, not both",
+                               rule=True)
         try:
             parse_chain(extra["fallback"])
         except InvalidChain as exc:
-            raise InvalidEvent(f"invalid_fallback: {exc}") from None
+            raise InvalidEvent(f"invalid_fallback: {exc}", rule=True) from None
 
 
 def step_key(nid: str, channel: str) -> str:

@@ -313,7 +313,8 @@ class Event(msgspec.Struct):
         if due - now > max_days * 86400:
             raise InvalidEvent(
                 f"schedule_too_far: more than {max_days:g} days ahead "
-                "(NOTIFYD_MAX_SCHEDULE_DAYS)"
+                "(NOTIFYD_MAX_SCHEDULE_DAYS)",
+                rule=True,
             )
         return max(due, now)
 
@@ -519,9 +520,9 @@ def event_from_dict(obj: dict[str, Any]) -> Event:
         try:
             encoded = orjson.dumps(data)
         except TypeError:  # orjson parses 1024 levels of nesting but writes only 254
-            raise InvalidEvent("too_deep: data nests too deeply") from None
+            raise InvalidEvent("too_deep: data nests too deeply", rule=True) from None
         if len(encoded) > MAX_DATA_BYTES:
-            raise InvalidEvent(f"too_large: data exceeds {MAX_DATA_BYTES} bytes")
+            raise InvalidEvent(f"too_large: data exceeds {MAX_DATA_BYTES} bytes", rule=True)
     if rec.template is None and not (rec.title or rec.body):
         raise InvalidEvent("missing_content: give title/body or template")
     created_at: float | None = None

@@ -10,6 +10,7 @@ IANA zone, a fallback chain's order) and normalises.  Refusals are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,7 +48,14 @@ from notifyd.model.limits import (
 
 
 class InvalidPreferences(ValueError):
-    """Preferences that fail validation; the message says which field and why."""
+    """Preferences that fail validation; the message says which field and why.
+
+    ``rule``: the body matches the published schema and a rule it cannot state refuses
+    it (the API answers 422 rather than 400)."""
+
+    def __init__(self, message: str, *, rule: bool = False) -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 def _optional(pattern: str) -> str:
@@ -278,13 +286,21 @@ def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> str:
     return f"{name}{rest}: {msg}"
 
 
+def _shaped(name: str, value: str) -> bool:
+    """Whether ``value`` has the shape the published schema gives field ``name``."""
+    if name == "phone":
+        return re.fullmatch(E164_PATTERN.strip("^$"), value) is not None
+    return False
+
+
 def _zone(value: str, what: str) -> None:
     try:
         if not value:
             raise ValueError
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidPreferences(f"{what} {value!r} is not an IANA time zone") from None
+        raise InvalidPreferences(f"{what} {value!r} is not an IANA time zone",
+                                 rule=bool(value)) from None
 
 
 def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> dict[str, Any]:
@@ -316,7 +332,9 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
                     raise InvalidPreferences("webhook_url must be an http(s) URL")
             elif not checks[name][0](value):
                 detail = checks[name][1].format(v=value)
-                raise InvalidPreferences(f"{name} {detail}")
+                # The schema states the shape; libraries judge the rest (a possible number,
+                # a deliverable-looking address): shaped right but refused is a rule.
+                raise InvalidPreferences(f"{name} {detail}", rule=_shaped(name, value))
         out[name] = value
     for list_name in ("push_tokens", "apprise_urls"):
         tokens = getattr(doc, list_name)
@@ -339,14 +357,14 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
                 if not is_hhmm(getattr(qh, k)):
                     raise InvalidPreferences(f"quiet_hours.{k} must be HH:MM (24 h)")
             if qh.start == qh.end:
-                raise InvalidPreferences("quiet_hours.start and end must differ")
+                raise InvalidPreferences("quiet_hours.start and end must differ", rule=True)
             _zone(qh.timezone, "quiet_hours.timezone")
             out["quiet_hours"] = qh.to_dict()
     if doc.fallback is not UNSET:  # per-category channel fallback chains (notifyd.fallback)
         try:
             out["fallback"] = parse_preferences_chains(data["fallback"])
         except InvalidChain as exc:
-            raise InvalidPreferences(str(exc)) from None
+            raise InvalidPreferences(str(exc), rule=True) from None
     if doc.timezone is not UNSET:
         if doc.timezone is not None:
             _zone(doc.timezone, "timezone")

@@ -292,6 +292,10 @@ _ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     404: ("NotFound", "No such resource (or not yours)"),
     409: ("Conflict", "Conflicts with the current state"),
     413: ("PayloadTooLarge", "Request body exceeds the size limit"),
+    422: ("Unprocessable", "Matches the schema, but a rule the schema cannot state refuses "
+          "it (an impossible phone number, quiet hours that end when they start, a "
+          "fallback chain out of order, a date too far ahead, a host the egress policy "
+          "refuses)"),
     429: ("TooManyRequests", "Too many attempts; see Retry-After"),
     503: ("ServiceUnavailable", "Not ready, rebalancing, owner unreachable or timed out"),
 }
@@ -415,7 +419,7 @@ class Endpoint:
         if self.auth == "operator":
             out.add(403)
         if self.body is not None:
-            out.update((400, 413))
+            out.update((400, 413, 422))
         if self.query or _path_param_names(self.path):
             out.add(400)
         if self.routed:

@@ -335,10 +335,10 @@ async def test_fallback_previous_channel_dead_sends_the_next_step_at_once(aud: S
 async def test_invalid_fallback_chain_is_refused(aud: Stack) -> None:
     status, err = call(aud, 0, "POST", "/api/v1/notifications", {
         "title": "t", "fallback": [{"channel": "inapp"}, {"channel": "inapp", "after_s": 5}]})
-    assert status == 400 and err["code"] == "invalid_fallback", err
+    assert status == 422 and err["code"] == "invalid_fallback", err
     status, err = call(aud, 0, "PUT", "/api/v1/users/someone/preferences",
                        {"fallback": {"x": [{"channel": "push", "after_s": 5}]}})
-    assert status == 400 and err["code"] == "invalid_preferences", err
+    assert status == 422 and err["code"] == "invalid_preferences", err
 
 
 # --- a crash in the middle of a fan-out (last: it kills a worker of the module's stack) --

@@ -177,7 +177,7 @@ def test_preferences_api_refuses_literal_internal_destinations(stack: Stack) -> 
         {"apprise_urls": ["json://10.0.0.1/notify"]},
     ]:
         code, answer = user.call("PATCH", "/api/v1/preferences", body)
-        assert code == 400, (body, code, answer)
+        assert code == 422, (body, code, answer)  # schema-valid, refused by the policy
         assert answer["code"] == "invalid_preferences", answer
         assert "egress policy" in answer["detail"]
     # Public names and allow-listed addresses are accepted.

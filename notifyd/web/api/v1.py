@@ -39,6 +39,8 @@ from notifyd.errors import (
     NotFound,
     ServiceUnavailable,
     Unauthorized,
+    Unprocessable,
+    WebError,
 )
 from notifyd.model.api import (
     InboxItemUpdate,
@@ -227,6 +229,11 @@ registry.document(
 )
 
 
+def _refused(detail: str, code: str, rule: bool) -> WebError:
+    """400 for what the published schema refuses, 422 for a rule it cannot state."""
+    return Unprocessable(detail, code=code) if rule else BadRequest(detail, code=code)
+
+
 # --- users and auth -------------------------------------------------------------------
 
 
@@ -237,7 +244,7 @@ def _check_contacts(body: dict[str, Any]) -> None:
             try:
                 validate_preferences("", {name: body[name]}, partial=True)
             except InvalidPreferences as exc:
-                raise BadRequest(str(exc), code=f"invalid_{name}") from None
+                raise _refused(str(exc), f"invalid_{name}", exc.rule) from None
 
 
 @registry.route(
@@ -429,7 +436,7 @@ def _check_destinations(fields: dict[str, Any]) -> None:
         host = url_host(url) if url else None
         label = policy.host_denial(host) if host else None
         if label is not None:
-            raise BadRequest(
+            raise Unprocessable(
                 f"{name}: host {host!r} is refused by the egress policy ({label}); "
                 "notifyd does not deliver to internal addresses",
                 code="invalid_preferences",
@@ -440,7 +447,7 @@ async def _write_preferences(call: Call, user_id: str, op: str) -> web.StreamRes
     try:
         fields = validate_preferences(user_id, call.body, partial=(op == "patch"))
     except InvalidPreferences as exc:
-        raise BadRequest(str(exc), code="invalid_preferences") from None
+        raise _refused(str(exc), "invalid_preferences", exc.rule) from None
     _check_destinations(fields)
     routed = await route(call.request, "preferences", user_id)
     if routed is not None:
@@ -555,8 +562,8 @@ async def create_notification(call: Call) -> web.StreamResponse:
         parsed.due(clock.now(), settings.max_schedule_days)  # too far ahead: 400 here
     except InvalidEvent as exc:
         code, sep, detail = exc.reason.partition(": ")
-        raise BadRequest(detail if sep else exc.reason,
-                         code=code if sep else "invalid_event") from None
+        raise _refused(detail if sep else exc.reason, code if sep else "invalid_event",
+                       exc.rule) from None
     if parsed.user_id != me.user_id and not me.is_operator:
         raise Forbidden("only operators may notify other users", code="forbidden_recipient")
     fut = await events_topic.send(key=parsed.user_id.encode(), value=raw)
@@ -579,8 +586,8 @@ async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.S
         topic = check_topic_event(event, settings.max_event_bytes)
     except InvalidEvent as exc:
         code, sep, detail = exc.reason.partition(": ")
-        raise BadRequest(detail if sep else exc.reason,
-                         code=code if sep else "invalid_event") from None
+        raise _refused(detail if sep else exc.reason, code if sep else "invalid_event",
+                       exc.rule) from None
     fut = await events_topic.send(key=topic.encode(), value=dumps(event))
     await _acked(fut, "notification")
     log.info("api.topic_notification_accepted", topic=topic, event_id=event["event_id"])

@@ -35,9 +35,17 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import SecretStr
 
-from notifyd.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized, WebError
+from notifyd.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    TooManyRequests,
+    Unauthorized,
+    Unprocessable,
+    WebError,
+)
 from notifyd.model.contact import is_e164, is_email
-from notifyd.model.limits import MAX_PASSWORD, MIN_PASSWORD, USERNAME_PATTERN
+from notifyd.model.limits import E164_PATTERN, MAX_PASSWORD, MIN_PASSWORD, USERNAME_PATTERN
 from notifyd.web.auth.store import CredentialStore
 
 if TYPE_CHECKING:
@@ -156,8 +164,12 @@ def validate_email(email: str) -> None:
 
 def validate_phone(phone: str) -> None:
     if not is_e164(phone):
-        raise BadRequest(
-            "phone must be in E.164 format, e.g. +14155550123", code="invalid_phone"
+        # E.164-shaped (what the schema states) but impossible for its country: 422.
+        shaped = isinstance(phone, str) and re.fullmatch(E164_PATTERN.strip("^$"), phone)
+        error = Unprocessable if shaped else BadRequest
+        raise error(
+            "phone must be a possible number in E.164 format, e.g. +14155550123",
+            code="invalid_phone",
         )
 
 
