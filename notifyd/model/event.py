@@ -350,12 +350,16 @@ def parse_rfc3339(value: str) -> float:
     return dt.timestamp()
 
 
+class WindowOutOfRange(ValueError):
+    """A digest window of the right shape outside 1m to 7d (a rule the schema cannot state)."""
+
+
 def check_digest_window(window: str, where: str = "digest") -> None:
     """The range of a period window (the pattern cannot say 1m to 7d)."""
     m = re.match(DIGEST_WINDOW_PATTERN, window)
     if m is not None and m.group(1) is not None:
         if not 60 <= int(m.group(1)) * _UNITS[m.group(2)] <= MAX_DIGEST_WINDOW_S:
-            raise ValueError(f"{where}.window must be between 1m and 7d")
+            raise WindowOutOfRange(f"{where}.window must be between 1m and 7d")
 
 
 _JSON_TYPE = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
@@ -504,7 +508,8 @@ def event_from_dict(obj: dict[str, Any]) -> Event:
         try:
             check_digest_window(rec.digest.window)
         except ValueError as exc:
-            raise InvalidEvent(f"invalid_digest: {exc}") from None
+            raise InvalidEvent(f"invalid_digest: {exc}",
+                               rule=isinstance(exc, WindowOutOfRange)) from None
         digest = msgspec.structs.asdict(rec.digest)
         if rec.digest.category is None:
             del digest["category"]

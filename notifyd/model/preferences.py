@@ -26,6 +26,7 @@ from notifyd.model.event import (
     DigestWindow,
     FallbackChain,
     Version,
+    WindowOutOfRange,
     check_digest_window,
     error_location,
 )
@@ -375,7 +376,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
             try:
                 spec = parse_digest_spec(item, f"digests[{i}]")
             except ValueError as exc:
-                raise InvalidPreferences(str(exc)) from None
+                raise InvalidPreferences(str(exc), rule=isinstance(exc, WindowOutOfRange)) from None
             specs[spec["category"]] = spec  # the last one per category wins
         out["digests"] = list(specs.values())
     if not partial:

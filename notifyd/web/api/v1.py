@@ -812,7 +812,7 @@ async def admin_dlq_redrive(call: Call) -> web.StreamResponse:
     body = call.body
     wanted = [n.encode() for n in body.get("notification_ids") or []]
     if not wanted and not body.get("all"):
-        raise BadRequest("give notification_ids or all: true", code="missing_field")
+        raise Unprocessable("give notification_ids or all: true", code="missing_field")
 
     def select(rec: Any) -> bool:
         return bool(body.get("all")) or any(n in (rec.value or b"") for n in wanted)
