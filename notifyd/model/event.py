@@ -42,6 +42,7 @@ from notifyd.model.limits import (
     PRIORITIES,
     SCHEMA_VERSION,
     TOPIC_PATTERN,
+    integral_version,
 )
 
 # --- field types shared by the models -----------------------------------------------
@@ -492,7 +493,7 @@ def event_from_dict(obj: dict[str, Any]) -> Event:
     """The :class:`Event` of a decoded record (its model first, then the checks a type
     cannot express)."""
     try:
-        rec = msgspec.convert(obj, EventRecord)
+        rec = msgspec.convert(integral_version(obj), EventRecord)
     except msgspec.ValidationError as exc:
         raise InvalidEvent(reason_of(exc, obj)) from None
     for name in ("event_id", "user_id"):  # NOT_BLANK_PATTERN

@@ -7,6 +7,7 @@ OpenAPI document and the error texts all read the same numbers.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from notifyd.model.contact import HHMM_PATTERN as _HHMM
 
@@ -62,3 +63,19 @@ MAX_REFRESH_TOKEN_LEN = 256
 MAX_REDRIVE_IDS = 1_000
 #: Latest step of a fallback chain, after acceptance.
 MAX_FALLBACK_AFTER_S = 30 * 24 * 3600
+
+
+def shaped(pattern: str, value: object) -> bool:
+    """Whether ``value`` matches a schema ``pattern`` of the form ``^...$`` as a JSON Schema
+    validator reads it (ASCII classes, ``$`` at the very end): the published shape, which
+    the libraries behind a field (libphonenumber, email-validator) may still refuse."""
+    return isinstance(value, str) and re.fullmatch(pattern[1:-1], value, re.ASCII) is not None
+
+
+def integral_version(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with an integral float ``schema_version`` (``1.0``) as the integer JSON
+    Schema takes it for; any other value is left for the model to judge."""
+    v = obj.get("schema_version")
+    if isinstance(v, float) and v.is_integer():
+        obj["schema_version"] = int(v)
+    return obj

@@ -10,7 +10,6 @@ IANA zone, a fallback chain's order) and normalises.  Refusals are
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, TypeAlias, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -45,6 +44,8 @@ from notifyd.model.limits import (
     MAX_PREFERENCE_STR,
     MAX_TOKENS,
     SCHEMA_VERSION,
+    integral_version,
+    shaped,
 )
 
 
@@ -289,9 +290,8 @@ def _explain(exc: msgspec.ValidationError, data: dict[str, Any]) -> str:
 
 def _shaped(name: str, value: str) -> bool:
     """Whether ``value`` has the shape the published schema gives field ``name``."""
-    if name == "phone":
-        return re.fullmatch(E164_PATTERN.strip("^$"), value) is not None
-    return False
+    pattern = {"phone": E164_PATTERN, "email": EMAIL_PATTERN}.get(name)
+    return pattern is not None and shaped(pattern, value)
 
 
 def _zone(value: str, what: str) -> None:
@@ -312,7 +312,7 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
     if not isinstance(data, dict):
         raise InvalidPreferences("preferences must be a JSON object")
     try:
-        doc = msgspec.convert(data, PreferencesInput)
+        doc = msgspec.convert(integral_version(data), PreferencesInput)
     except msgspec.ValidationError as exc:
         raise InvalidPreferences(_explain(exc, data)) from None
     if doc.user_id is not UNSET and doc.user_id != user_id:

@@ -286,3 +286,17 @@ def test_rows_and_commands_written_now_carry_the_version() -> None:
         assert check_preferences_command({**msg, **v}).schema_version == SCHEMA_VERSION
     with pytest.raises(msgspec.ValidationError):
         check_control({**CONTROL_V1[0], "schema_version": SCHEMA_VERSION + 1})
+
+
+def test_an_integral_float_schema_version_is_the_integer_json_schema_takes_it_for() -> None:
+    """JSON Schema's ``integer`` admits ``1.0``; so do the readers (a float like 1.5 not)."""
+    from notifyd.errors import InvalidEvent
+    from notifyd.model.records import InvalidPreferences, parse_event, validate_preferences
+
+    ev = parse_event(b'{"event_id":"e","user_id":"u","title":"t","schema_version":1.0}')
+    assert ev.event_id == "e"
+    validate_preferences("u", {"schema_version": 2.0}, partial=True)
+    with pytest.raises(InvalidEvent, match="unsupported_version"):
+        parse_event(b'{"event_id":"e","user_id":"u","title":"t","schema_version":1.5}')
+    with pytest.raises(InvalidPreferences):
+        validate_preferences("u", {"schema_version": 1.5}, partial=True)
