@@ -66,7 +66,7 @@ def _optional(pattern: str) -> str:
 
 
 HHMM = Annotated[str, Meta(extra_json_schema={"pattern": HHMM_PATTERN, "examples": ["22:00"]})]
-Zone = Annotated[str, Meta(extra_json_schema={"examples": ["Europe/Berlin"]},
+Zone = Annotated[str, Meta(min_length=1, extra_json_schema={"examples": ["Europe/Berlin"]},
                            description="IANA time zone")]
 _Text = Annotated[str, Meta(max_length=MAX_PREFERENCE_STR)]
 _Tokens = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=MAX_TOKENS)]
@@ -125,7 +125,9 @@ class PreferencesInput(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     fallback: _Clearable[Annotated[dict[OptOutCategory, FallbackChain],
                                    Meta(description=_FALLBACK_DOC)]] = UNSET
     updated_at: _Clearable[float] = UNSET
-    timezone: _Clearable[Annotated[Zone, Meta(description="IANA zone (daily digests)")]] = UNSET
+    timezone: _Clearable[Annotated[str, Meta(
+        description="IANA zone (daily digests)",
+        extra_json_schema={"examples": ["Europe/Berlin"]})]] = UNSET
     digests: _Clearable[Annotated[list[DigestPreference],
                                   Meta(max_length=MAX_DIGEST_PREFERENCES)]] = UNSET
 
@@ -367,9 +369,9 @@ def validate_preferences(user_id: str, data: Any, *, partial: bool = False) -> d
         except InvalidChain as exc:
             raise InvalidPreferences(str(exc), rule=True) from None
     if doc.timezone is not UNSET:
-        if doc.timezone is not None:
+        if doc.timezone:  # an empty string clears the field, as null does
             _zone(doc.timezone, "timezone")
-        out["timezone"] = doc.timezone
+        out["timezone"] = doc.timezone or None
     if doc.digests is not UNSET:
         specs: dict[str, dict[str, str]] = {}
         for i, item in enumerate(data["digests"] or ()):
