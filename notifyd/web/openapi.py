@@ -11,9 +11,9 @@ the document with the aiohttp router.
 A body is declared by its model (``notifyd.model``): the registry converts the body
 through it before the handler runs (:func:`check_body`), and the document's component
 schemas are generated from the same classes (``msgspec.json.schema_components``), so
-the contract clients see is the check the server runs.  Query and path parameters are
-declared by their types the same way.  Only answers that have no model yet keep a
-hand-written schema (``_HAND_WRITTEN``).
+the contract clients see is the check the server runs.  Answers are declared by their
+models too (``notifyd.model.responses``).  Query and path parameters are declared by
+their types the same way.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ from notifyd.model.api import (
     UserCreate,
 )
 from notifyd.model.event import NotificationCreate, expected_type, json_type_name
-from notifyd.model.limits import MAX_ID_LEN, PRIORITIES
+from notifyd.model.limits import MAX_ID_LEN
 from notifyd.model.preferences import Preferences, PreferencesInput
+from notifyd.model.responses import RESPONSES
 from notifyd.model.status import NotificationStatus
 
 T = TypeVar("T")
@@ -56,201 +57,12 @@ def ref(name: str) -> Schema:
     return {"$ref": REF_PREFIX + name}
 
 
-def nullable(schema: Schema) -> Schema:
-    """``schema`` or null, written the 3.1 way (type arrays / anyOf with null)."""
-    if "$ref" in schema:
-        return {"anyOf": [schema, {"type": "null"}]}
-    out = dict(schema)
-    t = out.get("type")
-    out["type"] = [*(t if isinstance(t, list) else [t]), "null"]
-    return out
-
-
-_STR = {"type": "string"}
-
 #: The models whose schemas the document carries (with the ones they refer to): every
-#: request body, and the records the API answers with.
+#: request body, and every answer.
 MODELS: tuple[type[msgspec.Struct], ...] = (
     UserCreate, TokenRequest, RefreshRequest, LogoutRequest, PreferencesInput, Preferences,
-    NotificationCreate, InboxItemUpdate, RedriveRequest, NotificationStatus,
+    NotificationCreate, InboxItemUpdate, RedriveRequest, NotificationStatus, *RESPONSES,
 )
-
-#: components/schemas of the answers that have no model yet (hand-written).
-_HAND_WRITTEN: dict[str, Schema] = {
-    "Error": {
-        "type": "object",
-        "description": "Every error answer: a stable machine-readable code and a human detail.",
-        "required": ["code", "detail"],
-        "properties": {
-            "code": {"type": "string", "examples": ["invalid_json"]},
-            "detail": {"type": "string"},
-        },
-    },
-    "User": {
-        "type": "object",
-        "required": ["user_id", "username", "roles", "created_at", "disabled"],
-        "properties": {
-            "user_id": _STR,
-            "username": _STR,
-            "email": nullable(_STR),
-            "phone": nullable(_STR),
-            "roles": {"type": "array", "items": {"type": "string", "enum": ["user", "operator"]}},
-            "created_at": {"type": "string", "format": "date-time"},
-            "disabled": {"type": "boolean"},
-        },
-    },
-    "TokenResponse": {
-        "type": "object",
-        "required": ["access_token", "token_type", "expires_in"],
-        "properties": {
-            "access_token": {"type": "string", "description": "HS256 JWT"},
-            "token_type": {"type": "string", "enum": ["bearer"]},
-            "expires_in": {"type": "integer", "description": "seconds"},
-            "refresh_token": {"type": "string", "description": "opaque, single use"},
-        },
-    },
-    "NotificationAccepted": {
-        "type": "object",
-        "required": ["notification_id", "event_id"],
-        "properties": {
-            "notification_id": nullable({
-                "type": "string",
-                "description": "null for a topic: each subscriber's id is derived from "
-                "(user_id, event_id)",
-            }),
-            "event_id": _STR,
-            "topic": {"type": "string", "description": "set when sent to a topic"},
-        },
-    },
-    "InboxItem": {
-        "type": "object",
-        "required": ["id", "title", "body", "read", "archived"],
-        "properties": {
-            "id": {"type": "string", "description": "notification id"},
-            "title": _STR,
-            "body": _STR,
-            "category": _STR,
-            "priority": {"type": "string", "enum": list(PRIORITIES)},
-            "data": {"type": "object"},
-            "created_at": {"type": "number", "description": "epoch seconds"},
-            "read": {"type": "boolean"},
-            "archived": {"type": "boolean"},
-        },
-    },
-    "InboxPage": {
-        "type": "object",
-        "required": ["items", "unread", "total", "limit", "offset"],
-        "properties": {
-            "items": {"type": "array", "items": ref("InboxItem")},
-            "unread": {"type": "integer", "description": "unread, unarchived items"},
-            "total": {"type": "integer", "description": "items matching the filter"},
-            "limit": {"type": "integer"},
-            "offset": {"type": "integer"},
-        },
-    },
-    "DeadLetter": {
-        "type": "object",
-        "required": [
-            "topic", "partition", "offset", "timestamp", "key", "key_base64",
-            "reason", "headers", "value", "value_base64",
-        ],
-        "properties": {
-            "topic": _STR,
-            "partition": {"type": "integer"},
-            "offset": {"type": "integer"},
-            "timestamp": {"type": "integer", "description": "Kafka timestamp, epoch ms"},
-            "key": nullable(_STR),
-            "key_base64": {"type": "boolean", "description": "key is base64 (not UTF-8)"},
-            "reason": nullable({"type": "string", "description": "header notifyd-reason"}),
-            "headers": {"type": "object", "additionalProperties": _STR},
-            "value": nullable(_STR),
-            "value_base64": {"type": "boolean", "description": "value is base64 (not UTF-8)"},
-        },
-    },
-    "RedriveResult": {
-        "type": "object",
-        "required": ["scanned", "redriven", "skipped", "ids"],
-        "properties": {
-            "scanned": {"type": "integer"},
-            "redriven": {"type": "integer"},
-            "skipped": {"type": "integer"},
-            "ids": {"type": "array", "items": {"type": "string"}},
-        },
-    },
-    "DeadLetterPage": {
-        "type": "object",
-        "required": ["topic", "items"],
-        "properties": {
-            "topic": _STR,
-            "items": {"type": "array", "items": ref("DeadLetter")},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "worker"],
-        "properties": {"status": {"type": "string", "enum": ["ok"]}, "worker": _STR},
-    },
-    "Readiness": {
-        "type": "object",
-        "required": ["ready", "recovery_done", "rebalancing", "partitions", "worker"],
-        "properties": {
-            "code": {"type": "string", "description": "not_ready (503 only)"},
-            "detail": _STR,
-            "ready": {"type": "boolean"},
-            "recovery_done": {"type": "boolean"},
-            "rebalancing": {"type": "boolean"},
-            "partitions": {"type": "array", "items": {"type": "integer"}},
-            "worker": _STR,
-        },
-    },
-    "TableEntry": {
-        "type": "object",
-        "required": ["table", "key", "value", "worker"],
-        "properties": {"table": _STR, "key": _STR, "value": {}, "worker": _STR},
-    },
-    "Subscription": {
-        "type": "object",
-        "required": ["topic", "user_id", "subscribed_at"],
-        "properties": {
-            "topic": _STR,
-            "user_id": _STR,
-            "subscribed_at": {"type": "number", "description": "epoch seconds"},
-        },
-    },
-    "SubscriptionList": {
-        "type": "object",
-        "required": ["user_id", "topics"],
-        "properties": {
-            "user_id": _STR,
-            "topics": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["topic", "subscribed_at"],
-                    "properties": {"topic": _STR, "subscribed_at": {"type": "number"}},
-                },
-            },
-        },
-    },
-    "SubscriberPage": {
-        "type": "object",
-        "required": ["topic", "items", "next_cursor", "total", "limit"],
-        "properties": {
-            "topic": _STR,
-            "items": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["user_id", "subscribed_at"],
-                    "properties": {"user_id": _STR, "subscribed_at": {"type": "number"}},
-                },
-            },
-            "next_cursor": nullable({"type": "string", "description": "null on the last page"}),
-            "total": {"type": "integer"},
-            "limit": {"type": "integer"},
-        },
-    },
-}
 
 #: A path parameter that names something by id (a user, a notification).
 PATH_ID = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
@@ -277,12 +89,8 @@ def _generated() -> dict[str, Schema]:
 
 
 def schemas() -> dict[str, Schema]:
-    """components/schemas: generated from :data:`MODELS`, plus the hand-written answers."""
-    generated = _generated()
-    clash = set(generated) & set(_HAND_WRITTEN)
-    if clash:
-        raise ValueError(f"schemas both generated and hand-written: {sorted(clash)}")
-    return copy.deepcopy({**_HAND_WRITTEN, **generated})
+    """components/schemas: generated from :data:`MODELS`."""
+    return copy.deepcopy(_generated())
 
 
 _ERROR_RESPONSES: dict[int, tuple[str, str]] = {
