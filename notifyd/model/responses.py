@@ -32,8 +32,8 @@ class User(msgspec.Struct, kw_only=True):
     user_id: str
     username: str
     # Always answered (null when unknown); documented as optional.
-    email: str | None | UnsetType = UNSET
-    phone: str | None | UnsetType = UNSET
+    email: str | UnsetType | None = UNSET
+    phone: str | UnsetType | None = UNSET
     roles: list[Literal["user", "operator"]]
     created_at: Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
     disabled: bool
