@@ -9,12 +9,20 @@ answered by the owner of the topic's partition, a page at a time.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
+import msgspec
 from aiohttp import web
 from msgspec import Meta
 
 from notifyd.errors import BadRequest
+from notifyd.model.responses import (
+    SubscribedTopic,
+    Subscriber,
+    SubscriberPage,
+    Subscription,
+    SubscriptionList,
+)
 from notifyd.stream import audience
 from notifyd.stream.tables import subscriptions
 from notifyd.stream.topics import subscriptions_topic
@@ -37,8 +45,10 @@ async def _change(op: str, topic: str, user_id: str) -> dict[str, Any]:
 
 
 def _listing(user_id: str, mine: dict[str, Any] | None) -> dict[str, Any]:
-    items = [{"topic": t, "subscribed_at": since} for t, since in sorted((mine or {}).items())]
-    return {"user_id": user_id, "topics": items}
+    items = [SubscribedTopic(topic=t, subscribed_at=since)
+             for t, since in sorted((mine or {}).items())]
+    out: dict[str, Any] = msgspec.to_builtins(SubscriptionList(user_id=user_id, topics=items))
+    return out
 
 
 async def _subscribe(call: Call, topic: str, user_id: str) -> web.StreamResponse:
@@ -46,9 +56,10 @@ async def _subscribe(call: Call, topic: str, user_id: str) -> web.StreamResponse
     if routed is not None:
         return routed
     mine = await _change("subscribe", topic, user_id)
-    return json_response(
-        {"topic": topic, "user_id": user_id, "subscribed_at": mine.get(topic)}
-    )
+    # ``mine`` is the user's list with the subscribe applied: the topic is in it.
+    return json_response(msgspec.to_builtins(
+        Subscription(topic=topic, user_id=user_id, subscribed_at=mine[topic])
+    ))
 
 
 async def _unsubscribe(call: Call, topic: str, user_id: str) -> web.StreamResponse:
@@ -119,15 +130,15 @@ async def list_topic_subscribers(call: Call) -> web.StreamResponse:
         items, nxt = audience.page(topic, call.query.get("cursor"), call.query["limit"])
     except audience.InvalidSubscription as exc:
         raise BadRequest(str(exc), code="invalid_cursor") from None
-    return json_response(
-        {
-            "topic": topic,
-            "items": items,
-            "next_cursor": nxt,
-            "total": audience.subscriber_count(topic),
-            "limit": call.query["limit"],
-        }
+    page = SubscriberPage(
+        topic=topic,
+        # audience.page writes each subscriber in the shape of Subscriber.
+        items=cast(list[Subscriber], items),
+        next_cursor=nxt,
+        total=audience.subscriber_count(topic),
+        limit=call.query["limit"],
     )
+    return json_response(msgspec.to_builtins(page))
 
 
 @registry.route(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import faust
+import msgspec
 from aiohttp import web
 
 from notifyd.config import Settings
 from notifyd.errors import BadRequest, NotFound
 from notifyd.metrics import CONTENT_TYPE, Metrics
+from notifyd.model.responses import Health, Readiness, TableEntry
 from notifyd.stream.app import recovery_done
 from notifyd.stream.tables import TABLES
 from notifyd.stream.topics import active_partitions, names
@@ -39,25 +41,26 @@ def make_handlers(app: faust.App, settings: Settings, metrics: Metrics) -> web.R
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
-        return json_response({"status": "ok", "worker": str(app.conf.canonical_url)})
+        return json_response(
+            msgspec.to_builtins(Health(status="ok", worker=str(app.conf.canonical_url)))
+        )
 
     @routes.get("/readyz")
     async def readyz(request: web.Request) -> web.Response:
         recovered = recovery_done(app)
         partitions = sorted(active_partitions())
         ready = recovered and not app.rebalancing and bool(partitions)
-        body = {
-            "ready": ready,
-            "recovery_done": recovered,
-            "rebalancing": bool(app.rebalancing),
-            "partitions": partitions,
-            "worker": str(app.conf.canonical_url),
-        }
+        body = Readiness(
+            ready=ready,
+            recovery_done=recovered,
+            rebalancing=bool(app.rebalancing),
+            partitions=partitions,
+            worker=str(app.conf.canonical_url),
+        )
         if not ready:
-            return json_response(
-                {"code": "not_ready", "detail": "worker is not ready", **body}, 503
-            )
-        return json_response(body)
+            body.code, body.detail = "not_ready", "worker is not ready"
+            return json_response(msgspec.to_builtins(body), 503)
+        return json_response(msgspec.to_builtins(body))
 
     @routes.get("/metrics")
     async def metrics_view(request: web.Request) -> web.Response:
@@ -101,8 +104,8 @@ def make_handlers(app: faust.App, settings: Settings, metrics: Metrics) -> web.R
         if value is None:
             where = f" in user {user_id!r}'s partition" if user_id else ""
             raise NotFound(f"{name}[{key!r}] has no value{where}", code="key_not_found")
-        return json_response(
-            {"table": name, "key": key, "value": value, "worker": str(app.conf.canonical_url)}
-        )
+        return json_response(msgspec.to_builtins(
+            TableEntry(table=name, key=key, value=value, worker=str(app.conf.canonical_url))
+        ))
 
     return routes

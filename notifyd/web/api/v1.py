@@ -18,11 +18,12 @@ import functools
 import secrets
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qsl
 
 import aiohttp
 import faust
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -59,6 +60,14 @@ from notifyd.model.records import (
     dumps,
     parse_event,
     validate_preferences,
+)
+from notifyd.model.responses import (
+    DeadLetter,
+    DeadLetterPage,
+    InboxItem,
+    InboxPage,
+    NotificationAccepted,
+    RedriveResult,
 )
 from notifyd.stream import dlq
 from notifyd.stream.app import settings
@@ -571,8 +580,8 @@ async def create_notification(call: Call) -> web.StreamResponse:
     nid = parsed.notification_id
     log.info("api.notification_accepted", notification_id=nid, user_id=parsed.user_id)
     return json_response(
-        {"notification_id": nid, "event_id": parsed.event_id}, 202,
-        headers={"Location": f"/api/v1/notifications/{nid}"},
+        msgspec.to_builtins(NotificationAccepted(notification_id=nid, event_id=parsed.event_id)),
+        202, headers={"Location": f"/api/v1/notifications/{nid}"},
     )
 
 
@@ -591,9 +600,8 @@ async def _create_topic_notification(call: Call, event: dict[str, Any]) -> web.S
     fut = await events_topic.send(key=topic.encode(), value=dumps(event))
     await _acked(fut, "notification")
     log.info("api.topic_notification_accepted", topic=topic, event_id=event["event_id"])
-    return json_response(
-        {"notification_id": None, "event_id": event["event_id"], "topic": topic}, 202
-    )
+    accepted = NotificationAccepted(notification_id=None, event_id=event["event_id"], topic=topic)
+    return json_response(msgspec.to_builtins(accepted), 202)
 
 
 @registry.route(
@@ -622,13 +630,15 @@ async def list_notifications(call: Call) -> web.StreamResponse:
         and (q.get("unread") is None or (not it.get("read")) == q["unread"])
     ]
     offset, limit = q["offset"], q["limit"]
-    return json_response({
-        "items": items[offset: offset + limit],
-        "unread": box.get("unread", 0),
-        "total": len(items),
-        "limit": limit,
-        "offset": offset,
-    })
+    page = InboxPage(
+        # Rows of the inbox table, written in this shape by the in-app provider.
+        items=cast(list[InboxItem], items[offset: offset + limit]),
+        unread=box.get("unread", 0),
+        total=len(items),
+        limit=limit,
+        offset=offset,
+    )
+    return json_response(msgspec.to_builtins(page))
 
 
 def _not_found(nid: str) -> NotFound:
@@ -797,7 +807,9 @@ async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
 async def admin_dlq(call: Call) -> web.StreamResponse:
     topic = names.events_dlq if call.query["topic"] == "events" else names.deliveries_dlq
     items = await dlq.recent_dead_letters(settings.bootstrap_servers, topic, call.query["limit"])
-    return json_response({"topic": topic, "items": items})
+    # dlq.record_to_dict writes each record in the shape of DeadLetter.
+    page = DeadLetterPage(topic=topic, items=cast(list[DeadLetter], items))
+    return json_response(msgspec.to_builtins(page))
 
 
 @registry.route(
@@ -822,7 +834,9 @@ async def admin_dlq_redrive(call: Call) -> web.StreamResponse:
     except Exception as exc:  # broker unreachable
         raise ServiceUnavailable(f"re-drive failed: {type(exc).__name__}: {exc}",
                                  code="broker_unavailable") from exc
-    return json_response(result.to_dict())
+    return json_response(msgspec.to_builtins(RedriveResult(
+        scanned=result.scanned, redriven=result.redriven, skipped=result.skipped, ids=result.ids,
+    )))
 
 
 # --- the document and the UI -------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import jwt
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -53,6 +54,8 @@ from notifyd.model.limits import (
     USERNAME_PATTERN,
     shaped,
 )
+from notifyd.model.responses import Error, TokenResponse
+from notifyd.model.responses import User as PublicUser
 from notifyd.web.auth.store import CredentialStore
 
 if TYPE_CHECKING:
@@ -131,16 +134,18 @@ class User:
         )
 
     def public(self) -> dict[str, Any]:
-        """The user as the API shows it: never the password hash."""
-        return {
-            "user_id": self.user_id,
-            "username": self.username,
-            "email": self.email,
-            "phone": self.phone,
-            "roles": list(self.roles),
-            "created_at": self.created_at,
-            "disabled": self.disabled,
-        }
+        """The user as the API shows it (:class:`notifyd.model.responses.User`): never
+        the password hash."""
+        out: dict[str, Any] = msgspec.to_builtins(PublicUser(
+            user_id=self.user_id,
+            username=self.username,
+            email=self.email,
+            phone=self.phone,
+            roles=list(self.roles),  # type: ignore[arg-type]  # "user" / "operator"
+            created_at=self.created_at,
+            disabled=self.disabled,
+        ))
+        return out
 
 
 def _user_key(username: str) -> str:
@@ -538,17 +543,16 @@ class TokenService:
         """``{access_token, token_type: "bearer", expires_in[, refresh_token]}``."""
         if user.disabled:
             raise Unauthorized("this account is disabled", code="account_disabled")
-        out: dict[str, Any] = {
-            "access_token": self.encode(user),
-            "token_type": "bearer",
-            "expires_in": self.ttl_s,
-        }
+        out = TokenResponse(
+            access_token=self.encode(user), token_type="bearer", expires_in=self.ttl_s
+        )
         if refresh:
             token = secrets.token_urlsafe(32)
             record = orjson.dumps({"user_id": user.user_id, "created_at": _now_iso()})
             await self._store.set(f"refresh:{_digest(token)}", record, self.refresh_ttl_s)
-            out["refresh_token"] = token
-        return out
+            out.refresh_token = token
+        answer: dict[str, Any] = msgspec.to_builtins(out)
+        return answer
 
     def decode(self, token: str) -> dict[str, Any]:
         """Signature and claim checks only (no store); raises Unauthorized."""
@@ -811,7 +815,7 @@ def error_response(
     if retry_after is not None:
         out["Retry-After"] = str(max(1, int(retry_after + 0.999)))
     return web.Response(
-        body=orjson.dumps({"code": code, "detail": detail}),
+        body=orjson.dumps(msgspec.to_builtins(Error(code=code, detail=detail))),
         status=status,
         content_type="application/json",
         headers=out,
