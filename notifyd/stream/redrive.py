@@ -14,32 +14,15 @@ operator API).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from notifyd.config import Settings
 from notifyd.model.records import Delivery
+from notifyd.model.responses import RedriveResult
 from notifyd.stream.dlq import read_records
 from notifyd.stream.topology import TopicNames
-
-
-@dataclass
-class RedriveResult:
-    scanned: int = 0
-    redriven: int = 0
-    skipped: int = 0
-    ids: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "scanned": self.scanned,
-            "redriven": self.redriven,
-            "skipped": self.skipped,
-            "ids": self.ids,
-        }
 
 
 async def redrive(
@@ -53,7 +36,7 @@ async def redrive(
     source = names.deliveries_dlq if kind == "deliveries" else names.events_dlq
     # Every record, however many: a re-drive must not silently stop at a page size.
     records = await read_records(settings.bootstrap_servers, source, None, timeout_s=60.0)
-    result = RedriveResult(scanned=len(records))
+    result = RedriveResult(scanned=len(records), redriven=0, skipped=0, ids=[])
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
     await producer.start()
     try:

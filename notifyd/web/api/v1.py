@@ -67,7 +67,6 @@ from notifyd.model.responses import (
     InboxItem,
     InboxPage,
     NotificationAccepted,
-    RedriveResult,
 )
 from notifyd.stream import dlq
 from notifyd.stream.app import settings
@@ -834,9 +833,7 @@ async def admin_dlq_redrive(call: Call) -> web.StreamResponse:
     except Exception as exc:  # broker unreachable
         raise ServiceUnavailable(f"re-drive failed: {type(exc).__name__}: {exc}",
                                  code="broker_unavailable") from exc
-    return json_response(msgspec.to_builtins(RedriveResult(
-        scanned=result.scanned, redriven=result.redriven, skipped=result.skipped, ids=result.ids,
-    )))
+    return json_response(msgspec.to_builtins(result))
 
 
 # --- the document and the UI -------------------------------------------------------------
