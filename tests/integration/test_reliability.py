@@ -385,7 +385,7 @@ async def test_dead_letter_redriven_after_fix(stack: Stack, tmp_path: Path) -> N
     assert code == 200 and body["redriven"] == 1, body
     code, body = http_json("POST", f"{stack.worker.url}/api/v1/admin/dlq/redrive",
                            {"topic": "deliveries"}, stack.worker.op_headers)
-    assert code == 400 and body["code"] == "missing_field"
+    assert code == 422 and body["code"] == "missing_field"  # schema-valid, names nothing
     marker = new_id("evt")
     await stack.send_events({"event_id": marker, "user_id": user, "title": "m", "body": "m",
                              "channels": ["sms"]})
