@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     status_batch_max: int = Field(default=500, ge=1, le=10_000)
     status_batch_wait_s: float = Field(default=0.01, gt=0.0, le=1.0)
     status_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
+    #: The hot path (ingest, deliveries, status) in batch lanes on Faust's assignment
+    #: (``notifyd.stream.lanes``); false: Faust's per-record streams, as before.
+    batch_lanes: bool = True
+    #: Records a lane may hold fetched and unhandled before its partitions sit out fetches.
+    lane_backlog: int = Field(default=2000, ge=1, le=1_000_000)
     #: A channel still queued/retrying/deferred this long after it was due is re-queued
     #: (the ledger drops it if it was in fact sent): the safety net for records a
     #: crash or rebalance left unprocessed.

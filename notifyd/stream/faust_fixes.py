@@ -264,7 +264,10 @@ def _new_offset_from_committed(self: Any, tp: Any) -> int | None:
 def _lowest_in_flight(consumer: Any, tp: Any) -> int | None:
     """The lowest offset of ``tp`` a stream took and has not acked (None: none)."""
     acked_index = consumer._acked_index.get(tp, ())
-    offsets = [
+    lanes = getattr(consumer.app, "_notifyd_lanes", None)  # notifyd.stream.lanes.install
+    laned = lanes.lowest_in_flight(tp) if lanes is not None else None
+    offsets = [] if laned is None else [laned]
+    offsets += [
         m.offset
         for m in list(consumer._unacked_messages)
         if m.tp == tp and not m.acked and m.offset not in acked_index

@@ -214,7 +214,7 @@ async def test_dead_letter_produce_is_retried_until_the_broker_takes_it(
     async def fails(_: Any) -> None:
         raise ValueError("bad")
 
-    await common._handle(ev, fails)
+    await common.handle_one(ev, fails)
     assert dlq.failures == 0
     assert dlq.reasons() == ["internal_error: ValueError: bad"]
     assert ev.ack() is True  # handled: the stream's ack is the final one
@@ -230,7 +230,7 @@ async def test_record_is_held_unacked_when_stopped_before_its_dead_letter(
     async def fails(_: Any) -> None:
         raise ValueError("bad")
 
-    task = asyncio.create_task(common._handle(ev, fails))
+    task = asyncio.create_task(common.handle_one(ev, fails))
     await until(lambda: dlq.failures < 10**9 - 3)  # retrying
     task.cancel()  # the worker stops
     with pytest.raises(asyncio.CancelledError):

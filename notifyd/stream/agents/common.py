@@ -18,7 +18,7 @@ log = structlog.stdlib.get_logger("notifyd.stream.agents")
 Handler = Callable[[EventT[Any]], Awaitable[None]]
 
 
-async def _handle(ev: EventT[Any], handler: Handler) -> None:
+async def handle_one(ev: EventT[Any], handler: Handler) -> None:
     """Run ``handler`` on one record; whatever it raises ends in a dead letter.
 
     A bug or an outage while handling one record must neither stop the partition nor
@@ -47,7 +47,7 @@ async def _handle(ev: EventT[Any], handler: Handler) -> None:
 async def run_events(stream: StreamT[Any], handler: Handler) -> AsyncIterable[None]:
     """One record at a time, in order (Faust acks each when the next is taken)."""
     async for ev in stream.events():
-        await _handle(ev, handler)
+        await handle_one(ev, handler)
         yield None
 
 
@@ -75,7 +75,7 @@ async def run_events_concurrently(
                 await asyncio.wait([before])  # never raises; see below
             # Tables are read and written in the partition of the *current* event.
             with current_event(ev):
-                await _handle(ev, handler)  # catches everything but cancellation
+                await handle_one(ev, handler)  # catches everything but cancellation
             await stream.ack(ev)  # not on cancellation: re-consumed after a restart
         finally:
             slots.release()

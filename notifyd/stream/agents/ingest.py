@@ -8,6 +8,7 @@ from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
 from notifyd.stream.handlers.ingest import handle_event
+from notifyd.stream.lanes import Lane
 from notifyd.stream.runtime import Runtime
 
 
@@ -25,3 +26,13 @@ def register(rt: Runtime) -> None:
     async def ingest(stream: StreamT[Any]) -> None:
         async for _ in run_events(stream, handle_event):
             pass
+
+
+def ingest_lane(rt: Runtime) -> Lane:
+    """Events one after another per fetch: CPU-bound, and a user's order is kept."""
+    return Lane(
+        name="ingest",
+        topics=frozenset({rt.topics.names.events, rt.topics.names.events_rekeyed}),
+        handle=handle_event,
+        max_backlog=rt.settings.lane_backlog,
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from faust.streams import Stream
-from faust.types import StreamT
+from faust.types import EventT, StreamT
 
 from notifyd.stream.handlers.status import fold_status_events
+from notifyd.stream.lanes import Lane
 from notifyd.stream.runtime import Runtime
 
 
@@ -22,3 +24,17 @@ def register(rt: Runtime) -> None:
             settings.status_batch_max, within=settings.status_batch_wait_s
         ):
             await fold_status_events(events)
+
+
+def status_lane(rt: Runtime) -> Lane:
+    """Each fetch's status records of a partition folded in one go."""
+
+    async def fold(events: Sequence[EventT[Any]]) -> None:
+        await fold_status_events(events)
+
+    return Lane(
+        name="status",
+        topics=frozenset({rt.topics.names.status}),
+        fold=fold,
+        max_backlog=rt.settings.lane_backlog,
+    )

@@ -1,0 +1,357 @@
+"""Batch lanes: the hot path's topics read a fetch at a time, on Faust's assignment.
+
+Faust hands every record to its streams one at a time: conductor, channel queue,
+stream iteration, sensors and ack cost about 100 µs per record on this class of
+machine, several times notifyd's own work.  For the topics of the hot path (ingest,
+the channels' deliveries, status) a :class:`Lanes` takes each fetch's records out of
+Faust's fetch loop before that machinery (:func:`install` wraps
+``Consumer._wait_next_records``) and gives them to the topic's lane, a batch per
+partition per fetch.  Faust keeps what it is good at: group membership and the
+partition assignment, table recovery (a partition is fetched only once its tables are
+recovered), standbys, and commits.
+
+A lane books a record's offset as acked in Faust's consumer only once the record is
+handled (its outputs handed to the producer, which Faust flushes before it commits:
+``notifyd.stream.faust_fixes``), and only in the consumer generation it was fetched
+in: a record fetched before a rebalance is fetched and handled again after it (our
+steps are idempotent).  Faust commits only runs of acked offsets that start at the
+committed one, so a record still in flight holds back every record after it.
+
+A lane whose backlog is full is left out of the next fetches (its partitions' records
+wait in the client's buffer), so a slow provider holds up its own channel only.  The
+agents of these topics stay declared (``agent.test_context()`` drives the same handlers
+record by record); with ``NOTIFYD_BATCH_LANES=false`` Faust's streams run them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from faust.events import Event
+from faust.transport.consumer import Consumer
+from faust.types import TP, EventT
+from faust.types.tuples import ack_lock
+
+from notifyd.stream.agents.common import handle_one
+from notifyd.stream.tables import current_event
+
+if TYPE_CHECKING:
+    import faust
+
+log = structlog.stdlib.get_logger("notifyd.stream.lanes")
+
+#: Books one handled record as acked: ``(tp, offset, generation) -> booked``.
+Acker = Callable[[TP, int, int], bool]
+RecordHandler = Callable[[EventT[Any]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[EventT[Any]]], Awaitable[None]]
+
+
+@dataclass
+class Batch:
+    """The records of one partition from one fetch, in offset order."""
+
+    tp: TP
+    generation: int
+    events: list[EventT[Any]]
+
+
+@dataclass
+class Lane:
+    """A hot-path stage: its topics, how it handles a batch, and how much it may hold.
+
+    ``handle`` runs records one after another (``concurrency`` 1), or up to
+    ``concurrency`` at once in order per message key (a provider's I/O), or, given
+    ``fold``, the whole batch in one call (the status fold); ``open``/``close`` bracket
+    the lane's life (a channel's provider)."""
+
+    name: str
+    topics: frozenset[str]
+    handle: RecordHandler | None = None
+    fold: BatchHandler | None = None
+    concurrency: int = 1
+    #: Records fetched and not yet handled beyond which the lane is left out of fetches.
+    max_backlog: int = 2000
+    open: Callable[[], Awaitable[None]] | None = None
+    close: Callable[[], Awaitable[None]] | None = None
+    drain_s: float = 10.0
+    _queue: deque[Batch] = field(default_factory=deque, repr=False)
+    _backlog: int = 0
+    _wakeup: asyncio.Event | None = field(default=None, repr=False)
+    _inflight: dict[TP, set[int]] = field(default_factory=dict, repr=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    def accepting(self) -> bool:
+        return self._backlog < self.max_backlog
+
+    def put(self, batch: Batch) -> None:
+        self._queue.append(batch)
+        self._backlog += len(batch.events)
+        offsets = self._inflight.setdefault(batch.tp, set())
+        offsets.update(ev.message.offset for ev in batch.events)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def lowest_in_flight(self, tp: TP) -> int | None:
+        offsets = self._inflight.get(tp)
+        return min(offsets) if offsets else None
+
+    def drop(self, tps: Iterable[TP]) -> int:
+        """Forget queued batches of ``tps`` (revoked: fetched again by their next owner)."""
+        gone = set(tps)
+        kept: deque[Batch] = deque()
+        dropped = 0
+        for b in self._queue:
+            if b.tp in gone:
+                dropped += len(b.events)
+                self._done(b.tp, [ev.message.offset for ev in b.events])
+            else:
+                kept.append(b)
+        self._queue = kept
+        return dropped
+
+    def busy_with(self, tps: Iterable[TP]) -> bool:
+        return any(self._inflight.get(tp) for tp in tps)
+
+    def _done(self, tp: TP, offsets: Iterable[int]) -> None:
+        held = self._inflight.get(tp)
+        n = 0
+        for off in offsets:
+            n += 1
+            if held is not None:
+                held.discard(off)
+        self._backlog -= n
+
+    async def run(self, ack: Acker, current_generation: Callable[[], int],
+                  space: asyncio.Event) -> None:
+        """Handle batches as they come until cancelled."""
+        self._wakeup = asyncio.Event()
+        if self.open is not None:
+            await self.open()
+        slots = asyncio.Semaphore(max(1, self.concurrency))
+        tails: dict[Any, asyncio.Task[None]] = {}
+        try:
+            while True:
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                batch = self._queue.popleft()
+                if batch.generation != current_generation():
+                    # Fetched before a rebalance: fetched again after Faust's seek.
+                    self._done(batch.tp, [ev.message.offset for ev in batch.events])
+                    space.set()
+                    continue
+                if self.fold is not None:
+                    await self._fold(batch, ack)
+                    space.set()
+                elif self.concurrency <= 1:
+                    for ev in batch.events:
+                        await self._one(batch, ev, ack)
+                    space.set()
+                else:
+                    for ev in batch.events:
+                        await slots.acquire()
+                        key = (batch.tp, ev.message.key)
+                        task = asyncio.create_task(
+                            self._concurrent(batch, ev, ack, slots, tails, key, tails.get(key),
+                                             space)
+                        )
+                        tails[key] = task
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+        finally:
+            await self._stop_tasks()
+            if self.close is not None:
+                await self.close()
+
+    async def _stop_tasks(self) -> None:
+        # Stopping: let in-flight sends finish (an interrupted send is re-sent after the
+        # restart under the same idempotency key), then cancel the stragglers.
+        pending = set(self._tasks)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.drain_s)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    async def _one(self, batch: Batch, ev: EventT[Any], ack: Acker) -> None:
+        assert self.handle is not None
+        off = ev.message.offset
+        with current_event(ev):
+            await handle_one(ev, self.handle)  # everything but cancellation is caught
+        ack(batch.tp, off, batch.generation)
+        self._done(batch.tp, (off,))
+
+    async def _concurrent(
+        self, batch: Batch, ev: EventT[Any], ack: Acker, slots: asyncio.Semaphore,
+        tails: dict[Any, asyncio.Task[None]], key: Any, before: asyncio.Task[None] | None,
+        space: asyncio.Event,
+    ) -> None:
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # never raises
+            await self._one(batch, ev, ack)
+        finally:
+            slots.release()
+            if tails.get(key) is asyncio.current_task():
+                del tails[key]
+            space.set()
+
+    async def _fold(self, batch: Batch, ack: Acker) -> None:
+        assert self.fold is not None
+        await self.fold(batch.events)  # dead-letters what it cannot fold; raises nothing else
+        offsets = [ev.message.offset for ev in batch.events]
+        for off in offsets:
+            ack(batch.tp, off, batch.generation)
+        self._done(batch.tp, offsets)
+
+
+class Lanes:
+    """The lanes of one app, fed by its consumer's fetch loop."""
+
+    def __init__(self, app: faust.App, lanes: Sequence[Lane], revoke_wait_s: float = 5.0):
+        self.app = app
+        self.lanes = list(lanes)
+        self.by_topic = {t: lane for lane in self.lanes for t in lane.topics}
+        self.space = asyncio.Event()
+        self.revoke_wait_s = revoke_wait_s
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- fed by the consumer (install) -------------------------------------------------
+
+    def fetchable(self, tp: TP) -> bool:
+        lane = self.by_topic.get(tp.topic)
+        return lane is None or lane.accepting()
+
+    def take(self, consumer: Any, records: dict[TP, list[Any]], generation: int) -> None:
+        """Move the records of lane topics from ``records`` (a fetch) to their lanes."""
+        to_message = consumer._to_message
+        app = self.app
+        for tp in [tp for tp in records if tp.topic in self.by_topic]:
+            recs = records.pop(tp)
+            events: list[EventT[Any]] = []
+            for r in recs:
+                m = to_message(tp, r)
+                events.append(Event(app, m.key, m.value, m.headers, m))
+            if events:
+                self.by_topic[tp.topic].put(Batch(tp, generation, events))
+
+    def lowest_in_flight(self, tp: TP) -> int | None:
+        """The lowest offset of ``tp`` a lane holds and has not handled (None: none);
+        ``faust_fixes`` holds a first commit below it."""
+        lane = self.by_topic.get(tp.topic)
+        return lane.lowest_in_flight(tp) if lane is not None else None
+
+    # -- life --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        consumer = self.app.consumer
+        ack = _acker(consumer)
+
+        def generation() -> int:
+            return int(self.app.consumer_generation_id)
+
+        self._tasks = [
+            asyncio.create_task(lane.run(ack, generation, self.space), name=f"lane:{lane.name}")
+            for lane in self.lanes
+        ]
+        try:
+            # A lane that fails is a bug: let the worker crash rather than stall.
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def on_revoked(self, revoked: Iterable[TP]) -> None:
+        """Before the partitions are released: forget their queued batches and give the
+        ones being handled a moment to finish (their acks are no longer booked: the next
+        owner handles them again, and finds what they did in its tables)."""
+        tps = set(revoked)
+        dropped = sum(lane.drop(tps) for lane in self.lanes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.revoke_wait_s
+        while any(lane.busy_with(tps) for lane in self.lanes) and loop.time() < deadline:
+            self.space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
+        if dropped:
+            log.info("lanes.revoked", dropped=dropped)
+
+
+def _acker(consumer: Any) -> Acker:
+    """Book acks the way ``Consumer.ack`` does, by offset (no message object needed), and
+    only in the generation the record was fetched in with the flow running."""
+    app = consumer.app
+    flow = app.flow_control
+    acked, acked_index = consumer._acked, consumer._acked_index
+    committed = consumer._committed_offset
+
+    def ack(tp: TP, offset: int, generation: int) -> bool:
+        with ack_lock:
+            if generation != app.consumer_generation_id or not flow.is_active():
+                return False
+            done = committed.get(tp)
+            if done is not None and offset < done:
+                return False
+            index = acked_index[tp]
+            if offset in index:
+                return False
+            index.add(offset)
+            acked[tp].append(offset)
+            consumer._n_acked += 1
+            return True
+
+    return ack
+
+
+# --------------------------------------------------------------------------------------
+# The fetch loop's side
+# --------------------------------------------------------------------------------------
+
+_original_wait_next_records = Consumer._wait_next_records
+
+
+async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
+    """``Consumer._wait_next_records`` that leaves full lanes out of the fetch and hands
+    the records of lane topics to their lanes (the rest go on to Faust's streams)."""
+    lanes: Lanes | None = getattr(self.app, "_notifyd_lanes", None)
+    if lanes is None:
+        return await _original_wait_next_records(self, timeout)
+    if not self.flow_active:
+        await self.wait(self.can_resume_flow)
+    try:
+        self.not_waiting_next_records.set()
+        active = {tp for tp in self._get_active_partitions() if lanes.fetchable(tp)}
+        records: dict[TP, list[Any]] = {}
+        if active:
+            generation = self.app.consumer_generation_id
+            records = await self._getmany(active_partitions=active, timeout=timeout)
+            if records and self.flow_active and generation == self.app.consumer_generation_id:
+                lanes.take(self, records, generation)
+            else:  # Faust's getmany seeks back when the flow stopped meanwhile
+                for tp in [tp for tp in records if tp.topic in lanes.by_topic]:
+                    del records[tp]
+        else:
+            # Every partition is a full lane's (or none is assigned): wait for room.
+            lanes.space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lanes.space.wait(), 1.0)
+        return records, active
+    finally:
+        self.not_waiting_next_records.set()
+
+
+def install(app: faust.App, lanes: Lanes) -> None:
+    """Feed ``lanes`` from ``app``'s consumer (one set of lanes per app)."""
+    app._notifyd_lanes = lanes  # type: ignore[attr-defined]
+    if not getattr(Consumer._wait_next_records, "__notifyd_lanes__", False):
+        _wait_next_records_with_lanes.__notifyd_lanes__ = True  # type: ignore[attr-defined]
+        Consumer._wait_next_records = _wait_next_records_with_lanes  # type: ignore[method-assign]
