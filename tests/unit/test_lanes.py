@@ -1,0 +1,238 @@
+"""Batch lanes (``notifyd.stream.lanes``): what a fetch hands them, when their offsets are
+booked as acked, and the Faust internals they rely on (re-check on a Faust upgrade)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from faust.events import Event
+from faust.transport.consumer import Consumer
+from faust.types import TP, Message
+
+from notifyd.stream import lanes as lanes_mod
+from notifyd.stream.app import app  # the current (this test's) app
+from notifyd.stream.lanes import Batch, Lane, Lanes
+
+
+def _event(tp: TP, offset: int, key: bytes = b"u1") -> Any:
+    m = Message(tp.topic, tp.partition, offset, 0.0, 0, [], key, b"{}", None, tp=tp)
+    return Event(app, key, b"{}", [], m)
+
+
+@pytest.fixture
+def tp(monkeypatch: pytest.MonkeyPatch) -> Iterator[TP]:
+    """Partition 2 of the events topic, empty offset books, acks enabled, flow running."""
+    from notifyd.stream.topics import events_topic
+
+    consumer = app.consumer
+    topic = events_topic.get_topic_name()
+    t = TP(topic, 2)
+    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda name: name == topic)
+    monkeypatch.setattr(app.flow_control, "is_active", lambda: True)
+
+    def reset() -> None:
+        for book in (consumer._acked, consumer._acked_index, consumer._gap,
+                     consumer._committed_offset):
+            book.pop(t, None)
+
+    reset()
+    yield t
+    reset()
+
+
+class Acks:
+    def __init__(self) -> None:
+        self.booked: list[int] = []
+        self.generation = 1
+
+    def __call__(self, tp: TP, offset: int, generation: int) -> bool:
+        if generation != self.generation:
+            return False
+        self.booked.append(offset)
+        return True
+
+
+async def _run_until(lane: Lane, acks: Acks, done: Any) -> None:
+    space = asyncio.Event()
+    task = asyncio.create_task(lane.run(acks, lambda: acks.generation, space))
+    try:
+        for _ in range(1000):
+            if done():
+                return
+            await asyncio.sleep(0.001)  # polling the lane's progress, not a fixed wait
+        raise AssertionError("lane made no progress")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_concurrent_lane_keeps_each_keys_order_and_acks_only_handled_records(
+    tp: TP,
+) -> None:
+    seen: list[tuple[bytes, int]] = []
+    gate = asyncio.Event()
+
+    async def handle(ev: Any) -> None:
+        if ev.message.offset == 0:
+            await gate.wait()  # the first of u1's records is slow
+        seen.append((ev.message.key, ev.message.offset))
+
+    lane = Lane(name="t", topics=frozenset({tp.topic}), handle=handle, concurrency=8)
+    acks = Acks()
+    keys = [b"u1", b"u2", b"u1", b"u3"]
+    lane.put(Batch(tp, 1, [_event(tp, i, k) for i, k in enumerate(keys)]))
+    assert lane.lowest_in_flight(tp) == 0
+
+    def others_done() -> bool:
+        if len(seen) == 2:
+            gate.set()
+        return len(seen) == 4
+
+    await _run_until(lane, acks, others_done)
+    # u2 and u3 went ahead of the slow record; u1's second waited for its first.
+    assert seen[:2] == [(b"u2", 1), (b"u3", 3)]
+    assert seen[2:] == [(b"u1", 0), (b"u1", 2)]
+    assert sorted(acks.booked) == [0, 1, 2, 3]
+    assert lane.lowest_in_flight(tp) is None and lane.accepting()
+
+
+async def test_a_batch_from_an_earlier_generation_is_dropped_unhandled(tp: TP) -> None:
+    handled: list[int] = []
+
+    async def handle(ev: Any) -> None:
+        handled.append(ev.message.offset)
+
+    lane = Lane(name="t", topics=frozenset({tp.topic}), handle=handle)
+    acks = Acks()
+    lane.put(Batch(tp, 0, [_event(tp, 7)]))  # fetched before a rebalance
+    lane.put(Batch(tp, 1, [_event(tp, 7)]))  # fetched again after Faust's seek
+    await _run_until(lane, acks, lambda: acks.booked)
+    assert handled == [7] and acks.booked == [7]
+
+
+async def test_a_fold_lane_acks_the_whole_batch_after_the_fold(tp: TP) -> None:
+    folded: list[list[int]] = []
+
+    async def fold(events: Any) -> None:
+        folded.append([ev.message.offset for ev in events])
+
+    lane = Lane(name="t", topics=frozenset({tp.topic}), fold=fold)
+    acks = Acks()
+    lane.put(Batch(tp, 1, [_event(tp, i) for i in range(5)]))
+    await _run_until(lane, acks, lambda: len(acks.booked) == 5)
+    assert folded == [[0, 1, 2, 3, 4]]
+
+
+async def test_a_record_cancelled_while_handled_is_never_acked(tp: TP) -> None:
+    started = asyncio.Event()
+
+    async def handle(ev: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()  # a provider call that never ends
+
+    lane = Lane(name="t", topics=frozenset({tp.topic}), handle=handle, drain_s=0.01)
+    acks = Acks()
+    lane.put(Batch(tp, 1, [_event(tp, 3)]))
+    await _run_until(lane, acks, started.is_set)  # then the worker stops
+    assert acks.booked == []
+
+
+def test_booked_acks_commit_the_run_from_the_committed_offset(tp: TP) -> None:
+    consumer = app.consumer
+    consumer._committed_offset[tp] = 10
+    ack = lanes_mod._acker(consumer)
+    gen = app.consumer_generation_id
+    assert ack(tp, 11, gen) and ack(tp, 12, gen)
+    assert consumer._new_offset(tp) is None  # 10 is still being handled
+    assert not ack(tp, 10, gen + 1)  # from another generation: not booked
+    assert ack(tp, 10, gen)
+    assert not ack(tp, 10, gen)  # once
+    assert not ack(tp, 9, gen)  # below the committed offset
+    assert consumer._new_offset(tp) == 13
+
+
+def test_no_ack_is_booked_while_the_flow_is_stopped(
+    tp: TP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app.flow_control, "is_active", lambda: False)  # rebalancing
+    ack = lanes_mod._acker(app.consumer)
+    assert not ack(tp, 0, app.consumer_generation_id)
+    assert not app.consumer._acked.get(tp)
+
+
+def test_a_first_commit_waits_for_the_lowest_record_a_lane_holds(tp: TP) -> None:
+    consumer = app.consumer
+    lane = Lane(name="t", topics=frozenset({tp.topic}))
+    lanes = Lanes(app, [lane])
+    lanes_mod.install(app, lanes)
+    try:
+        lane.put(Batch(tp, 1, [_event(tp, o) for o in (5, 6, 7)]))
+        consumer._acked[tp].extend([6, 7])
+        consumer._acked_index[tp].update([6, 7])
+        assert consumer._new_offset(tp) is None  # 5 is in the lane, unhandled
+        lane._done(tp, [5])
+        consumer._acked[tp].append(5)
+        consumer._acked_index[tp].add(5)
+        assert consumer._new_offset(tp) == 8
+    finally:
+        del app._notifyd_lanes  # type: ignore[attr-defined]
+
+
+async def test_a_fetch_gives_lane_records_to_lanes_and_leaves_full_lanes_out(
+    tp: TP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    consumer = app.consumer
+    other = TP("elsewhere", 2)
+    lane = Lane(name="t", topics=frozenset({tp.topic}), max_backlog=3)
+    lanes = Lanes(app, [lane])
+    asked: list[set[TP]] = []
+
+    def rec(t: TP, offset: int) -> Any:
+        return SimpleNamespace(topic=t.topic, partition=t.partition, offset=offset, timestamp=0,
+                               timestamp_type=0, headers=[], key=b"k", value=b"v",
+                               checksum=None, serialized_key_size=1, serialized_value_size=1)
+
+    async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        asked.append(set(active_partitions))
+        return {t: [rec(t, o) for o in range(3)] for t in active_partitions}
+
+    monkeypatch.setattr(consumer, "_getmany", getmany)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp, other})
+    monkeypatch.setattr(consumer, "flow_active", True)
+    monkeypatch.setattr(app, "_notifyd_lanes", lanes, raising=False)
+    records, _ = await consumer._wait_next_records(1.0)
+    assert list(records) == [other]  # the lane's went to the lane
+    assert [ev.message.offset for ev in lane._queue[0].events] == [0, 1, 2]
+    records, _ = await consumer._wait_next_records(1.0)
+    assert asked[1] == {other}  # the lane is full: its partition sits this fetch out
+    assert lane.drop([tp]) == 3 and lane.accepting()  # revoked: forgotten, room again
+
+
+def test_lanes_patch_the_fetch_loop_faust_still_has() -> None:
+    """``Consumer._wait_next_records`` and the books the acks go to (Faust internals)."""
+    assert getattr(Consumer._wait_next_records, "__notifyd_lanes__", False)
+    consumer = app.consumer
+    for book in ("_acked", "_acked_index", "_committed_offset", "_n_acked", "_to_message",
+                 "_get_active_partitions", "_getmany", "not_waiting_next_records"):
+        assert hasattr(consumer, book), book
+
+
+def test_the_worker_consumer_gets_notifyds_fetch_wait_and_size() -> None:
+    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer; notifyd sets its own."""
+    import inspect
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    import notifyd.stream.app as app_mod
+
+    source = inspect.getsource(app_mod._create_worker_consumer)
+    assert "fetch_max_wait_ms=1500" in source  # what the patch replaces is still there
+    assert getattr(AIOKafkaConsumerThread._create_worker_consumer, "__notifyd_fix__", False)
+    assert app._notifyd_fetch == (  # type: ignore[attr-defined]
+        app_mod.settings.fetch_max_wait_ms, app_mod.settings.fetch_min_bytes
+    )
