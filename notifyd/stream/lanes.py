@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -232,8 +233,14 @@ class Lanes:
         """Move the records of lane topics from ``records`` (a fetch) to their lanes."""
         to_message = consumer._to_message
         app = self.app
+        # Faust's liveness check (``verify_event_path``) reads when a stream last took a
+        # record of the partition; lanes take them instead of its streams.
+        inbound = getattr(app.monitor, "stream_inbound_time", None)
+        now = time.monotonic()
         for tp in [tp for tp in records if tp.topic in self.by_topic]:
             recs = records.pop(tp)
+            if inbound is not None:
+                inbound[tp] = now
             events: list[EventT[Any]] = []
             for r in recs:
                 m = to_message(tp, r)

@@ -208,6 +208,8 @@ async def test_a_fetch_gives_lane_records_to_lanes_and_leaves_full_lanes_out(
     records, _ = await consumer._wait_next_records(1.0)
     assert list(records) == [other]  # the lane's went to the lane
     assert [ev.message.offset for ev in lane._queue[0].events] == [0, 1, 2]
+    # Faust's liveness check sees the partition's records taken (by the lane).
+    assert tp in app.monitor.stream_inbound_time
     records, _ = await consumer._wait_next_records(1.0)
     assert asked[1] == {other}  # the lane is full: its partition sits this fetch out
     assert lane.drop([tp]) == 3 and lane.accepting()  # revoked: forgotten, room again
@@ -217,6 +219,13 @@ def test_lanes_patch_the_fetch_loop_faust_still_has() -> None:
     """``Consumer._wait_next_records`` and the books the acks go to (Faust internals)."""
     assert getattr(Consumer._wait_next_records, "__notifyd_lanes__", False)
     consumer = app.consumer
+    import inspect
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert "stream_inbound_time" in inspect.getsource(
+        AIOKafkaConsumerThread.verify_event_path
+    )
     for book in ("_acked", "_acked_index", "_committed_offset", "_n_acked", "_to_message",
                  "_get_active_partitions", "_getmany", "not_waiting_next_records"):
         assert hasattr(consumer, book), book
