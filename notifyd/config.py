@@ -117,8 +117,9 @@ class Settings(BaseSettings):
     batch_lanes: bool = True
     #: Records a lane may hold fetched and unhandled before its partitions sit out fetches.
     lane_backlog: int = Field(default=2000, ge=1, le=1_000_000)
-    #: The broker holds a fetch up to this long to gather ``fetch_min_bytes`` (Faust's
-    #: own: 1500 ms for 1 byte, i.e. a fetch per record or two under load).
+    #: While busy (200+ records/s), the broker holds a fetch up to this long to gather
+    #: ``fetch_min_bytes`` (when quiet: Faust's own 1500 ms for 1 byte; a fetch per
+    #: record or two under load).  ``notifyd.stream.lanes.FetchPacer``.
     fetch_max_wait_ms: int = Field(default=5, ge=0, le=1500)
     fetch_min_bytes: int = Field(default=1 << 20, ge=1, le=64 << 20)
     #: A channel still queued/retrying/deferred this long after it was due is re-queued

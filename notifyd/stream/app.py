@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 from notifyd.config import Settings
 from notifyd.stream import faust_fixes
@@ -67,36 +66,7 @@ def faust_settings(s: Settings) -> dict[str, Any]:
 def faust_app(s: Settings) -> faust.App:
     """A bare Faust app configured from ``s`` (nothing declared on it yet)."""
     faust_fixes.apply()  # idempotent; before any app exists
-    _tune_fetches()
-    a = faust.App(s.app_id, **faust_settings(s))
-    a._notifyd_fetch = (s.fetch_max_wait_ms, s.fetch_min_bytes)  # type: ignore[attr-defined]
-    return a
-
-
-_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
-
-
-def _worker_consumer_with_fetch_settings(self: Any, transport: Any) -> Any:
-    """Faust's consumer, with notifyd's fetch wait and size.
-
-    Faust hard-codes ``fetch_max_wait_ms=1500`` with aiokafka's ``fetch_min_bytes=1``:
-    the broker answers a fetch as soon as one record is there, so under load each fetch
-    carries a few records and the response for every subscribed partition (~100) is
-    decoded in Python each time: the consumer thread took a third of the worker's CPU.
-    Waiting up to ``NOTIFYD_FETCH_MAX_WAIT_MS`` for ``NOTIFYD_FETCH_MIN_BYTES`` gathers
-    a batch per fetch (+30% events/s, lower e2e latency at 100/s on 2 cores)."""
-    consumer = _create_worker_consumer(self, transport)
-    tuned = getattr(self.app, "_notifyd_fetch", None)
-    if tuned is not None:
-        consumer._fetch_max_wait_ms, consumer._fetch_min_bytes = tuned
-    return consumer
-
-
-def _tune_fetches() -> None:
-    _worker_consumer_with_fetch_settings.__notifyd_fix__ = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = (  # type: ignore[method-assign]
-        _worker_consumer_with_fetch_settings
-    )
+    return faust.App(s.app_id, **faust_settings(s))
 
 
 def recovery_done(a: faust.App) -> bool:

@@ -212,11 +212,67 @@ class Lane:
         self._done(batch.tp, offsets)
 
 
+@dataclass
+class FetchPacer:
+    """Faust's consumer fetches: long polls when quiet, full batches when busy.
+
+    Faust asks the broker for at least 1 byte, waiting up to 1500 ms: cheap when idle,
+    but under load every fetch returns a record or two, and each response (every
+    subscribed partition, ~100) is decoded in Python by the consumer thread, which then
+    took a third of the worker's CPU.  Asking for ``busy[1]`` bytes within ``busy[0]``
+    ms gathers a batch per fetch instead (+30% events/s, lower latency at 100/s on 2
+    cores), but polling every few ms costs 20% of a core when idle.  So the pacer reads
+    the rate the fetch loop sees and switches between the two (hysteresis: busy from
+    ``busy_rate`` records/s, about 50 events/s, quiet again below half of it)."""
+
+    busy: tuple[int, int]
+    quiet: tuple[int, int] = (1500, 1)
+    busy_rate: float = 200.0
+    window_s: float = 0.25
+    mode: str = "quiet"
+    _count: int = 0
+    _since: float = 0.0
+
+    def observe(self, consumer: Any, n: int) -> None:
+        self._count += n
+        now = time.monotonic()
+        elapsed = now - self._since
+        if elapsed < self.window_s:
+            return
+        rate = self._count / elapsed
+        self._count, self._since = 0, now
+        mode = self.mode
+        if rate >= self.busy_rate:
+            mode = "busy"
+        elif rate < self.busy_rate / 2:
+            mode = "quiet"
+        if mode != self.mode:
+            fetcher = _fetcher_of(consumer)
+            if fetcher is not None:
+                wait_ms, min_bytes = self.busy if mode == "busy" else self.quiet
+                # Read when the fetcher builds its next request (aiokafka's thread).
+                fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = wait_ms, min_bytes
+                self.mode = mode
+
+
+def _fetcher_of(consumer: Any) -> Any:
+    """aiokafka's fetcher behind Faust's consumer (None before it started)."""
+    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    return getattr(client, "_fetcher", None)
+
+
 class Lanes:
     """The lanes of one app, fed by its consumer's fetch loop."""
 
-    def __init__(self, app: faust.App, lanes: Sequence[Lane], revoke_wait_s: float = 5.0):
+    def __init__(
+        self,
+        app: faust.App,
+        lanes: Sequence[Lane],
+        revoke_wait_s: float = 5.0,
+        pacer: FetchPacer | None = None,
+    ):
         self.app = app
+        self.pacer = pacer
         self.lanes = list(lanes)
         self.by_topic = {t: lane for lane in self.lanes for t in lane.topics}
         self.space = asyncio.Event()
@@ -233,19 +289,16 @@ class Lanes:
         """Move the records of lane topics from ``records`` (a fetch) to their lanes."""
         to_message = consumer._to_message
         app = self.app
-        # Faust's liveness check (``verify_event_path``) reads when a stream last took a
-        # record of the partition; lanes take them instead of its streams.
-        inbound = getattr(app.monitor, "stream_inbound_time", None)
+        monitor = app.monitor
         now = time.monotonic()
         for tp in [tp for tp in records if tp.topic in self.by_topic]:
             recs = records.pop(tp)
-            if inbound is not None:
-                inbound[tp] = now
             events: list[EventT[Any]] = []
             for r in recs:
                 m = to_message(tp, r)
                 events.append(Event(app, m.key, m.value, m.headers, m))
             if events:
+                _count_in(monitor, tp, len(events), events[-1].message.offset, now)
                 self.by_topic[tp.topic].put(Batch(tp, generation, events))
 
     def lowest_in_flight(self, tp: TP) -> int | None:
@@ -291,6 +344,18 @@ class Lanes:
                 await asyncio.wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
         if dropped:
             log.info("lanes.revoked", dropped=dropped)
+
+
+def _count_in(monitor: Any, tp: TP, n: int, last_offset: int, now: float) -> None:
+    """What Faust's sensor counts per record as its streams take it (``/metrics``:
+    ``notifyd_faust_messages_received``, ``notifyd_faust_events``), counted per batch;
+    ``stream_inbound_time`` is what Faust's liveness check (``verify_event_path``) reads
+    to tell a partition's stream is working."""
+    monitor.messages_received_total += n
+    monitor.messages_received_by_topic[tp.topic] += n
+    monitor.tp_read_offsets[tp] = last_offset
+    monitor.events_total += n
+    monitor.stream_inbound_time[tp] = now
 
 
 def _acker(consumer: Any) -> Acker:
@@ -341,6 +406,8 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
         if active:
             generation = self.app.consumer_generation_id
             records = await self._getmany(active_partitions=active, timeout=timeout)
+            if lanes.pacer is not None:
+                lanes.pacer.observe(self, sum(len(r) for r in records.values()))
             if records and self.flow_active and generation == self.app.consumer_generation_id:
                 lanes.take(self, records, generation)
             else:  # Faust's getmany seeks back when the flow stopped meanwhile

@@ -13,7 +13,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP, Message
 
 from notifyd.stream import lanes as lanes_mod
-from notifyd.stream.app import app  # the current (this test's) app
+from notifyd.stream.app import app, settings  # the current (this test's)
 from notifyd.stream.lanes import Batch, Lane, Lanes
 
 
@@ -163,22 +163,20 @@ def test_no_ack_is_booked_while_the_flow_is_stopped(
     assert not app.consumer._acked.get(tp)
 
 
-def test_a_first_commit_waits_for_the_lowest_record_a_lane_holds(tp: TP) -> None:
+def test_a_first_commit_waits_for_the_lowest_record_a_lane_holds(
+    tp: TP, monkeypatch: pytest.MonkeyPatch
+) -> None:
     consumer = app.consumer
     lane = Lane(name="t", topics=frozenset({tp.topic}))
-    lanes = Lanes(app, [lane])
-    lanes_mod.install(app, lanes)
-    try:
-        lane.put(Batch(tp, 1, [_event(tp, o) for o in (5, 6, 7)]))
-        consumer._acked[tp].extend([6, 7])
-        consumer._acked_index[tp].update([6, 7])
-        assert consumer._new_offset(tp) is None  # 5 is in the lane, unhandled
-        lane._done(tp, [5])
-        consumer._acked[tp].append(5)
-        consumer._acked_index[tp].add(5)
-        assert consumer._new_offset(tp) == 8
-    finally:
-        del app._notifyd_lanes  # type: ignore[attr-defined]
+    monkeypatch.setattr(app, "_notifyd_lanes", Lanes(app, [lane]), raising=False)
+    lane.put(Batch(tp, 1, [_event(tp, o) for o in (5, 6, 7)]))
+    consumer._acked[tp].extend([6, 7])
+    consumer._acked_index[tp].update([6, 7])
+    assert consumer._new_offset(tp) is None  # 5 is in the lane, unhandled
+    lane._done(tp, [5])
+    consumer._acked[tp].append(5)
+    consumer._acked_index[tp].add(5)
+    assert consumer._new_offset(tp) == 8
 
 
 async def test_a_fetch_gives_lane_records_to_lanes_and_leaves_full_lanes_out(
@@ -208,8 +206,9 @@ async def test_a_fetch_gives_lane_records_to_lanes_and_leaves_full_lanes_out(
     records, _ = await consumer._wait_next_records(1.0)
     assert list(records) == [other]  # the lane's went to the lane
     assert [ev.message.offset for ev in lane._queue[0].events] == [0, 1, 2]
-    # Faust's liveness check sees the partition's records taken (by the lane).
+    # Faust's sensor counts them (/metrics) and its liveness check sees them taken.
     assert tp in app.monitor.stream_inbound_time
+    assert app.monitor.messages_received_by_topic[tp.topic] >= 3
     records, _ = await consumer._wait_next_records(1.0)
     assert asked[1] == {other}  # the lane is full: its partition sits this fetch out
     assert lane.drop([tp]) == 3 and lane.accepting()  # revoked: forgotten, room again
@@ -231,17 +230,28 @@ def test_lanes_patch_the_fetch_loop_faust_still_has() -> None:
         assert hasattr(consumer, book), book
 
 
-def test_the_worker_consumer_gets_notifyds_fetch_wait_and_size() -> None:
-    """Faust hard-codes ``fetch_max_wait_ms=1500`` for its consumer; notifyd sets its own."""
+def test_fetches_gather_batches_when_busy_and_long_poll_when_quiet() -> None:
+    """Faust's 1500 ms / 1 byte fetches cost a fetch per record under load; 5 ms / 1 MiB
+    ones cost ~20% of a core when idle: the pacer switches with the rate it sees."""
     import inspect
+    from types import SimpleNamespace
 
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    from aiokafka.consumer.fetcher import Fetcher
 
-    import notifyd.stream.app as app_mod
-
-    source = inspect.getsource(app_mod._create_worker_consumer)
-    assert "fetch_max_wait_ms=1500" in source  # what the patch replaces is still there
-    assert getattr(AIOKafkaConsumerThread._create_worker_consumer, "__notifyd_fix__", False)
-    assert app._notifyd_fetch == (  # type: ignore[attr-defined]
-        app_mod.settings.fetch_max_wait_ms, app_mod.settings.fetch_min_bytes
-    )
+    # What the pacer sets is what aiokafka's fetcher builds its requests from.
+    assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher)
+    assert "self._fetch_min_bytes" in inspect.getsource(Fetcher)
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500, _fetch_min_bytes=1)
+    consumer = SimpleNamespace(_thread=SimpleNamespace(_consumer=SimpleNamespace(
+        _fetcher=fetcher)))
+    pacer = lanes_mod.FetchPacer(busy=(5, 1 << 20), window_s=0.0)
+    pacer.observe(consumer, 0)
+    assert pacer.mode == "quiet" and fetcher._fetch_max_wait_ms == 1500
+    pacer.observe(consumer, 500)  # 500 records in (next to) no time: busy
+    assert pacer.mode == "busy"
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (5, 1 << 20)
+    pacer.observe(consumer, 0)  # nothing: quiet again
+    assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (1500, 1)
+    # A worker's lanes pace its fetches with the settings' busy values.
+    lanes = app._notifyd_lanes  # type: ignore[attr-defined]
+    assert lanes.pacer.busy == (settings.fetch_max_wait_ms, settings.fetch_min_bytes)

@@ -7,7 +7,7 @@ from typing import Any
 
 from notifyd.config import CHANNELS
 from notifyd.stream.agents import audience, callbacks, channel, control, ingest, preferences, status
-from notifyd.stream.lanes import Lanes, install
+from notifyd.stream.lanes import FetchPacer, Lanes, install
 from notifyd.stream.runtime import Runtime
 
 
@@ -28,6 +28,7 @@ def register_lanes(rt: Runtime) -> Lanes:
             *(channel.channel_lane(rt, ch) for ch in CHANNELS),
             status.status_lane(rt),
         ],
+        pacer=FetchPacer(busy=(rt.settings.fetch_max_wait_ms, rt.settings.fetch_min_bytes)),
     )
     install(rt.app, lanes)
 
