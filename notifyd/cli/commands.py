@@ -47,12 +47,21 @@ def main() -> None:
 @click.option("--web-host", help="Address of the web view (NOTIFYD_WEB_HOST)")
 @click.option("--datadir", type=click.Path(path_type=Path), help="Table data (NOTIFYD_DATADIR)")
 @click.option("--loglevel", "log_level", help="DEBUG, INFO, WARNING (NOTIFYD_LOG_LEVEL)")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Worker processes on this machine (one per core): web ports NOTIFYD_WEB_PORT+i, "
+    "tables in NOTIFYD_DATADIR/process-i",
+)
 def worker(
     broker_url: str | None,
     web_port: int | None,
     web_host: str | None,
     datadir: Path | None,
     log_level: str | None,
+    processes: int,
 ) -> None:
     """Run a worker: consume events, keep tables, deliver, serve the web view."""
     _set_env(
@@ -64,7 +73,14 @@ def worker(
     )
     from notifyd.cli.admin import _settings
 
-    _settings()  # a bad NOTIFYD_* variable: one line on stderr, not a traceback
+    s = _settings()  # a bad NOTIFYD_* variable: one line on stderr, not a traceback
+    if processes > 1:
+        from notifyd.cli.supervise import ProcessesUnsupported, run_processes
+
+        try:
+            sys.exit(run_processes(processes, s))
+        except ProcessesUnsupported as exc:
+            raise click.UsageError(str(exc)) from None
     from notifyd.service import create_app
     from notifyd.stream.worker import run_worker
 
@@ -381,6 +397,10 @@ def _now() -> float:
     "--fanout-subscribers", type=int, help="Subscribers of the topic in the fan-out phase [100000]"
 )
 @click.option("--skip-fanout", is_flag=True, help="Skip the topic fan-out phase")
+@click.option(
+    "--scaling-processes", type=click.IntRange(1, 64),
+    help="Phase scaling: the throughput run on `worker --processes N` [2; 1 skips it]",
+)
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a minute or so")
 @click.option(
     "--out",
@@ -420,7 +440,7 @@ def bench(**kw: Any) -> None:
 
     values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
     for name in ("events", "floor_events", "users", "duration", "state_users", "partitions",
-                 "fanout_subscribers", "schedule_entries"):
+                 "fanout_subscribers", "schedule_entries", "scaling_processes"):
         if kw[name] is not None:
             values[name] = kw[name]
     if kw["rates"]:

@@ -265,10 +265,12 @@ def test_worker_command_variants() -> None:
     from pathlib import Path
 
     w = WorkerProc(env={}, datadir=Path("/tmp/x"), web_port=1)
-    assert w.command()[1:] == ["-m", "notifyd", "worker"]
-    w = WorkerProc(env={}, datadir=Path("/tmp/x"), web_port=1, patches=("fetch-wait-10ms",))
+    assert w.command()[1:] == ["-m", "notifyd", "worker", "--processes", "1"]
+    w = WorkerProc(env={}, datadir=Path("/tmp/x"), web_port=1, patches=("fetch-wait-10ms",),
+                   processes=2)
     code = w.command()[2]
-    assert "fetch_max_wait_ms" in code and code.rstrip().endswith("main(['worker'])")
+    assert "fetch_max_wait_ms" in code
+    assert code.rstrip().endswith("main(['worker', '--processes', '2'])")
     compile(code, "<patch>", "exec")
     for snippet in WORKER_PATCHES.values():
         compile(snippet, "<patch>", "exec")

@@ -64,6 +64,18 @@ def proc_cpu_s(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tree_cpu_s(pid: int | None) -> float | None:
+    """CPU seconds of a process and its live child processes (Linux /proc)."""
+    own = proc_cpu_s(pid)
+    if own is None or pid is None:
+        return own
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return own
+    return own + sum(proc_cpu_s(int(k)) or 0.0 for k in kids)
+
+
 def thread_cpu_s(pid: int | None) -> dict[str, float] | None:
     """CPU seconds of a process's main thread and of all its other threads (Faust
     runs its aiokafka consumer in a thread of its own)."""
@@ -122,21 +134,26 @@ def dir_mb(path: Path) -> float:
 
 
 class CpuMeter:
-    """CPU seconds used by named processes between start() and stop()."""
+    """CPU seconds used by named processes between start() and stop(); those named in
+    ``trees`` with their child processes (a ``worker --processes N`` supervisor)."""
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
+    def __init__(self, pids: dict[str, int | None], trees: tuple[str, ...] = ("worker",)):
         self.pids = pids
+        self.trees = trees
         self.t0: dict[str, float | None] = {}
         self.wall0 = 0.0
 
+    def _cpu(self, key: str, pid: int | None) -> float | None:
+        return tree_cpu_s(pid) if key in self.trees else proc_cpu_s(pid)
+
     def start(self) -> CpuMeter:
-        self.t0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
+        self.t0 = {k: self._cpu(k, p) for k, p in self.pids.items()}
         self.wall0 = time.monotonic()
         return self
 
     def stop(self) -> dict[str, Any]:
         out: dict[str, Any] = {"wall_s": round(time.monotonic() - self.wall0, 3)}
         for k, p in self.pids.items():
-            now, then = proc_cpu_s(p), self.t0.get(k)
+            now, then = self._cpu(k, p), self.t0.get(k)
             out[k] = round(now - then, 3) if now is not None and then is not None else None
         return out

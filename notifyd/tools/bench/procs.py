@@ -55,6 +55,8 @@ class WorkerProc(WorkerSubprocess):
     env: dict[str, str]
     profile_out: Path | None = None
     patches: tuple[str, ...] = ()
+    #: ``notifyd worker --processes``: the worker's web port is its first process's.
+    processes: int = 1
 
     probe_timeout_s: ClassVar[float] = 3.0
 
@@ -62,9 +64,10 @@ class WorkerProc(WorkerSubprocess):
         if self.patches:
             # Experiments on the unmodified worker: patches applied before it starts.
             code = "\n".join(WORKER_PATCHES[p] for p in self.patches)
-            target = ["-c", code + "\nfrom notifyd.cli.commands import main\nmain(['worker'])\n"]
+            argv = ["worker", "--processes", str(self.processes)]
+            target = ["-c", code + f"\nfrom notifyd.cli.commands import main\nmain({argv!r})\n"]
         else:
-            target = ["-m", "notifyd", "worker"]
+            target = ["-m", "notifyd", "worker", "--processes", str(self.processes)]
         if self.profile_out is not None:
             # pyinstrument writes its session when the worker exits (SIGTERM: clean stop).
             return [

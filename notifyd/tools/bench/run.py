@@ -117,6 +117,8 @@ class BenchOptions:
     #: Subscribers of the topic in the fan-out phase (notifyd.tools.bench.fanout).
     fanout_subscribers: int = 100_000
     skip_fanout: bool = False
+    #: Phase "scaling": the throughput run again on ``worker --processes N`` (1: skipped).
+    scaling_processes: int = 2
 
     @classmethod
     def quick_defaults(cls) -> dict[str, Any]:
@@ -131,6 +133,7 @@ class BenchOptions:
             "partitions": 4,
             "quick": True,
             "fanout_subscribers": 2_000,
+            "scaling_processes": 1,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -458,35 +461,7 @@ class Bench:
             tap = await TopicTap(self.bootstrap, names.status, inapp).start()
             users = [f"u{i}" for i in range(o.users)]
             try:
-                await self._events_run("warm", names.events, min(200, o.events), None, users, inapp)
-                meter = CpuMeter(self.pids(worker=w.pid)).start()
-                threads0 = thread_cpu_s(w.pid)
-                st, info = await self._events_run(
-                    "tput", names.events, o.events, None, users, inapp
-                )
-                cpu = meter.stop()
-                threads1 = thread_cpu_s(w.pid)
-                if threads0 and threads1:
-                    cpu["worker_threads"] = {
-                        k: round(threads1[k] - threads0[k], 3) for k in threads0
-                    }
-                end = max(st.last_at or 0.0, inapp.last_inapp_at or 0.0)
-                secs = end - info["t_first"]
-                out["throughput"] = {
-                    "events": o.events,
-                    "received": st.received,
-                    "inapp_sent": info["inapp"],
-                    "seconds": round(secs, 3),
-                    "events_per_s": rate(st.received, secs),
-                    # Until the worker had no backlog at all (status folds included).
-                    "drained_s": info["drained_s"],
-                    "drained_events_per_s": rate(st.received, info["drained_s"] or 0.0),
-                    "produce_s": info["produce_s"],
-                    "cpu_s": cpu,
-                    "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
-                    "e2e_during_burst": latency_summary(st.latencies_ms),
-                    "stages": info["stages"],
-                }
+                out["throughput"] = await self._throughput(w, names, users, inapp)
                 self.progress.note(
                     f"notifyd throughput: {out['throughput']['events_per_s']} events/s"
                 )
@@ -525,6 +500,72 @@ class Bench:
             w.stop(120)
         if profile is not None:
             out["profile_session"] = str(profile)
+        return out
+
+    async def _throughput(
+        self, w: WorkerProc, names: Any, users: list[str], inapp: StatusTracker
+    ) -> dict[str, Any]:
+        """Events produced as fast as possible until all were delivered (after a warm-up)."""
+        o = self.opts
+        await self._events_run("warm", names.events, min(200, o.events), None, users, inapp)
+        meter = CpuMeter(self.pids(worker=w.pid)).start()
+        threads0 = thread_cpu_s(w.pid)
+        st, info = await self._events_run("tput", names.events, o.events, None, users, inapp)
+        cpu = meter.stop()
+        threads1 = thread_cpu_s(w.pid)
+        if threads0 and threads1 and w.processes == 1:
+            cpu["worker_threads"] = {k: round(threads1[k] - threads0[k], 3) for k in threads0}
+        end = max(st.last_at or 0.0, inapp.last_inapp_at or 0.0)
+        secs = end - info["t_first"]
+        return {
+            "events": o.events,
+            "received": st.received,
+            "inapp_sent": info["inapp"],
+            "seconds": round(secs, 3),
+            "events_per_s": rate(st.received, secs),
+            # Until the worker had no backlog at all (status folds included).
+            "drained_s": info["drained_s"],
+            "drained_events_per_s": rate(st.received, info["drained_s"] or 0.0),
+            "produce_s": info["produce_s"],
+            "cpu_s": cpu,
+            "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
+            "e2e_during_burst": latency_summary(st.latencies_ms),
+            "stages": info["stages"],
+        }
+
+    async def scaling(self, one: dict[str, Any]) -> dict[str, Any]:
+        """The same throughput run on ``worker --processes N`` (one per core), against
+        ``one`` (the single process's run of phase 2)."""
+        from notifyd.stream.topology import TopicNames
+
+        o = self.opts
+        n = o.scaling_processes
+        app_id, prefix = f"notifyd-bench-{self.tag}-p{n}", f"bench-{self.tag}-p{n}"
+        names = TopicNames(prefix)
+        self._group = app_id
+        self._drain_topics = [names.events, names.deliver("webhook"), names.deliver("inapp"),
+                              names.status]
+        w = self.new_worker(f"worker-p{n}", app_id, prefix, "memory://")
+        w.processes = n
+        out: dict[str, Any] = {"processes": n}
+        w.start()
+        try:
+            out["ready_s"] = round(await w.wait_ready_async(), 2)
+            out["preload_s"] = round(await self._preload(names.preferences, app_id), 2)
+            inapp = StatusTracker()
+            tap = await TopicTap(self.bootstrap, names.status, inapp).start()
+            try:
+                users = [f"u{i}" for i in range(o.users)]
+                out["throughput"] = await self._throughput(w, names, users, inapp)
+            finally:
+                await tap.stop()
+        finally:
+            w.stop(120)
+        base = (one.get("throughput") or {}).get("events_per_s")
+        mine = out["throughput"]["events_per_s"]
+        out["events_per_s_1"] = base
+        out["speedup"] = round(mine / base, 2) if base and mine else None
+        self.progress.note(f"notifyd --processes {n}: {mine} events/s (1 process: {base})")
         return out
 
     async def _preload(self, topic: str, group: str) -> float:
@@ -719,6 +760,10 @@ class Bench:
                 result["floor"] = {"skipped": True} if o.skip_floor else await self.floor()
                 result["notifyd"] = await self.notifyd()
                 result["ratios"] = compute_ratios(result["floor"], result["notifyd"])
+                result["scaling"] = (
+                    {"skipped": True} if o.scaling_processes <= 1
+                    else await self.scaling(result["notifyd"])
+                )
                 result["state"] = {"skipped": True} if o.skip_state else await self.state()
                 result["fanout"] = (
                     {"skipped": True} if o.skip_fanout

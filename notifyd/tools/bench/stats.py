@@ -195,6 +195,23 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line, sep, *body]
 
 
+def _scaling_rows(sc: Mapping[str, Any], floor_eps: float | None) -> list[list[str]]:
+    """The throughput row of ``worker --processes N`` (phase scaling), if it ran."""
+    st = sc.get("throughput") or {}
+    if not st:
+        return []
+    eps = st.get("events_per_s")
+    return [[
+        f"notifyd: --processes {sc.get('processes')} (x{_f(sc.get('speedup'), digits=2)} "
+        "of 1 process)",
+        _f(st.get("events")),
+        _f(eps),
+        _f(st.get("drained_events_per_s")),
+        _f(st.get("worker_cpu_us_per_event"), digits=0),
+        _f(eps / floor_eps if eps and floor_eps else None, digits=3),
+    ]]
+
+
 def format_summary(result: Mapping[str, Any]) -> str:
     """Markdown tables: machine, throughput, latency per rate with ratios, state."""
     m = result.get("machine", {})
@@ -239,6 +256,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 _f(nt.get("worker_cpu_us_per_event"), digits=0),
                 _f(ratios.get("throughput"), digits=3),
             ],
+            *_scaling_rows(result.get("scaling", {}), ft.get("events_per_s")),
         ],
     )
     lines.append("")
