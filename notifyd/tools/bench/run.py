@@ -117,6 +117,8 @@ class BenchOptions:
     #: Subscribers of the topic in the fan-out phase (notifyd.tools.bench.fanout).
     fanout_subscribers: int = 100_000
     skip_fanout: bool = False
+    #: Seconds the idle worker's CPU is measured for (after the paced runs).
+    idle_s: float = 20.0
     #: Phase "scaling": the throughput run again on ``worker --processes N`` (1: skipped).
     scaling_processes: int = 2
 
@@ -134,6 +136,7 @@ class BenchOptions:
             "quick": True,
             "fanout_subscribers": 2_000,
             "scaling_processes": 1,
+            "idle_s": 2.0,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -496,6 +499,7 @@ class Bench:
             finally:
                 await tap.stop()
             out["worker_rss_mb"], out["worker_rss_peak_mb"] = proc_mem_mb(w.pid)
+            out["idle"] = await self._idle_cpu(w)
         finally:
             w.stop(120)
         if profile is not None:
@@ -532,6 +536,17 @@ class Bench:
             "e2e_during_burst": latency_summary(st.latencies_ms),
             "stages": info["stages"],
         }
+
+    async def _idle_cpu(self, w: WorkerProc) -> dict[str, Any]:
+        """The worker's CPU with no traffic: ``idle_s`` after its backlog is drained."""
+        o = self.opts
+        meter = CpuMeter(self.pids(worker=w.pid)).start()
+        await asyncio.sleep(o.idle_s)  # the measurement window itself
+        cpu = meter.stop()
+        used = cpu.get("worker")
+        pct = round(100 * used / cpu["wall_s"], 2) if used is not None else None
+        self.progress.note(f"notifyd idle: {pct}% of a core")
+        return {"seconds": cpu["wall_s"], "cpu_s": used, "cpu_pct_of_core": pct}
 
     async def scaling(self, one: dict[str, Any]) -> dict[str, Any]:
         """The same throughput run on ``worker --processes N`` (one per core), against

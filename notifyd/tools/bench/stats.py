@@ -259,6 +259,10 @@ def format_summary(result: Mapping[str, Any]) -> str:
             *_scaling_rows(result.get("scaling", {}), ft.get("events_per_s")),
         ],
     )
+    idle = nd.get("idle") or {}
+    if idle.get("cpu_pct_of_core") is not None:
+        lines += ["", f"Idle worker: {idle['cpu_pct_of_core']}% of a core over "
+                      f"{idle.get('seconds')} s without traffic"]
     lines.append("")
     rows = []
     f_lat = floor.get("latency", {})
