@@ -12,16 +12,24 @@ from notifyd.stream.handlers.status import fold_status_events
 from notifyd.stream.lanes import Lane
 from notifyd.stream.runtime import Runtime
 
+#: With batch lanes this agent gets no records in a worker (the status lane folds them):
+#: its batch timer then fires at most once a second instead of every
+#: ``status_batch_wait_s`` (10 ms), which was half of an idle worker's CPU.
+LANES_IDLE_WAIT_S = 1.0
+
 
 def register(rt: Runtime) -> None:
     settings = rt.settings
+    within = settings.status_batch_wait_s
+    if settings.batch_lanes:
+        within = max(within, LANES_IDLE_WAIT_S)
 
     @rt.app.agent(rt.topics.status, name="notifyd.status")
     async def status_agent(stream: StreamT[Any]) -> None:
         # take_events acks the batch only after this body has handled it (at least once).
         assert isinstance(stream, Stream)  # take_events is missing from StreamT
         async for events in stream.take_events(
-            settings.status_batch_max, within=settings.status_batch_wait_s
+            settings.status_batch_max, within=within
         ):
             await fold_status_events(events)
 
