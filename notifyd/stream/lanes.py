@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -39,7 +40,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
 from faust.types.tuples import ack_lock
 
-from notifyd.stream.agents.common import handle_one
+from notifyd.stream.agents.common import KeyedSlots, handle_one
 from notifyd.stream.tables import current_event
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ log = structlog.stdlib.get_logger("notifyd.stream.lanes")
 #: Books one handled record as acked: ``(tp, offset, generation) -> booked``.
 Acker = Callable[[TP, int, int], bool]
 RecordHandler = Callable[[EventT[Any]], Awaitable[None]]
-BatchHandler = Callable[[Sequence[EventT[Any]]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[EventT[Any]]], Awaitable[object]]
 
 
 @dataclass
@@ -60,6 +61,9 @@ class Batch:
     tp: TP
     generation: int
     events: list[EventT[Any]]
+
+    def offsets(self) -> list[int]:
+        return [ev.message.offset for ev in self.events]
 
 
 @dataclass
@@ -85,7 +89,6 @@ class Lane:
     _backlog: int = 0
     _wakeup: asyncio.Event | None = field(default=None, repr=False)
     _inflight: dict[TP, set[int]] = field(default_factory=dict, repr=False)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def accepting(self) -> bool:
         return self._backlog < self.max_backlog
@@ -110,7 +113,7 @@ class Lane:
         for b in self._queue:
             if b.tp in gone:
                 dropped += len(b.events)
-                self._done(b.tp, [ev.message.offset for ev in b.events])
+                self._done(b.tp, b.offsets())
             else:
                 kept.append(b)
         self._queue = kept
@@ -134,8 +137,7 @@ class Lane:
         self._wakeup = asyncio.Event()
         if self.open is not None:
             await self.open()
-        slots = asyncio.Semaphore(max(1, self.concurrency))
-        tails: dict[Any, asyncio.Task[None]] = {}
+        slots = KeyedSlots(self.concurrency, self.drain_s)
         try:
             while True:
                 while not self._queue:
@@ -144,7 +146,7 @@ class Lane:
                 batch = self._queue.popleft()
                 if batch.generation != current_generation():
                     # Fetched before a rebalance: fetched again after Faust's seek.
-                    self._done(batch.tp, [ev.message.offset for ev in batch.events])
+                    self._done(batch.tp, batch.offsets())
                     space.set()
                     continue
                 if self.fold is not None:
@@ -156,29 +158,13 @@ class Lane:
                     space.set()
                 else:
                     for ev in batch.events:
-                        await slots.acquire()
-                        key = (batch.tp, ev.message.key)
-                        task = asyncio.create_task(
-                            self._concurrent(batch, ev, ack, slots, tails, key, tails.get(key),
-                                             space)
-                        )
-                        tails[key] = task
-                        self._tasks.add(task)
-                        task.add_done_callback(self._tasks.discard)
+                        await slots.submit((batch.tp, ev.message.key),
+                                           functools.partial(self._one, batch, ev, ack),
+                                           done=space.set)
         finally:
-            await self._stop_tasks()
+            await slots.drain()
             if self.close is not None:
                 await self.close()
-
-    async def _stop_tasks(self) -> None:
-        # Stopping: let in-flight sends finish (an interrupted send is re-sent after the
-        # restart under the same idempotency key), then cancel the stragglers.
-        pending = set(self._tasks)
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self.drain_s)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
 
     async def _one(self, batch: Batch, ev: EventT[Any], ack: Acker) -> None:
         assert self.handle is not None
@@ -188,25 +174,10 @@ class Lane:
         ack(batch.tp, off, batch.generation)
         self._done(batch.tp, (off,))
 
-    async def _concurrent(
-        self, batch: Batch, ev: EventT[Any], ack: Acker, slots: asyncio.Semaphore,
-        tails: dict[Any, asyncio.Task[None]], key: Any, before: asyncio.Task[None] | None,
-        space: asyncio.Event,
-    ) -> None:
-        try:
-            if before is not None:
-                await asyncio.wait([before])  # never raises
-            await self._one(batch, ev, ack)
-        finally:
-            slots.release()
-            if tails.get(key) is asyncio.current_task():
-                del tails[key]
-            space.set()
-
     async def _fold(self, batch: Batch, ack: Acker) -> None:
         assert self.fold is not None
         await self.fold(batch.events)  # dead-letters what it cannot fold; raises nothing else
-        offsets = [ev.message.offset for ev in batch.events]
+        offsets = batch.offsets()
         for off in offsets:
             ack(batch.tp, off, batch.generation)
         self._done(batch.tp, offsets)

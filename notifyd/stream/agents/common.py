@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
@@ -51,51 +52,82 @@ async def run_events(stream: StreamT[Any], handler: Handler) -> AsyncIterable[No
         yield None
 
 
-async def run_events_concurrently(
-    stream: StreamT[Any], handler: Handler, limit: int, drain_s: float = 10.0
-) -> None:
-    """Up to ``limit`` records in flight, in order per message key (user id).
+class KeyedSlots:
+    """Up to ``limit`` jobs in flight, one after another per key.
 
-    For I/O-bound handlers (provider calls): one slow recipient no longer holds up the
-    whole worker.  Each record is acked when its handler is done; Faust commits only the
-    acked *prefix* of a partition (``Consumer._new_offset`` stops at the first gap), so
-    a crash re-delivers whatever was in flight and never skips it.  Records of one key
-    run one after another, so a user's notifications keep their order and two copies
-    of one delivery never race past the ledger.
+    What a channel keeps in flight, whether Faust's stream feeds it
+    (:func:`run_events_concurrently`) or a batch lane (``notifyd.stream.lanes``): one
+    slow recipient no longer holds up the whole channel, and jobs of one key (a user)
+    run in order, so a user's notifications keep their order and two copies of one
+    delivery never race past the ledger.
     """
-    assert isinstance(stream, Stream)
-    stream.enable_acks = False  # acked below, when handled
-    slots = asyncio.Semaphore(limit)
-    tails: dict[Any, asyncio.Task[None]] = {}
-    inflight: set[asyncio.Task[None]] = set()
 
-    async def one(ev: EventT[Any], key: Any, before: asyncio.Task[None] | None) -> None:
+    def __init__(self, limit: int, drain_s: float = 10.0) -> None:
+        self._slots = asyncio.Semaphore(max(1, limit))
+        self._tails: dict[Any, asyncio.Task[None]] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self.drain_s = drain_s
+
+    async def submit(
+        self, key: Any, job: Callable[[], Awaitable[None]],
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """Start ``job`` once a slot is free, after the last job of ``key``; ``done``
+        runs when it ended, however it ended."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._run(key, self._tails.get(key), job, done))
+        self._tails[key] = task
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _run(
+        self, key: Any, before: asyncio.Task[None] | None, job: Callable[[], Awaitable[None]],
+        done: Callable[[], None] | None,
+    ) -> None:
         try:
             if before is not None:
-                await asyncio.wait([before])  # never raises; see below
-            # Tables are read and written in the partition of the *current* event.
-            with current_event(ev):
-                await handle_one(ev, handler)  # catches everything but cancellation
-            await stream.ack(ev)  # not on cancellation: re-consumed after a restart
+                await asyncio.wait([before])  # never raises
+            await job()
         finally:
-            slots.release()
-            if tails.get(key) is asyncio.current_task():
-                del tails[key]
+            self._slots.release()
+            if self._tails.get(key) is asyncio.current_task():
+                del self._tails[key]
+            if done is not None:
+                done()
 
-    try:
-        async for ev in stream.events():
-            await slots.acquire()
-            key = (ev.message.tp, ev.message.key)
-            task = asyncio.create_task(one(ev, key, tails.get(key)))
-            tails[key] = task
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
-    finally:
-        # Stopping: let in-flight sends finish (an interrupted send is re-sent after the
-        # restart under the same idempotency key), then cancel the stragglers.
-        pending = set(inflight)
+    async def drain(self) -> None:
+        """Stopping: let in-flight sends finish (an interrupted send is re-sent after the
+        restart under the same idempotency key), then cancel the stragglers."""
+        pending = set(self._inflight)
         if pending:
-            _, late = await asyncio.wait(pending, timeout=drain_s)
+            _, late = await asyncio.wait(pending, timeout=self.drain_s)
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+
+async def run_events_concurrently(
+    stream: StreamT[Any], handler: Handler, limit: int, drain_s: float = 10.0
+) -> None:
+    """Up to ``limit`` records in flight, in order per message key (user id): a
+    :class:`KeyedSlots` fed by Faust's stream.
+
+    Each record is acked when its handler is done; Faust commits only the acked *prefix*
+    of a partition (``Consumer._new_offset`` stops at the first gap), so a crash
+    re-delivers whatever was in flight and never skips it.
+    """
+    assert isinstance(stream, Stream)
+    stream.enable_acks = False  # acked below, when handled
+    slots = KeyedSlots(limit, drain_s)
+
+    async def one(ev: EventT[Any]) -> None:
+        # Tables are read and written in the partition of the *current* event.
+        with current_event(ev):
+            await handle_one(ev, handler)  # catches everything but cancellation
+        await stream.ack(ev)  # not on cancellation: re-consumed after a restart
+
+    try:
+        async for ev in stream.events():
+            await slots.submit((ev.message.tp, ev.message.key), functools.partial(one, ev))
+    finally:
+        await slots.drain()

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from faust.streams import Stream
-from faust.types import EventT, StreamT
+from faust.types import StreamT
 
 from notifyd.stream.handlers.status import fold_status_events
 from notifyd.stream.lanes import Lane
@@ -36,13 +35,9 @@ def register(rt: Runtime) -> None:
 
 def status_lane(rt: Runtime) -> Lane:
     """Each fetch's status records of a partition folded in one go."""
-
-    async def fold(events: Sequence[EventT[Any]]) -> None:
-        await fold_status_events(events)
-
     return Lane(
         name="status",
         topics=frozenset({rt.topics.names.status}),
-        fold=fold,
+        fold=fold_status_events,
         max_backlog=rt.settings.lane_backlog,
     )
