@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from notifyd.stream.app import app  # the current (this test's) app
+from tests.support.offsets import fresh_partition
 
 
 def test_every_agent_runs_with_concurrency_one() -> None:
@@ -102,27 +103,8 @@ def test_acks_from_before_a_rebalance_are_not_booked(monkeypatch: pytest.MonkeyP
 @pytest.fixture
 def events_tp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Partition 3 of the events topic, with empty offset bookkeeping, acks enabled."""
-    from faust.types import TP
-
-    from notifyd.stream import faust_fixes
-    from notifyd.stream.topics import events_topic
-
-    consumer = app.consumer
-    topic = events_topic.get_topic_name()
-    tp = TP(topic, 3)
-    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda t: t == topic)
-    faust_fixes._absent.clear()
-
-    def reset() -> None:
-        for book in (consumer._acked, consumer._acked_index, consumer._gap,
-                     consumer._committed_offset, consumer._read_offset):
-            book.pop(tp, None)
-        faust_fixes._held.pop(tp, None)
-
-    reset()
-    yield tp
-    reset()
-    faust_fixes._absent.clear()
+    with fresh_partition(monkeypatch, 3) as tp:
+        yield tp
 
 
 def _book(tp: Any, *offsets: int) -> None:

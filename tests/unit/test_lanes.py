@@ -15,6 +15,7 @@ from faust.types import TP, Message
 from notifyd.stream import lanes as lanes_mod
 from notifyd.stream.app import app, settings  # the current (this test's)
 from notifyd.stream.lanes import Batch, Lane, Lanes
+from tests.support.offsets import fresh_partition
 
 
 def _event(tp: TP, offset: int, key: bytes = b"u1") -> Any:
@@ -25,22 +26,9 @@ def _event(tp: TP, offset: int, key: bytes = b"u1") -> Any:
 @pytest.fixture
 def tp(monkeypatch: pytest.MonkeyPatch) -> Iterator[TP]:
     """Partition 2 of the events topic, empty offset books, acks enabled, flow running."""
-    from notifyd.stream.topics import events_topic
-
-    consumer = app.consumer
-    topic = events_topic.get_topic_name()
-    t = TP(topic, 2)
-    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda name: name == topic)
     monkeypatch.setattr(app.flow_control, "is_active", lambda: True)
-
-    def reset() -> None:
-        for book in (consumer._acked, consumer._acked_index, consumer._gap,
-                     consumer._committed_offset):
-            book.pop(t, None)
-
-    reset()
-    yield t
-    reset()
+    with fresh_partition(monkeypatch, 2) as t:
+        yield t
 
 
 class Acks:
