@@ -401,6 +401,17 @@ def _now() -> float:
     "--scaling-processes", type=click.IntRange(1, 64),
     help="Phase scaling: the throughput run on `worker --processes N` [2; 1 skips it]",
 )
+@click.option("--sink-requests", type=click.IntRange(1),
+              help="Phase sink: POSTs of the sink-capacity client [20000]")
+@click.option("--sink-concurrency", type=click.IntRange(1, 4096),
+              help="Phase sink: requests the client keeps in flight [128]")
+@click.option("--skip-sink", is_flag=True, help="Skip the sink-capacity phase")
+@click.option("--http-events", type=click.IntRange(1),
+              help="Phases http and quix: events, each to webhook + push [20000]")
+@click.option("--http-users", type=click.IntRange(1),
+              help="Phases http and quix: users with a webhook URL and a push token [1000]")
+@click.option("--skip-http", is_flag=True, help="Skip notifyd's webhook+push phase")
+@click.option("--skip-quix", is_flag=True, help="Skip the Quix Streams peer phase")
 @click.option("--quick", is_flag=True, help="Small sizes: a smoke run of a minute or so")
 @click.option(
     "--out",
@@ -440,7 +451,8 @@ def bench(**kw: Any) -> None:
 
     values: dict[str, Any] = BenchOptions.quick_defaults() if kw["quick"] else {}
     for name in ("events", "floor_events", "users", "duration", "state_users", "partitions",
-                 "fanout_subscribers", "schedule_entries", "scaling_processes"):
+                 "fanout_subscribers", "schedule_entries", "scaling_processes",
+                 "sink_requests", "sink_concurrency", "http_events", "http_users"):
         if kw[name] is not None:
             values[name] = kw[name]
     if kw["rates"]:
@@ -463,6 +475,9 @@ def bench(**kw: Any) -> None:
         skip_schedule=kw["skip_schedule"],
         skip_floor=kw["skip_floor"],
         skip_fanout=kw["skip_fanout"],
+        skip_sink=kw["skip_sink"],
+        skip_http=kw["skip_http"],
+        skip_quix=kw["skip_quix"],
         out=kw["out"],
         profile=kw["profile"],
         worker_log_level=kw["worker_log_level"],

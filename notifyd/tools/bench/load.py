@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from notifyd.tools.bench.bodies import event_doc
 from notifyd.tools.bench.stats import (
     batch_to_send,
     latency_summary,
@@ -177,18 +178,10 @@ class StatusTracker:
         return {k: latency_summary(v) for k, v in sorted(self.stages.get(run, {}).items())}
 
 
-def _event(run: str, seq: int, user: str) -> bytes:
-    return orjson.dumps(
-        {
-            "event_id": f"{run}-{seq}",
-            "user_id": user,
-            "category": "bench",
-            "title": "Benchmark",
-            "body": f"Event {seq} of run {run}",
-            "channels": ["webhook", "inapp"],
-            "data": {"run": run, "seq": seq, "t0": time.time()},
-        }
-    )
+def _event(
+    run: str, seq: int, user: str, channels: Sequence[str] = ("webhook", "inapp")
+) -> bytes:
+    return orjson.dumps(event_doc(run, seq, user, channels))
 
 
 def _floor_doc(run: str, seq: int, user: str) -> bytes:
@@ -302,8 +295,10 @@ async def wait_done(
     timeout: float,
     bar: Any = None,
     extra: Callable[[], bool] | None = None,
+    abort: Callable[[], bool] | None = None,
 ) -> bool:
-    """Wait until every run received what it expects (and ``extra()`` holds)."""
+    """Wait until every run received what it expects (and ``extra()`` holds); False on
+    timeout, or as soon as ``abort()`` holds (e.g. the process sending has died)."""
     deadline = time.monotonic() + timeout
     shown = 0
     while time.monotonic() < deadline:
@@ -313,6 +308,8 @@ async def wait_done(
             shown = got
         if all(s.done.is_set() for s in stats) and (extra is None or extra()):
             return True
+        if abort is not None and abort():
+            return False
         await asyncio.sleep(0.05)
     return False
 

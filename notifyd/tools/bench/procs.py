@@ -1,4 +1,4 @@
-"""The processes a bench run drives: a notifyd worker and the raw aiokafka floor."""
+"""The processes a bench run drives: a notifyd worker, the raw aiokafka floor, the Quix peer."""
 
 from __future__ import annotations
 
@@ -90,11 +90,12 @@ class WorkerProc(WorkerSubprocess):
 
 
 @dataclass
-class FloorProc:
-    bootstrap: str
-    src: str
-    dst: str
-    group: str
+class ModuleProc:
+    """``python -m <module> <args>`` in a session of its own (a signal to the bench's
+    terminal does not reach it), output to ``log_path``: the floor, the Quix peer."""
+
+    module: str
+    args: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
@@ -102,23 +103,14 @@ class FloorProc:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
-    def start(self) -> FloorProc:
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def start(self) -> ModuleProc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "notifyd.tools.bench.floor",
-                    "--bootstrap",
-                    self.bootstrap,
-                    "--src",
-                    self.src,
-                    "--dst",
-                    self.dst,
-                    "--group",
-                    self.group,
-                ],
+                [sys.executable, "-m", self.module, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -134,3 +126,14 @@ class FloorProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class FloorProc(ModuleProc):
+    """The raw aiokafka floor (:mod:`notifyd.tools.bench.floor`)."""
+
+    def __init__(self, bootstrap: str, src: str, dst: str, group: str, log_path: Path) -> None:
+        super().__init__(
+            "notifyd.tools.bench.floor",
+            ["--bootstrap", bootstrap, "--src", src, "--dst", dst, "--group", group],
+            log_path,
+        )

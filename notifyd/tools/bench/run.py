@@ -13,12 +13,17 @@ Phases (each one's figures are in the result JSON under the same name):
    produced as fast as possible until every webhook reached the sink and every in-app
    delivery was reported ``sent`` on ``notifyd.status``.  Latency: produce time
    (``data.t0``) to the sink's receipt, at each fixed rate.
-3. **ratios** — notifyd ÷ floor.
+3. **ratios** — notifyd ÷ floor; notifyd's HTTP deliveries/s ÷ the Quix peer's and ÷ the
+   sink's capacity (phases 6 to 8).
 4. **state** — a fresh worker on ``rocksdb://`` recovers a preferences changelog of
    ``state_users`` users: time to ready, RSS, that rocksdict backs the store.
 5. **schedule** — a fresh worker on ``rocksdb://`` recovers ``schedule_entries`` pending
    scheduled sends: recovery and index time, RSS, and how late the scheduler fires
    (:mod:`notifyd.tools.bench.schedule`).
+6. **sink** — the capacity of the bench's HTTP sink, from a client in its own process.
+7. **http** — one worker, each event delivered by webhook and by push, both to the sink.
+8. **quix** — a naive Quix Streams peer doing the same two POSTs per event
+   (6 to 8: :mod:`notifyd.tools.bench.httpbench`).
 
 Everything (broker, sink, workers) runs on this machine, started and stopped here.
 """
@@ -43,7 +48,9 @@ from typing import Any
 
 import orjson
 
+from notifyd.tools.bench.bodies import WEBHOOK_SECRET
 from notifyd.tools.bench.fanout import fanout_phase, format_fanout
+from notifyd.tools.bench.httpbench import http_phase, quix_phase, sink_phase
 from notifyd.tools.bench.load import (
     Collector,
     Progress,
@@ -78,11 +85,11 @@ from notifyd.tools.bench.stats import (
     format_summary,
     latency_summary,
     log_histogram,
+    per_event_us,
     rate,
     total_for,
 )
 
-WEBHOOK_SECRET = "whsec-bench-0123456789abcdef0123456789"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
 
 
@@ -121,6 +128,15 @@ class BenchOptions:
     idle_s: float = 20.0
     #: Phase "scaling": the throughput run again on ``worker --processes N`` (1: skipped).
     scaling_processes: int = 2
+    #: Phase "sink": POSTs of the capacity client (its own process) and how many in flight.
+    sink_requests: int = 20_000
+    sink_concurrency: int = 128
+    skip_sink: bool = False
+    #: Phases "http" (notifyd, webhook + push per event) and "quix" (the Quix Streams peer).
+    http_events: int = 20_000
+    http_users: int = 1_000
+    skip_http: bool = False
+    skip_quix: bool = False
 
     @classmethod
     def quick_defaults(cls) -> dict[str, Any]:
@@ -137,6 +153,9 @@ class BenchOptions:
             "fanout_subscribers": 2_000,
             "scaling_processes": 1,
             "idle_s": 2.0,
+            "sink_requests": 4_000,
+            "http_events": 2_000,
+            "http_users": 200,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -302,13 +321,20 @@ class Bench:
         return env
 
     def new_worker(
-        self, name: str, app_id: str, prefix: str, store: str, profile: Path | None = None
+        self,
+        name: str,
+        app_id: str,
+        prefix: str,
+        store: str,
+        profile: Path | None = None,
+        env_extra: dict[str, str] | None = None,
     ) -> WorkerProc:
         from notifyd.tools.broker.base import free_port
 
         datadir = self.root / name
         port = free_port()
         env = self.worker_env(app_id, prefix, datadir, store)
+        env.update(env_extra or {})
         env["NOTIFYD_WEB_PORT"] = str(port)
         return WorkerProc(
             env=env,
@@ -355,7 +381,7 @@ class Bench:
                 "events_per_s": rate(st.received, secs),
                 "produce_s": round(produce_s, 3),
                 "cpu_s": cpu,
-                "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
+                "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), st.received),
             }
             self.progress.note(f"floor throughput: {out['throughput']['events_per_s']} events/s")
             for r in o.rates:
@@ -471,7 +497,9 @@ class Bench:
                 for r in o.rates:
                     total = total_for(r, o.duration)
                     meter = CpuMeter(self.pids(worker=w.pid)).start()
-                    st, info = await self._events_run(f"r{r}", names.events, total, r, users, inapp)
+                    (st,), info = await self._events_run(
+                        f"r{r}", names.events, total, r, users, inapp
+                    )
                     res = info["paced"]
                     res["cpu_s"] = meter.stop()
                     secs = (st.last_at or 0.0) - (st.first_at or 0.0)
@@ -484,7 +512,7 @@ class Bench:
                         achieved_rate=rate(st.received - 1, secs) if st.received > 1 else None,
                         e2e=latency_summary(st.latencies_ms),
                         e2e_hist=log_histogram(st.latencies_ms),
-                        worker_cpu_us_per_event=_per_event_us(
+                        worker_cpu_us_per_event=per_event_us(
                             res["cpu_s"].get("worker"), st.received
                         ),
                     )
@@ -514,7 +542,7 @@ class Bench:
         await self._events_run("warm", names.events, min(200, o.events), None, users, inapp)
         meter = CpuMeter(self.pids(worker=w.pid)).start()
         threads0 = thread_cpu_s(w.pid)
-        st, info = await self._events_run("tput", names.events, o.events, None, users, inapp)
+        (st,), info = await self._events_run("tput", names.events, o.events, None, users, inapp)
         cpu = meter.stop()
         threads1 = thread_cpu_s(w.pid)
         if threads0 and threads1 and w.processes == 1:
@@ -532,7 +560,7 @@ class Bench:
             "drained_events_per_s": rate(st.received, info["drained_s"] or 0.0),
             "produce_s": info["produce_s"],
             "cpu_s": cpu,
-            "worker_cpu_us_per_event": _per_event_us(cpu.get("worker"), st.received),
+            "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), st.received),
             "e2e_during_burst": latency_summary(st.latencies_ms),
             "stages": info["stages"],
         }
@@ -583,30 +611,35 @@ class Bench:
         self.progress.note(f"notifyd --processes {n}: {mine} events/s (1 process: {base})")
         return out
 
-    async def _preload(self, topic: str, group: str) -> float:
+    async def _preload(
+        self,
+        topic: str,
+        group: str,
+        users: int | None = None,
+        fields: Callable[[str], dict[str, Any]] | None = None,
+    ) -> float:
+        """Seconds to write the preferences of users ``u0..`` (``users``, default the
+        option) and for the worker group to load them; ``fields(user)``: their fields
+        (default: a webhook to the sink, an e-mail address)."""
         o = self.opts
+        n = o.users if users is None else users
         t0 = time.monotonic()
         sink_url = f"{self.sink.url}/hook/bench"
 
+        def default_fields(u: str) -> dict[str, Any]:
+            return {"webhook_url": sink_url, "email": f"{u}@example.com", "locale": "en"}
+
+        of_user = fields or default_fields
+
         def make(i: int) -> tuple[bytes, bytes]:
             u = f"u{i}"
-            doc = {
-                "op": "put",
-                "user_id": u,
-                "fields": {
-                    "webhook_url": sink_url,
-                    "email": f"{u}@example.com",
-                    "locale": "en",
-                },
-            }
+            doc = {"op": "put", "user_id": u, "fields": of_user(u)}
             return u.encode(), orjson.dumps(doc)
 
-        with self.progress.bar(o.users, "preload users") as bar:
-            await produce_fast(self.producer, topic, o.users, make, bar)
-        with self.progress.bar(o.users, "worker loads users") as bar:
-            await wait_group_caught_up(
-                self.bootstrap, group, topic, o.users, o.drain_timeout * 2, bar
-            )
+        with self.progress.bar(n, "preload users") as bar:
+            await produce_fast(self.producer, topic, n, make, bar)
+        with self.progress.bar(n, "worker loads users") as bar:
+            await wait_group_caught_up(self.bootstrap, group, topic, n, o.drain_timeout * 2, bar)
         return time.monotonic() - t0
 
     async def _events_run(
@@ -616,16 +649,28 @@ class Bench:
         n: int,
         rate_per_s: float | None,
         users: list[str],
-        inapp: StatusTracker,
-    ) -> tuple[RunStats, dict[str, Any]]:
+        inapp: StatusTracker | None,
+        kinds: tuple[str, ...] = ("sink",),
+        channels: tuple[str, ...] = ("webhook", "inapp"),
+        abort: Callable[[], bool] | None = None,
+    ) -> tuple[list[RunStats], dict[str, Any]]:
+        """Produce ``n`` events on ``channels`` (fast, or paced at ``rate_per_s``) and wait
+        until the sink saw each once under every one of ``kinds``, every in-app ``sent``
+        is on the status topic (with an ``inapp`` tracker) and the group
+        ``self._group`` has no backlog on ``self._drain_topics``; ``abort()`` ends the
+        wait early (the consumer died).  The run's stats, one per kind."""
         run_id = f"nd-{run}-{self.tag}"
-        st = self.collector.expect("sink", run_id, n)
-        inapp_base = inapp.inapp_sent
+        sts = [self.collector.expect(kind, run_id, n) for kind in kinds]
+        inapp_base = inapp.inapp_sent if inapp is not None else 0
 
         def make(i: int) -> tuple[bytes, bytes]:
             u = self.rng.choice(users)
-            inapp.t0[f"{run_id}-{i}"] = time.time()
-            return u.encode(), _event(run_id, i, u)
+            if inapp is not None:
+                inapp.t0[f"{run_id}-{i}"] = time.time()
+            return u.encode(), _event(run_id, i, u, channels)
+
+        def inapp_done() -> bool:
+            return inapp is None or inapp.inapp_sent - inapp_base >= n
 
         info: dict[str, Any] = {}
         desc = f"notifyd {run}" if rate_per_s is None else f"notifyd @{rate_per_s:g}/s"
@@ -635,23 +680,20 @@ class Bench:
                 info["produce_s"] = round(await produce_fast(self.producer, topic, n, make, bar), 3)
             else:
                 info["paced"] = await produce_paced(self.producer, topic, rate_per_s, n, make, bar)
-            ok = await wait_done(
-                [st], self.opts.drain_timeout, None, lambda: inapp.inapp_sent - inapp_base >= n
-            )
+            ok = await wait_done(sts, self.opts.drain_timeout, None, inapp_done, abort)
         # Nothing left in the worker (status updates are folded last): the next run
-        # must not compete with this one's backlog.
-        drained = await wait_group_drained(
+        # must not compete with this one's backlog (a dead consumer never drains).
+        drained = not (abort is not None and abort()) and await wait_group_drained(
             self.bootstrap, self._group, self._drain_topics, self.opts.drain_timeout
         )
         info["drained_s"] = round(time.time() - info["t_first"], 3) if drained else None
-        info["inapp"] = inapp.inapp_sent - inapp_base
-        info["stages"] = inapp.summary(run_id)
+        info["inapp"] = inapp.inapp_sent - inapp_base if inapp is not None else None
+        info["stages"] = inapp.summary(run_id) if inapp is not None else {}
         if not ok:
-            self.progress.note(
-                f"notifyd {run}: {st.received}/{n} webhooks, {info['inapp']}/{n} in-app "
-                "before the timeout"
-            )
-        return st, info
+            got = ", ".join(f"{k} {st.received}/{n}" for k, st in zip(kinds, sts, strict=True))
+            more = f", {info['inapp']}/{n} in-app" if inapp is not None else ""
+            self.progress.note(f"{run}: {got}{more} before the timeout")
+        return sts, info
 
     # -- phase 4: state ---------------------------------------------------------------------
 
@@ -774,10 +816,16 @@ class Bench:
             try:
                 result["floor"] = {"skipped": True} if o.skip_floor else await self.floor()
                 result["notifyd"] = await self.notifyd()
-                result["ratios"] = compute_ratios(result["floor"], result["notifyd"])
                 result["scaling"] = (
                     {"skipped": True} if o.scaling_processes <= 1
                     else await self.scaling(result["notifyd"])
+                )
+                result["sink"] = {"skipped": True} if o.skip_sink else await sink_phase(self)
+                result["http"] = {"skipped": True} if o.skip_http else await http_phase(self)
+                result["quix"] = {"skipped": True} if o.skip_quix else await quix_phase(self)
+                result["ratios"] = compute_ratios(
+                    result["floor"], result["notifyd"],
+                    result["sink"], result["http"], result["quix"],
                 )
                 result["state"] = {"skipped": True} if o.skip_state else await self.state()
                 result["fanout"] = (
@@ -868,12 +916,6 @@ def _data(value: bytes | None) -> Any:
         return orjson.loads(value or b"").get("data")
     except (orjson.JSONDecodeError, AttributeError):
         return None
-
-
-def _per_event_us(cpu_s: float | None, n: int) -> float | None:
-    if cpu_s is None or n <= 0:
-        return None
-    return round(cpu_s / n * 1e6, 1)
 
 
 def _iso(t: float) -> str:

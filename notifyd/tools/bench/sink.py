@@ -12,6 +12,11 @@ from notifyd.tools.bench.load import (
     Collector,
 )
 
+#: ``POST /hook/<name>`` of these names is counted under its own collector kind, so an
+#: event delivered on both HTTP channels counts once on each (phases sink, http, quix);
+#: any other name counts under ``"sink"``.
+CHANNEL_KINDS: dict[str, str] = {"webhook": "sink.webhook", "push": "sink.push"}
+
 
 class Sink:
     """A minimal webhook receiver: records receipt time and ``data`` of each POST."""
@@ -41,7 +46,8 @@ class Sink:
                 doc = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 return web.Response(status=400)
-            self.collector.record("sink", doc.get("data"), now)
+            kind = CHANNEL_KINDS.get(request.match_info["name"], "sink")
+            self.collector.record(kind, doc.get("data"), now)
             if self.latency_s > 0:
                 await asyncio.sleep(self.latency_s)
             return web.Response(

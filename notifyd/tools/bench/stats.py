@@ -22,9 +22,15 @@ SECTIONS: tuple[str, ...] = (
     "floor",
     "notifyd",
     "ratios",
+    "sink",
+    "http",
+    "quix",
     "state",
     "artifacts",
 )
+#: Targets of issue #15: notifyd's two HTTP channels against a naive Quix Streams peer
+#: doing the same requests, and against the capacity of the sink they all post to.
+HTTP_TARGETS: dict[str, float] = {"vs_quix": 4.0, "vs_sink": 0.4}
 LATENCY_KEYS: tuple[str, ...] = ("count", "min", "mean", "p50", "p90", "p99", "p999", "max")
 
 
@@ -91,6 +97,13 @@ def log_histogram(
     return {"edges": edges, "counts": counts}
 
 
+def per_event_us(cpu_s: float | None, n: int) -> float | None:
+    """CPU microseconds per event (or request), None when unknown."""
+    if cpu_s is None or n <= 0:
+        return None
+    return round(cpu_s / n * 1e6, 1)
+
+
 def rate(count: int, seconds: float) -> float | None:
     """Events per second, None when nothing can be said (no time elapsed)."""
     if seconds <= 0:
@@ -134,8 +147,16 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def compute_ratios(floor: Mapping[str, Any], notifyd: Mapping[str, Any]) -> dict[str, Any]:
-    """notifyd ÷ floor: throughput, and p99 (and p50) latency at each rate both ran."""
+def compute_ratios(
+    floor: Mapping[str, Any],
+    notifyd: Mapping[str, Any],
+    sink: Mapping[str, Any] | None = None,
+    http: Mapping[str, Any] | None = None,
+    quix: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """notifyd ÷ floor: throughput, and p99 (and p50) latency at each rate both ran;
+    ``http``: notifyd's HTTP deliveries/s ÷ the Quix Streams peer's and ÷ the sink's
+    capacity (requests/s), with their targets (:data:`HTTP_TARGETS`)."""
     out: dict[str, Any] = {
         "throughput": ratio(
             notifyd.get("throughput", {}).get("events_per_s"),
@@ -143,6 +164,7 @@ def compute_ratios(floor: Mapping[str, Any], notifyd: Mapping[str, Any]) -> dict
         ),
         "p99": {},
         "p50": {},
+        "http": http_ratios(sink or {}, http or {}, quix or {}),
     }
     f_lat: Mapping[str, Any] = floor.get("latency", {})
     n_lat: Mapping[str, Any] = notifyd.get("latency", {})
@@ -156,9 +178,51 @@ def compute_ratios(floor: Mapping[str, Any], notifyd: Mapping[str, Any]) -> dict
     return out
 
 
+def http_ratios(
+    sink: Mapping[str, Any], http: Mapping[str, Any], quix: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``vs_quix`` = notifyd ÷ Quix deliveries/s, ``vs_sink`` = notifyd deliveries/s ÷
+    sink requests/s (None when a side is missing); ``met``: each against its target."""
+    mine = http.get("deliveries_per_s")
+    values = {
+        "vs_quix": ratio(mine, quix.get("deliveries_per_s")),
+        "vs_sink": ratio(mine, sink.get("requests_per_s")),
+    }
+    return {
+        **values,
+        "targets": dict(HTTP_TARGETS),
+        "met": {k: (None if v is None else v >= HTTP_TARGETS[k]) for k, v in values.items()},
+    }
+
+
+def delivery_figures(
+    events: int, per_channel: Mapping[str, tuple[int, int]], seconds: float
+) -> dict[str, Any]:
+    """Figures of a run that delivers every event once on each channel of
+    ``per_channel`` (channel -> (distinct deliveries received, duplicates)) within
+    ``seconds`` (first produce → last delivery)."""
+    received = sum(r for r, _ in per_channel.values())
+    expected = events * len(per_channel)
+    return {
+        "events": events,
+        "deliveries_expected": expected,
+        "deliveries": received,
+        "lost": expected - received,
+        "duplicates": sum(d for _, d in per_channel.values()),
+        "per_channel": {ch: {"received": r, "duplicates": d} for ch, (r, d) in per_channel.items()},
+        "seconds": round(seconds, 3),
+        "deliveries_per_s": rate(received, seconds),
+    }
+
+
 def missing_sections(result: Mapping[str, Any]) -> list[str]:
     """Sections (and per-rate latency keys) a complete result lacks; [] when complete."""
     missing = [s for s in SECTIONS if s not in result]
+    for part, key in (("sink", "requests_per_s"), ("http", "deliveries_per_s"),
+                      ("quix", "deliveries_per_s")):
+        sec = result.get(part)
+        if isinstance(sec, Mapping) and not sec.get("skipped") and key not in sec:
+            missing.append(f"{part}.{key}")
     for part, kinds in (("floor", ("single_hop", "passthrough")), ("notifyd", ("e2e",))):
         sec = result.get(part) or {}
         if "throughput" not in sec:
@@ -210,6 +274,69 @@ def _scaling_rows(sc: Mapping[str, Any], floor_eps: float | None) -> list[list[s
         _f(st.get("worker_cpu_us_per_event"), digits=0),
         _f(eps / floor_eps if eps and floor_eps else None, digits=3),
     ]]
+
+
+def _http_lines(result: Mapping[str, Any]) -> list[str]:
+    """Phases sink, http, quix: one table against the sink's capacity, and the ratios."""
+    sink = result.get("sink") or {}
+    http = result.get("http") or {}
+    quix = result.get("quix") or {}
+    if not any(sec and not sec.get("skipped") for sec in (sink, http, quix)):
+        return []
+    cap = sink.get("requests_per_s")
+
+    def state(sec: Mapping[str, Any]) -> str | None:
+        if not sec:
+            return "not run"
+        if sec.get("skipped"):
+            return f"skipped: {sec['error']}" if sec.get("error") else "skipped"
+        return None
+
+    def row(label: str, sec: Mapping[str, Any], per_s_key: str, cpu: Any) -> list[str]:
+        why = state(sec)
+        if why is not None:
+            return [label, why, "", "", "", "", "", ""]
+        per_s = sec.get(per_s_key)
+        return [
+            label,
+            _f(sec.get("events")),
+            _f(sec.get("deliveries", sec.get("ok"))),
+            _f(per_s),
+            _f(sec.get("lost", sec.get("errors"))),
+            _f(sec.get("duplicates")),
+            _f(cpu, digits=0),
+            _f(ratio(per_s, cap), digits=3),
+        ]
+
+    rows = [
+        row(f"sink capacity: aiohttp client process, {_f(sink.get('concurrency'))} in flight",
+            sink, "requests_per_s", sink.get("sink_cpu_us_per_request")),
+        row(f"notifyd: 1 worker, {_f(http.get('users'))} users, webhook+push",
+            http, "deliveries_per_s", http.get("worker_cpu_us_per_event")),
+        row(f"Quix Streams {quix.get('version') or '?'}: naive, 2 requests.post per event",
+            quix, "deliveries_per_s", quix.get("peer_cpu_us_per_event")),
+    ]
+    lines = _table(
+        ["HTTP channels (sink counts each POST)", "events", "deliveries", "per s",
+         "lost/errors", "duplicates", "CPU µs/event (sink: /request)", "÷ sink capacity"],
+        rows,
+    )
+    hr = (result.get("ratios") or {}).get("http") or {}
+    targets = hr.get("targets") or HTTP_TARGETS
+    met = hr.get("met") or {}
+
+    def verdict(key: str) -> str:
+        return {True: "met", False: "NOT met", None: "n/a"}[met.get(key)]
+
+    lines += [
+        "",
+        f"notifyd ÷ Quix Streams deliveries/s: {_f(hr.get('vs_quix'), digits=2)} "
+        f"(target ≥ {targets['vs_quix']:g}: {verdict('vs_quix')}); "
+        f"notifyd ÷ sink capacity: {_f(hr.get('vs_sink'), digits=3)} "
+        f"(target ≥ {targets['vs_sink']:g}: {verdict('vs_sink')})",
+        "",
+    ]
+    return lines
 
 
 def format_summary(result: Mapping[str, Any]) -> str:
@@ -264,6 +391,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
         lines += ["", f"Idle worker: {idle['cpu_pct_of_core']}% of a core over "
                       f"{idle.get('seconds')} s without traffic"]
     lines.append("")
+    lines += _http_lines(result)
     rows = []
     f_lat = floor.get("latency", {})
     n_lat = nd.get("latency", {})
