@@ -182,7 +182,7 @@ def quix_unavailable() -> str | None:
     """Why the Quix Streams peer cannot run here, or None."""
     for module in ("quixstreams", "requests", "confluent_kafka"):
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install 'notifyd[bench]')"
+            return f"{module} is not installed (pip install -e '.[bench,peer]')"
     return None
 
 
