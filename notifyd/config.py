@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     #: record or two under load).  ``notifyd.stream.lanes.FetchPacer``.
     fetch_max_wait_ms: int = Field(default=5, ge=0, le=1500)
     fetch_min_bytes: int = Field(default=1 << 20, ge=1, le=64 << 20)
+    #: Behind (lanes hold ``fetch_behind_backlog`` fetched records or more): the broker
+    #: may hold a fetch this long instead; fewer, fuller fetches leave more CPU to the
+    #: handlers.  0: as busy.
+    fetch_behind_wait_ms: int = Field(default=25, ge=0, le=1500)
+    fetch_behind_backlog: int = Field(default=1000, ge=1, le=1_000_000)
+    #: While busy, topics of a few records a minute (preferences, control, subscriptions,
+    #: callbacks) are fetched once per this interval, not in every fetch
+    #: (``notifyd.stream.fetching``).  0: in every fetch.
+    fetch_cold_interval_ms: int = Field(default=50, ge=0, le=1000)
     #: A channel still queued/retrying/deferred this long after it was due is re-queued
     #: (the ledger drops it if it was in fact sent): the safety net for records a
     #: crash or rebalance left unprocessed.

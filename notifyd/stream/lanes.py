@@ -40,6 +40,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
 from faust.types.tuples import ack_lock
 
+from notifyd.stream import fetching
 from notifyd.stream.agents.common import KeyedSlots, handle_one
 from notifyd.stream.tables import current_event
 
@@ -185,26 +186,40 @@ class Lane:
 
 @dataclass
 class FetchPacer:
-    """Faust's consumer fetches: long polls when quiet, full batches when busy.
+    """Faust's consumer fetches: long polls when quiet, batches when busy, fewer and
+    fuller fetches when the worker is behind.
 
     Faust asks the broker for at least 1 byte, waiting up to 1500 ms: cheap when idle,
     but under load every fetch returns a record or two, and each response (every
-    subscribed partition, ~100) is decoded in Python by the consumer thread, which then
-    took a third of the worker's CPU.  Asking for ``busy[1]`` bytes within ``busy[0]``
-    ms gathers a batch per fetch instead (+30% events/s, lower latency at 100/s on 2
-    cores), but polling every few ms costs 20% of a core when idle.  So the pacer reads
-    the rate the fetch loop sees and switches between the two (hysteresis: busy from
-    ``busy_rate`` records/s, about 50 events/s, quiet again below half of it)."""
+    subscribed partition, ~100) is built and decoded in Python by the consumer thread,
+    a fixed cost per fetch that then took a third of the worker's CPU.  Asking for
+    ``busy[1]`` bytes within ``busy[0]`` ms gathers a batch per fetch instead (+30%
+    events/s, lower latency at 100/s on 2 cores), but polling every few ms costs 20% of
+    a core when idle.  So the pacer reads the rate the fetch loop sees and switches
+    between the two (hysteresis: busy from ``busy_rate`` records/s, about 50 events/s,
+    quiet again below half of it).
+
+    A worker whose lanes hold ``behind_backlog`` fetched records or more cannot use
+    records sooner than it handles the ones it has: fetching every few ms then only
+    spends the CPU it lacks on near-empty fetches.  Then (``behind``) the broker may
+    hold a fetch for ``behind[0]`` ms (same minimum bytes); the latency this adds is
+    below the queueing delay of that backlog.  Busy again once the backlog is under a
+    quarter of it."""
 
     busy: tuple[int, int]
     quiet: tuple[int, int] = (1500, 1)
+    behind: tuple[int, int] | None = None
+    behind_backlog: int = 1000
+    #: Topics fetched at most every ``cold_interval_s`` while not quiet (``fetching``).
+    cold_topics: frozenset[str] = frozenset()
+    cold_interval_s: float = 0.05
     busy_rate: float = 200.0
     window_s: float = 0.25
     mode: str = "quiet"
     _count: int = 0
     _since: float = 0.0
 
-    def observe(self, consumer: Any, n: int) -> None:
+    def observe(self, consumer: Any, n: int, backlog: int = 0) -> None:
         self._count += n
         now = time.monotonic()
         elapsed = now - self._since
@@ -217,12 +232,24 @@ class FetchPacer:
             mode = "busy"
         elif rate < self.busy_rate / 2:
             mode = "quiet"
+        if self.behind is not None and mode == "busy":
+            if backlog >= self.behind_backlog:
+                mode = "behind"
+            elif self.mode == "behind" and backlog >= self.behind_backlog // 4:
+                mode = "behind"
         if mode != self.mode:
             fetcher = _fetcher_of(consumer)
             if fetcher is not None:
-                wait_ms, min_bytes = self.busy if mode == "busy" else self.quiet
+                wait_ms, min_bytes = {
+                    "quiet": self.quiet, "busy": self.busy, "behind": self.behind or self.busy
+                }[mode]
                 # Read when the fetcher builds its next request (aiokafka's thread).
                 fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = wait_ms, min_bytes
+                fetching.set_cold(
+                    fetcher,
+                    self.cold_topics if mode != "quiet" and self.cold_topics else None,
+                    self.cold_interval_s,
+                )
                 self.mode = mode
 
 
@@ -271,6 +298,10 @@ class Lanes:
             if events:
                 _count_in(monitor, tp, len(events), events[-1].message.offset, now)
                 self.by_topic[tp.topic].put(Batch(tp, generation, events))
+
+    def backlog(self) -> int:
+        """Records fetched and not yet handled, all lanes together."""
+        return sum(lane._backlog for lane in self.lanes)
 
     def lowest_in_flight(self, tp: TP) -> int | None:
         """The lowest offset of ``tp`` a lane holds and has not handled (None: none);
@@ -378,7 +409,9 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
             generation = self.app.consumer_generation_id
             records = await self._getmany(active_partitions=active, timeout=timeout)
             if lanes.pacer is not None:
-                lanes.pacer.observe(self, sum(len(r) for r in records.values()))
+                lanes.pacer.observe(
+                    self, sum(len(r) for r in records.values()), lanes.backlog()
+                )
             if records and self.flow_active and generation == self.app.consumer_generation_id:
                 lanes.take(self, records, generation)
             else:  # Faust's getmany seeks back when the flow stopped meanwhile
@@ -397,6 +430,8 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
 def install(app: faust.App, lanes: Lanes) -> None:
     """Feed ``lanes`` from ``app``'s consumer (one set of lanes per app)."""
     app._notifyd_lanes = lanes  # type: ignore[attr-defined]
+    if lanes.pacer is not None and lanes.pacer.cold_topics:
+        fetching.install()
     if not getattr(Consumer._wait_next_records, "__notifyd_lanes__", False):
         _wait_next_records_with_lanes.__notifyd_lanes__ = True  # type: ignore[attr-defined]
         Consumer._wait_next_records = _wait_next_records_with_lanes  # type: ignore[method-assign]

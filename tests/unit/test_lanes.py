@@ -243,3 +243,44 @@ def test_fetches_gather_batches_when_busy_and_long_poll_when_quiet() -> None:
     # A worker's lanes pace its fetches with the settings' busy values.
     lanes = app._notifyd_lanes  # type: ignore[attr-defined]
     assert lanes.pacer.busy == (settings.fetch_max_wait_ms, settings.fetch_min_bytes)
+
+
+def test_fetches_wait_longer_while_the_lanes_are_behind() -> None:
+    """A backlog of fetched records is handled no sooner for fetching every 5 ms: behind,
+    the broker may hold a fetch longer (fuller fetches, CPU left to the handlers), and
+    busy pacing comes back once the backlog is down to a quarter (hysteresis)."""
+    from types import SimpleNamespace
+
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500, _fetch_min_bytes=1)
+    consumer = SimpleNamespace(_thread=SimpleNamespace(_consumer=SimpleNamespace(
+        _fetcher=fetcher)))
+    pacer = lanes_mod.FetchPacer(
+        busy=(5, 1 << 20), behind=(25, 1 << 20), behind_backlog=1000, window_s=0.0,
+        cold_topics=frozenset({"prefs"}),
+    )
+    pacer.observe(consumer, 0)  # the rate's first window
+    pacer.observe(consumer, 500, backlog=999)
+    assert pacer.mode == "busy" and fetcher._fetch_max_wait_ms == 5
+    assert fetcher._notifyd_cold_topics == {"prefs"}  # notifyd.stream.fetching
+    pacer.observe(consumer, 500, backlog=1000)
+    assert pacer.mode == "behind" and fetcher._fetch_max_wait_ms == 25
+    pacer.observe(consumer, 500, backlog=300)  # still above a quarter: stays behind
+    assert pacer.mode == "behind"
+    pacer.observe(consumer, 500, backlog=200)
+    assert pacer.mode == "busy" and fetcher._fetch_max_wait_ms == 5
+    pacer.observe(consumer, 0, backlog=5000)  # no records coming in: quiet, whatever held
+    assert pacer.mode == "quiet" and fetcher._fetch_max_wait_ms == 1500
+    assert fetcher._notifyd_cold_topics is None  # a long poll wakes for any partition
+    # The worker's pacer takes the settings' values; behind off when not longer than busy.
+    from notifyd.stream.agents import pacer_for
+
+    on = pacer_for(settings)
+    assert on.behind == (settings.fetch_behind_wait_ms, settings.fetch_min_bytes)
+    assert on.behind_backlog == settings.fetch_behind_backlog
+    # The worker's cold topics: the few-records-a-minute ones.
+    lanes = app._notifyd_lanes  # type: ignore[attr-defined]
+    names = {t.split(".")[-1] for t in lanes.pacer.cold_topics}
+    assert names == {"preferences", "control", "subscriptions", "callbacks"}
+    off = pacer_for(settings.model_copy(
+        update={"fetch_behind_wait_ms": 0, "fetch_cold_interval_ms": 0}), frozenset({"x"}))
+    assert off.behind is None and off.cold_topics == frozenset()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from notifyd.config import CHANNELS
+from notifyd.config import CHANNELS, Settings
 from notifyd.stream.agents import audience, callbacks, channel, control, ingest, preferences, status
 from notifyd.stream.lanes import FetchPacer, Lanes, install
 from notifyd.stream.runtime import Runtime
@@ -18,6 +18,25 @@ def register_agents(rt: Runtime) -> None:
         register_lanes(rt)
 
 
+def pacer_for(settings: Settings, cold_topics: frozenset[str] = frozenset()) -> FetchPacer:
+    busy = (settings.fetch_max_wait_ms, settings.fetch_min_bytes)
+    behind = (settings.fetch_behind_wait_ms, settings.fetch_min_bytes)
+    return FetchPacer(
+        busy=busy,
+        behind=behind if settings.fetch_behind_wait_ms > settings.fetch_max_wait_ms else None,
+        behind_backlog=settings.fetch_behind_backlog,
+        cold_topics=cold_topics if settings.fetch_cold_interval_ms > 0 else frozenset(),
+        cold_interval_s=settings.fetch_cold_interval_ms / 1000,
+    )
+
+
+def cold_topics(rt: Runtime) -> frozenset[str]:
+    """Source topics of a few records a minute (``notifyd.stream.fetching``).  Not the
+    fan-out's progress: a topic's subscribers are reached bucket after bucket through it."""
+    names = rt.topics.names
+    return frozenset({names.preferences, names.control, names.subscriptions, names.callbacks})
+
+
 def register_lanes(rt: Runtime) -> Lanes:
     """The hot path's topics (ingest, deliveries, status) in batch lanes
     (``notifyd.stream.lanes``); their agents stay declared and get no records."""
@@ -28,7 +47,7 @@ def register_lanes(rt: Runtime) -> Lanes:
             *(channel.channel_lane(rt, ch) for ch in CHANNELS),
             status.status_lane(rt),
         ],
-        pacer=FetchPacer(busy=(rt.settings.fetch_max_wait_ms, rt.settings.fetch_min_bytes)),
+        pacer=pacer_for(rt.settings, cold_topics(rt)),
     )
     install(rt.app, lanes)
 
