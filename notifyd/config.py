@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     #: callbacks) are fetched once per this interval, not in every fetch
     #: (``notifyd.stream.fetching``).  0: in every fetch.
     fetch_cold_interval_ms: int = Field(default=50, ge=0, le=1000)
+    #: Incremental fetch sessions (KIP-227): a fetch lists only the partitions whose
+    #: position moved, and the broker answers only for those with records
+    #: (``notifyd.stream.fetching``).  With them, cold topics cost nothing per fetch and
+    #: ``fetch_cold_interval_ms`` is not used.
+    fetch_sessions: bool = True
     #: A channel still queued/retrying/deferred this long after it was due is re-queued
     #: (the ledger drops it if it was in fact sent): the safety net for records a
     #: crash or rebalance left unprocessed.

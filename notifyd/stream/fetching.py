@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.protocol.fetch import FetchRequest
 
 
 class _Without:
@@ -53,7 +56,9 @@ def set_cold(fetcher: Any, topics: frozenset[str] | None, interval_s: float = 0.
 _original: Callable[..., Any] = Fetcher._get_actions_per_node
 
 
-def _get_actions_per_node_skipping_cold(self: Any, assignment: Any) -> Any:
+def _get_actions_per_node_notifyd(self: Any, assignment: Any) -> Any:
+    """aiokafka's request builder, without cold partitions when not due and with its
+    requests in fetch sessions when the fetcher uses them."""
     cold: frozenset[str] | None = getattr(self, "_notifyd_cold_topics", None)
     if cold:
         now = time.monotonic()
@@ -63,13 +68,161 @@ def _get_actions_per_node_skipping_cold(self: Any, assignment: Any) -> Any:
                 hot = frozenset(tp for tp in assignment.tps if tp.topic not in cold)
                 cache = (assignment, cold, hot)
                 self._notifyd_hot = cache
-            return _original(self, _Without(assignment, cache[2]))
+            return _in_sessions(self, _original(self, _Without(assignment, cache[2])))
         self._notifyd_cold_at = now
-    return _original(self, assignment)
+    return _in_sessions(self, _original(self, assignment))
 
 
 def install() -> None:
-    """Patch aiokafka's fetcher (once per process; without ``set_cold`` it behaves as
-    before)."""
-    if Fetcher._get_actions_per_node is not _get_actions_per_node_skipping_cold:
-        Fetcher._get_actions_per_node = _get_actions_per_node_skipping_cold  # type: ignore[method-assign]
+    """Patch aiokafka's fetcher and client (once per process; a fetcher behaves as
+    before unless given ``set_cold`` or ``use_sessions``)."""
+    if Fetcher._get_actions_per_node is not _get_actions_per_node_notifyd:
+        Fetcher._get_actions_per_node = _get_actions_per_node_notifyd  # type: ignore[method-assign]
+    if AIOKafkaClient.send is not _send_minding_sessions:
+        AIOKafkaClient.send = _send_minding_sessions  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------
+# Incremental fetch sessions (KIP-227)
+# --------------------------------------------------------------------------------------
+
+#: A key in a fetch session: (topic, partition) -> (fetch offset, max bytes).
+_Key = tuple[str, int]
+_MAX_EPOCH = 2**31 - 1
+
+
+@dataclass
+class FetchSession:
+    """One broker's incremental fetch session (KIP-227), as one fetcher holds it.
+
+    aiokafka sends every fetchable partition in every fetch (no session) and the broker
+    answers for each; in a session a request lists only the partitions whose fetch
+    offset changed since the last one (added) and the ones left out now (forgotten),
+    and the response only the partitions with records or news.  So a fetch costs what
+    moved, not what is assigned: on a worker ~100 partitions, of which a handful carry
+    records at any moment.  Java's consumer does the same (``FetchSessionHandler``):
+    a partition not fetchable this time (records still buffered, paused) is forgotten
+    and added again with its new position.
+
+    ``id`` 0 is no session: the next request is a full one that asks the broker for a
+    session (epoch 0); a broker that answers with session 0 keeps none (full fetches,
+    as without this).  Any error or lost response ends the session: the next request
+    is full again (the broker drops the orphan after its idle timeout)."""
+
+    id: int = 0
+    epoch: int = 0
+    #: What the broker holds for this session: the last successful request's partitions.
+    sent: dict[_Key, tuple[int, int]] = field(default_factory=dict)
+    #: Requests and the sessions they opened (for /metrics and tests).
+    fetches: int = 0
+    full_fetches: int = 0
+    resets: int = 0
+
+    def plan(
+        self, full: dict[_Key, tuple[int, int]]
+    ) -> tuple[int, int, list[_Key], list[_Key]]:
+        """(session id, epoch, partitions to send, partitions to forget) for ``full``."""
+        self.fetches += 1
+        if self.id == 0:
+            self.full_fetches += 1
+            return 0, 0, list(full), []
+        sent = self.sent
+        changed = [k for k, v in full.items() if sent.get(k) != v]
+        forgotten = [k for k in sent if k not in full]
+        return self.id, self.epoch, changed, forgotten
+
+    def on_response(self, sent_as: tuple[int, int], full: dict[_Key, tuple[int, int]],
+                    error_code: int, session_id: int) -> None:
+        if error_code != 0 or session_id == 0:
+            self.reset()
+            return
+        if sent_as[0] == 0:
+            self.id, self.epoch = session_id, 1
+        elif session_id == self.id:
+            self.epoch = self.epoch + 1 if self.epoch < _MAX_EPOCH else 1
+        else:
+            self.reset()
+            return
+        self.sent = full
+
+    def reset(self) -> None:
+        if self.id != 0:
+            self.resets += 1
+        self.id, self.epoch, self.sent = 0, 0, {}
+
+
+class SessionFetchRequest(FetchRequest):
+    """aiokafka's ``FetchRequest`` sent in a :class:`FetchSession`.
+
+    ``topics`` stays the full list (aiokafka's fetcher maps the response's partitions
+    to their fetch offsets through it); only what goes on the wire (``build``) is the
+    session's increment."""
+
+    def __init__(self, request: FetchRequest, session: FetchSession) -> None:
+        super().__init__(request._max_wait_ms, request._min_bytes, request._max_bytes,
+                         request._isolation_level, request._topics, request._rack_id)
+        self.session = session
+        self.full = {(t, p): (off, mb) for t, parts in request._topics for p, off, mb in parts}
+        self.sent_as: tuple[int, int] | None = None
+
+    def build(self, request_struct_class: Any) -> Any:
+        version = request_struct_class.API_VERSION
+        if version < 7:  # no sessions before v7: as aiokafka
+            return super().build(request_struct_class)
+        sid, epoch, send, forget = self.session.plan(self.full)
+        self.sent_as = (sid, epoch)
+        leader_epoch = version >= 9
+        by_topic: dict[str, list[tuple[int, ...]]] = {}
+        for t, p in send:
+            off, mb = self.full[(t, p)]
+            by_topic.setdefault(t, []).append(
+                (p, -1, off, -1, mb) if leader_epoch else (p, off, -1, mb)
+            )
+        forgotten: dict[str, list[int]] = {}
+        for t, p in forget:
+            forgotten.setdefault(t, []).append(p)
+        args: list[object] = [-1, self._max_wait_ms, self._min_bytes, self._max_bytes,
+                              self._isolation_level, sid, epoch, list(by_topic.items()),
+                              list(forgotten.items())]
+        if version >= 11:
+            args.append(self._rack_id)
+        return request_struct_class(*args)
+
+
+def use_sessions(fetcher: Any, on: bool = True) -> None:
+    """Send ``fetcher``'s fetches in sessions (read by its thread at its next fetch)."""
+    if on and getattr(fetcher, "_notifyd_sessions", None) is None:
+        fetcher._notifyd_sessions = {}
+    elif not on:
+        fetcher._notifyd_sessions = None
+
+
+def _in_sessions(fetcher: Any, actions: Any) -> Any:
+    sessions: dict[int, FetchSession] | None = getattr(fetcher, "_notifyd_sessions", None)
+    if sessions is None or not actions[0]:
+        return actions
+    requests = [
+        (node_id, SessionFetchRequest(req, sessions.setdefault(node_id, FetchSession())))
+        for node_id, req in actions[0]
+    ]
+    return (requests, *actions[1:])
+
+
+_original_send: Callable[..., Any] = AIOKafkaClient.send
+
+
+async def _send_minding_sessions(self: Any, node_id: int, request: Any, **kwargs: Any) -> Any:
+    """``AIOKafkaClient.send`` that tells a fetch session how its request went."""
+    if type(request) is not SessionFetchRequest:
+        return await _original_send(self, node_id, request, **kwargs)
+    try:
+        response = await _original_send(self, node_id, request, **kwargs)
+    except BaseException:
+        request.session.reset()  # the broker may or may not have applied it
+        raise
+    if request.sent_as is not None:
+        request.session.on_response(
+            request.sent_as, request.full,
+            getattr(response, "error_code", 0), getattr(response, "session_id", 0),
+        )
+    return response

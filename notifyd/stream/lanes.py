@@ -213,6 +213,9 @@ class FetchPacer:
     #: Topics fetched at most every ``cold_interval_s`` while not quiet (``fetching``).
     cold_topics: frozenset[str] = frozenset()
     cold_interval_s: float = 0.05
+    #: Fetches in incremental sessions (``fetching.FetchSession``).
+    sessions: bool = False
+    _fetcher: Any = None
     busy_rate: float = 200.0
     window_s: float = 0.25
     mode: str = "quiet"
@@ -220,6 +223,12 @@ class FetchPacer:
     _since: float = 0.0
 
     def observe(self, consumer: Any, n: int, backlog: int = 0) -> None:
+        if self.sessions:
+            fetcher = _fetcher_of(consumer)
+            if fetcher is not self._fetcher:  # a consumer (re)started: its new fetcher
+                self._fetcher = fetcher
+                if fetcher is not None:
+                    fetching.use_sessions(fetcher)
         self._count += n
         now = time.monotonic()
         elapsed = now - self._since
@@ -430,7 +439,7 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
 def install(app: faust.App, lanes: Lanes) -> None:
     """Feed ``lanes`` from ``app``'s consumer (one set of lanes per app)."""
     app._notifyd_lanes = lanes  # type: ignore[attr-defined]
-    if lanes.pacer is not None and lanes.pacer.cold_topics:
+    if lanes.pacer is not None and (lanes.pacer.cold_topics or lanes.pacer.sessions):
         fetching.install()
     if not getattr(Consumer._wait_next_records, "__notifyd_lanes__", False):
         _wait_next_records_with_lanes.__notifyd_lanes__ = True  # type: ignore[attr-defined]

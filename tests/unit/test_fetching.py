@@ -76,3 +76,35 @@ def test_the_fetcher_reads_only_what_the_view_keeps() -> None:
     import re
 
     assert set(re.findall(r"assignment\.(\w+)", src)) == {"tps", "state_value"}
+
+
+def test_a_session_sends_what_moved_and_forgets_what_left() -> None:
+    """KIP-227 as Java's FetchSessionHandler does it: full request to open (epoch 0),
+    then the increments with epochs 1, 2, ...; any error or a broker keeping no session
+    (id 0) goes back to a full request."""
+    from aiokafka.protocol.fetch import FetchRequest, FetchRequest_v11
+
+    s = fetching.FetchSession()
+    a = {("t", 0): (5, 100), ("t", 1): (9, 100), ("u", 0): (1, 100)}
+    assert s.plan(a) == (0, 0, list(a), [])
+    s.on_response((0, 0), a, 0, 77)
+    assert (s.id, s.epoch) == (77, 1)
+    b = {("t", 0): (8, 100), ("t", 1): (9, 100), ("v", 3): (0, 100)}  # u/0 buffered
+    assert s.plan(b) == (77, 1, [("t", 0), ("v", 3)], [("u", 0)])
+    s.on_response((77, 1), b, 0, 77)
+    assert s.epoch == 2 and s.sent == b
+    assert s.plan(b) == (77, 2, [], [])  # nothing moved: an empty increment
+    s.on_response((77, 2), b, 71, 0)  # INVALID_FETCH_SESSION_EPOCH
+    assert (s.id, s.resets) == (0, 1) and s.plan(b)[:2] == (0, 0)
+    s.on_response((0, 0), b, 0, 0)  # the broker keeps none: full fetches go on
+    assert s.id == 0 and s.plan(b)[2] == list(b)
+
+    # On the wire: the increment; for aiokafka's response handling: every partition.
+    s = fetching.FetchSession(id=77, epoch=3, sent=dict(a))
+    req = fetching.SessionFetchRequest(
+        FetchRequest(5, 1, 1 << 20, 0, [("t", [(0, 6, 100), (1, 9, 100)])]), s)
+    built = req.build(FetchRequest_v11)
+    assert (built.session_id, built.session_epoch) == (77, 3)
+    assert built.topics == [("t", [(0, -1, 6, -1, 100)])]
+    assert built.forgotten_topics_data == [("u", [0])]
+    assert req.topics == [("t", [(0, 6, 100), (1, 9, 100)])] and req.sent_as == (77, 3)

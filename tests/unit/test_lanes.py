@@ -277,10 +277,18 @@ def test_fetches_wait_longer_while_the_lanes_are_behind() -> None:
     on = pacer_for(settings)
     assert on.behind == (settings.fetch_behind_wait_ms, settings.fetch_min_bytes)
     assert on.behind_backlog == settings.fetch_behind_backlog
-    # The worker's cold topics: the few-records-a-minute ones.
+    # The worker's: in fetch sessions (the default) nothing is cold; without them, the
+    # few-records-a-minute topics are.
+    from notifyd.stream.agents import cold_topics
+    from notifyd.stream.runtime import current
+
     lanes = app._notifyd_lanes  # type: ignore[attr-defined]
-    names = {t.split(".")[-1] for t in lanes.pacer.cold_topics}
+    assert lanes.pacer.sessions and not lanes.pacer.cold_topics
+    names = {t.split(".")[-1] for t in cold_topics(current())}
     assert names == {"preferences", "control", "subscriptions", "callbacks"}
+    nosessions = pacer_for(settings.model_copy(update={"fetch_sessions": False}),
+                           frozenset({"x"}))
+    assert nosessions.cold_topics == {"x"} and not nosessions.sessions
     off = pacer_for(settings.model_copy(
         update={"fetch_behind_wait_ms": 0, "fetch_cold_interval_ms": 0}), frozenset({"x"}))
     assert off.behind is None and off.cold_topics == frozenset()

@@ -25,8 +25,12 @@ def pacer_for(settings: Settings, cold_topics: frozenset[str] = frozenset()) -> 
         busy=busy,
         behind=behind if settings.fetch_behind_wait_ms > settings.fetch_max_wait_ms else None,
         behind_backlog=settings.fetch_behind_backlog,
-        cold_topics=cold_topics if settings.fetch_cold_interval_ms > 0 else frozenset(),
+        # In a fetch session an unchanged partition costs nothing: nothing is cold.
+        cold_topics=cold_topics
+        if settings.fetch_cold_interval_ms > 0 and not settings.fetch_sessions
+        else frozenset(),
         cold_interval_s=settings.fetch_cold_interval_ms / 1000,
+        sessions=settings.fetch_sessions,
     )
 
 
