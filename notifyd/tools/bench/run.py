@@ -15,7 +15,9 @@ Phases (each one's figures are in the result JSON under the same name):
    (``data.t0``) to the sink's receipt, at each fixed rate.
 3. **ratios** — notifyd ÷ floor.
 4. **state** — a fresh worker on ``rocksdb://`` recovers a preferences changelog of
-   ``state_users`` users: time to ready, RSS, that rocksdict backs the store.
+   ``state_users`` users: time to ready, RSS, that rocksdict backs the store; then
+   failover to a standby replica, clean stop and kill
+   (:mod:`notifyd.tools.bench.failover`).
 5. **schedule** — a fresh worker on ``rocksdb://`` recovers ``schedule_entries`` pending
    scheduled sends: recovery and index time, RSS, and how late the scheduler fires
    (:mod:`notifyd.tools.bench.schedule`).
@@ -43,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from notifyd.tools.bench.failover import failover_phase
 from notifyd.tools.bench.fanout import fanout_phase, format_fanout
 from notifyd.tools.bench.load import (
     Collector,
@@ -79,6 +82,7 @@ from notifyd.tools.bench.stats import (
     latency_summary,
     log_histogram,
     rate,
+    restore_from_log,
     total_for,
 )
 
@@ -97,6 +101,10 @@ class BenchOptions:
     rates: tuple[int, ...] = (500, 1000, 2000)
     state_users: int = 1_000_000
     skip_state: bool = False
+    #: Phase "state", part failover (notifyd.tools.bench.failover): two workers, one stopped.
+    skip_failover: bool = False
+    #: Phase "notifyd" (and so the ratios and the scaling speed-up) not run.
+    skip_notifyd: bool = False
     #: Pending scheduled sends recovered by one worker (phase "schedule").
     schedule_entries: int = 1_000_000
     skip_schedule: bool = False
@@ -710,6 +718,7 @@ class Bench:
             ready = ready_task.result()
             out["recovery_worker_cpu_s"] = proc_cpu_s(w.pid)  # since its start
             out["recovery_s"] = round(ready, 2)
+            out["restore"] = restore_from_log(w.log_path.read_text(errors="replace"))
             out["baseline_ready_s"] = self.baseline_ready_s
             out["recovery_records_per_s"] = rate(
                 o.state_users, ready - (self.baseline_ready_s or 0.0)
@@ -737,6 +746,10 @@ class Bench:
             out["warm_restart_s"] = round(await w2.wait_ready_async(o.drain_timeout * 2), 2)
         finally:
             w2.stop(120)
+        if not o.skip_failover:
+            out["failover"] = await failover_phase(
+                self, app_id, prefix, TopicNames(prefix).events, o.state_users
+            )
         return out
 
     async def _verify_state(self, topic: str) -> dict[str, Any]:
@@ -773,7 +786,9 @@ class Bench:
             self.producer = await self.new_producer()
             try:
                 result["floor"] = {"skipped": True} if o.skip_floor else await self.floor()
-                result["notifyd"] = await self.notifyd()
+                result["notifyd"] = (
+                    {"skipped": True} if o.skip_notifyd else await self.notifyd()
+                )
                 result["ratios"] = compute_ratios(result["floor"], result["notifyd"])
                 result["scaling"] = (
                     {"skipped": True} if o.scaling_processes <= 1
