@@ -700,10 +700,22 @@ class Bench:
             return u.encode(), orjson.dumps(doc)
 
         out: dict[str, Any] = {"users": o.state_users, "store": "rocksdb://"}
-        with self.progress.bar(o.state_users, "state: write changelog") as bar:
-            out["changelog_write_s"] = round(
-                await produce_fast(self.producer, changelog, o.state_users, make, bar), 2
-            )
+        # Its own producer: larger batches, and patience with a broker busy writing
+        # millions of records.
+        from aiokafka import AIOKafkaProducer
+
+        bulk = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, linger_ms=5, acks=1,
+            max_batch_size=256 * 1024, request_timeout_ms=300_000,
+        )
+        await bulk.start()
+        try:
+            with self.progress.bar(o.state_users, "state: write changelog") as bar:
+                out["changelog_write_s"] = round(
+                    await produce_fast(bulk, changelog, o.state_users, make, bar, 100_000), 2
+                )
+        finally:
+            await bulk.stop()
         w = self.new_worker("worker-state", app_id, prefix, "rocksdb://")
         self.progress.note(f"state: fresh worker recovers {o.state_users:,} users ...")
         meter = CpuMeter(self.pids()).start()
