@@ -386,7 +386,7 @@ def _now() -> float:
 @click.option("--users", type=int, help="Users with preferences for the pipeline runs [100000]")
 @click.option("--duration", type=float, help="Seconds of each fixed-rate run [15]")
 @click.option("--rates", help="Fixed rates in events/s, comma-separated [500,1000,2000]")
-@click.option("--state-users", type=int, help="Users in the RocksDB state test [1000000]")
+@click.option("--state-users", type=int, help="Users in the RocksDB state test [10000000]")
 @click.option("--partitions", type=int, help="Partitions of every topic [8]")
 @click.option("--skip-state", is_flag=True, help="Skip the RocksDB state/recovery test")
 @click.option("--skip-failover", is_flag=True,

@@ -99,7 +99,8 @@ class BenchOptions:
     users: int = 100_000
     duration: float = 15.0
     rates: tuple[int, ...] = (500, 1000, 2000)
-    state_users: int = 1_000_000
+    #: Issue 15's size; the state phase takes ~5 min with it (2 of them writing it).
+    state_users: int = 10_000_000
     skip_state: bool = False
     #: Phase "state", part failover (notifyd.tools.bench.failover): two workers, one stopped.
     skip_failover: bool = False
