@@ -386,9 +386,13 @@ def _now() -> float:
 @click.option("--users", type=int, help="Users with preferences for the pipeline runs [100000]")
 @click.option("--duration", type=float, help="Seconds of each fixed-rate run [15]")
 @click.option("--rates", help="Fixed rates in events/s, comma-separated [500,1000,2000]")
-@click.option("--state-users", type=int, help="Users in the RocksDB state test [1000000]")
+@click.option("--state-users", type=int, help="Users in the RocksDB state test [10000000]")
 @click.option("--partitions", type=int, help="Partitions of every topic [8]")
 @click.option("--skip-state", is_flag=True, help="Skip the RocksDB state/recovery test")
+@click.option("--skip-failover", is_flag=True,
+              help="State phase without its failover to a standby (two workers, one stopped)")
+@click.option("--skip-notifyd", is_flag=True,
+              help="Skip the pipeline phase (throughput, latency, idle; ratios need it)")
 @click.option("--schedule-entries", type=int,
               help="Pending scheduled sends in the schedule phase [1000000]")
 @click.option("--skip-schedule", is_flag=True, help="Skip the pending-schedules phase")
@@ -472,6 +476,8 @@ def bench(**kw: Any) -> None:
         broker=kw["broker_kind"],
         broker_url=kw["broker_url"],
         skip_state=kw["skip_state"],
+        skip_failover=kw["skip_failover"],
+        skip_notifyd=kw["skip_notifyd"],
         skip_schedule=kw["skip_schedule"],
         skip_floor=kw["skip_floor"],
         skip_fanout=kw["skip_fanout"],

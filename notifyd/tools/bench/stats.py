@@ -6,6 +6,7 @@ Nothing here touches the network or the clock, so all of it is unit-tested
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -339,6 +340,39 @@ def _http_lines(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def restore_from_log(text: str) -> dict[str, Any] | None:
+    """The last ``restore.done`` record of a worker's JSON log (notifyd.stream.restore):
+    the bulk restore's own share of a recovery, apart from Faust's start."""
+    for line in reversed(text.splitlines()):
+        if '"restore.done"' not in line:
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("event") == "restore.done":
+            return {k: doc.get(k) for k in ("records", "partitions", "seconds", "complete")}
+    return None
+
+
+def _failover_rows(fo: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for mode, r in fo.items():
+        if not isinstance(r, Mapping) or "failover_s" not in r:
+            continue
+        rows.append([
+            f"failover, {mode} ({r.get('signal')}, session timeout "
+            f"{_f(r.get('session_timeout_s'))} s): stop → victim's partitions deliver "
+            "again (s)",
+            _f(r.get("failover_s"), digits=2),
+        ])
+        rows.append([
+            f"  {mode}: survivor's own partitions, highest e2e meanwhile (ms)",
+            _f(r.get("survivor_pause_ms")),
+        ])
+    return rows
+
+
 def format_summary(result: Mapping[str, Any]) -> str:
     """Markdown tables: machine, throughput, latency per rate with ratios, state."""
     m = result.get("machine", {})
@@ -439,12 +473,14 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 ["store / rocksdict loaded", f"{st.get('store')} / {st.get('rocksdict_loaded')}"],
                 ["changelog written (s)", _f(st.get("changelog_write_s"), digits=1)],
                 ["fresh worker: start → ready (s)", _f(st.get("recovery_s"), digits=1)],
+                ["  of which the bulk restore (s)", _f((st.get("restore") or {}).get("seconds"))],
                 ["  of which baseline start, empty tables (s)", _f(st.get("baseline_ready_s"))],
                 ["recovery rate (records/s)", _f(st.get("recovery_records_per_s"))],
                 ["worker RSS after recovery (MB)", _f(st.get("rss_mb"))],
                 ["worker peak RSS (MB)", _f(st.get("rss_peak_mb"))],
                 ["RocksDB on disk (MB)", _f(st.get("rocksdb_disk_mb"))],
                 ["restart with its data dir: start → ready (s)", _f(st.get("warm_restart_s"))],
+                *_failover_rows(st.get("failover") or {}),
                 [
                     f"memory-store worker RSS, {_f(nd.get('users'))} users (MB)",
                     _f(nd.get("worker_rss_mb")),
