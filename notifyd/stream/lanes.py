@@ -423,6 +423,14 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
                 )
             if records and self.flow_active and generation == self.app.consumer_generation_id:
                 lanes.take(self, records, generation)
+            elif records and self.flow_active:
+                # A whole rebalance happened during this fetch (the flow stopped and
+                # resumed, Faust seeked to the committed offsets): which assignment these
+                # records came from is not known, and the client's positions are past
+                # them.  Dropping them would leave a gap no fetch fills (its commit held
+                # for good): seek back to the committed offsets and fetch again.
+                await self.perform_seek()
+                records = {}
             else:  # Faust's getmany seeks back when the flow stopped meanwhile
                 for tp in [tp for tp in records if tp.topic in lanes.by_topic]:
                     del records[tp]

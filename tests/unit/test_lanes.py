@@ -202,6 +202,41 @@ async def test_a_fetch_gives_lane_records_to_lanes_and_leaves_full_lanes_out(
     assert lane.drop([tp]) == 3 and lane.accepting()  # revoked: forgotten, room again
 
 
+async def test_a_fetch_across_a_whole_rebalance_is_fetched_again(
+    tp: TP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch that returns after a rebalance came and went (new generation, flow active
+    again) must not be dropped silently: the client's positions are past its records, so
+    nothing would fetch them again.  It is dropped and the consumer seeks back to the
+    committed offsets."""
+    from types import SimpleNamespace
+
+    consumer = app.consumer
+    lane = Lane(name="t", topics=frozenset({tp.topic}))
+    lanes = Lanes(app, [lane])
+    seeks: list[int] = []
+    gen0 = app.consumer_generation_id
+
+    async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        app.consumer_generation_id = gen0 + 1  # rebalanced meanwhile, flow resumed
+        return {tp: [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=4)]}
+
+    async def perform_seek() -> None:
+        seeks.append(app.consumer_generation_id)
+
+    monkeypatch.setattr(consumer, "_getmany", getmany)
+    monkeypatch.setattr(consumer, "perform_seek", perform_seek)
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp})
+    monkeypatch.setattr(consumer, "flow_active", True)
+    monkeypatch.setattr(app, "_notifyd_lanes", lanes, raising=False)
+    try:
+        records, _ = await consumer._wait_next_records(1.0)
+    finally:
+        app.consumer_generation_id = gen0
+    assert records == {} and not lane._queue
+    assert seeks == [gen0 + 1]
+
+
 def test_lanes_patch_the_fetch_loop_faust_still_has() -> None:
     """``Consumer._wait_next_records`` and the books the acks go to (Faust internals)."""
     assert getattr(Consumer._wait_next_records, "__notifyd_lanes__", False)
