@@ -92,23 +92,18 @@ def apply_records(records: Any, position: int, wb: Any) -> tuple[int, int]:
         if batch.is_control_batch:
             position = max(position, batch.next_offset)
             continue
-        if batch.base_offset >= position:
-            for rec in batch:
-                value = rec.value
-                if value is None:
-                    delete(rec.key)
-                else:
-                    put(rec.key, value)
-                n += 1
-        else:  # the fetch began inside this batch: skip what was applied already
-            for rec in batch:
-                if rec.offset >= position:
-                    value = rec.value
-                    if value is None:
-                        delete(rec.key)
-                    else:
-                        put(rec.key, value)
-                    n += 1
+        # A fetch that began inside this batch: skip what was applied already (the
+        # common case, a whole batch, pays no per-record offset check).
+        recs = batch if batch.base_offset >= position else (
+            r for r in batch if r.offset >= position
+        )
+        for rec in recs:
+            value = rec.value
+            if value is None:
+                delete(rec.key)
+            else:
+                put(rec.key, value)
+            n += 1
         position = max(position, batch.next_offset)
     return position, n
 
