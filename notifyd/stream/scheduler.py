@@ -9,9 +9,12 @@ produces the delivery to its channel topic, then a control message that deletes
 the row in partition context; if the worker dies in between, the row is released
 again and the delivery ledger drops the duplicate.
 
-The same loop expires old rows of ``seen``, ``ledger`` and ``status`` through
-control messages sent to the rows' own partitions (Faust tables can only be
-written while processing a record of that partition).
+The same loop expires old rows of ``seen``, ``ledger``, ``status`` and ``cancels``
+through control messages sent to the rows' own partitions (Faust tables can only be
+written while processing a record of that partition).  That sweep reads whole
+tables, so it runs in a task of its own, yields to the event loop as it goes, and
+comes round once per hundredth of the shortest time to live (one to sixty minutes):
+rows outlive their TTL by that much at most.
 
 What a due row becomes, and how an overdue delivery is re-queued, is the handlers'
 business (``notifyd.stream.handlers.schedule.run_scheduler`` passes both in), so this
@@ -39,6 +42,8 @@ from notifyd.stream.topics import active_partitions, control_topic
 log = structlog.stdlib.get_logger("notifyd.stream.scheduler")
 EXPIRE_CHUNK = 500
 REBUILD_CHUNK = 5000
+#: Rows the sweep reads between yields to the event loop.
+SWEEP_CHUNK = 5000
 
 #: Hands a due row (key, row) on: see ``notifyd.stream.handlers.schedule.release``.
 Release = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -57,6 +62,7 @@ class Scheduler:
         self._rebuilding: list[tuple[float, str, int]] | None = None
         #: Seconds the last rebuild took (bench, logs).
         self.last_rebuild_s = 0.0
+        self._sweeping: asyncio.Task[None] | None = None
 
     def push(self, due: float, key: str, partition: int) -> None:
         heapq.heappush(self.heap, (due, key, partition))
@@ -119,12 +125,30 @@ class Scheduler:
         if now - self.last_reconcile > min(10.0, settings.requeue_after_s / 2):
             self.last_reconcile = now
             await reconcile(self.active, now)
-        if now - self.last_sweep > 60:
+        if now - self.last_sweep > sweep_interval_s() and not self.sweeping():
             self.last_sweep = now
-            await self.sweep(now)
+            self._sweeping = asyncio.create_task(self.sweep(now), name="notifyd.sweep")
         return min(0.5, self.heap[0][0] - now) if self.heap else 0.5
 
+    def sweeping(self) -> bool:
+        return self._sweeping is not None and not self._sweeping.done()
+
+    async def stop_sweep(self) -> None:
+        """The scheduler loop stops: so does a sweep under way (the next one redoes it)."""
+        task, self._sweeping = self._sweeping, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def sweep(self, now: float) -> None:
+        try:
+            await self._sweep(now)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sweep.failed")
+
+    async def _sweep(self, now: float) -> None:
         for key in [k for k in self.released if scheduled.get(k) is None]:
             del self.released[key]
         plans: list[tuple[str, Any, float]] = [
@@ -137,7 +161,11 @@ class Scheduler:
             stamp = EXPIRY_STAMPS[name]  # when and on which partition a row was written
             cutoff = now - ttl
             expired: dict[int, list[str]] = {}
-            for key, value in table.data.items():
+            data: Any = table.data
+            rows = list(data.items()) if isinstance(data, dict) else data.items()
+            for i, (key, value) in enumerate(rows):
+                if i % SWEEP_CHUNK == SWEEP_CHUNK - 1:
+                    await asyncio.sleep(0)
                 if not value:
                     continue
                 ts, p = stamp(value)
@@ -153,16 +181,25 @@ class Scheduler:
                 log.info("sweep.expired", table=name, count=sum(map(len, expired.values())))
 
 
+def sweep_interval_s() -> float:
+    """Seconds between sweeps: a hundredth of the shortest TTL, within 1 to 60 minutes."""
+    shortest = min(settings.dedupe_ttl_s, settings.status_ttl_s)
+    return min(3600.0, max(60.0, shortest / 100))
+
+
 scheduler = Scheduler()
 
 
 async def run_scheduler(release: Release, reconcile: Reconcile) -> None:
-    while True:
-        try:
-            delay = await scheduler.tick(release, reconcile)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("scheduler.tick_failed")
-            delay = 1.0
-        await asyncio.sleep(max(delay, 0.01))
+    try:
+        while True:
+            try:
+                delay = await scheduler.tick(release, reconcile)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler.tick_failed")
+                delay = 1.0
+            await asyncio.sleep(max(delay, 0.01))
+    finally:
+        await scheduler.stop_sweep()

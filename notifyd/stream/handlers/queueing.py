@@ -16,6 +16,7 @@ from notifyd.model.records import dumps
 from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.status import UpdateFields, status_update
+from notifyd.stream.pending import PENDING, pending
 from notifyd.stream.tables import status
 from notifyd.stream.topics import deliver_topics
 
@@ -44,19 +45,25 @@ async def requeue_overdue(active: frozenset[int], now: float) -> int:
     scheduler's reconciler: a safety net, at-least-once).
 
     The status table (this worker's partitions) knows every channel still
-    ``queued``/``retrying``/``deferred`` with the delivery it is waiting for.  One
+    ``queued``/``retrying``/``deferred`` with the delivery it is waiting for; the
+    rows holding one are found through their index (``notifyd.stream.pending``).  One
     overdue by ``requeue_after_s`` is produced to its channel topic again: if it was
     in fact delivered the channel agent finds it in the ledger and re-states the
     outcome; if a crash or rebalance left its record unprocessed it is delivered now.
     """
     requeued: list[str] = []
     grace = settings.requeue_after_s
-    for nid, doc in list(status.data.items()):
+    data = status.data
+    if not pending.current(data, active):
+        await pending.rebuild(data, active)
+    for nid in pending.overdue(active, now - grace):
+        doc = data.get(nid)
         if not doc or doc.get("p") not in active:
+            pending.note(nid, None)  # expired, or its partition moved on
             continue
         for channel, entry in doc.get("channels", {}).items():
             delivery = entry.get("delivery")
-            if not delivery or entry.get("status") not in ("queued", "retrying", "deferred"):
+            if not delivery or entry.get("status") not in PENDING:
                 continue
             due = max(entry.get("ts") or 0, entry.get("deliver_at") or 0)
             if now - due < grace:

@@ -16,6 +16,7 @@ from notifyd.model.limits import SCHEMA_VERSION
 from notifyd.model.records import Delivery, dumps, loads
 from notifyd.stream.app import settings
 from notifyd.stream.handlers.deadletter import dead_letter_failure
+from notifyd.stream.pending import pending
 from notifyd.stream.tables import current_event, status
 from notifyd.stream.topics import callbacks_topic, status_topic
 
@@ -182,6 +183,7 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
     for nid, (ev, doc) in folded.items():
         with current_event(ev):
             status[nid] = doc
+        pending.note(nid, doc)
     await enqueue_callbacks(callback_jobs)  # before the batch is acked: at least once
     for bad, error in failed:
         await dead_letter_failure(bad, error)
