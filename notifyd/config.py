@@ -223,6 +223,13 @@ class Settings(BaseSettings):
     #: Event loop of the worker: the standard asyncio loop, or uvloop (the asyncio loop
     #: is ~17% of the worker's time; uvloop is not yet verified by the crash test).
     event_loop: Literal["uvloop", "asyncio"] = "asyncio"
+    #: Allocations between two young-generation collections of Python's cyclic garbage
+    #: collector (Python's own: 700; 0 keeps it).  With tables in the heap (``memory://``)
+    #: the default let the collector take ~20 % of a busy worker (notifyd.stream.heap).
+    gc_young_threshold: int = Field(default=50_000, ge=0)
+    #: Once the tables are recovered, move what is alive to the collector's permanent
+    #: generation (``gc.freeze``), so full collections no longer walk every table row.
+    gc_freeze_after_recovery: bool = True
 
     # --- logging ------------------------------------------------------------------------
     log_format: Literal["json", "console"] = "json"

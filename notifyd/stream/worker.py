@@ -12,7 +12,7 @@ import structlog
 from notifyd import clock
 from notifyd.config import Settings, get_settings
 from notifyd.log import configure
-from notifyd.stream import restore
+from notifyd.stream import heap, restore
 from notifyd.stream.topology import ensure_topics
 
 
@@ -46,7 +46,9 @@ def run_worker(build_app: Callable[[Settings], faust.App], s: Settings | None = 
         return 69
     if created:
         log.info("worker.topics_created", topics=created)
+    heap.configure(s)
     app = build_app(s)
+    heap.install(app, s)
     if restore.enabled(s):
         try:
             asyncio.run(restore.restore_tables(s, app.conf.tabledir))
