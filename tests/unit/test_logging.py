@@ -40,3 +40,17 @@ def test_json_with_context_and_debug_filtered(
     assert lines[0]["partition"] == 3 and lines[0]["offset"] == 7
     assert lines[0]["password"] == "**********"
     assert lines[0]["level"] == "info"
+
+
+def test_debug_follows_the_level_even_for_a_cached_logger(
+    restore_logging: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    configure("json", "INFO")
+    log = get_logger("notifyd.test.cached")
+    log.debug("dropped")  # the logger is built (and cached) while DEBUG is off
+    configure("json", "DEBUG")
+    log.debug("kept", n=1)
+    configure("json", "WARNING")
+    log.debug("dropped again")
+    lines = [json.loads(x) for x in capfd.readouterr().err.splitlines() if x.strip()]
+    assert [(x["event"], x["level"]) for x in lines] == [("kept", "debug")]
