@@ -223,13 +223,9 @@ def split_scope(key: str) -> tuple[str, str] | None:
 
 
 @functools.lru_cache(maxsize=8192)  # asked several times per event on the hot path
-@functools.lru_cache(maxsize=4096)
 def notification_id_for(user_id: str, event_id: str) -> str:
     """Deterministic notification id of ``event_id`` sent to ``user_id``, so a re-processed
-    event maps to the same id, and the same ``event_id`` for two users to two ids.
-
-    Cached (the recent events'): handling one event reads its id several times, and a
-    UUID 5 (SHA-1, a ``UUID`` object, its text) cost ~1.5 % of a busy worker."""
+    event maps to the same id, and the same ``event_id`` for two users to two ids."""
     return str(uuid.uuid5(_SCOPED_NAMESPACE, idempotency_scope(user_id, event_id)))
 
 
