@@ -170,7 +170,6 @@ def _gauge(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) 
     return family
 
 
-
 class _Children:
     """A labelled metric's children by label values, each looked up in prometheus_client
     once: its ``labels()`` checks the values and takes a lock on every call (~2 % of a
@@ -187,6 +186,7 @@ class _Children:
         if child is None:
             child = self._children[values] = self._metric.labels(*values)
         return child
+
 
 class Metrics:
     """The worker's metrics on a private registry."""
