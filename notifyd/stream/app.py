@@ -14,7 +14,7 @@ from typing import Any
 import faust
 
 from notifyd.config import Settings
-from notifyd.stream import faust_fixes
+from notifyd.stream import changelog, faust_fixes
 from notifyd.stream.runtime import ref
 
 settings: Settings = ref(lambda rt: rt.settings)
@@ -66,6 +66,7 @@ def faust_settings(s: Settings) -> dict[str, Any]:
 def faust_app(s: Settings) -> faust.App:
     """A bare Faust app configured from ``s`` (nothing declared on it yet)."""
     faust_fixes.apply()  # idempotent; before any app exists
+    changelog.install()
     return faust.App(s.app_id, **faust_settings(s))
 
 

@@ -17,6 +17,7 @@ import structlog
 from faust.types import TableT, TopicT
 
 from notifyd.config import CHANNELS, Settings
+from notifyd.stream.changelog import DirectChangelogTable
 from notifyd.stream.topology import TABLE_NAMES, TopicNames
 
 
@@ -175,13 +176,18 @@ assert tuple(_HELP) == TABLE_NAMES, "notifyd.stream.topology.TABLE_NAMES must li
 
 
 def _table(app: faust.App, settings: Settings, name: str) -> Table:
-    table: Any = app.Table(
-        name,
-        default=None,
-        key_type=str,
-        value_type=None,
-        partitions=settings.topic_partitions,
-        help=_HELP[name],
+    # app.Table with the table class whose changelog records skip Faust's buffer.
+    table: Any = app.tables.add(
+        DirectChangelogTable(
+            app,
+            name=name,
+            default=None,
+            beacon=app.tables.beacon,
+            key_type=str,
+            value_type=None,
+            partitions=settings.topic_partitions,
+            help=_HELP[name],
+        )
     )
     # Faust derives the serializer from key_type and would pick "json" for str,
     # which quotes the key and so hashes it to another partition than the raw
