@@ -179,3 +179,29 @@ async def test_direct_path_serialises_as_faust_does() -> None:
         (topic, b"user-1:e1", b'[1.5,5,"t/5/9","user-1"]', 5),
         (topic, b"user-1:e1", None, 5),  # a delete is a tombstone
     ]
+
+
+# -- the Faust internals the writer relies on (faust-streaming is pinned) -------------------
+
+
+def test_faust_commits_only_after_flushing_its_producer() -> None:
+    """``Consumer.commit`` flushes the producer, whose flush empties the writer first."""
+    import inspect
+
+    from faust.transport.consumer import Consumer
+
+    src = inspect.getsource(Consumer._commit_offsets)
+    assert src.index("await self.app.producer.flush()") < src.index("await self._commit(")
+
+
+async def test_the_table_persists_the_offset_a_record_got() -> None:
+    """``_on_changelog_sent`` reads the aiokafka metadata the writer's future resolves to."""
+    rt = build_app()
+    table: Any = rt.tables.ledger
+    persisted: list[tuple[TopicPartition, int]] = []
+    table._data = SimpleNamespace(set_persisted_offset=lambda tp, off: persisted.append((tp, off)))
+    fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+    tp = TopicPartition("x-ledger-changelog", 4)
+    fut.set_result(RecordMetadata(tp.topic, 4, tp, 77, -1, 0, 0))
+    table._on_changelog_sent(fut)
+    assert persisted == [(tp, 77)]
