@@ -14,7 +14,7 @@ from typing import Any
 import faust
 
 from notifyd.config import Settings
-from notifyd.stream import changelog, faust_fixes
+from notifyd.stream import changelog, faust_fixes, livelock
 from notifyd.stream.runtime import ref
 
 settings: Settings = ref(lambda rt: rt.settings)
@@ -67,6 +67,7 @@ def faust_app(s: Settings) -> faust.App:
     """A bare Faust app configured from ``s`` (nothing declared on it yet)."""
     faust_fixes.apply()  # idempotent; before any app exists
     changelog.install()
+    livelock.install()
     return faust.App(s.app_id, **faust_settings(s))
 
 
