@@ -292,6 +292,9 @@ class Lanes:
         lane = self.by_topic.get(tp.topic)
         return lane is None or lane.accepting()
 
+    def all_accepting(self) -> bool:
+        return all(lane.accepting() for lane in self.lanes)
+
     def take(self, consumer: Any, records: dict[TP, list[Any]], generation: int) -> None:
         """Move the records of lane topics from ``records`` (a fetch) to their lanes."""
         to_message = consumer._to_message
@@ -412,7 +415,9 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
         await self.wait(self.can_resume_flow)
     try:
         self.not_waiting_next_records.set()
-        active = {tp for tp in self._get_active_partitions() if lanes.fetchable(tp)}
+        active = self._get_active_partitions()
+        if not lanes.all_accepting():  # else every partition is fetchable: no new set
+            active = {tp for tp in active if lanes.fetchable(tp)}
         records: dict[TP, list[Any]] = {}
         if active:
             generation = self.app.consumer_generation_id
