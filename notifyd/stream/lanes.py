@@ -204,7 +204,13 @@ class FetchPacer:
     spends the CPU it lacks on near-empty fetches.  Then (``behind``) the broker may
     hold a fetch for ``behind[0]`` ms (same minimum bytes); the latency this adds is
     below the queueing delay of that backlog.  Busy again once the backlog is under a
-    quarter of it."""
+    quarter of it.
+
+    While quiet, aiokafka's fetch loop also wakes every ``fetcher_timeout`` (0.2 s) to
+    plan again over every assigned partition (~200), though the long poll in flight
+    leaves it nothing to send: a tenth of an idle worker's CPU.  It wakes anyway for
+    what changes the plan (a fetch answered, records consumed, the assignment, a pause
+    lifted), so while quiet the pacer sets that timeout to ``quiet_replan_s``."""
 
     busy: tuple[int, int]
     quiet: tuple[int, int] = (1500, 1)
@@ -215,7 +221,10 @@ class FetchPacer:
     cold_interval_s: float = 0.05
     #: Fetches in incremental sessions (``fetching.FetchSession``).
     sessions: bool = False
+    #: aiokafka's ``fetcher_timeout`` while quiet (None: left as it is).
+    quiet_replan_s: float | None = 1.0
     _fetcher: Any = None
+    _replan_s: float = 0.2
     busy_rate: float = 200.0
     window_s: float = 0.25
     mode: str = "quiet"
@@ -223,12 +232,15 @@ class FetchPacer:
     _since: float = 0.0
 
     def observe(self, consumer: Any, n: int, backlog: int = 0) -> None:
-        if self.sessions:
+        if self.sessions or self.quiet_replan_s is not None:
             fetcher = _fetcher_of(consumer)
             if fetcher is not self._fetcher:  # a consumer (re)started: its new fetcher
                 self._fetcher = fetcher
                 if fetcher is not None:
-                    fetching.use_sessions(fetcher)
+                    if self.sessions:
+                        fetching.use_sessions(fetcher)
+                    self._replan_s = getattr(fetcher, "_fetcher_timeout", self._replan_s)
+                    self._set_replan(fetcher, self.mode)
         self._count += n
         now = time.monotonic()
         elapsed = now - self._since
@@ -259,7 +271,13 @@ class FetchPacer:
                     self.cold_topics if mode != "quiet" and self.cold_topics else None,
                     self.cold_interval_s,
                 )
+                self._set_replan(fetcher, mode)
                 self.mode = mode
+
+    def _set_replan(self, fetcher: Any, mode: str) -> None:
+        if self.quiet_replan_s is not None:
+            quiet = mode == "quiet"
+            fetcher._fetcher_timeout = self.quiet_replan_s if quiet else self._replan_s
 
 
 def _fetcher_of(consumer: Any) -> Any:

@@ -264,17 +264,24 @@ def test_fetches_gather_batches_when_busy_and_long_poll_when_quiet() -> None:
     # What the pacer sets is what aiokafka's fetcher builds its requests from.
     assert "self._fetch_max_wait_ms" in inspect.getsource(Fetcher)
     assert "self._fetch_min_bytes" in inspect.getsource(Fetcher)
-    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500, _fetch_min_bytes=1)
+    assert "timeout=timeout" in inspect.getsource(Fetcher._fetch_requests_routine)
+    from notifyd.stream import fetching
+
+    assert "backoff = self._fetcher_timeout" in inspect.getsource(fetching._original)
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=1500, _fetch_min_bytes=1, _fetcher_timeout=0.2)
     consumer = SimpleNamespace(_thread=SimpleNamespace(_consumer=SimpleNamespace(
         _fetcher=fetcher)))
     pacer = lanes_mod.FetchPacer(busy=(5, 1 << 20), window_s=0.0)
     pacer.observe(consumer, 0)
     assert pacer.mode == "quiet" and fetcher._fetch_max_wait_ms == 1500
+    assert fetcher._fetcher_timeout == 1.0  # quiet: no re-plan every 0.2 s under a long poll
     pacer.observe(consumer, 500)  # 500 records in (next to) no time: busy
     assert pacer.mode == "busy"
     assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (5, 1 << 20)
+    assert fetcher._fetcher_timeout == 0.2  # aiokafka's own again
     pacer.observe(consumer, 0)  # nothing: quiet again
     assert (fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes) == (1500, 1)
+    assert fetcher._fetcher_timeout == 1.0
     # A worker's lanes pace its fetches with the settings' busy values.
     lanes = app._notifyd_lanes  # type: ignore[attr-defined]
     assert lanes.pacer.busy == (settings.fetch_max_wait_ms, settings.fetch_min_bytes)
