@@ -58,8 +58,6 @@ def faust_settings(s: Settings) -> dict[str, Any]:
         "broker_session_timeout": s.broker_session_timeout_s,
         "broker_heartbeat_interval": min(3.0, s.broker_session_timeout_s / 3),
         "stream_wait_empty": False,
-        # Tables whose changelog records go straight to the Kafka client.
-        "Table": changelog.DirectChangelogTable,
         "worker_redirect_stdouts": False,
         "table_cleanup_interval": 30.0,
     }

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
 import faust
 import structlog
 from faust.transport.drivers.aiokafka import Producer
 
-from notifyd.stream.faust_fixes import FLUSH_STALL_S
-
 log = structlog.stdlib.get_logger("notifyd.stream.changelog")
+
+#: Give up waiting for the writer (and let the commit go on, logged) after this long
+#: without progress, as ``faust_fixes`` does for Faust's own buffer.
+FLUSH_STALL_S = 30.0
 
 
 class _Message(NamedTuple):
@@ -69,16 +70,13 @@ class ChangelogWriter:
     def put(self, record: _Record) -> None:
         self._queue.append(record)
         self._empty.clear()
-        self._ensure_running()
-
-    def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="notifyd:changelog-writer"
             )
 
     async def _run(self) -> None:
-        queue, producer = self._queue, self.app.producer
+        queue, monitor, producer = self._queue, self.app.monitor, self.app.producer
         failures = 0
         try:
             while queue:
@@ -96,10 +94,9 @@ class ChangelogWriter:
                     continue
                 failures = 0
                 queue.popleft()
-                count_sent(self.app, r.topic)
-                cast(asyncio.Future, fut).add_done_callback(
-                    on_sent(self.app, r.topic, r.table._on_changelog_sent)
-                )
+                monitor.messages_sent += 1
+                monitor.messages_sent_by_topic[r.topic] += 1
+                cast(asyncio.Future, fut).add_done_callback(_on_sent(self.app, r))
         finally:
             if not queue:
                 self._empty.set()
@@ -109,7 +106,8 @@ class ChangelogWriter:
         loop = asyncio.get_running_loop()
         last_progress, before = loop.time(), len(self._queue)
         while self._queue:
-            self._ensure_running()
+            if self._task is None or self._task.done():
+                self._task = loop.create_task(self._run(), name="notifyd:changelog-writer")
             try:
                 await asyncio.wait_for(asyncio.shield(self._empty.wait()), 1.0)
             except TimeoutError:
@@ -122,29 +120,15 @@ class ChangelogWriter:
                 return
 
 
-def count_sent(app: Any, topic: str) -> None:
-    """Count a record handed to the Kafka client as Faust's monitor would
-    (``notifyd_faust_messages_sent``); for records that skip Faust's ``Topic.send``."""
-    monitor = app.monitor
-    monitor.messages_sent += 1
-    monitor.messages_sent_by_topic[topic] += 1
-
-
-def on_sent(
-    app: Any, topic: str, then: Callable[[asyncio.Future[Any]], None] | None = None
-) -> Callable[[asyncio.Future[Any]], None]:
-    """A done-callback for a record's delivery future: a record the broker refused is
-    logged and counted as Faust would; one it took goes on to ``then``."""
-
+def _on_sent(app: Any, r: _Record) -> Any:
     def done(fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             return
         if (exc := fut.exception()) is not None:
             app.monitor.send_errors += 1
-            log.error("produce.failed", topic=topic, error=repr(exc))
+            log.error("changelog.produce_failed", topic=r.topic, error=repr(exc))
             return
-        if then is not None:
-            then(fut)  # fut.result(): topic_partition, offset
+        r.table._on_changelog_sent(fut)  # fut.result(): topic_partition, offset
 
     return done
 

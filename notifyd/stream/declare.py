@@ -13,10 +13,11 @@ from dataclasses import dataclass, fields
 from typing import Any, cast
 
 import faust
+import structlog
 from faust.types import TableT, TopicT
 
 from notifyd.config import CHANNELS, Settings
-from notifyd.stream.changelog import count_sent, on_sent
+from notifyd.stream.changelog import DirectChangelogTable
 from notifyd.stream.topology import TABLE_NAMES, TopicNames
 
 
@@ -34,6 +35,9 @@ class Topics:
     subscriptions: TopicT
     fanout: TopicT
     callbacks: TopicT
+
+
+log = structlog.stdlib.get_logger("notifyd.stream.declare")
 
 
 class DirectTopic(faust.Topic):
@@ -70,10 +74,21 @@ class DirectTopic(faust.Topic):
             return await super().send(key=key, value=value, partition=partition,
                                       timestamp=timestamp, headers=headers, **kwargs)
         topic = self.get_topic_name()
-        count_sent(self.app, topic)
+        monitor = self.app.monitor
+        monitor.messages_sent += 1
+        monitor.messages_sent_by_topic[topic] += 1
         fut = await producer.send(topic, key, value, partition, timestamp, headers)
-        cast(asyncio.Future, fut).add_done_callback(on_sent(self.app, topic))
+        cast(asyncio.Future, fut).add_done_callback(_on_sent(self.app, topic))
         return fut
+
+
+def _on_sent(app: Any, topic: str) -> Any:
+    def done(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and (exc := fut.exception()) is not None:
+            app.monitor.send_errors += 1
+            log.error("produce.failed", topic=topic, error=repr(exc))
+
+    return done
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
@@ -161,14 +176,18 @@ assert tuple(_HELP) == TABLE_NAMES, "notifyd.stream.topology.TABLE_NAMES must li
 
 
 def _table(app: faust.App, settings: Settings, name: str) -> Table:
-    # The app's Table class is notifyd.stream.changelog.DirectChangelogTable (app.py).
-    table: Any = app.Table(
-        name,
-        default=None,
-        key_type=str,
-        value_type=None,
-        partitions=settings.topic_partitions,
-        help=_HELP[name],
+    # app.Table with the table class whose changelog records skip Faust's buffer.
+    table: Any = app.tables.add(
+        DirectChangelogTable(
+            app,
+            name=name,
+            default=None,
+            beacon=app.tables.beacon,
+            key_type=str,
+            value_type=None,
+            partitions=settings.topic_partitions,
+            help=_HELP[name],
+        )
     )
     # Faust derives the serializer from key_type and would pick "json" for str,
     # which quotes the key and so hashes it to another partition than the raw
