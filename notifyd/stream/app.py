@@ -53,6 +53,9 @@ def faust_settings(s: Settings) -> dict[str, Any]:
         # worker's time, docs/bench/profile.md), but the crash test stalled once with it
         # (Faust "producer buffer full", 3 of 20,000 undelivered) and it is not verified.
         "producer_linger": 0.001,
+        # The batch writer (notifyd.stream.writer) hands the client a batch per partition
+        # of all a chunk holds: room for it (Faust's default, 16 KiB, ~30 status records).
+        "producer_max_batch_size": 256 * 1024,
         "broker_commit_every": 1000,
         "broker_commit_interval": 1.0,
         "broker_session_timeout": s.broker_session_timeout_s,

@@ -19,6 +19,7 @@ from faust.types import TableT, TopicT
 from notifyd.config import CHANNELS, Settings
 from notifyd.stream.changelog import DirectChangelogTable
 from notifyd.stream.topology import TABLE_NAMES, TopicNames
+from notifyd.stream.writer import Outbound, writer_of
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,20 @@ log = structlog.stdlib.get_logger("notifyd.stream.declare")
 
 
 class DirectTopic(faust.Topic):
-    """A topic of raw bytes whose ``send`` hands the record straight to the running
-    producer.
+    """A topic of raw bytes whose ``send`` puts the record on the app's batch writer
+    (``notifyd.stream.writer``), which hands the client a batch per partition.
 
     Faust's ``Topic.send`` wraps each record in a ``FutureMessage``, routes it through
-    the channel, a stampede-guarded producer look-up and the sensors, and adds a
-    callback: about 6 % of a busy worker's CPU for the 4-5 records an event produces.
-    Bytes in, no callback, no serializer: none of that is needed.  What matters is
-    kept: the record is in the Kafka client when ``send`` returns (Faust flushes the
-    client before it commits: ``notifyd.stream.faust_fixes``), Faust's monitor counts it
-    (``notifyd_faust_messages_sent``), and a record the broker refuses is logged and
-    counted as Faust would.  Anything else, or a producer not running (an agent's
-    ``test_context``), goes through Faust's ``send``."""
+    the channel, a stampede-guarded producer look-up and the sensors, and aiokafka's
+    ``send`` adds a future and a callback per record: a large share of a busy worker's
+    CPU for the 4-5 records an event produces.  What matters is kept: the record is
+    handed to the client, in order, before Faust commits the offsets of what caused it
+    (Faust's producer flush empties the writer first: ``notifyd.stream.changelog``),
+    Faust's monitor counts it (``notifyd_faust_messages_sent``), and a record the broker
+    refuses is logged and counted as Faust would.  ``send`` returns None: a caller that
+    must know the broker has the record uses an :class:`AwaitedTopic`.  Anything else,
+    or a producer not running (an agent's ``test_context``), goes through Faust's
+    ``send``."""
 
     async def send(  # type: ignore[override]
         self,
@@ -67,17 +70,33 @@ class DirectTopic(faust.Topic):
         producer = self.app.producer
         if (
             kwargs
+            or timestamp is not None
             or getattr(producer, "_producer", None) is None
             or not isinstance(value, bytes)
             or not (key is None or isinstance(key, bytes))
+            or not (headers is None or isinstance(headers, list | tuple))
         ):
             return await super().send(key=key, value=value, partition=partition,
                                       timestamp=timestamp, headers=headers, **kwargs)
+        return await self._direct(producer, key, value, partition, headers)
+
+    async def _direct(self, producer: Any, key: bytes | None, value: bytes, partition: int | None,
+                headers: Any) -> Any:
+        writer_of(self.app).put(Outbound(self.get_topic_name(), key, value, partition, headers))
+        return None
+
+
+class AwaitedTopic(DirectTopic):
+    """A :class:`DirectTopic` whose ``send`` returns the client's future for the record,
+    for a caller that waits until the broker has it (a dead letter)."""
+
+    async def _direct(self, producer: Any, key: bytes | None, value: bytes,
+                      partition: int | None, headers: Any) -> Any:
         topic = self.get_topic_name()
         monitor = self.app.monitor
         monitor.messages_sent += 1
         monitor.messages_sent_by_topic[topic] += 1
-        fut = await producer.send(topic, key, value, partition, timestamp, headers)
+        fut = await producer.send(topic, key, value, partition, None, headers)
         cast(asyncio.Future, fut).add_done_callback(_on_sent(self.app, topic))
         return fut
 
@@ -92,8 +111,8 @@ def _on_sent(app: Any, topic: str) -> Any:
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
-    def topic(name: str, *, compacted: bool = False) -> TopicT:
-        return DirectTopic(
+    def topic(name: str, *, compacted: bool = False, awaited: bool = False) -> TopicT:
+        return (AwaitedTopic if awaited else DirectTopic)(
             app,
             topics=[name],
             key_type=bytes,
@@ -109,13 +128,13 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     names = TopicNames(settings.topic_prefix)
     return Topics(
         names=names,
-        events=topic(names.events),
+        events=topic(names.events, awaited=True),  # the web answers once the broker has it
         rekeyed=topic(names.events_rekeyed),
-        events_dlq=topic(names.events_dlq),
+        events_dlq=topic(names.events_dlq, awaited=True),
         preferences=topic(names.preferences),
         control=topic(names.control),
         status=topic(names.status),
-        deliveries_dlq=topic(names.deliveries_dlq),
+        deliveries_dlq=topic(names.deliveries_dlq, awaited=True),
         deliver={ch: topic(names.deliver(ch)) for ch in CHANNELS},
         subscriptions=topic(names.subscriptions),
         fanout=topic(names.fanout),

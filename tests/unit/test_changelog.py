@@ -1,10 +1,10 @@
-"""The changelog writer: table writes reach the Kafka client in order, before a commit's
-flush returns, and the table learns their offsets (RocksDB's persisted offsets)."""
+"""Changelog records through the batch writer: serialised as Faust does, in the client
+before a commit's flush returns, and the table learns their offsets (RocksDB's persisted
+offsets).  The writer itself: ``test_writer.py``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,45 +13,11 @@ from aiokafka.structs import RecordMetadata, TopicPartition
 from faust.transport.drivers.aiokafka import Producer
 
 from notifyd.stream import changelog
-from notifyd.stream.changelog import DirectChangelogTable, writer_of
+from notifyd.stream.changelog import DirectChangelogTable
 from notifyd.stream.tables import current_event
+from notifyd.stream.writer import Outbound, writer_of
 from tests.support.app import build_app
-
-
-class FakeClient:
-    """The Kafka client's ``send`` as Faust's producer exposes it: the record is taken
-    when the coroutine returns, its metadata when the future resolves (``release``)."""
-
-    def __init__(self) -> None:
-        self._producer = object()  # "running"
-        self.sent: list[tuple[str, bytes | None, bytes | None, int]] = []
-        self.futures: list[asyncio.Future[RecordMetadata]] = []
-        self.fail_next = 0
-        self.gate = asyncio.Event()
-        self.gate.set()
-
-    async def send(self, topic: str, key: Any, value: Any, partition: int,
-                   timestamp: Any, headers: Any) -> asyncio.Future[RecordMetadata]:
-        await self.gate.wait()
-        if self.fail_next:
-            self.fail_next -= 1
-            raise ConnectionError("broker away")
-        self.sent.append((topic, key, value, partition))
-        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
-        self.futures.append(fut)
-        return fut
-
-    def release(self) -> None:
-        for i, fut in enumerate(self.futures):
-            topic, _, _, partition = self.sent[i]
-            if not fut.done():
-                fut.set_result(RecordMetadata(topic, partition, TopicPartition(topic, partition),
-                                              100 + i, -1, 0, 0))
-
-
-def _app_with(client: FakeClient) -> Any:
-    monitor = SimpleNamespace(messages_sent=0, messages_sent_by_topic=Counter(), send_errors=0)
-    return SimpleNamespace(producer=client, monitor=monitor)
+from tests.support.kafka_client import FakeKafka, app_with
 
 
 class FakeTable:
@@ -70,59 +36,15 @@ class _Event:
         self.message = SimpleNamespace(topic="events", partition=partition)
 
 
-def _record(table: Any, n: int, partition: int = 3) -> Any:
-    return changelog._Record(table, "app-seen-changelog", f"k{n}".encode(),
-                             b'{"n":%d}' % n, partition)
-
-
-async def test_writer_hands_records_over_in_order_and_drain_waits_for_them() -> None:
-    client, table = FakeClient(), FakeTable()
-    app = _app_with(client)
-    writer = writer_of(app)
-    assert writer_of(app) is writer
-    client.gate.clear()  # the client is busy: records queue up
-    for n in range(5):
-        writer.put(_record(table, n))
-    draining = asyncio.create_task(writer.drain())
-    await asyncio.sleep(0.01)
-    assert not draining.done() and len(writer) == 5 and client.sent == []
-    client.gate.set()
-    await asyncio.wait_for(draining, 5)
-    assert len(writer) == 0
-    assert [k for _, k, _, _ in client.sent] == [f"k{n}".encode() for n in range(5)]
-    assert app.monitor.messages_sent == 5
-    assert table.persisted == []  # not acknowledged by the broker yet
-    client.release()
-    await asyncio.sleep(0)
-    assert table.persisted == [(TopicPartition("app-seen-changelog", 3), 100 + n)
-                               for n in range(5)]
-
-
-async def test_a_failed_send_is_retried_not_dropped() -> None:
-    client, table = FakeClient(), FakeTable()
-    writer = writer_of(_app_with(client))
-    client.fail_next = 2
-    writer.put(_record(table, 1))
-    writer.put(_record(table, 2))
-    await asyncio.wait_for(writer.drain(), 5)
-    assert [k for _, k, _, _ in client.sent] == [b"k1", b"k2"]
-
-
-async def test_a_refused_record_is_counted_and_not_persisted() -> None:
-    client, table = FakeClient(), FakeTable()
-    app = _app_with(client)
-    writer = writer_of(app)
-    writer.put(_record(table, 1))
-    await writer.drain()
-    client.futures[0].set_exception(RuntimeError("record too large"))
-    await asyncio.sleep(0)
-    assert app.monitor.send_errors == 1 and table.persisted == []
+def _record(table: Any, n: int, partition: int = 3) -> Outbound:
+    return Outbound("app-seen-changelog", f"k{n}".encode(), b'{"n":%d}' % n, partition,
+                    None, table)
 
 
 async def test_producer_flush_empties_the_writer_first(monkeypatch: pytest.MonkeyPatch) -> None:
     changelog.install()
-    client, table = FakeClient(), FakeTable()
-    app = _app_with(client)
+    client, table = FakeKafka(), FakeTable()
+    app = app_with(client)
     order: list[str] = []
 
     async def original(self: Any) -> None:
@@ -163,13 +85,14 @@ async def test_tables_are_direct_and_fall_back_to_faust_without_a_running_produc
 async def test_direct_path_serialises_as_faust_does() -> None:
     rt = build_app()
     seen = rt.tables.seen
-    client = FakeClient()
-    rt.app.producer._producer = client._producer  # type: ignore[attr-defined]
-    rt.app.producer.send = client.send  # type: ignore[method-assign]
+    client = FakeKafka()
+    rt.app.producer._producer = client  # type: ignore[attr-defined]
     ev = _Event(5)
     try:
         with current_event(ev):  # type: ignore[arg-type]
             seen["user-1:e1"] = [1.5, 5, "t/5/9", "user-1"]
+        await writer_of(rt.app).drain()
+        with current_event(ev):  # type: ignore[arg-type]
             del seen["user-1:e1"]
         await writer_of(rt.app).drain()
     finally:
