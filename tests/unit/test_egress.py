@@ -286,6 +286,30 @@ async def test_webhook_provider_refuses_internal_destinations(target: HttpTarget
     assert target.connections == 0
 
 
+async def test_webhook_provider_remembers_only_urls_that_passed(
+    target: HttpTarget, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checked URLs are remembered (a user's URL comes with each delivery); a refused
+    one is judged again each time, and the memory is bounded."""
+    from notifyd.providers import webhook as webhook_module
+
+    monkeypatch.setattr(webhook_module, "PASSED_URLS", 3)
+    async with WebhookProvider(Settings()) as provider:
+        denied = "http://169.254.169.254/latest/meta-data/"
+        for _ in range(2):
+            with pytest.raises(EgressDenied):
+                provider.check(webhook(denied))
+        assert provider._passed == {}
+        urls = [f"https://hooks{i}.example.com/x" for i in range(4)]
+        for url in urls[:3]:
+            provider.check(webhook(url))
+        assert list(provider._passed) == urls[:3]
+        provider.check(webhook(urls[3]))  # full: starts over
+        assert list(provider._passed) == urls[3:]
+        with pytest.raises(PermanentDeliveryError):
+            provider.check(webhook("ftp://files.example.com/x"))
+
+
 async def test_webhook_error_body_is_not_echoed(target: HttpTarget) -> None:
     target.status, target.body = 500, b'{"error": "db password is hunter2"}'
     async with WebhookProvider(Settings(egress_allow="127.0.0.1/32")) as provider:
