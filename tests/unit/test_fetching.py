@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from types import SimpleNamespace
 from typing import Any
@@ -11,6 +12,8 @@ import pytest
 from aiokafka.consumer.fetcher import Fetcher
 from aiokafka.consumer.subscription_state import Assignment
 from aiokafka.structs import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from notifyd.stream import fetching
 
@@ -108,3 +111,84 @@ def test_a_session_sends_what_moved_and_forgets_what_left() -> None:
     assert built.topics == [("t", [(0, -1, 6, -1, 100)])]
     assert built.forgotten_topics_data == [("u", [0])]
     assert req.topics == [("t", [(0, 6, 100), (1, 9, 100)])] and req.sent_as == (77, 3)
+
+
+# -- the cheaper planner gives aiokafka's answer -------------------------------------------
+
+
+class _Buffered:
+    """A partition's fetched records not consumed yet (``Fetcher._records``)."""
+
+    def __init__(self, backoff: float) -> None:
+        self.backoff = backoff
+
+    def calculate_backoff(self) -> float:
+        return self.backoff
+
+
+def _normal(actions: Any) -> Any:
+    """A plan with its requests' partition order (shuffled by aiokafka) set aside."""
+    requests, awaiting_reset, backoff, invalid, resume = actions
+    reqs = sorted(
+        (node, sorted((t, p) for t, parts in req.topics for p in parts),
+         (req._max_wait_ms, req._min_bytes, req._max_bytes, req._isolation_level))
+        for node, req in requests
+    )
+    return (reqs, {n: sorted(tps) for n, tps in awaiting_reset.items()}, backoff, invalid,
+            sorted(map(id, resume)))
+
+
+@given(data=st.data())
+@settings(max_examples=200, deadline=None)
+def test_the_planner_gives_aiokafkas_plan(data: st.DataObject) -> None:
+    async def check() -> None:
+        tps = [TopicPartition(t, p) for t in ("a", "b", "c") for p in range(4)]
+        assignment = Assignment(tps)
+        leaders: dict[TopicPartition, int | None] = {}
+        f = _fetcher()
+        for tp in tps:
+            leaders[tp] = data.draw(st.sampled_from([1, 2, None, -1]))
+            state = data.draw(st.sampled_from(["position", "reset", "paused", "buffered"]))
+            if state != "reset":
+                assignment.state_value(tp).seek(data.draw(st.integers(0, 50)))
+            if state == "paused":
+                assignment.state_value(tp).pause()
+            if state == "buffered":
+                f._records[tp] = _Buffered(data.draw(st.sampled_from([0, 0.05, 0.2])))
+        f._in_flight = set(data.draw(st.sets(st.sampled_from([1, 2]))))
+        f._client = SimpleNamespace(cluster=SimpleNamespace(
+            leader_for_partition=leaders.get, broker_metadata=lambda node: object()))
+        assert _normal(fetching._actions(f, assignment)) == _normal(
+            fetching._original(f, assignment))
+        fetching.use_sessions(f)  # not shuffled there: the same partitions all the same
+        assert _normal(fetching._actions(f, assignment)) == _normal(
+            fetching._original(f, assignment))
+
+    asyncio.run(check())
+
+
+def test_the_planner_leaves_kip_392_to_aiokafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a client rack (preferred read replicas) aiokafka's own planner runs."""
+    calls: list[Any] = []
+    monkeypatch.setattr(fetching, "_original", lambda f, a: calls.append(a) or "aiokafka")
+    f = _fetcher()
+    f._client_rack = "rack-1"
+    assert fetching._actions(f, "assignment") == "aiokafka"
+    f._client_rack, f._preferred_read_replica = None, {TopicPartition("a", 0): (2, 0.0)}
+    assert fetching._actions(f, "assignment") == "aiokafka" and len(calls) == 2
+
+
+def test_the_planner_reads_what_aiokafkas_reads() -> None:
+    """Guard (aiokafka 0.14): the planner re-states ``_get_actions_per_node``; the
+    fetcher attributes it reads are the same, re-check on an upgrade."""
+    import re
+
+    src = inspect.getsource(fetching._original)
+    read = set(re.findall(r"self\.(_\w+)", src))
+    assert read == {"_select_read_replica", "_records", "_in_flight", "_client",
+                    "_max_partition_fetch_bytes", "_fetch_max_wait_ms", "_fetch_min_bytes",
+                    "_fetch_max_bytes", "_isolation_level", "_client_rack",
+                    "_fetcher_timeout"}
+    replica = inspect.getsource(Fetcher._select_read_replica)
+    assert "self._preferred_read_replica.get(tp)" in replica
+    assert "return self._client.cluster.leader_for_partition(tp)" in replica
