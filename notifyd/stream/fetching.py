@@ -77,9 +77,30 @@ def _actions(self: Any, assignment: Any) -> Any:
     resume_futures: list[Any] = []
     invalid_metadata = False
     records, in_flight = self._records, self._in_flight
-    leader_for = self._client.cluster.leader_for_partition
+    cluster = self._client.cluster
+    leader_for = cluster.leader_for_partition
+    tps = assignment.tps
+    if in_flight:
+        # The assignment's leaders, per assignment and metadata (aiokafka replaces
+        # ``_partitions`` on every metadata update).
+        partitions = cluster._partitions
+        cached = getattr(self, "_notifyd_leaders", None)
+        if cached is None or cached[0] is not tps or cached[1] is not partitions:
+            cached = (tps, partitions, frozenset(map(leader_for, tps)))
+            self._notifyd_leaders = cached
+        leaders = cached[2]
+        if leaders and leaders <= in_flight:
+            # Every partition's node has a fetch in flight, so every partition but
+            # the buffered ones would be skipped: the wake-ups between a request and
+            # its answer (records consumed) no longer walk them all.
+            for tp, buffered in records.items():
+                if tp in tps and (backoff := buffered.calculate_backoff()):
+                    backoff_by_nodes.setdefault(leader_for(tp), []).append(backoff)
+            backoff = (min(map(max, backoff_by_nodes.values())) if backoff_by_nodes
+                       else self._fetcher_timeout)
+            return [], awaiting_reset, backoff, False, []
     state_value = assignment.state_value
-    for tp in assignment.tps:
+    for tp in tps:
         tp_state = state_value(tp)
         node_id = leader_for(tp)
         if tp in records:

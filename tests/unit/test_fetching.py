@@ -26,7 +26,8 @@ def _fetcher() -> Any:
     f._in_flight = set()
     f._preferred_read_replica = {}
     f._client = SimpleNamespace(cluster=SimpleNamespace(
-        leader_for_partition=lambda tp: 1, broker_metadata=lambda node: object()))
+        leader_for_partition=lambda tp: 1, broker_metadata=lambda node: object(),
+        _partitions={}))
     f._max_partition_fetch_bytes = 1 << 20
     f._fetch_max_wait_ms, f._fetch_min_bytes, f._fetch_max_bytes = 5, 1, 50 << 20
     f._isolation_level = 0
@@ -146,8 +147,10 @@ def test_the_planner_gives_aiokafkas_plan(data: st.DataObject) -> None:
         assignment = Assignment(tps)
         leaders: dict[TopicPartition, int | None] = {}
         f = _fetcher()
+        nodes = sorted(data.draw(st.sets(st.sampled_from([1, 2, None, -1]), min_size=1)),
+                       key=str)
         for tp in tps:
-            leaders[tp] = data.draw(st.sampled_from([1, 2, None, -1]))
+            leaders[tp] = data.draw(st.sampled_from(nodes))
             state = data.draw(st.sampled_from(["position", "reset", "paused", "buffered"]))
             if state != "reset":
                 assignment.state_value(tp).seek(data.draw(st.integers(0, 50)))
@@ -157,7 +160,8 @@ def test_the_planner_gives_aiokafkas_plan(data: st.DataObject) -> None:
                 f._records[tp] = _Buffered(data.draw(st.sampled_from([0, 0.05, 0.2])))
         f._in_flight = set(data.draw(st.sets(st.sampled_from([1, 2]))))
         f._client = SimpleNamespace(cluster=SimpleNamespace(
-            leader_for_partition=leaders.get, broker_metadata=lambda node: object()))
+            leader_for_partition=leaders.get, broker_metadata=lambda node: object(),
+            _partitions={}))
         assert _normal(fetching._actions(f, assignment)) == _normal(
             fetching._original(f, assignment))
         fetching.use_sessions(f)  # not shuffled there: the same partitions all the same
@@ -189,6 +193,14 @@ def test_the_planner_reads_what_aiokafkas_reads() -> None:
                     "_max_partition_fetch_bytes", "_fetch_max_wait_ms", "_fetch_min_bytes",
                     "_fetch_max_bytes", "_isolation_level", "_client_rack",
                     "_fetcher_timeout"}
+    # Its leaders are remembered per metadata: aiokafka replaces the partitions' map on
+    # every update, never changes it in place.
+    from aiokafka.cluster import ClusterMetadata
+
+    update = inspect.getsource(ClusterMetadata.update_metadata)
+    assert "self._partitions = _new_partitions" in update
+    assert "self._partitions[" not in inspect.getsource(ClusterMetadata).replace(
+        "self._partitions[partition.topic]", "").replace("self._partitions[topic]", "")
     replica = inspect.getsource(Fetcher._select_read_replica)
     assert "self._preferred_read_replica.get(tp)" in replica
     assert "return self._client.cluster.leader_for_partition(tp)" in replica
