@@ -65,10 +65,11 @@ def _actions(self: Any, assignment: Any) -> Any:
 
     Without KIP-392 (no client rack, so no preferred read replica is ever cached) a
     partition's node is its leader: one look-up instead of ``_select_read_replica``'s
-    three; the per-partition ``log.debug`` calls are gone; and in fetch sessions the
-    partitions are not shuffled here (the request's full list only maps the answer:
-    :class:`SessionFetchRequest` shuffles what goes on the wire).  Anything else goes
-    to aiokafka's own."""
+    three, remembered with each partition's state object per assignment and metadata
+    (read directly: ``_position``, ``_paused``); the per-partition ``log.debug`` calls
+    are gone; and in fetch sessions the partitions are not shuffled here (the request's
+    full list only maps the answer: :class:`SessionFetchRequest` shuffles what goes on
+    the wire).  Anything else goes to aiokafka's own."""
     if self._client_rack or self._preferred_read_replica:
         return _original(self, assignment)
     fetchable: dict[int, list[Any]] = {}
@@ -80,29 +81,26 @@ def _actions(self: Any, assignment: Any) -> Any:
     cluster = self._client.cluster
     leader_for = cluster.leader_for_partition
     tps = assignment.tps
-    if in_flight:
-        # The assignment's leaders, per assignment and metadata (aiokafka replaces
-        # ``_partitions`` on every metadata update).
-        partitions = cluster._partitions
-        cached = getattr(self, "_notifyd_leaders", None)
-        if cached is None or cached[0] is not tps or cached[1] is not partitions:
-            cached = (tps, partitions, frozenset(map(leader_for, tps)))
-            self._notifyd_leaders = cached
-        leaders = cached[2]
-        if leaders and leaders <= in_flight:
-            # Every partition's node has a fetch in flight, so every partition but
-            # the buffered ones would be skipped: the wake-ups between a request and
-            # its answer (records consumed) no longer walk them all.
-            for tp, buffered in records.items():
-                if tp in tps and (backoff := buffered.calculate_backoff()):
-                    backoff_by_nodes.setdefault(leader_for(tp), []).append(backoff)
-            backoff = (min(map(max, backoff_by_nodes.values())) if backoff_by_nodes
-                       else self._fetcher_timeout)
-            return [], awaiting_reset, backoff, False, []
-    state_value = assignment.state_value
-    for tp in tps:
-        tp_state = state_value(tp)
-        node_id = leader_for(tp)
+    # Per assignment and metadata (aiokafka replaces ``_partitions`` on every metadata
+    # update): each partition's state object and leader, and the set of leaders.
+    partitions = cluster._partitions
+    cached = getattr(self, "_notifyd_plan", None)
+    if cached is None or cached[0] is not tps or cached[1] is not partitions:
+        entries = tuple((tp, assignment.state_value(tp), leader_for(tp)) for tp in tps)
+        cached = (tps, partitions, entries, frozenset(e[2] for e in entries))
+        self._notifyd_plan = cached
+    entries, leaders = cached[2], cached[3]
+    if in_flight and leaders and leaders <= in_flight:
+        # Every partition's node has a fetch in flight, so every partition but the
+        # buffered ones would be skipped: the wake-ups between a request and its
+        # answer (records consumed) no longer walk them all.
+        for tp, buffered in records.items():
+            if tp in tps and (backoff := buffered.calculate_backoff()):
+                backoff_by_nodes.setdefault(leader_for(tp), []).append(backoff)
+        backoff = (min(map(max, backoff_by_nodes.values())) if backoff_by_nodes
+                   else self._fetcher_timeout)
+        return [], awaiting_reset, backoff, False, []
+    for tp, tp_state, node_id in entries:
         if tp in records:
             backoff = records[tp].calculate_backoff()
             if backoff:
@@ -111,12 +109,12 @@ def _actions(self: Any, assignment: Any) -> Any:
             continue
         elif node_id is None or node_id == -1:
             invalid_metadata = True
-        elif not tp_state.has_valid_position:
+        elif (position := tp_state._position) is None:  # not has_valid_position
             awaiting_reset[node_id].append(tp)
-        elif tp_state.paused:
-            resume_futures.append(tp_state.resume_fut)
+        elif tp_state._paused:
+            resume_futures.append(tp_state._resume_fut)
         else:
-            fetchable.setdefault(node_id, []).append((tp, tp_state.position))
+            fetchable.setdefault(node_id, []).append((tp, position))
     in_sessions = getattr(self, "_notifyd_sessions", None) is not None
     max_bytes = self._max_partition_fetch_bytes
     fetch_requests = []

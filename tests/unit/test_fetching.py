@@ -201,6 +201,17 @@ def test_the_planner_reads_what_aiokafkas_reads() -> None:
     assert "self._partitions = _new_partitions" in update
     assert "self._partitions[" not in inspect.getsource(ClusterMetadata).replace(
         "self._partitions[partition.topic]", "").replace("self._partitions[topic]", "")
+    # Partition states are read directly, and kept per assignment.
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    assert "return self._position is not None" in inspect.getsource(
+        TopicPartitionState.has_valid_position.fget)  # type: ignore[attr-defined]
+    assert "return self._paused" in inspect.getsource(
+        TopicPartitionState.paused.fget)  # type: ignore[attr-defined]
+    assert "return self._resume_fut" in inspect.getsource(
+        TopicPartitionState.resume_fut.fget)  # type: ignore[attr-defined]
+    assert "return self._tp_state.get(tp)" in inspect.getsource(Assignment.state_value)
+    assert inspect.getsource(Assignment).count("self._tp_state[tp] =") == 1  # __init__
     replica = inspect.getsource(Fetcher._select_read_replica)
     assert "self._preferred_read_replica.get(tp)" in replica
     assert "return self._client.cluster.leader_for_partition(tp)" in replica
