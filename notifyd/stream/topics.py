@@ -38,7 +38,7 @@ def active_partitions(topic: str | None = None) -> frozenset[int]:
     rt = current()
     name = topic or rt.topics.names.events
     try:
-        # What ``assigned_actives()`` builds its set of every assigned TP from (~570 on
+        # What ``assigned_actives()`` builds its set of every assigned TP from (~200 on
         # a worker; the scheduler asks twice a second): topic -> partitions.
         actives = rt.app.assignor._assignment.actives  # type: ignore[attr-defined]
         return frozenset(actives.get(name, ()))
