@@ -135,20 +135,20 @@ class BatchWriter:
         """Hand ``chunk`` to ``client`` a batch per partition; returns the records it
         could not (in their order), to be tried again."""
         cache = self._partitions
-        parts: list[int] = []
-        for r in chunk:
-            p = r.partition
-            if p is None and (r.key is None or (p := cache.get((r.topic, r.key))) is None):
-                p = await self._partition_of(client, r.topic, r.key)
-            parts.append(p)
         done = bytearray(len(chunk))
-        _mark_superseded(chunk, parts, done)
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i, r in enumerate(chunk):
-            if not done[i]:
-                groups.setdefault((r.topic, parts[i]), []).append(i)
         monitor = self.app.monitor
         try:
+            parts: list[int] = []
+            for r in chunk:
+                p = r.partition
+                if p is None and (r.key is None or (p := cache.get((r.topic, r.key))) is None):
+                    p = await self._partition_of(client, r.topic, r.key)  # may wait for metadata
+                parts.append(p)
+            _mark_superseded(chunk, parts, done)
+            groups: dict[tuple[str, int], list[int]] = {}
+            for i, r in enumerate(chunk):
+                if not done[i]:
+                    groups.setdefault((r.topic, parts[i]), []).append(i)
             for (topic, p), idx in groups.items():
                 start = 0
                 while start < len(idx):
@@ -160,7 +160,8 @@ class BatchWriter:
                                           headers=list(r.headers or ())) is None:
                             break
                         end += 1
-                    end = max(end, start + 1)  # an empty batch takes any one record
+                    if end == start:  # aiokafka's builder always takes a first record
+                        raise RuntimeError(f"an empty batch refused a record of {topic}")
                     fut = await client.send_batch(builder, topic, partition=p)
                     sent = [chunk[i] for i in idx[start:end]]
                     fut.add_done_callback(_on_batch_sent(self.app, topic, p, sent))

@@ -101,6 +101,17 @@ class RunningProducer:
         return fut
 
 
+class FakeTable:
+    """A table as the writer tells it a changelog record's offset (RocksDB keeps it)."""
+
+    def __init__(self) -> None:
+        self.persisted: list[tuple[TopicPartition, int]] = []
+
+    def _on_changelog_sent(self, fut: Any) -> None:
+        res = fut.result()
+        self.persisted.append((res.topic_partition, res.offset))
+
+
 def app_with(client: FakeKafka) -> Any:
     """An app as the writer sees it: its producer (running on ``client``), its monitor."""
     monitor = SimpleNamespace(messages_sent=0, messages_sent_by_topic=Counter(), send_errors=0)

@@ -17,16 +17,7 @@ from notifyd.stream.changelog import DirectChangelogTable
 from notifyd.stream.tables import current_event
 from notifyd.stream.writer import Outbound, writer_of
 from tests.support.app import build_app
-from tests.support.kafka_client import FakeKafka, app_with
-
-
-class FakeTable:
-    def __init__(self) -> None:
-        self.persisted: list[tuple[TopicPartition, int]] = []
-
-    def _on_changelog_sent(self, fut: asyncio.Future[RecordMetadata]) -> None:
-        res = fut.result()
-        self.persisted.append((res.topic_partition, res.offset))
+from tests.support.kafka_client import FakeKafka, FakeTable, app_with
 
 
 class _Event:

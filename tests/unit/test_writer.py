@@ -8,20 +8,11 @@ import asyncio
 from typing import Any
 
 from aiokafka.partitioner import murmur2
-from aiokafka.structs import RecordMetadata, TopicPartition
+from aiokafka.structs import TopicPartition
 
 from notifyd.stream import writer as writer_module
 from notifyd.stream.writer import Outbound, writer_of
-from tests.support.kafka_client import FakeKafka, app_with
-
-
-class FakeTable:
-    def __init__(self) -> None:
-        self.persisted: list[tuple[TopicPartition, int]] = []
-
-    def _on_changelog_sent(self, fut: asyncio.Future[RecordMetadata]) -> None:
-        res = fut.result()
-        self.persisted.append((res.topic_partition, res.offset))
+from tests.support.kafka_client import FakeKafka, FakeTable, app_with
 
 
 def _change(table: Any, n: int, partition: int = 3, key: str | None = None) -> Outbound:
@@ -164,3 +155,25 @@ async def test_a_stopped_client_ends_the_task_and_drain_reports_what_is_left(
     monkeypatch.setattr(writer_module, "FLUSH_STALL_S", 0.0)
     await asyncio.wait_for(writer.drain(), 5)  # gives up, logged, instead of hanging
     assert len(writer) == 1 and client.sent == []
+
+
+async def test_a_partition_the_client_cannot_name_yet_keeps_the_chunk() -> None:
+    """Waiting for metadata fails (the broker is away): nothing of the chunk is lost."""
+    client = FakeKafka()
+    writer = writer_of(app_with(client))
+    calls = 0
+
+    async def metadata_away(topic: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("no metadata")
+
+    client._metadata.n = 0  # the topic is not known yet: the writer waits for metadata
+    client.client._wait_on_metadata = metadata_away
+    writer.put(Outbound("app-status", b"a", b"1", 2))
+    writer.put(Outbound("app-deliver-webhook", b"u1", b"2"))
+    await asyncio.sleep(0.01)  # the first try failed; the retry waits out its backoff
+    client._metadata.n = 8
+    await asyncio.wait_for(writer.drain(), 5)
+    assert sorted(v for _, _, v, _ in client.sent) == [b"1", b"2"] and calls >= 1
