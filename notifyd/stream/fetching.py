@@ -251,6 +251,7 @@ class SessionFetchRequest(FetchRequest):
         if version < 7:  # no sessions before v7: as aiokafka
             return super().build(request_struct_class)
         sid, epoch, send, forget = self.session.plan(self.full)
+        random.shuffle(send)  # as aiokafka does with every request's partitions
         self.sent_as = (sid, epoch)
         leader_epoch = version >= 9
         by_topic: dict[str, list[tuple[int, ...]]] = {}
@@ -259,7 +260,6 @@ class SessionFetchRequest(FetchRequest):
             by_topic.setdefault(t, []).append(
                 (p, -1, off, -1, mb) if leader_epoch else (p, off, -1, mb)
             )
-        random.shuffle(send)  # as aiokafka does with every request's partitions
         forgotten: dict[str, list[int]] = {}
         for t, p in forget:
             forgotten.setdefault(t, []).append(p)
