@@ -96,22 +96,28 @@ def start_stack(
     return Stack(bootstrap=bootstrap, names=names, workers=procs, sinks=sinks, operator_token=token)
 
 
+def _readyz_partitions(p: WorkerProcess) -> list[int] | None:
+    """The partitions ``p`` reports ready, or None while it is not ready or does not answer
+    in time (a worker recovering tables on a loaded machine may answer a probe late)."""
+    try:
+        code, body = http_json("GET", f"{p.url}/readyz", timeout=2)
+    except OSError:  # URLError, a refused connection, a socket timeout
+        return None
+    return list(body["partitions"]) if code == 200 else None
+
+
 def _wait_balanced(procs: list[WorkerProcess], timeout: float = 120) -> None:
-    """Wait until the group settled: every partition owned by exactly one ready worker."""
+    """Wait until the group settled: every partition owned by exactly one ready worker,
+    and every worker owns some."""
     deadline = time.monotonic() + timeout
-    seen: list[int] = []
+    seen: list[list[int] | None] = []
     while time.monotonic() < deadline:
-        seen = []
-        for p in procs:
-            code, body = http_json("GET", f"{p.url}/readyz", timeout=2)
-            if code != 200:
-                break
-            seen.extend(body["partitions"])
-        else:
-            if sorted(seen) == list(range(4)) and all(
-                http_json("GET", f"{p.url}/readyz", timeout=2)[1]["partitions"] for p in procs
-            ):
-                return
+        seen = [_readyz_partitions(p) for p in procs]
+        owned = [parts for parts in seen if parts]
+        if len(owned) == len(procs) and sorted(x for parts in owned for x in parts) == list(
+            range(4)
+        ):
+            return
         time.sleep(0.5)
     raise TimeoutError(f"workers did not settle on a partition assignment: {seen}")
 
