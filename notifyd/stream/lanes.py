@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from aiokafka.errors import IllegalStateError
 from faust.events import Event
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
@@ -446,17 +447,15 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
                 )
             if records and self.flow_active and generation == self.app.consumer_generation_id:
                 lanes.take(self, records, generation)
-            elif records and self.flow_active:
-                # A whole rebalance happened during this fetch (the flow stopped and
-                # resumed, Faust seeked to the committed offsets): which assignment these
-                # records came from is not known, and the client's positions are past
-                # them.  Dropping them would leave a gap no fetch fills (its commit held
-                # for good): seek back to the committed offsets and fetch again.
-                await self.perform_seek()
+            elif records:
+                # A rebalance came during this fetch: which assignment these records
+                # came from is not known, and the client's positions are past them.
+                # Every partition goes back to its first fetched record, so the next
+                # fetch brings them again in the current generation.  Seeking to the
+                # committed offsets instead would leave a table's changelog partitions
+                # (never committed) past records its recovery is waiting for.
+                await _seek_back(self, records)
                 records = {}
-            else:  # Faust's getmany seeks back when the flow stopped meanwhile
-                for tp in [tp for tp in records if tp.topic in lanes.by_topic]:
-                    del records[tp]
         else:
             # Every partition is a full lane's (or none is assigned): wait for room.
             lanes.space.clear()
@@ -465,6 +464,28 @@ async def _wait_next_records_with_lanes(self: Any, timeout: float) -> Any:
         return records, active
     finally:
         self.not_waiting_next_records.set()
+
+
+async def _seek_back(consumer: Any, records: dict[TP, list[Any]]) -> None:
+    """Put each partition of ``records`` back at its first record (in the consumer's
+    thread, where the client lives; a partition no longer assigned is left to its next
+    owner, which starts at the committed offset)."""
+    back = {tp: recs[0].offset for tp, recs in records.items() if recs}
+    if not back:
+        return
+    client = consumer._thread._ensure_consumer()
+
+    async def seek() -> int:
+        n = 0
+        for tp, offset in back.items():
+            # aiokafka asserts there is an assignment at all (none mid-rebalance)
+            with contextlib.suppress(IllegalStateError, AssertionError):
+                client.seek(tp, offset)
+                n += 1
+        return n
+
+    n = await consumer._thread.call_thread(seek)
+    log.info("lanes.fetch_crossed_rebalance", partitions=len(back), sought_back=n)
 
 
 def install(app: faust.App, lanes: Lanes) -> None:

@@ -4,7 +4,7 @@ booked as acked, and the Faust internals they rely on (re-check on a Faust upgra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -207,26 +207,43 @@ async def test_a_fetch_across_a_whole_rebalance_is_fetched_again(
 ) -> None:
     """A fetch that returns after a rebalance came and went (new generation, flow active
     again) must not be dropped silently: the client's positions are past its records, so
-    nothing would fetch them again.  It is dropped and the consumer seeks back to the
-    committed offsets."""
+    nothing would fetch them again.  Every partition goes back to its first fetched
+    record, a table's changelog partition too (it has no committed offset to go back to:
+    its recovery would wait for the dropped records for good)."""
     from types import SimpleNamespace
+
+    from aiokafka.errors import IllegalStateError
 
     consumer = app.consumer
     lane = Lane(name="t", topics=frozenset({tp.topic}))
     lanes = Lanes(app, [lane])
-    seeks: list[int] = []
+    changelog, gone = TP("app-prefs-changelog", 1), TP("revoked", 0)
+    seeks: dict[TP, int] = {}
+    threads: list[str] = []
     gen0 = app.consumer_generation_id
+
+    def rec(t: TP, offset: int) -> Any:
+        return SimpleNamespace(topic=t.topic, partition=t.partition, offset=offset)
 
     async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
         app.consumer_generation_id = gen0 + 1  # rebalanced meanwhile, flow resumed
-        return {tp: [SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=4)]}
+        return {tp: [rec(tp, 4), rec(tp, 5)], changelog: [rec(changelog, 7)],
+                gone: [rec(gone, 2)]}
 
-    async def perform_seek() -> None:
-        seeks.append(app.consumer_generation_id)
+    def seek(t: TP, offset: int) -> None:
+        if t == gone:
+            raise IllegalStateError(f"No current assignment for partition {t}")
+        seeks[t] = offset
 
+    async def call_thread(fun: Callable[[], Awaitable[Any]]) -> Any:
+        threads.append("consumer")
+        return await fun()
+
+    client = SimpleNamespace(seek=seek)
+    thread = SimpleNamespace(_ensure_consumer=lambda: client, call_thread=call_thread)
+    monkeypatch.setattr(consumer, "_thread", thread)
     monkeypatch.setattr(consumer, "_getmany", getmany)
-    monkeypatch.setattr(consumer, "perform_seek", perform_seek)
-    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp})
+    monkeypatch.setattr(consumer, "_get_active_partitions", lambda: {tp, changelog})
     monkeypatch.setattr(consumer, "flow_active", True)
     monkeypatch.setattr(app, "_notifyd_lanes", lanes, raising=False)
     try:
@@ -234,7 +251,8 @@ async def test_a_fetch_across_a_whole_rebalance_is_fetched_again(
     finally:
         app.consumer_generation_id = gen0
     assert records == {} and not lane._queue
-    assert seeks == [gen0 + 1]
+    assert seeks == {tp: 4, changelog: 7}
+    assert threads == ["consumer"]  # one hop to the client's thread for them all
 
 
 def test_lanes_patch_the_fetch_loop_faust_still_has() -> None:
@@ -248,6 +266,9 @@ def test_lanes_patch_the_fetch_loop_faust_still_has() -> None:
     assert "stream_inbound_time" in inspect.getsource(
         AIOKafkaConsumerThread.verify_event_path
     )
+    # a fetch across a rebalance is put back through the client's own thread
+    assert callable(AIOKafkaConsumerThread.call_thread)
+    assert callable(AIOKafkaConsumerThread._ensure_consumer)
     for book in ("_acked", "_acked_index", "_committed_offset", "_n_acked", "_to_message",
                  "_get_active_partitions", "_getmany", "not_waiting_next_records"):
         assert hasattr(consumer, book), book
