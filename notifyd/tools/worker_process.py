@@ -19,7 +19,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from notifyd.tools.broker.base import ManagedProcess, spawn
 
@@ -27,14 +27,21 @@ from notifyd.tools.broker.base import ManagedProcess, spawn
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def readyz(url: str, timeout: float = 2.0) -> bool:
-    """Whether ``{url}/readyz`` answers 200 with ``"ready": true``; False on any error."""
+def ready_state(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """``{url}/readyz``'s answer while it is 200 with ``"ready": true`` (the partitions the
+    worker holds among it); None otherwise, on any error or no answer within ``timeout``."""
     try:
         with _opener.open(f"{url}/readyz", timeout=timeout) as resp:
             body = json.loads(resp.read() or b"null")
-            return resp.status == 200 and isinstance(body, dict) and bool(body.get("ready"))
+            ready = resp.status == 200 and isinstance(body, dict) and bool(body.get("ready"))
+            return body if ready else None
     except (OSError, ValueError, http.client.HTTPException):  # URLError, HTTPError: OSError
-        return False
+        return None
+
+
+def readyz(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``{url}/readyz`` answers 200 with ``"ready": true``; False on any error."""
+    return ready_state(url, timeout) is not None
 
 
 @dataclass(kw_only=True)

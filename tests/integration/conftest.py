@@ -19,7 +19,8 @@ import pytest
 from notifyd.stream.topology import TopicNames
 from notifyd.tools.broker.kafka import KafkaBroker
 from notifyd.tools.broker.tansu import TansuBroker
-from tests.support.harness import Sinks, Stack, WorkerProcess, http_json, mint_user_token
+from notifyd.tools.worker_process import ready_state
+from tests.support.harness import Sinks, Stack, WorkerProcess, mint_user_token
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -96,23 +97,15 @@ def start_stack(
     return Stack(bootstrap=bootstrap, names=names, workers=procs, sinks=sinks, operator_token=token)
 
 
-def _readyz_partitions(p: WorkerProcess) -> list[int] | None:
-    """The partitions ``p`` reports ready, or None while it is not ready or does not answer
-    in time (a worker recovering tables on a loaded machine may answer a probe late)."""
-    try:
-        code, body = http_json("GET", f"{p.url}/readyz", timeout=2)
-    except OSError:  # URLError, a refused connection, a socket timeout
-        return None
-    return list(body["partitions"]) if code == 200 else None
-
-
 def _wait_balanced(procs: list[WorkerProcess], timeout: float = 120) -> None:
     """Wait until the group settled: every partition owned by exactly one ready worker,
     and every worker owns some."""
     deadline = time.monotonic() + timeout
     seen: list[list[int] | None] = []
     while time.monotonic() < deadline:
-        seen = [_readyz_partitions(p) for p in procs]
+        # ready_state: None while a worker is not ready or answers late (a worker
+        # recovering tables on a loaded machine may answer a probe after 2 s)
+        seen = [(st or {}).get("partitions") for st in (ready_state(p.url, 2) for p in procs)]
         owned = [parts for parts in seen if parts]
         if len(owned) == len(procs) and sorted(x for parts in owned for x in parts) == list(
             range(4)

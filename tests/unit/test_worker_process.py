@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from notifyd.tools.broker.base import free_port
-from notifyd.tools.worker_process import WorkerSubprocess, readyz
+from notifyd.tools.worker_process import WorkerSubprocess, ready_state, readyz
 
 # A stand-in worker: says hello on stdout, then answers /readyz on NOTIFYD_WEB_PORT.
 FAKE_WORKER = """
@@ -76,7 +76,10 @@ def stub() -> Iterator[tuple[str, dict[str, object]]]:
 def test_readyz_answers(stub: tuple[str, dict[str, object]]) -> None:
     url, answer = stub
     assert readyz(url)
+    answer["body"] = b'{"ready": true, "partitions": [0, 2]}'
+    assert ready_state(url) == {"ready": True, "partitions": [0, 2]}
     answer["body"] = b'{"ready": false}'
+    assert ready_state(url) is None
     assert not readyz(url)
     answer.update(status=503, body=b'{"ready": true}')
     assert not readyz(url)
