@@ -162,18 +162,20 @@ async def test_a_partition_the_client_cannot_name_yet_keeps_the_chunk() -> None:
     client = FakeKafka()
     writer = writer_of(app_with(client))
     calls = 0
+    failed = asyncio.Event()
 
     async def metadata_away(topic: str) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
+            failed.set()
             raise ConnectionError("no metadata")
 
     client._metadata.n = 0  # the topic is not known yet: the writer waits for metadata
     client.client._wait_on_metadata = metadata_away
     writer.put(Outbound("app-status", b"a", b"1", 2))
     writer.put(Outbound("app-deliver-webhook", b"u1", b"2"))
-    await asyncio.sleep(0.01)  # the first try failed; the retry waits out its backoff
+    await asyncio.wait_for(failed.wait(), 5)  # the first try failed; the retry backs off
     client._metadata.n = 8
     await asyncio.wait_for(writer.drain(), 5)
     assert sorted(v for _, _, v, _ in client.sent) == [b"1", b"2"] and calls >= 1
