@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     #: The hot path (ingest, deliveries, status) in batch lanes on Faust's assignment
     #: (``notifyd.stream.lanes``); false: Faust's per-record streams, as before.
     batch_lanes: bool = True
+    #: A delivery decided while its event is handled goes straight to its channel's lane
+    #: in this worker when that lane has taken up everything of the partition before it
+    #: and has a slot free (``notifyd.stream.handoff``); the event is acked once the
+    #: delivery is done.  Else (and with false) it goes through its channel topic.
+    direct_delivery: bool = True
     #: Records a lane may hold fetched and unhandled before its partitions sit out fetches.
     lane_backlog: int = Field(default=2000, ge=1, le=1_000_000)
     #: While busy (200+ records/s), the broker holds a fetch up to this long to gather

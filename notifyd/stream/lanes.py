@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -39,16 +40,20 @@ from aiokafka.errors import IllegalStateError
 from faust.events import Event
 from faust.transport.consumer import Consumer
 from faust.types import TP, EventT
-from faust.types.tuples import ack_lock
+from faust.types.tuples import Message, ack_lock
 
-from notifyd.stream import fetching
+from notifyd.stream import fetching, handoff
 from notifyd.stream.agents.common import KeyedSlots, handle_one
+from notifyd.stream.headers import header_value
 from notifyd.stream.tables import current_event
 
 if TYPE_CHECKING:
     import faust
 
 log = structlog.stdlib.get_logger("notifyd.stream.lanes")
+
+#: Marks a record this process produced to a lane's topic (its value: ``Lanes.token``).
+LANE_HEADER = "notifyd-lane"
 
 #: Books one handled record as acked: ``(tp, offset, generation) -> booked``.
 Acker = Callable[[TP, int, int], bool]
@@ -87,15 +92,32 @@ class Lane:
     open: Callable[[], Awaitable[None]] | None = None
     close: Callable[[], Awaitable[None]] | None = None
     drain_s: float = 10.0
+    #: A source lane (ingest): a record whose handler handed deliveries off to a channel
+    #: lane (``notifyd.stream.handoff``) is acked only once they are done.
+    holds_sources: bool = False
     _queue: deque[Batch] = field(default_factory=deque, repr=False)
     _backlog: int = 0
     _wakeup: asyncio.Event | None = field(default=None, repr=False)
     _inflight: dict[TP, set[int]] = field(default_factory=dict, repr=False)
+    _slots: KeyedSlots | None = field(default=None, repr=False)
+    _space: asyncio.Event | None = field(default=None, repr=False)
+    #: Source records waiting for their hand-offs before they are acked.
+    _held: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    #: Records this process produced to a partition of this lane's topic that the lane
+    #: has not taken up yet; a partition takes hand-offs only once none is left.
+    _ours: dict[TP, int] = field(default_factory=dict, repr=False)
+    #: Partitions whose records this lane has all taken up (in topic order): a hand-off
+    #: now comes after every delivery of the partition before it, per user.
+    _direct: set[TP] = field(default_factory=set, repr=False)
+    #: What marks this process's records (``Lanes.token``).
+    _token: bytes = b""
 
     def accepting(self) -> bool:
         return self._backlog < self.max_backlog
 
     def put(self, batch: Batch) -> None:
+        # Records of the topic to take up first: hand-offs wait for them (see ``_submit``).
+        self._direct.discard(batch.tp)
         self._queue.append(batch)
         self._backlog += len(batch.events)
         offsets = self._inflight.setdefault(batch.tp, set())
@@ -124,6 +146,69 @@ class Lane:
     def busy_with(self, tps: Iterable[TP]) -> bool:
         return any(self._inflight.get(tp) for tp in tps)
 
+    def forget_order(self, tps: Iterable[TP]) -> None:
+        """Revoked: what this lane knew of the partitions' order starts over."""
+        for tp in tps:
+            self._direct.discard(tp)
+            self._ours.pop(tp, None)
+
+    # -- hand-offs (notifyd.stream.handoff) ----------------------------------------------
+
+    def can_take(self, tp: TP) -> bool:
+        """May a delivery of ``tp`` skip the topic now?  Only with every record of the
+        partition taken up (so it keeps its place behind them, per user), a slot free
+        (so the handler handing it off never waits for this channel) and room."""
+        slots = self._slots
+        return (
+            tp in self._direct
+            and slots is not None
+            and slots.has_free()
+            and self._backlog < self.max_backlog
+        )
+
+    def note_produced(self, tp: TP) -> list[tuple[str, bytes]]:
+        """A record of ``tp`` goes through the topic: no hand-off of ``tp`` may pass it."""
+        self._direct.discard(tp)
+        self._ours[tp] = self._ours.get(tp, 0) + 1
+        return [(LANE_HEADER, self._token)]
+
+    async def take_handoff(self, ev: EventT[Any]) -> asyncio.Future[bool]:
+        """Run a handed-off delivery in this lane's slots; the future says whether it ended
+        (False: cancelled, the worker stopping; its source record is then not acked)."""
+        assert self._slots is not None and self.handle is not None
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        handle = self.handle
+
+        async def job() -> None:
+            with current_event(ev):
+                await handle_one(ev, handle)  # everything but cancellation is caught
+            done.set_result(True)
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(False)
+
+        await self._slots.submit((ev.message.tp, ev.message.key), job, done=finished)
+        return done
+
+    def _taken_up(self, tp: TP, ev: EventT[Any]) -> bool:
+        """``ev`` is submitted: is it the last of the records this process produced to
+        ``tp``?  Then every record before it is submitted too (topic order)."""
+        n = self._ours.get(tp)
+        if not n or header_value(ev.message.headers, LANE_HEADER) != self._token:
+            return False
+        if n > 1:
+            self._ours[tp] = n - 1
+            return False
+        del self._ours[tp]
+        return True
+
+    def _caught_up(self, tp: TP) -> None:
+        """Every record of ``tp`` fetched so far is submitted, and none this process
+        produced is still to come: ``tp`` takes hand-offs again."""
+        if tp not in self._ours and not any(b.tp == tp for b in self._queue):
+            self._direct.add(tp)
+
     def _done(self, tp: TP, offsets: Iterable[int]) -> None:
         held = self._inflight.get(tp)
         n = 0
@@ -140,6 +225,9 @@ class Lane:
         if self.open is not None:
             await self.open()
         slots = KeyedSlots(self.concurrency, self.drain_s)
+        self._space = space
+        if self.concurrency > 1:
+            self._slots = slots
         try:
             while True:
                 while not self._queue:
@@ -159,22 +247,54 @@ class Lane:
                         await self._one(batch, ev, ack)
                     space.set()
                 else:
+                    last_ours = False
                     for ev in batch.events:
                         await slots.submit((batch.tp, ev.message.key),
                                            functools.partial(self._one, batch, ev, ack),
                                            done=space.set)
+                        if self._ours:
+                            last_ours = self._taken_up(batch.tp, ev) or last_ours
+                    if last_ours:
+                        self._caught_up(batch.tp)
         finally:
+            self._slots = None
+            self._direct.clear()
             await slots.drain()
+            for t in list(self._held):
+                t.cancel()
+            await asyncio.gather(*self._held, return_exceptions=True)
             if self.close is not None:
                 await self.close()
 
     async def _one(self, batch: Batch, ev: EventT[Any], ack: Acker) -> None:
         assert self.handle is not None
         off = ev.message.offset
-        with current_event(ev):
-            await handle_one(ev, self.handle)  # everything but cancellation is caught
+        if self.holds_sources:
+            with handoff.holding() as holds, current_event(ev):
+                await handle_one(ev, self.handle)  # everything but cancellation is caught
+            if holds:
+                # Acked once what it handed off is done (the next records go on meanwhile).
+                task = asyncio.create_task(self._ack_when_done(batch, off, holds, ack))
+                self._held.add(task)
+                task.add_done_callback(self._held.discard)
+                return
+        else:
+            with current_event(ev):
+                await handle_one(ev, self.handle)  # everything but cancellation is caught
         ack(batch.tp, off, batch.generation)
         self._done(batch.tp, (off,))
+
+    async def _ack_when_done(
+        self, batch: Batch, off: int, holds: list[asyncio.Future[bool]], ack: Acker
+    ) -> None:
+        try:
+            ended = await asyncio.gather(*holds)
+            if all(ended):
+                ack(batch.tp, off, batch.generation)
+        finally:
+            self._done(batch.tp, (off,))
+            if self._space is not None:
+                self._space.set()
 
     async def _fold(self, batch: Batch, ack: Acker) -> None:
         assert self.fold is not None
@@ -296,6 +416,7 @@ class Lanes:
         lanes: Sequence[Lane],
         revoke_wait_s: float = 5.0,
         pacer: FetchPacer | None = None,
+        direct: bool = True,
     ):
         self.app = app
         self.pacer = pacer
@@ -303,7 +424,35 @@ class Lanes:
         self.by_topic = {t: lane for lane in self.lanes for t in lane.topics}
         self.space = asyncio.Event()
         self.revoke_wait_s = revoke_wait_s
+        #: Deliveries may skip their topic (``notifyd.stream.handoff``).
+        self.direct = direct
+        #: Marks the records this process produces to a lane's topic (``LANE_HEADER``).
+        self.token = os.urandom(8).hex().encode()
+        for lane in self.lanes:
+            lane._token = self.token
         self._tasks: list[asyncio.Task[None]] = []
+
+    # -- hand-offs (notifyd.stream.handoff) --------------------------------------------
+
+    async def offer(self, topic: str, partition: int, key: bytes, value: bytes) -> bool:
+        """Hand a record of ``topic`` to its lane, held by the source record being
+        handled; False (nothing done) when it must go through the topic: no source
+        record to hold, no lane, or the lane not ready for ``partition`` (see
+        ``Lane.can_take``)."""
+        holds = handoff.current_holds()
+        lane = self.by_topic.get(topic)
+        if holds is None or lane is None:
+            return False
+        tp = TP(topic, partition)
+        if not lane.can_take(tp):
+            return False
+        msg = Message(topic, partition, -1, time.time(), 0, [], key, value, None, tp=tp)
+        holds.append(await lane.take_handoff(Event(self.app, key, value, msg.headers, msg)))
+        return True
+
+    def topic_headers(self, topic: str, partition: int) -> list[tuple[str, bytes]] | None:
+        lane = self.by_topic.get(topic)
+        return lane.note_produced(TP(topic, partition)) if lane is not None else None
 
     # -- fed by the consumer (install) -------------------------------------------------
 
@@ -369,6 +518,8 @@ class Lanes:
         owner handles them again, and finds what they did in its tables)."""
         tps = set(revoked)
         dropped = sum(lane.drop(tps) for lane in self.lanes)
+        for lane in self.lanes:
+            lane.forget_order(tps)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.revoke_wait_s
         while any(lane.busy_with(tps) for lane in self.lanes) and loop.time() < deadline:

@@ -52,6 +52,7 @@ def register_lanes(rt: Runtime) -> Lanes:
             status.status_lane(rt),
         ],
         pacer=pacer_for(rt.settings, cold_topics(rt)),
+        direct=rt.settings.direct_delivery,
     )
     install(rt.app, lanes)
 

@@ -68,6 +68,10 @@ class KeyedSlots:
         self._inflight: set[asyncio.Task[None]] = set()
         self.drain_s = drain_s
 
+    def has_free(self) -> bool:
+        """A slot is free now: :meth:`submit` would not wait (nor jump a waiting one)."""
+        return not self._slots.locked()
+
     async def submit(
         self, key: Any, job: Callable[[], Awaitable[None]],
         done: Callable[[], None] | None = None,

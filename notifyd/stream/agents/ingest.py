@@ -35,4 +35,5 @@ def ingest_lane(rt: Runtime) -> Lane:
         topics=frozenset({rt.topics.names.events, rt.topics.names.events_rekeyed}),
         handle=handle_event,
         max_backlog=rt.settings.lane_backlog,
+        holds_sources=True,
     )

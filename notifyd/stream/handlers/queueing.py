@@ -13,12 +13,13 @@ from typing import Any
 import structlog
 
 from notifyd.model.records import dumps
+from notifyd.stream import handoff
 from notifyd.stream.app import settings
 from notifyd.stream.handlers import status as statuses
 from notifyd.stream.handlers.status import UpdateFields, status_update
 from notifyd.stream.pending import PENDING, pending
 from notifyd.stream.tables import status
-from notifyd.stream.topics import deliver_topics
+from notifyd.stream.topics import deliver_topics, partition_for
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.queueing")
 
@@ -27,11 +28,27 @@ async def queue_delivery(
     delivery: dict[str, Any], ts: float, *, attempt: int | None = None, reason: str | None = None
 ) -> dict[str, Any]:
     """Produce ``delivery`` (a ``Delivery.to_dict()``) to its channel topic, keyed by
-    its user; returns its ``queued`` status update for the caller to publish, alone or
-    with the other channels' updates of the same event in one status record."""
-    await deliver_topics[delivery["channel"]].send(
-        key=str(delivery["user_id"]).encode(), value=dumps(delivery)
-    )
+    its user, or hand it to the channel's lane in this process when it may skip the
+    topic (``notifyd.stream.handoff``); returns its ``queued`` status update for the
+    caller to publish, alone or with the other channels' updates of the same event in
+    one status record."""
+    topic = deliver_topics[delivery["channel"]]
+    user_id = str(delivery["user_id"])
+    key, value = user_id.encode(), dumps(delivery)
+    lanes = handoff.of(topic.app)
+    headers = None
+    if lanes is not None:
+        name, partition = topic.get_topic_name(), partition_for(user_id)
+        if await lanes.offer(name, partition, key, value):
+            return _queued(delivery, ts, attempt, reason)
+        headers = lanes.topic_headers(name, partition)
+    await topic.send(key=key, value=value, headers=headers)
+    return _queued(delivery, ts, attempt, reason)
+
+
+def _queued(
+    delivery: dict[str, Any], ts: float, attempt: int | None, reason: str | None
+) -> dict[str, Any]:
     fields: UpdateFields = {"delivery": delivery}
     if attempt is not None:
         fields["attempt"] = attempt
