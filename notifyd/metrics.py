@@ -222,6 +222,12 @@ class Metrics:
             "Delivery state transitions published, by channel and status",
             ["channel", "status"], namespace=NAMESPACE, registry=r,
         )
+        self.deliveries_queued = Counter(
+            "deliveries_queued",
+            "Deliveries queued, by channel and route: 'lane' (handed to the channel's lane "
+            "in this worker) or 'topic' (through the channel topic)",
+            ["channel", "route"], namespace=NAMESPACE, registry=r,
+        )
         self.delivery_attempts = Counter(
             "delivery_attempts", "Provider calls made, by channel",
             ["channel"], namespace=NAMESPACE, registry=r,
@@ -296,6 +302,9 @@ class Metrics:
 
     def event_received(self, topic: str) -> None:
         self._received(topic).inc()
+
+    def delivery_queued(self, channel: str, route: str) -> None:
+        self.deliveries_queued.labels(channel, route).inc()
 
     def event_accepted(self) -> None:
         self.events_accepted.inc()

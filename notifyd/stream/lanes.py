@@ -111,6 +111,7 @@ class Lane:
     _direct: set[TP] = field(default_factory=set, repr=False)
     #: What marks this process's records (``Lanes.token``).
     _token: bytes = b""
+    _token_str: str = ""
 
     def accepting(self) -> bool:
         return self._backlog < self.max_backlog
@@ -195,7 +196,7 @@ class Lane:
         """``ev`` is submitted: is it the last of the records this process produced to
         ``tp``?  Then every record before it is submitted too (topic order)."""
         n = self._ours.get(tp)
-        if not n or header_value(ev.message.headers, LANE_HEADER) != self._token:
+        if not n or header_value(ev.message.headers, LANE_HEADER) != self._token_str:
             return False
         if n > 1:
             self._ours[tp] = n - 1
@@ -429,7 +430,7 @@ class Lanes:
         #: Marks the records this process produces to a lane's topic (``LANE_HEADER``).
         self.token = os.urandom(8).hex().encode()
         for lane in self.lanes:
-            lane._token = self.token
+            lane._token, lane._token_str = self.token, self.token.decode()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- hand-offs (notifyd.stream.handoff) --------------------------------------------

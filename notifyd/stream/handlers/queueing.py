@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from notifyd.metrics import metrics
 from notifyd.model.records import dumps
 from notifyd.stream import handoff
 from notifyd.stream.app import settings
@@ -40,9 +41,11 @@ async def queue_delivery(
     if lanes is not None:
         name, partition = topic.get_topic_name(), partition_for(user_id)
         if await lanes.offer(name, partition, key, value):
+            metrics.delivery_queued(delivery["channel"], "lane")
             return _queued(delivery, ts, attempt, reason)
         headers = lanes.topic_headers(name, partition)
     await topic.send(key=key, value=value, headers=headers)
+    metrics.delivery_queued(delivery["channel"], "topic")
     return _queued(delivery, ts, attempt, reason)
 
 
