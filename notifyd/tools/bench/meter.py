@@ -157,3 +157,26 @@ class CpuMeter:
             now, then = self._cpu(k, p), self.t0.get(k)
             out[k] = round(now - then, 3) if now is not None and then is not None else None
         return out
+
+
+def delivery_routes(url: str, timeout: float = 5.0) -> dict[str, dict[str, float]]:
+    """``{channel: {route: count}}`` of a worker's ``notifyd_deliveries_queued`` (how
+    many deliveries went to their channel's lane in the worker, how many through the
+    channel topic); {} when ``{url}/metrics`` cannot be read."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "notifyd_deliveries_queued":
+            continue
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                out.setdefault(s.labels["channel"], {})[s.labels["route"]] = s.value
+    return out

@@ -72,6 +72,7 @@ from notifyd.tools.bench.load import (
 from notifyd.tools.bench.meter import (
     CpuMeter,
     _loadavg,
+    delivery_routes,
     dir_mb,
     machine_info,
     maps_mention,
@@ -558,6 +559,7 @@ class Bench:
             cpu["worker_threads"] = {k: round(threads1[k] - threads0[k], 3) for k in threads0}
         end = max(st.last_at or 0.0, inapp.last_inapp_at or 0.0)
         secs = end - info["t_first"]
+        routes = await asyncio.to_thread(delivery_routes, w.url)
         return {
             "events": o.events,
             "received": st.received,
@@ -572,6 +574,9 @@ class Bench:
             "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), st.received),
             "e2e_during_burst": latency_summary(st.latencies_ms),
             "stages": info["stages"],
+            # Deliveries queued since the worker started (warm-up and burst): to their
+            # channel's lane in the worker, or through the channel topic.
+            "delivery_routes": routes,
         }
 
     async def _idle_cpu(self, w: WorkerProc) -> dict[str, Any]:
