@@ -27,7 +27,9 @@ class HandOff(Protocol):
         """Hand the record to ``topic``'s lane in this process, held by the current
         source record; False: it must be produced to ``topic`` instead."""
 
-    def topic_headers(self, topic: str, partition: int) -> list[tuple[str, bytes]] | None:
+    def topic_headers(
+        self, topic: str, partition: int, key: bytes | None
+    ) -> list[tuple[str, bytes]] | None:
         """Headers for a record produced to ``topic`` instead (the lanes count it, to
         know when the partition's lane has caught up with it)."""
 

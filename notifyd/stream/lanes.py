@@ -103,22 +103,21 @@ class Lane:
     _space: asyncio.Event | None = field(default=None, repr=False)
     #: Source records waiting for their hand-offs before they are acked.
     _held: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
-    #: Records this process produced to a partition of this lane's topic that the lane
-    #: has not taken up yet; a partition takes hand-offs only once none is left.
-    _ours: dict[TP, int] = field(default_factory=dict, repr=False)
-    #: Partitions whose records this lane has all taken up (in topic order): a hand-off
-    #: now comes after every delivery of the partition before it, per user.
-    _direct: set[TP] = field(default_factory=set, repr=False)
-    #: What marks this process's records (``Lanes.token``).
-    _token: bytes = b""
-    _token_str: str = ""
+    #: Records this process produced to this lane's topic in the current generation and
+    #: the lane has not taken up yet, per (partition, user): a user's next delivery is
+    #: handed off only once none of theirs is left, so it keeps its place behind them.
+    _pending: dict[tuple[TP, bytes | None], int] = field(default_factory=dict, repr=False)
+    #: Partitions where the lane took up a record this process produced in the current
+    #: generation: every record before it in the partition (a previous owner's) is taken
+    #: up too, and hand-offs may begin.
+    _synced: set[TP] = field(default_factory=set, repr=False)
+    #: ``LANE_HEADER``'s value on this process's records of the current generation.
+    _mark: str = ""
 
     def accepting(self) -> bool:
         return self._backlog < self.max_backlog
 
     def put(self, batch: Batch) -> None:
-        # Records of the topic to take up first: hand-offs wait for them (see ``_submit``).
-        self._direct.discard(batch.tp)
         self._queue.append(batch)
         self._backlog += len(batch.events)
         offsets = self._inflight.setdefault(batch.tp, set())
@@ -149,29 +148,37 @@ class Lane:
 
     def forget_order(self, tps: Iterable[TP]) -> None:
         """Revoked: what this lane knew of the partitions' order starts over."""
-        for tp in tps:
-            self._direct.discard(tp)
-            self._ours.pop(tp, None)
+        gone = set(tps)
+        self._synced -= gone
+        for k in [k for k in self._pending if k[0] in gone]:
+            del self._pending[k]
 
     # -- hand-offs (notifyd.stream.handoff) ----------------------------------------------
 
-    def can_take(self, tp: TP) -> bool:
-        """May a delivery of ``tp`` skip the topic now?  Only with every record of the
-        partition taken up (so it keeps its place behind them, per user), a slot free
-        (so the handler handing it off never waits for this channel) and room."""
+    def can_take(self, tp: TP, key: bytes | None) -> bool:
+        """May a delivery of ``tp`` for the user ``key`` skip the topic now?  Only behind
+        every record of the partition a previous owner left and every one of that user's
+        this process produced (so it keeps its place, per user), with a slot free (so
+        the handler handing it off never waits for this channel) and room."""
         slots = self._slots
         return (
-            tp in self._direct
+            tp in self._synced
             and slots is not None
             and slots.has_free()
             and self._backlog < self.max_backlog
+            and (tp, key) not in self._pending
         )
 
-    def note_produced(self, tp: TP) -> list[tuple[str, bytes]]:
-        """A record of ``tp`` goes through the topic: no hand-off of ``tp`` may pass it."""
-        self._direct.discard(tp)
-        self._ours[tp] = self._ours.get(tp, 0) + 1
-        return [(LANE_HEADER, self._token)]
+    def note_produced(self, tp: TP, key: bytes | None, mark: str) -> list[tuple[str, bytes]]:
+        """A record of ``tp`` for ``key`` goes through the topic, marked ``mark`` (this
+        process and generation): no hand-off for that user may pass it."""
+        if mark != self._mark:  # a new generation: what the lane knew starts over
+            self._mark = mark
+            self._pending.clear()
+            self._synced.clear()
+        k = (tp, key)
+        self._pending[k] = self._pending.get(k, 0) + 1
+        return [(LANE_HEADER, mark.encode())]
 
     async def take_handoff(self, ev: EventT[Any]) -> asyncio.Future[bool]:
         """Run a handed-off delivery in this lane's slots; the future says whether it ended
@@ -192,23 +199,18 @@ class Lane:
         await self._slots.submit((ev.message.tp, ev.message.key), job, done=finished)
         return done
 
-    def _taken_up(self, tp: TP, ev: EventT[Any]) -> bool:
-        """``ev`` is submitted: is it the last of the records this process produced to
-        ``tp``?  Then every record before it is submitted too (topic order)."""
-        n = self._ours.get(tp)
-        if not n or header_value(ev.message.headers, LANE_HEADER) != self._token_str:
-            return False
+    def _taken_up(self, tp: TP, ev: EventT[Any]) -> None:
+        """``ev`` is submitted; one of this process's records of this generation: every
+        record before it is submitted too (topic order), and its user's count drops."""
+        if header_value(ev.message.headers, LANE_HEADER) != self._mark:
+            return
+        self._synced.add(tp)
+        k = (tp, ev.message.key)
+        n = self._pending.get(k, 0)
         if n > 1:
-            self._ours[tp] = n - 1
-            return False
-        del self._ours[tp]
-        return True
-
-    def _caught_up(self, tp: TP) -> None:
-        """Every record of ``tp`` fetched so far is submitted, and none this process
-        produced is still to come: ``tp`` takes hand-offs again."""
-        if tp not in self._ours and not any(b.tp == tp for b in self._queue):
-            self._direct.add(tp)
+            self._pending[k] = n - 1
+        else:
+            self._pending.pop(k, None)
 
     def _done(self, tp: TP, offsets: Iterable[int]) -> None:
         held = self._inflight.get(tp)
@@ -248,18 +250,16 @@ class Lane:
                         await self._one(batch, ev, ack)
                     space.set()
                 else:
-                    last_ours = False
                     for ev in batch.events:
                         await slots.submit((batch.tp, ev.message.key),
                                            functools.partial(self._one, batch, ev, ack),
                                            done=space.set)
-                        if self._ours:
-                            last_ours = self._taken_up(batch.tp, ev) or last_ours
-                    if last_ours:
-                        self._caught_up(batch.tp)
+                        if self._mark:
+                            self._taken_up(batch.tp, ev)
         finally:
             self._slots = None
-            self._direct.clear()
+            self._synced.clear()
+            self._pending.clear()
             await slots.drain()
             for t in list(self._held):
                 t.cancel()
@@ -427,10 +427,9 @@ class Lanes:
         self.revoke_wait_s = revoke_wait_s
         #: Deliveries may skip their topic (``notifyd.stream.handoff``).
         self.direct = direct
-        #: Marks the records this process produces to a lane's topic (``LANE_HEADER``).
-        self.token = os.urandom(8).hex().encode()
-        for lane in self.lanes:
-            lane._token, lane._token_str = self.token, self.token.decode()
+        #: Marks the records this process produces to a lane's topic (``LANE_HEADER``),
+        #: with the consumer generation they were produced in.
+        self.token = os.urandom(8).hex()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- hand-offs (notifyd.stream.handoff) --------------------------------------------
@@ -445,15 +444,20 @@ class Lanes:
         if holds is None or lane is None:
             return False
         tp = TP(topic, partition)
-        if not lane.can_take(tp):
+        if not lane.can_take(tp, key):
             return False
         msg = Message(topic, partition, -1, time.time(), 0, [], key, value, None, tp=tp)
         holds.append(await lane.take_handoff(Event(self.app, key, value, msg.headers, msg)))
         return True
 
-    def topic_headers(self, topic: str, partition: int) -> list[tuple[str, bytes]] | None:
+    def topic_headers(
+        self, topic: str, partition: int, key: bytes | None
+    ) -> list[tuple[str, bytes]] | None:
         lane = self.by_topic.get(topic)
-        return lane.note_produced(TP(topic, partition)) if lane is not None else None
+        if lane is None:
+            return None
+        mark = f"{self.token}:{self.app.consumer_generation_id}"
+        return lane.note_produced(TP(topic, partition), key, mark)
 
     # -- fed by the consumer (install) -------------------------------------------------
 

@@ -43,7 +43,7 @@ async def queue_delivery(
         if await lanes.offer(name, partition, key, value):
             metrics.delivery_queued(delivery["channel"], "lane")
             return _queued(delivery, ts, attempt, reason)
-        headers = lanes.topic_headers(name, partition)
+        headers = lanes.topic_headers(name, partition, key)
     await topic.send(key=key, value=value, headers=headers)
     metrics.delivery_queued(delivery["channel"], "topic")
     return _queued(delivery, ts, attempt, reason)
