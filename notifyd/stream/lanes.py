@@ -158,14 +158,13 @@ class Lane:
     def can_take(self, tp: TP, key: bytes | None) -> bool:
         """May a delivery of ``tp`` for the user ``key`` skip the topic now?  Only behind
         every record of the partition a previous owner left and every one of that user's
-        this process produced (so it keeps its place, per user), with a slot free (so
-        the handler handing it off never waits for this channel) and room."""
+        this process produced (so it keeps its place, per user), and with room in the
+        lane's slots (so the handler handing it off never waits for this channel)."""
         slots = self._slots
         return (
             tp in self._synced
             and slots is not None
-            and slots.has_free()
-            and self._backlog < self.max_backlog
+            and slots.has_room()
             and (tp, key) not in self._pending
         )
 

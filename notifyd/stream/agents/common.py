@@ -53,32 +53,36 @@ async def run_events(stream: StreamT[Any], handler: Handler) -> AsyncIterable[No
 
 
 class KeyedSlots:
-    """Up to ``limit`` jobs in flight, one after another per key.
+    """Up to ``limit`` jobs running, one after another per key.
 
     What a channel keeps in flight, whether Faust's stream feeds it
     (:func:`run_events_concurrently`) or a batch lane (``notifyd.stream.lanes``): one
     slow recipient no longer holds up the whole channel, and jobs of one key (a user)
     run in order, so a user's notifications keep their order and two copies of one
-    delivery never race past the ledger.
+    delivery never race past the ledger.  Up to ``room`` jobs (default twice ``limit``)
+    may be submitted and not finished: :meth:`submit` waits for room.  A job takes a
+    slot only once the job before it of its key is done, so a slot is never held by a
+    job waiting for another.
     """
 
-    def __init__(self, limit: int, drain_s: float = 10.0) -> None:
+    def __init__(self, limit: int, drain_s: float = 10.0, room: int | None = None) -> None:
         self._slots = asyncio.Semaphore(max(1, limit))
+        self._room = asyncio.Semaphore(room or 2 * max(1, limit))
         self._tails: dict[Any, asyncio.Task[None]] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self.drain_s = drain_s
 
-    def has_free(self) -> bool:
-        """A slot is free now: :meth:`submit` would not wait (nor jump a waiting one)."""
-        return not self._slots.locked()
+    def has_room(self) -> bool:
+        """:meth:`submit` would not wait now (nor pass one that waits)."""
+        return not self._room.locked()
 
     async def submit(
         self, key: Any, job: Callable[[], Awaitable[None]],
         done: Callable[[], None] | None = None,
     ) -> None:
-        """Start ``job`` once a slot is free, after the last job of ``key``; ``done``
-        runs when it ended, however it ended."""
-        await self._slots.acquire()
+        """Start ``job`` once there is room, to run after the last job of ``key`` when
+        a slot is free; ``done`` runs when it ended, however it ended."""
+        await self._room.acquire()
         task = asyncio.create_task(self._run(key, self._tails.get(key), job, done))
         self._tails[key] = task
         self._inflight.add(task)
@@ -91,9 +95,10 @@ class KeyedSlots:
         try:
             if before is not None:
                 await asyncio.wait([before])  # never raises
-            await job()
+            async with self._slots:
+                await job()
         finally:
-            self._slots.release()
+            self._room.release()
             if self._tails.get(key) is asyncio.current_task():
                 del self._tails[key]
             if done is not None:
