@@ -55,6 +55,13 @@ log = structlog.stdlib.get_logger("notifyd.stream.lanes")
 #: Marks a record this process produced to a lane's topic (its value: ``Lanes.token``).
 LANE_HEADER = "notifyd-lane"
 
+#: A channel whose jobs take less than this on average paces the source handing
+#: deliveries off (it waits up to ``HANDOFF_WAIT_S`` for room) rather than queueing them
+#: through its topic; after a wait in vain, not for ``HANDOFF_COOLDOWN_S``.
+HANDOFF_QUICK_S = 0.05
+HANDOFF_WAIT_S = 0.1
+HANDOFF_COOLDOWN_S = 1.0
+
 #: Books one handled record as acked: ``(tp, offset, generation) -> booked``.
 Acker = Callable[[TP, int, int], bool]
 RecordHandler = Callable[[EventT[Any]], Awaitable[None]]
@@ -113,6 +120,10 @@ class Lane:
     _synced: set[TP] = field(default_factory=set, repr=False)
     #: ``LANE_HEADER``'s value on this process's records of the current generation.
     _mark: str = ""
+    #: Moving average of a job's time (a provider call and what follows it), seconds.
+    _job_s: float = 0.0
+    #: Until then (monotonic) hand-offs do not wait for room: one waited in vain.
+    _no_wait_until: float = 0.0
 
     def accepting(self) -> bool:
         return self._backlog < self.max_backlog
@@ -155,18 +166,31 @@ class Lane:
 
     # -- hand-offs (notifyd.stream.handoff) ----------------------------------------------
 
-    def can_take(self, tp: TP, key: bytes | None) -> bool:
-        """May a delivery of ``tp`` for the user ``key`` skip the topic now?  Only behind
-        every record of the partition a previous owner left and every one of that user's
-        this process produced (so it keeps its place, per user), and with room in the
-        lane's slots (so the handler handing it off never waits for this channel)."""
+    def can_take(self, tp: TP, key: bytes | None) -> float | None:
+        """May a delivery of ``tp`` for the user ``key`` skip the topic, and how long may
+        the handler handing it off wait for room in the lane's slots (None: it may not).
+
+        Only behind every record of the partition a previous owner left and every one
+        of that user's this process produced, so it keeps its place per user.  It waits
+        for room only while this channel's jobs are quick (``HANDOFF_QUICK_S``): a busy
+        but quick channel then paces its source (ingest and deliveries share the CPU:
+        that reorders work, it adds none) instead of queueing through its topic; a slow
+        or stalled one never holds its source up, its deliveries take the topic."""
         slots = self._slots
-        return (
-            tp in self._synced
-            and slots is not None
-            and slots.has_room()
-            and (tp, key) not in self._pending
-        )
+        if slots is None or tp not in self._synced or (tp, key) in self._pending:
+            return None
+        if slots.has_room():
+            return 0.0
+        if self._job_s < HANDOFF_QUICK_S and time.monotonic() >= self._no_wait_until:
+            return HANDOFF_WAIT_S
+        return None
+
+    def waited_in_vain(self) -> None:
+        """A hand-off found no room in time: the next ones go to the topic for a while."""
+        self._no_wait_until = time.monotonic() + HANDOFF_COOLDOWN_S
+
+    def _timed(self, started: float) -> None:
+        self._job_s += 0.05 * (time.monotonic() - started - self._job_s)
 
     def note_produced(self, tp: TP, key: bytes | None, mark: str) -> list[tuple[str, bytes]]:
         """A record of ``tp`` for ``key`` goes through the topic, marked ``mark`` (this
@@ -187,8 +211,10 @@ class Lane:
         handle = self.handle
 
         async def job() -> None:
+            started = time.monotonic()
             with current_event(ev):
                 await handle_one(ev, handle)  # everything but cancellation is caught
+            self._timed(started)
             done.set_result(True)
 
         def finished() -> None:
@@ -279,8 +305,10 @@ class Lane:
                 task.add_done_callback(self._held.discard)
                 return
         else:
+            started = time.monotonic()
             with current_event(ev):
                 await handle_one(ev, self.handle)  # everything but cancellation is caught
+            self._timed(started)
         ack(batch.tp, off, batch.generation)
         self._done(batch.tp, (off,))
 
@@ -443,10 +471,19 @@ class Lanes:
         if holds is None or lane is None:
             return False
         tp = TP(topic, partition)
-        if not lane.can_take(tp, key):
+        wait_s = lane.can_take(tp, key)
+        if wait_s is None:
             return False
         msg = Message(topic, partition, -1, time.time(), 0, [], key, value, None, tp=tp)
-        holds.append(await lane.take_handoff(Event(self.app, key, value, msg.headers, msg)))
+        taking = lane.take_handoff(Event(self.app, key, value, msg.headers, msg))
+        if not wait_s:
+            holds.append(await taking)  # room now: submitted without waiting
+            return True
+        try:
+            holds.append(await asyncio.wait_for(taking, wait_s))
+        except TimeoutError:
+            lane.waited_in_vain()
+            return False
         return True
 
     def topic_headers(
