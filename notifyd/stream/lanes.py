@@ -55,11 +55,11 @@ log = structlog.stdlib.get_logger("notifyd.stream.lanes")
 #: Marks a record this process produced to a lane's topic (its value: ``Lanes.token``).
 LANE_HEADER = "notifyd-lane"
 
-#: A channel whose jobs take less than this on average paces the source handing
-#: deliveries off (it waits up to ``HANDOFF_WAIT_S`` for room) rather than queueing them
-#: through its topic; after a wait in vain, not for ``HANDOFF_COOLDOWN_S``.
-HANDOFF_QUICK_S = 0.05
-HANDOFF_WAIT_S = 0.1
+#: A channel whose room for hand-offs comes back within this on average paces the source
+#: handing deliveries off (it waits up to ``HANDOFF_WAIT_S`` for room) rather than
+#: queueing them through its topic; after a wait in vain, not for ``HANDOFF_COOLDOWN_S``.
+HANDOFF_QUICK_S = 0.002
+HANDOFF_WAIT_S = 0.02
 HANDOFF_COOLDOWN_S = 1.0
 
 #: Books one handled record as acked: ``(tp, offset, generation) -> booked``.
@@ -120,8 +120,8 @@ class Lane:
     _synced: set[TP] = field(default_factory=set, repr=False)
     #: ``LANE_HEADER``'s value on this process's records of the current generation.
     _mark: str = ""
-    #: Moving average of a job's time (a provider call and what follows it), seconds.
-    _job_s: float = 0.0
+    #: Moving average of how long a hand-off waited for room, seconds.
+    _wait_s: float = 0.0
     #: Until then (monotonic) hand-offs do not wait for room: one waited in vain.
     _no_wait_until: float = 0.0
 
@@ -171,26 +171,28 @@ class Lane:
         the handler handing it off wait for room in the lane's slots (None: it may not).
 
         Only behind every record of the partition a previous owner left and every one
-        of that user's this process produced, so it keeps its place per user.  It waits
-        for room only while this channel's jobs are quick (``HANDOFF_QUICK_S``): a busy
-        but quick channel then paces its source (ingest and deliveries share the CPU:
-        that reorders work, it adds none) instead of queueing through its topic; a slow
-        or stalled one never holds its source up, its deliveries take the topic."""
+        of that user's this process produced, so it keeps its place per user.  While
+        room comes back quickly (``HANDOFF_QUICK_S`` on average) the handler waits for
+        it: the channel is as fast as its source, only busy on the same CPU, and pacing
+        the source reorders work without adding any, where queueing through the topic
+        adds a produce, a fetch and a decode per delivery.  A channel whose room comes
+        back slowly, or not within ``HANDOFF_WAIT_S``, never holds its source up: its
+        deliveries take the topic (for ``HANDOFF_COOLDOWN_S`` after a wait in vain)."""
         slots = self._slots
         if slots is None or tp not in self._synced or (tp, key) in self._pending:
             return None
         if slots.has_room():
             return 0.0
-        if self._job_s < HANDOFF_QUICK_S and time.monotonic() >= self._no_wait_until:
+        if self._wait_s < HANDOFF_QUICK_S and time.monotonic() >= self._no_wait_until:
             return HANDOFF_WAIT_S
         return None
 
-    def waited_in_vain(self) -> None:
-        """A hand-off found no room in time: the next ones go to the topic for a while."""
-        self._no_wait_until = time.monotonic() + HANDOFF_COOLDOWN_S
-
-    def _timed(self, started: float) -> None:
-        self._job_s += 0.05 * (time.monotonic() - started - self._job_s)
+    def waited(self, seconds: float | None) -> None:
+        """A hand-off waited ``seconds`` for room (None: in vain, the topic takes it)."""
+        if seconds is None:
+            self._no_wait_until = time.monotonic() + HANDOFF_COOLDOWN_S
+            seconds = HANDOFF_WAIT_S
+        self._wait_s += 0.1 * (seconds - self._wait_s)
 
     def note_produced(self, tp: TP, key: bytes | None, mark: str) -> list[tuple[str, bytes]]:
         """A record of ``tp`` for ``key`` goes through the topic, marked ``mark`` (this
@@ -211,10 +213,8 @@ class Lane:
         handle = self.handle
 
         async def job() -> None:
-            started = time.monotonic()
             with current_event(ev):
                 await handle_one(ev, handle)  # everything but cancellation is caught
-            self._timed(started)
             done.set_result(True)
 
         def finished() -> None:
@@ -305,10 +305,8 @@ class Lane:
                 task.add_done_callback(self._held.discard)
                 return
         else:
-            started = time.monotonic()
             with current_event(ev):
                 await handle_one(ev, self.handle)  # everything but cancellation is caught
-            self._timed(started)
         ack(batch.tp, off, batch.generation)
         self._done(batch.tp, (off,))
 
@@ -479,11 +477,13 @@ class Lanes:
         if not wait_s:
             holds.append(await taking)  # room now: submitted without waiting
             return True
+        started = time.monotonic()
         try:
             holds.append(await asyncio.wait_for(taking, wait_s))
         except TimeoutError:
-            lane.waited_in_vain()
+            lane.waited(None)
             return False
+        lane.waited(time.monotonic() - started)
         return True
 
     def topic_headers(
