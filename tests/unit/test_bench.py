@@ -151,6 +151,23 @@ def test_compute_ratios() -> None:
     assert compute_ratios({}, {})["throughput"] is None
 
 
+def test_paced_cpu_is_compared_with_each_sides_own_burst() -> None:
+    floor = {
+        "throughput": {"worker_cpu_us_per_event": 10.0},
+        "latency": {"100": {"received": 1000, "cpu_s": {"worker": 0.5}}},
+    }
+    nd = {
+        "throughput": {"worker_cpu_us_per_event": 500.0},
+        "latency": {"100": {"received": 1000, "cpu_s": {"worker": 2.0}},
+                    "1000": {"received": 0, "cpu_s": {"worker": 1.0}}},
+    }
+    r = compute_ratios(floor, nd)["cpu_paced_vs_burst"]
+    assert r["100"] == {"floor_us": 500.0, "floor": 50.0, "notifyd_us": 2000.0, "notifyd": 4.0}
+    assert r["1000"] == {"floor_us": None, "floor": None, "notifyd_us": None, "notifyd": None}
+    text = format_summary({**_result(), "ratios": compute_ratios(floor, nd)})
+    assert "floor ÷ its burst" in text and "50.0" in text
+
+
 def test_ratio_guards() -> None:
     assert ratio(1.0, 0.0) is None
     assert ratio(None, 1.0) is None

@@ -176,6 +176,30 @@ def compute_ratios(
                 "vs_single_hop": ratio(e2e.get(q), f_lat[r].get("single_hop", {}).get(q)),
                 "vs_passthrough": ratio(e2e.get(q), f_lat[r].get("passthrough", {}).get(q)),
             }
+    out["cpu_paced_vs_burst"] = paced_cpu_ratios(floor, notifyd)
+    return out
+
+
+def paced_cpu_ratios(
+    floor: Mapping[str, Any], notifyd: Mapping[str, Any]
+) -> dict[str, dict[str, float | None]]:
+    """Per rate: CPU µs per event of the floor's and notifyd's process at that rate, and
+    each ÷ its own burst figure.  The floor's ratio is what a bare aiokafka consumer and
+    producer pay per wake-up on the machine, the same cost notifyd's ratio includes."""
+    burst = {
+        "floor": floor.get("throughput", {}).get("worker_cpu_us_per_event"),
+        "notifyd": notifyd.get("throughput", {}).get("worker_cpu_us_per_event"),
+    }
+    out: dict[str, dict[str, float | None]] = {}
+    sides = {"floor": floor.get("latency", {}), "notifyd": notifyd.get("latency", {})}
+    for r in sorted(set(sides["floor"]) | set(sides["notifyd"]), key=float):
+        row: dict[str, float | None] = {}
+        for side, lat in sides.items():
+            run = lat.get(r, {})
+            us = per_event_us((run.get("cpu_s") or {}).get("worker"), run.get("received") or 0)
+            row[f"{side}_us"] = us
+            row[side] = ratio(us, burst[side])
+        out[r] = row
     return out
 
 
@@ -460,6 +484,23 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 "p99 ÷ passthrough",
             ],
             rows,
+        )
+        lines.append("")
+    cpu_rows = [
+        [
+            r,
+            _f(c.get("floor_us"), digits=0),
+            _f(c.get("floor"), digits=1),
+            _f(c.get("notifyd_us"), digits=0),
+            _f(c.get("notifyd"), digits=1),
+        ]
+        for r, c in (ratios.get("cpu_paced_vs_burst") or {}).items()
+    ]
+    if cpu_rows:
+        lines += _table(
+            ["rate/s", "floor CPU µs/event", "floor ÷ its burst", "notifyd CPU µs/event",
+             "notifyd ÷ its burst"],
+            cpu_rows,
         )
         lines.append("")
     st = result.get("state", {})
