@@ -151,6 +151,19 @@ def test_compute_ratios() -> None:
     assert compute_ratios({}, {})["throughput"] is None
 
 
+def test_in_process_throughput_has_its_own_ratio_and_row() -> None:
+    nd = {**NOTIFYD, "throughput_inprocess": {"events": 1000, "events_per_s": 4000.0,
+                                              "worker_cpu_us_per_event": 321.0}}
+    r = compute_ratios(FLOOR, nd)
+    assert r["throughput_inprocess"] == 0.4 and r["throughput"] == 0.025
+    assert compute_ratios(FLOOR, NOTIFYD)["throughput_inprocess"] is None
+    text = format_summary({**_result(), "notifyd": nd, "ratios": r})
+    row = next(line for line in text.splitlines() if "in-process provider" in line)
+    assert "4,000" in row or "4000" in row
+    assert "0.400" in row and "321" in row
+    assert "in-process provider" not in format_summary(_result())
+
+
 def test_paced_cpu_is_compared_with_each_sides_own_burst() -> None:
     floor = {
         "throughput": {"worker_cpu_us_per_event": 10.0},

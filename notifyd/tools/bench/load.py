@@ -310,7 +310,7 @@ async def wait_done(
     deadline = time.monotonic() + timeout
     shown = 0
     while time.monotonic() < deadline:
-        got = min(s.received for s in stats)
+        got = min((s.received for s in stats), default=0)
         if bar is not None and got > shown:
             bar.update(got - shown)
             shown = got

@@ -504,6 +504,13 @@ class Bench:
                 self.progress.note(
                     f"notifyd throughput: {out['throughput']['events_per_s']} events/s"
                 )
+                out["throughput_inprocess"] = await self._throughput_inprocess(
+                    w, names, users, inapp
+                )
+                self.progress.note(
+                    "notifyd throughput, in-process provider: "
+                    f"{out['throughput_inprocess']['events_per_s']} events/s"
+                )
                 for r in o.rates:
                     total = total_for(r, o.duration)
                     meter = CpuMeter(self.pids(worker=w.pid)).start()
@@ -577,6 +584,36 @@ class Bench:
             # Deliveries queued since the worker started (warm-up and burst): to their
             # channel's lane in the worker, or through the channel topic.
             "delivery_routes": routes,
+        }
+
+    async def _throughput_inprocess(
+        self, w: WorkerProc, names: Any, users: list[str], inapp: StatusTracker
+    ) -> dict[str, Any]:
+        """The burst again with the in-app channel only, whose provider is in the worker
+        (the inbox table): the streaming core's own throughput, no HTTP client or sink
+        sharing its CPU.  Done when every event's in-app ``sent`` is on the status
+        topic."""
+        o = self.opts
+        meter = CpuMeter(self.pids(worker=w.pid)).start()
+        _, info = await self._events_run(
+            "tput-inproc", names.events, o.events, None, users, inapp,
+            kinds=(), channels=("inapp",),
+        )
+        cpu = meter.stop()
+        got = info["inapp"] or 0
+        secs = (inapp.last_inapp_at or info["t_first"]) - info["t_first"]
+        return {
+            "events": o.events,
+            "received": got,
+            "channels": ["inapp"],
+            "seconds": round(secs, 3),
+            "events_per_s": rate(got, secs),
+            "drained_s": info["drained_s"],
+            "drained_events_per_s": rate(got, info["drained_s"] or 0.0),
+            "produce_s": info["produce_s"],
+            "cpu_s": cpu,
+            "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), got),
+            "stages": info["stages"],
         }
 
     async def _idle_cpu(self, w: WorkerProc) -> dict[str, Any]:

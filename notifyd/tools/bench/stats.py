@@ -163,6 +163,11 @@ def compute_ratios(
             notifyd.get("throughput", {}).get("events_per_s"),
             floor.get("throughput", {}).get("events_per_s"),
         ),
+        # The in-app channel only: its provider (the inbox table) is in the worker.
+        "throughput_inprocess": ratio(
+            notifyd.get("throughput_inprocess", {}).get("events_per_s"),
+            floor.get("throughput", {}).get("events_per_s"),
+        ),
         "p99": {},
         "p50": {},
         "http": http_ratios(sink or {}, http or {}, quix or {}),
@@ -282,6 +287,23 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
         "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
     return [line, sep, *body]
+
+
+def _inprocess_rows(nd: Mapping[str, Any], ratios: Mapping[str, Any]) -> list[list[str]]:
+    """The throughput row of the in-process provider run (in-app only), if it ran."""
+    st = nd.get("throughput_inprocess") or {}
+    if not st:
+        return []
+    return [
+        [
+            f"notifyd: full pipeline, {_f(nd.get('users'))} users, inapp (in-process provider)",
+            _f(st.get("events")),
+            _f(st.get("events_per_s")),
+            _f(st.get("drained_events_per_s")),
+            _f(st.get("worker_cpu_us_per_event"), digits=0),
+            _f(ratios.get("throughput_inprocess"), digits=3),
+        ]
+    ]
 
 
 def _scaling_rows(sc: Mapping[str, Any], floor_eps: float | None) -> list[list[str]]:
@@ -441,6 +463,7 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 _f(nt.get("worker_cpu_us_per_event"), digits=0),
                 _f(ratios.get("throughput"), digits=3),
             ],
+            *_inprocess_rows(nd, ratios),
             *_scaling_rows(result.get("scaling", {}), ft.get("events_per_s")),
         ],
     )
