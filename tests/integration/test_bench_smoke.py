@@ -68,6 +68,9 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert ft["received"] == ft["events"] > 0 and ft["events_per_s"] > 0
     assert nt["received"] == nt["events"] > 0 and nt["events_per_s"] > 0
     assert nt["inapp_sent"] == nt["events"]  # both channels of every event delivered
+    ip = nd["throughput_inprocess"]  # in-app only: every event's inbox write is sent
+    assert ip["received"] == ip["events"] == nt["events"] and ip["events_per_s"] > 0
+    assert 0 < doc["ratios"]["throughput_inprocess"]
     assert set(floor["latency"]) == set(nd["latency"]) == {str(r) for r in doc["options"]["rates"]}
     for run in floor["latency"].values():
         _sane_latency(run["single_hop"], run["sent"])
