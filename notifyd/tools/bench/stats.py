@@ -289,21 +289,25 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line, sep, *body]
 
 
+def _throughput_row(label: str, st: Mapping[str, Any], ratio_: float | None) -> list[str]:
+    """A notifyd throughput run's row of the summary: ``st`` as ``_throughput`` wrote it."""
+    return [
+        label,
+        _f(st.get("events")),
+        _f(st.get("events_per_s")),
+        _f(st.get("drained_events_per_s")),
+        _f(st.get("worker_cpu_us_per_event"), digits=0),
+        _f(ratio_, digits=3),
+    ]
+
+
 def _inprocess_rows(nd: Mapping[str, Any], ratios: Mapping[str, Any]) -> list[list[str]]:
     """The throughput row of the in-process provider run (in-app only), if it ran."""
     st = nd.get("throughput_inprocess") or {}
     if not st:
         return []
-    return [
-        [
-            f"notifyd: full pipeline, {_f(nd.get('users'))} users, inapp (in-process provider)",
-            _f(st.get("events")),
-            _f(st.get("events_per_s")),
-            _f(st.get("drained_events_per_s")),
-            _f(st.get("worker_cpu_us_per_event"), digits=0),
-            _f(ratios.get("throughput_inprocess"), digits=3),
-        ]
-    ]
+    label = f"notifyd: full pipeline, {_f(nd.get('users'))} users, inapp (in-process provider)"
+    return [_throughput_row(label, st, ratios.get("throughput_inprocess"))]
 
 
 def _scaling_rows(sc: Mapping[str, Any], floor_eps: float | None) -> list[list[str]]:
@@ -312,15 +316,11 @@ def _scaling_rows(sc: Mapping[str, Any], floor_eps: float | None) -> list[list[s
     if not st:
         return []
     eps = st.get("events_per_s")
-    return [[
+    label = (
         f"notifyd: --processes {sc.get('processes')} (x{_f(sc.get('speedup'), digits=2)} "
-        "of 1 process)",
-        _f(st.get("events")),
-        _f(eps),
-        _f(st.get("drained_events_per_s")),
-        _f(st.get("worker_cpu_us_per_event"), digits=0),
-        _f(eps / floor_eps if eps and floor_eps else None, digits=3),
-    ]]
+        "of 1 process)"
+    )
+    return [_throughput_row(label, st, eps / floor_eps if eps and floor_eps else None)]
 
 
 def _http_lines(result: Mapping[str, Any]) -> list[str]:
@@ -455,14 +455,11 @@ def format_summary(result: Mapping[str, Any]) -> str:
                 _f(ft.get("worker_cpu_us_per_event"), digits=0),
                 "1",
             ],
-            [
+            _throughput_row(
                 f"notifyd: full pipeline, {_f(nd.get('users'))} users, webhook+inapp",
-                _f(nt.get("events")),
-                _f(nt.get("events_per_s")),
-                _f(nt.get("drained_events_per_s")),
-                _f(nt.get("worker_cpu_us_per_event"), digits=0),
-                _f(ratios.get("throughput"), digits=3),
-            ],
+                nt,
+                ratios.get("throughput"),
+            ),
             *_inprocess_rows(nd, ratios),
             *_scaling_rows(result.get("scaling", {}), ft.get("events_per_s")),
         ],
