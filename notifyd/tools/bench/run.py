@@ -43,7 +43,7 @@ import signal
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,6 +250,27 @@ class BenchOptions:
 # --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
+
+
+def _burst_figures(
+    events: int, got: int, secs: float, info: Mapping[str, Any], cpu: dict[str, Any]
+) -> dict[str, Any]:
+    """What every throughput run reports: ``got`` of ``events`` delivered in ``secs``
+    from the first produce, ``info`` as ``Bench._events_run`` returned it and ``cpu``
+    as the run's ``CpuMeter`` measured it."""
+    return {
+        "events": events,
+        "received": got,
+        "seconds": round(secs, 3),
+        "events_per_s": rate(got, secs),
+        # Until the worker had no backlog at all (status folds included).
+        "drained_s": info["drained_s"],
+        "drained_events_per_s": rate(got, info["drained_s"] or 0.0),
+        "produce_s": info["produce_s"],
+        "cpu_s": cpu,
+        "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), got),
+        "stages": info["stages"],
+    }
 
 
 class Bench:
@@ -568,19 +589,9 @@ class Bench:
         secs = end - info["t_first"]
         routes = await asyncio.to_thread(delivery_routes, w.url)
         return {
-            "events": o.events,
-            "received": st.received,
+            **_burst_figures(o.events, st.received, secs, info, cpu),
             "inapp_sent": info["inapp"],
-            "seconds": round(secs, 3),
-            "events_per_s": rate(st.received, secs),
-            # Until the worker had no backlog at all (status folds included).
-            "drained_s": info["drained_s"],
-            "drained_events_per_s": rate(st.received, info["drained_s"] or 0.0),
-            "produce_s": info["produce_s"],
-            "cpu_s": cpu,
-            "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), st.received),
             "e2e_during_burst": latency_summary(st.latencies_ms),
-            "stages": info["stages"],
             # Deliveries queued since the worker started (warm-up and burst): to their
             # channel's lane in the worker, or through the channel topic.
             "delivery_routes": routes,
@@ -600,20 +611,10 @@ class Bench:
             kinds=(), channels=("inapp",),
         )
         cpu = meter.stop()
-        got = info["inapp"] or 0
         secs = (inapp.last_inapp_at or info["t_first"]) - info["t_first"]
         return {
-            "events": o.events,
-            "received": got,
+            **_burst_figures(o.events, info["inapp"] or 0, secs, info, cpu),
             "channels": ["inapp"],
-            "seconds": round(secs, 3),
-            "events_per_s": rate(got, secs),
-            "drained_s": info["drained_s"],
-            "drained_events_per_s": rate(got, info["drained_s"] or 0.0),
-            "produce_s": info["produce_s"],
-            "cpu_s": cpu,
-            "worker_cpu_us_per_event": per_event_us(cpu.get("worker"), got),
-            "stages": info["stages"],
         }
 
     async def _idle_cpu(self, w: WorkerProc) -> dict[str, Any]:
