@@ -119,3 +119,35 @@ async def test_the_table_persists_the_offset_a_record_got() -> None:
     fut.set_result(RecordMetadata(tp.topic, 4, tp, 77, -1, 0, 0))
     table._on_changelog_sent(fut)
     assert persisted == [(tp, 77)]
+
+
+@pytest.mark.parametrize("value", [
+    {"items": [{"id": "n1", "read": False, "data": {"a": [1, 2.5, None]}}], "unread": 1},
+    {1: "non-str key", "nested": {2: True}},
+    [1.5, 5, "t/5/9", "user-1", "ünïcode"],
+    "a bare string",
+    7,
+])
+async def test_direct_encoding_is_the_registrys(value: Any) -> None:
+    """The direct encoders give the bytes Faust's serializer registry gives."""
+    rt = build_app()
+    table: Any = rt.tables.inbox
+    topic = table.changelog_topic
+    reg = rt.app.serializers
+    assert table._encode_key("user-1", None) == reg.dumps_key(
+        topic.key_type, "user-1", serializer="raw")
+    assert table._encode_value(value, None) == reg.dumps_value(
+        topic.value_type, value, serializer="json")
+    assert table._encode_value(None, "raw") is None  # a tombstone
+
+
+async def test_get_answers_as_a_mapping_and_faust_sees_it() -> None:
+    rt = build_app()
+    seen: Any = rt.tables.seen
+    gets: list[Any] = []
+    seen._sensor_on_get = lambda table, key: gets.append(key)
+    seen.data["k"] = [1]
+    assert seen.get("k") == [1]
+    assert seen.get("missing") is None
+    assert seen.get("missing", 5) == 5
+    assert gets == ["k", "missing", "missing"]
