@@ -712,3 +712,18 @@ def test_null_scheduling_field_means_send_now() -> None:
     ev = parse_event(raw(send_at=None, delay_s=None))
     assert ev.send_at is None and ev.delay_s is None
     assert ev.due(1000.0, 365) is None
+
+
+@given(st.text(max_size=120))
+def test_uuid5_str_is_the_standard_librarys(name: str) -> None:
+    """The hot path's uuid5 gives the ids ``uuid.uuid5`` gives (ids are stored)."""
+    from notifyd.model.event import uuid5_str
+
+    ns = uuid.UUID("3ca1e1c5-ff3c-4ef2-83b8-72a7520bc597")
+    try:
+        expected = str(uuid.uuid5(ns, name))
+    except UnicodeEncodeError:  # a lone surrogate: neither can encode it
+        with pytest.raises(UnicodeEncodeError):
+            uuid5_str(ns.bytes, name)
+        return
+    assert uuid5_str(ns.bytes, name) == expected
