@@ -170,6 +170,48 @@ def _gauge(name: str, doc: str, labels: list[str], values: Mapping[Any, float]) 
     return family
 
 
+#: Observations the hot path keeps before handing them to their histograms (bounds the
+#: memory of a worker nobody scrapes).
+PENDING_OBSERVATIONS = 4096
+
+
+class _Pending(Collector):
+    """The hot path's counts and observations, handed to their prometheus_client metrics
+    when the registry is collected (a scrape, ``get_sample_value``), so a count costs a
+    dict update instead of ``inc()``'s checks and lock (~5 % of a busy worker's CPU for
+    the six counted per event).  Registered before every metric of its registry: the
+    registry collects in registration order, so a scrape sees every count made before
+    it."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, float] = {}
+        self.observed: list[tuple[Any, float]] = []
+
+    def inc(self, metric: Any) -> None:
+        counts = self.counts
+        counts[metric] = counts.get(metric, 0.0) + 1.0
+
+    def observe(self, metric: Any, value: float) -> None:
+        self.observed.append((metric, value))
+        if len(self.observed) >= PENDING_OBSERVATIONS:
+            self.flush()
+
+    def flush(self) -> None:
+        counts, self.counts = self.counts, {}
+        observed, self.observed = self.observed, []
+        for metric, n in counts.items():
+            metric.inc(n)
+        for metric, value in observed:
+            metric.observe(value)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        self.flush()
+        return iter(())
+
+
 class _Children:
     """A labelled metric's children by label values, each looked up in prometheus_client
     once: its ``labels()`` checks the values and takes a lock on every call (~2 % of a
@@ -204,6 +246,8 @@ class Metrics:
         self.lag_ttl_s = LAG_TTL_S
         self.dlq_ttl_s = DLQ_TTL_S
         r = self.registry
+        self._pending = _Pending()
+        r.register(self._pending)  # first: see _Pending
         self.events_received = Counter(
             "events_received", "Events read from an input topic", ["topic"],
             namespace=NAMESPACE, registry=r,
@@ -292,6 +336,7 @@ class Metrics:
         self._attempts = _Children(self.delivery_attempts)
         self._retries = _Children(self.delivery_retries)
         self._latency = _Children(self.delivery_latency)
+        self._queued = _Children(self.deliveries_queued)
         self.app: Any = None
         #: A group-less consumer asking the broker for DLQ offsets (started when needed).
         self._offsets: Any = None
@@ -300,14 +345,19 @@ class Metrics:
 
     # --- pipeline hooks (cheap, never raise) ----------------------------------------
 
+    def flush(self) -> None:
+        """Hand the hot path's pending counts to their metrics (before reading a metric's
+        own ``collect()``; a registry collect does it itself)."""
+        self._pending.flush()
+
     def event_received(self, topic: str) -> None:
-        self._received(topic).inc()
+        self._pending.inc(self._received(topic))
 
     def delivery_queued(self, channel: str, route: str) -> None:
-        self.deliveries_queued.labels(channel, route).inc()
+        self._pending.inc(self._queued(channel, route))
 
     def event_accepted(self) -> None:
-        self.events_accepted.inc()
+        self._pending.inc(self.events_accepted)
 
     def event_dead_lettered(self, reason: str, topic: str | None = None) -> None:
         self.events_dead_lettered.labels(reason_code(reason)).inc()
@@ -319,15 +369,15 @@ class Metrics:
         for u in updates:
             st = u.get("status")
             if st in STATUSES:
-                self._deliveries(str(u.get("channel")), st).inc()
+                self._pending.inc(self._deliveries(str(u.get("channel")), st))
 
     def delivery_attempted(self, delivery: Delivery) -> None:
-        self._attempts(delivery.channel).inc()
+        self._pending.inc(self._attempts(delivery.channel))
         if delivery.attempt > 1:
-            self._retries(delivery.channel).inc()
+            self._pending.inc(self._retries(delivery.channel))
 
     def delivery_sent(self, delivery: Delivery) -> None:
-        self._latency(delivery.channel).observe(e2e_latency_s(delivery))
+        self._pending.observe(self._latency(delivery.channel), e2e_latency_s(delivery))
 
     def delivery_dead(self, topic: str) -> None:
         self.dead_letters_produced.labels(topic).inc()

@@ -137,6 +137,7 @@ def read_counters() -> CounterSample | None:
     try:
         from notifyd.metrics import metrics
 
+        metrics.flush()
         counts: dict[tuple[str, str], float] = {}
         for fam in metrics.deliveries.collect():
             for smp in fam.samples:

@@ -366,3 +366,37 @@ def test_metrics_route_is_documented_and_public() -> None:
     assert op["x-notifyd-auth"] == "public"
     assert "text/plain; version=0.0.4" in op["responses"]["200"]["content"]
     assert "/metrics" in PUBLIC_PATHS
+
+
+def test_hot_path_counts_are_seen_by_every_reader() -> None:
+    """Counts kept aside by the hot path reach a scrape, ``get_sample_value`` and a
+    metric's own ``collect()`` after ``flush()`` (the console's reader)."""
+    m = Metrics()
+    m.event_received("notifyd.events")
+    m.event_received("notifyd.events")
+    m.delivery_queued("webhook", "lane")
+    assert m.registry.get_sample_value(
+        "notifyd_events_received_total", {"topic": "notifyd.events"}
+    ) == 2
+    m.status_updates([{"channel": "sms", "status": "sent"}])
+    assert value(m, "notifyd_deliveries_total", channel="sms", status="sent") == 1
+    assert value(m, "notifyd_deliveries_queued_total", channel="webhook", route="lane") == 1
+    m.delivery_sent(delivery("push", accepted_at=time.time()))
+    m.flush()
+    got = {s.labels.get("channel"): s.value
+           for fam in m.delivery_latency.collect() for s in fam.samples
+           if s.name.endswith("_count")}
+    assert got == {"push": 1}
+
+
+def test_pending_observations_are_bounded() -> None:
+    """A worker nobody scrapes does not keep every observation."""
+    from notifyd.metrics import PENDING_OBSERVATIONS
+
+    m = Metrics()
+    for _ in range(PENDING_OBSERVATIONS + 10):
+        m.delivery_sent(delivery("push", accepted_at=time.time()))
+    assert len(m._pending.observed) < PENDING_OBSERVATIONS
+    assert value(m, "notifyd_delivery_latency_seconds_count", channel="push") == (
+        PENDING_OBSERVATIONS + 10
+    )
