@@ -9,9 +9,9 @@ current runtime's.
 
 from __future__ import annotations
 
-from aiokafka.partitioner import murmur2
 from faust.types import TopicT
 
+from notifyd.stream.partitioner import partition_of
 from notifyd.stream.runtime import current, ref
 from notifyd.stream.topology import TopicNames
 
@@ -49,4 +49,4 @@ def active_partitions(topic: str | None = None) -> frozenset[int]:
 def partition_for(key: str, partitions: int | None = None) -> int:
     """The partition Kafka's default partitioner (murmur2) picks for a UTF-8 key."""
     n = partitions or current().settings.topic_partitions
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % n
+    return partition_of(key.encode(), n)
