@@ -101,3 +101,22 @@ def test_refs_forward_and_say_when_nothing_is_built() -> None:
         assert box == {"m": 1} and bool(rows)
         box.clear()
         assert not rows
+
+
+def test_a_ref_keeps_what_it_found_only_while_its_runtime_is_current() -> None:
+    def fake(rows: dict[str, int]) -> Runtime:
+        return Runtime(settings=None, app=None, topics=None, tables=rows,  # type: ignore[arg-type]
+                       build_provider=None)  # type: ignore[arg-type]
+
+    rows = ref(lambda rt: rt.tables)
+    one, two = fake({"one": 1}), fake({"two": 2})
+    with runtime.scoped():
+        runtime.install(one)
+        assert list(rows) == ["one"]
+        with runtime.scoped():
+            runtime.install(two)
+            assert list(rows) == ["two"] and rows.get("two") == 2
+        assert list(rows) == ["one"] and rows.get("one") == 1  # the scope's end restored it
+        runtime._current.clear()
+        with pytest.raises(NotBuilt):
+            _ = rows.get
