@@ -14,8 +14,6 @@ This module only states the hook, so handlers reach the lanes without importing 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
@@ -42,15 +40,26 @@ _holds: ContextVar[list[asyncio.Future[bool]] | None] = ContextVar(
 )
 
 
-@contextmanager
-def holding() -> Iterator[list[asyncio.Future[bool]]]:
+class _Holding:
+    """``with holding() as holds``: a class, not a generator context manager (it runs
+    around every ingest record)."""
+
+    __slots__ = ("_token", "holds")
+
+    def __init__(self) -> None:
+        self.holds: list[asyncio.Future[bool]] = []
+
+    def __enter__(self) -> list[asyncio.Future[bool]]:
+        self._token = _holds.set(self.holds)
+        return self.holds
+
+    def __exit__(self, *exc: object) -> None:
+        _holds.reset(self._token)
+
+
+def holding() -> _Holding:
     """Collect the holds of the record handled inside (the lane's ``_one``)."""
-    holds: list[asyncio.Future[bool]] = []
-    token = _holds.set(holds)
-    try:
-        yield holds
-    finally:
-        _holds.reset(token)
+    return _Holding()
 
 
 def current_holds() -> list[asyncio.Future[bool]] | None:
