@@ -144,5 +144,6 @@ class _Ref:
 
 
 def ref(get: Callable[[Runtime], T]) -> T:
-    """A stand-in for ``get(current())`` that looks it up again on every use."""
+    """A stand-in for ``get(current())``, looked up again whenever another runtime is
+    current (see :class:`_Ref`)."""
     return cast(T, _Ref(get))

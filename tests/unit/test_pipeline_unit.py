@@ -211,6 +211,13 @@ def test_partition_for_matches_java_client(key: str, n: int) -> None:
     assert partition_for(key, n) == (KAFKA_MURMUR2[key] & 0x7FFFFFFF) % n
 
 
+@pytest.mark.parametrize("key", sorted(KAFKA_MURMUR2))
+def test_murmur2_matches_java_client(key: str) -> None:
+    from notifyd.stream.partitioner import murmur2
+
+    assert murmur2(key.encode()) == KAFKA_MURMUR2[key] & 0xFFFFFFFF
+
+
 async def test_partition_for_defaults_to_settings() -> None:
     keys = [f"user-{i}" for i in range(200)]
     for n in (3, 8):

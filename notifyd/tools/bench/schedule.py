@@ -68,9 +68,9 @@ _METRIC_RE = re.compile(r'^(notifyd_[a-z_]+)(\{[^}]*\})? ([0-9.eE+\-]+|NaN|\+Inf
 
 
 def partition_of(key: str, partitions: int) -> int:
-    from aiokafka.partitioner import murmur2
+    from notifyd.stream.partitioner import partition_of as of_bytes
 
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return of_bytes(key.encode(), partitions)
 
 
 async def scrape(url: str) -> dict[str, float]:
