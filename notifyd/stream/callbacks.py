@@ -128,4 +128,6 @@ async def handle_callback(ev: EventT[Any], sender: CallbackSender) -> None:
     else:
         log.warning("callback.not_delivered", key=record["key"], result=outcome["result"],
                     reason=outcome.get("reason"))
-    await publish_status(payload["notification_id"], [], callbacks=[record])
+    await publish_status(
+        payload["notification_id"], [], callbacks=[record], user_id=payload.get("user_id")
+    )

@@ -167,7 +167,9 @@ async def on_delivery_failed(delivery: Any, partition: int, state: str) -> None:
         delivery.user_id, delivery.notification_id, partition, clock_now(), state
     )
     if updates:
-        await statuses.publish_status(delivery.notification_id, updates)
+        await statuses.publish_status(
+            delivery.notification_id, updates, user_id=delivery.user_id
+        )
 
 
 async def on_read(user_id: str, nids: list[str]) -> None:
@@ -181,7 +183,7 @@ async def on_read(user_id: str, nids: list[str]) -> None:
                 del scheduled[key]
                 updates.append(skipped(step["channel"], "read", now))
         if updates:
-            await statuses.publish_status(nid, updates)
+            await statuses.publish_status(nid, updates, user_id=user_id)
             log.info("fallback.cancelled", notification_id=nid, steps=len(updates))
 
 
@@ -234,7 +236,9 @@ async def due_step(msg: dict[str, Any]) -> DueStep | None:
     now = clock_now()
     condition = step.get("unless")
     if condition and condition_met(condition, nid, user_id, fb["steps"], i):
-        await statuses.publish_status(nid, [skipped(step["channel"], condition, now)])
+        await statuses.publish_status(
+            nid, [skipped(step["channel"], condition, now)], user_id=user_id
+        )
         log.info("fallback.skipped", notification_id=nid, channel=step["channel"])
         return None
     raw = {**fb["event"], "channels": None, "fallback": None,

@@ -133,7 +133,7 @@ async def cancel(req: CancelRequest, partition: int, now: float) -> list[dict[st
         status_update(ch, "cancelled", now, reason=reason, force=True)
         for ch, reason in channels.items()
     ]
-    await publish_status(nid, updates, cancel={"at": now})
+    await publish_status(nid, updates, cancel={"at": now}, user_id=req.user_id)
     log.info("event.cancelled", channels=sorted(channels))
     return updates
 
@@ -150,6 +150,7 @@ async def drop_cancelled_event(event: Event, now: float) -> None:
         ],
         content=status_content(event, now),
         cancel={"at": now},
+        user_id=event.user_id,
     )
     log.info("event.cancelled_before_arrival")
 
@@ -231,6 +232,7 @@ async def collect(
             for ch in requested(event)
         ],
         content=status_content(event, now) | {"title": title, "digest_id": digest_id},
+        user_id=event.user_id,
     )
     return key
 

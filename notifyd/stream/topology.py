@@ -7,6 +7,7 @@ a long time, so topics are created up front with the admin client (idempotent).
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -83,6 +84,11 @@ class TopicNames:
             self.fanout,
             self.callbacks,
         )
+
+    @functools.cached_property
+    def source_set(self) -> frozenset[str]:
+        """:meth:`source_topics` as a set (asked per status record)."""
+        return frozenset(self.source_topics())
 
 
 #: Faust tables of notifyd (notifyd.stream.tables); their changelogs are created up front too.

@@ -293,8 +293,13 @@ def test_fanout_counter_counts_distinct_recipients_and_completion() -> None:
     assert c.produced == {"a", "b"} and c.copies == 3
     for u in users:
         assert not c.all_delivered.is_set()
-        c.on_status(orjson.dumps({"notification_id": notification_id_for(u, "ev-1"),
-                                  "updates": [{"channel": "inapp", "status": "sent"}]}), 2.0)
+        nid = notification_id_for(u, "ev-1")  # rows of the status changelog
+        c.on_status(orjson.dumps({"notification_id": nid,
+                                  "channels": {"inapp": {"status": "queued"}}}), 1.5)
+        assert u not in c.delivered
+        c.on_status(orjson.dumps({"notification_id": nid,
+                                  "channels": {"inapp": {"status": "sent"}}}), 2.0)
+    c.on_status(None, 3.0)  # a tombstone
     assert c.all_delivered.is_set() and c.last_delivered_at == 2.0
     text = format_fanout({"subscribers": 2, "runs": [
         {"workers": 1, "fanout_s": 0.5, "fanout_per_s": 4.0, "delivered_s": 1.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import orjson
 import pytest
@@ -259,28 +260,27 @@ def test_collector_counts_unique_receipts_and_latency() -> None:
 
 
 def test_status_tracker_splits_stages() -> None:
+    # Rows of the status changelog as the fold writes them, one after another.
     t = StatusTracker()
     t.t0["nd-r1-x-0"] = 100.0
-    content = {
-        "notification_id": "n0",
-        "updates": [{"channel": "webhook", "status": "queued", "ts": 100.2}],
-        "content": {"event_id": "nd-r1-x-0", "accepted_at": 100.25},
+    t(orjson.dumps({"notification_id": "n0",  # an outcome folded before the content
+                    "channels": {"inapp": {"status": "sent", "latency_ms": 10.0}}}), 100.3)
+    assert t.inapp_sent == 0
+    row: dict[str, Any] = {
+        "notification_id": "n0", "event_id": "nd-r1-x-0", "accepted_at": 100.25,
+        "channels": {"webhook": {"status": "queued"},
+                     "inapp": {"status": "sent", "latency_ms": 10.0}},
     }
-    t(orjson.dumps(content), 100.3)
-    for ch, ms in (("webhook", 40.0), ("inapp", 10.0)):
-        t(
-            orjson.dumps(
-                {
-                    "notification_id": "n0",
-                    "updates": [{"channel": ch, "status": "sent", "latency_ms": ms}],
-                }
-            ),
-            100.4,
-        )
+    t(orjson.dumps(row), 100.35)
+    row["channels"]["webhook"] = {"status": "sent", "latency_ms": 40.0}
+    t(orjson.dumps(row), 100.4)
+    t(orjson.dumps(row), 100.5)  # the same row again (a later write): counted once
     t(b"not json", 1.0)
-    assert t.inapp_sent == 1
+    t(None, 1.0)  # a tombstone
+    assert t.inapp_sent == 1 and t.last_inapp_at == 100.35
     s = t.summary("nd-r1-x")
-    assert s["ingest"]["p50"] == pytest.approx(250.0)
+    assert s["ingest"]["count"] == 1 and abs(s["ingest"]["p50"] - 250.0) < 1e-6
+    assert s["webhook_send"]["count"] == 1 and s["inapp_send"]["count"] == 1
     assert s["webhook_send"]["p50"] == 40.0 and s["inapp_send"]["p50"] == 10.0
 
 

@@ -56,7 +56,9 @@ async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ingest]:
 
     published: list[tuple[str, dict[str, Any] | None]] = []
 
-    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
+    async def record(
+        nid: str, updates: list[dict[str, Any]], content: Any = None, **kw: Any
+    ) -> None:
         published.append((nid, content))
 
     monkeypatch.setattr(statuses, "publish_status", record)

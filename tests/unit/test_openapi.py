@@ -98,7 +98,7 @@ def test_path_parameters_are_documented_as_checked() -> None:
     1 to 200 characters unless declared), and its 400 is documented."""
     doc = api.openapi_document()
     op = doc["paths"]["/api/v1/notifications/{notification_id}"]["get"]
-    [param] = op["parameters"]
+    [param] = [p for p in op["parameters"] if p["in"] == "path"]
     assert param["schema"] == {"type": "string", "minLength": 1, "maxLength": 200}
     assert "400" in op["responses"]
 

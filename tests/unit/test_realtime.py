@@ -249,7 +249,9 @@ async def test_the_stream_matches_its_documented_schema(
 
 
 async def test_deliver_inapp_publishes_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    async def record(nid: str, updates: list[dict[str, Any]], content: Any = None) -> None:
+    async def record(
+        nid: str, updates: list[dict[str, Any]], content: Any = None, **kw: Any
+    ) -> None:
         return None
 
     monkeypatch.setattr(statuses, "publish_status", record)

@@ -268,7 +268,7 @@ async def ingest(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Driver]:
     produced: list[dict[str, Any]] = []
 
     async def record(nid: str, updates: list[dict[str, Any]], content: Any = None,
-                     cancel: Any = None) -> None:
+                     cancel: Any = None, **kw: Any) -> None:
         published.append((nid, [dict(x) for x in updates], content, cancel))
 
     async def to_channel(*, key: bytes, value: bytes) -> None:

@@ -78,6 +78,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
             delivery.notification_id,
             [status_update(delivery.channel, "cancelled", clock.now(),
                            reason="cancelled: before it was sent", force=True)],
+            user_id=delivery.user_id,
         )
         log.info("delivery.cancelled")
         return
@@ -89,6 +90,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
             await statuses.publish_status(
                 delivery.notification_id,
                 [status_update(delivery.channel, done["s"], done["ts"], attempt=delivery.attempt)],
+                user_id=delivery.user_id,
             )
             return
         log.info("delivery.redriven", previous=done["s"])
@@ -114,6 +116,7 @@ async def handle_delivery(ev: EventT[Any], provider: Provider) -> None:
     await statuses.publish_status(
         delivery.notification_id,
         [sent_update(delivery, receipt.provider_id, now, receipt.provider or provider.name)],
+        user_id=delivery.user_id,
     )
     log.debug("delivery.sent", send_ms=round((time.monotonic() - started) * 1000, 2))
 
@@ -126,14 +129,14 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
     if not err.retriable:
         _mark(key, "failed", partition)
         failed = status_update(ch, "failed", now, attempt=attempt, reason=reason)
-        await statuses.publish_status(nid, [failed])
+        await statuses.publish_status(nid, [failed], user_id=delivery.user_id)
         log.warning("delivery.failed", reason=err.reason)
         await fallback.on_delivery_failed(delivery, partition, "failed")
         return
     if delivery.attempt >= settings.retry_max_attempts:
         _mark(key, "dead", partition)
         dead = status_update(ch, "dead", now, attempt=attempt, reason=reason)
-        await statuses.publish_status(nid, [dead])
+        await statuses.publish_status(nid, [dead], user_id=delivery.user_id)
         await deliveries_dlq_topic.send(
             key=delivery.user_id.encode(),
             value=delivery.dumps(),
@@ -151,5 +154,5 @@ async def _failed(delivery: Delivery, err: DeliveryError, partition: int) -> Non
     schedule(retry, now + delay, partition, f"retry: {err.reason}")
     retrying = status_update(ch, "retrying", now, attempt=attempt, reason=reason,
                              deliver_at=now + delay, delivery=retry.to_dict())
-    await statuses.publish_status(nid, [retrying])
+    await statuses.publish_status(nid, [retrying], user_id=delivery.user_id)
     log.info("delivery.retrying", reason=err.reason, delay_s=round(delay, 3))

@@ -140,6 +140,7 @@ async def process_event(
             "accepted_at": now,
             **plan.content,
         },
+        user_id=event.user_id,
     )
     metrics.event_accepted()
     # Per-record lines are debug: at thousands of events/s they cost ~5% of the worker's

@@ -92,7 +92,7 @@ async def requeue_overdue(active: frozenset[int], now: float) -> int:
                 delivery, now, attempt=delivery.get("attempt", 1),
                 reason=f"requeued: no outcome {grace:.0f}s after it was due",
             )
-            await statuses.publish_status(nid, [queued])
+            await statuses.publish_status(nid, [queued], user_id=doc.get("user_id"))
             requeued.append(f"{nid}:{channel}")
     if requeued:
         log.warning("reconcile.requeued", count=len(requeued), keys=requeued[:20])

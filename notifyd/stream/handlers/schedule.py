@@ -48,7 +48,7 @@ async def release(key: str, entry: dict[str, Any]) -> None:
         return
     d = entry["delivery"]
     queued = await queue_delivery(d, clock.now(), attempt=d.get("attempt", 1))
-    await statuses.publish_status(d["notification_id"], [queued])
+    await statuses.publish_status(d["notification_id"], [queued], user_id=d["user_id"])
     await control_topic.send(
         key=d["user_id"].encode(),
         value=dumps({"op": "unschedule", "id": key, "due": entry["due"]}),

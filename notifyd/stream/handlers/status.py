@@ -1,5 +1,5 @@
-"""Status updates: what handlers publish to ``notifyd.status``, and the fold of those
-records into the ``status`` table (one document per notification)."""
+"""Status updates: what handlers publish, and their fold into the ``status`` table (one
+document per notification, in its user's partition), here or through ``notifyd.status``."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from notifyd.model.records import Delivery, dumps, loads
 from notifyd.stream.app import settings
 from notifyd.stream.handlers.deadletter import dead_letter_failure
 from notifyd.stream.pending import pending
-from notifyd.stream.tables import current_event, status
-from notifyd.stream.topics import callbacks_topic, status_topic
+from notifyd.stream.tables import current_event, held_partition, status
+from notifyd.stream.topics import callbacks_topic, partition_for, status_topic
 
 log = structlog.stdlib.get_logger("notifyd.stream.handlers.status")
 
@@ -74,8 +74,19 @@ async def publish_status(
     content: dict[str, Any] | None = None,
     callbacks: list[dict[str, Any]] | None = None,
     cancel: dict[str, Any] | None = None,
+    *,
+    user_id: str | None,
 ) -> None:
-    """One record of ``notifyd.status`` (its model: ``notifyd.model.status.StatusRecord``)."""
+    """One status record (its model: ``notifyd.model.status.StatusRecord``), folded into
+    the notification's row, which lives in its user's partition.
+
+    Handled while this worker holds that partition (an event, delivery or command of
+    the user: every topic is co-partitioned by user), the record is folded here and now,
+    with no ``notifyd.status`` round trip.  Else (a timer, the reconciler, a callback
+    outcome keyed by notification id) it goes to ``notifyd.status`` in the user's
+    partition, whose owner folds it.  ``user_id`` None (a row from before rows carried
+    it): the notification id's partition, where such rows were kept.
+    """
     value: dict[str, Any] = {
         "notification_id": nid, "updates": updates, "schema_version": SCHEMA_VERSION
     }
@@ -85,8 +96,24 @@ async def publish_status(
         value["callbacks"] = callbacks  # outcomes of delivery callbacks (notifyd.stream.callbacks)
     if cancel is not None:
         value["cancel"] = cancel
-    await status_topic.send(key=nid.encode(), value=dumps(value))
     metrics.status_updates(updates)
+    partition = partition_for(user_id if user_id is not None else nid)
+    if held_partition() == partition:
+        jobs = fold_one(nid, value, partition)
+        await enqueue_callbacks(jobs)
+        return
+    await status_topic.send(key=nid.encode(), value=dumps(value), partition=partition)
+
+
+def fold_one(nid: str, msg: dict[str, Any], partition: int) -> list[dict[str, Any]]:
+    """Fold ``msg`` into the row of ``nid`` (in ``partition``, the current event's) and
+    write it; returns the callback jobs the change calls for."""
+    doc = status.get(nid)
+    before = channel_states(doc)
+    doc = fold_status(doc, msg, partition)
+    status[nid] = doc
+    pending.note(nid, doc)
+    return callback_jobs_for(before, doc, settings.callback_url)
 
 
 def fold_status(

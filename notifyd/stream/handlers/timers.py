@@ -62,6 +62,7 @@ async def schedule_event(
             for ch in channels
         ],
         content=timing.status_content(event, now) | {"send_at": due},
+        user_id=event.user_id,
     )
     log.info("event.scheduled", due=due)
 

@@ -2,10 +2,11 @@
 key hashes to the same partition as the Kafka message key producers use (murmur2 of
 the UTF-8 bytes): the table's partition for a user is the events' partition.
 
-Every table except ``status`` and ``subscribers`` is written while processing a
-message keyed by ``user_id`` and so lives in that user's partition; ``status`` is fed
-by ``notifyd.status``, keyed by notification id; ``subscribers`` rows are written
-while processing a message keyed by their topic name (``notifyd.stream.audience``).
+Every table except ``subscribers`` lives in its user's partition: written while
+processing a message keyed by ``user_id``, or (``status``, keyed by notification id) a
+record of that partition (``notifyd.stream.handlers.status.publish_status``);
+``subscribers`` rows are written while processing a message keyed by their topic name
+(``notifyd.stream.audience``).
 
 The tables are declared by ``notifyd.stream.declare``; the names here refer to the
 current runtime's.
@@ -22,7 +23,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from notifyd.stream.declare import Table
-from notifyd.stream.runtime import ref
+from notifyd.stream.runtime import current, ref
 
 # The current runtime's tables (notifyd.stream.runtime.ref), for modules not handed one.
 preferences: Table = ref(lambda rt: rt.tables.preferences)
@@ -60,6 +61,19 @@ def current_event(ev: EventT[Any]) -> _EventScope:
     writes every changelog record in the partition of the current event.  With
     :func:`any_partition`, the one place that touches Faust's private context variable."""
     return _EventScope(ev)
+
+
+def held_partition() -> int | None:
+    """The partition of the current event when it is one of notifyd's own topics (all
+    co-partitioned: this worker then holds that partition of every table), else None."""
+    got = _current_event.get(None)
+    ev = got() if got is not None else None
+    if ev is None:
+        return None
+    message = ev.message
+    if message.topic not in current().topics.names.source_set:
+        return None
+    return message.partition  # type: ignore[no-any-return]
 
 
 @contextmanager

@@ -8,7 +8,7 @@ Reported per run:
 
 * ``fanout_s``: produce → the last per-recipient event is on ``notifyd.events`` (the
   fan-out agent's own work), and ``fanout_per_s`` (recipients produced per second);
-* ``delivered_s``: produce → every recipient's in-app ``sent`` is on ``notifyd.status``
+* ``delivered_s``: produce → every recipient's in-app ``sent`` is in the status changelog
   (each recipient processed on their own partition: dedupe, preferences, rules,
   inbox write), and ``recipients_per_s`` = N / ``delivered_s``.
 
@@ -26,13 +26,14 @@ from typing import Any
 import orjson
 
 from notifyd.stream.audience import MAX_BULK, command
-from notifyd.tools.bench.load import TopicTap, wait_group_drained
+from notifyd.tools.bench.load import TopicTap, status_changelog, status_row, wait_group_drained
 
 RUN_TIMEOUT_S = 1800.0
 
 
 class _FanoutCounter:
-    """Distinct recipients of one event on ``notifyd.events`` and in-app sent on status."""
+    """Distinct recipients of one event on ``notifyd.events`` and their in-app ``sent`` in the
+    status changelog."""
 
     def __init__(self, event_id: str, nids: dict[str, str]) -> None:
         self.event_id = event_id.encode()
@@ -44,8 +45,8 @@ class _FanoutCounter:
         self.last_delivered_at = 0.0
         self.all_delivered = asyncio.Event()
 
-    def on_event(self, value: bytes, now: float) -> None:
-        if self.event_id not in value or b'"user_id"' not in value:
+    def on_event(self, value: bytes | None, now: float) -> None:
+        if value is None or self.event_id not in value or b'"user_id"' not in value:
             return
         user = orjson.loads(value).get("user_id")
         if isinstance(user, str):
@@ -53,17 +54,17 @@ class _FanoutCounter:
             self.produced.add(user)
             self.last_produced_at = now
 
-    def on_status(self, value: bytes, now: float) -> None:
-        msg = orjson.loads(value)
-        user = self.nids.get(msg.get("notification_id"))
-        if user is None:
+    def on_status(self, value: bytes | None, now: float) -> None:
+        doc = status_row(value)
+        user = self.nids.get(doc["notification_id"]) if doc is not None else None
+        if doc is None or user is None or user in self.delivered:
             return
-        for u in msg.get("updates") or ():
-            if u.get("channel") == "inapp" and u.get("status") == "sent":
-                self.delivered.add(user)
-                self.last_delivered_at = now
-                if len(self.delivered) == len(self.nids):
-                    self.all_delivered.set()
+        inapp = (doc.get("channels") or {}).get("inapp") or {}
+        if inapp.get("status") == "sent":
+            self.delivered.add(user)
+            self.last_delivered_at = now
+            if len(self.delivered) == len(self.nids):
+                self.all_delivered.set()
 
 
 async def _subscribe_all(bench: Any, topic_name: str, names: Any, users: list[str]) -> float:
@@ -145,7 +146,7 @@ async def run_fanout(bench: Any, subscribers: int, workers: int) -> dict[str, An
         )
         taps = [
             await TopicTap(bench.bootstrap, names.events, counter.on_event).start(),
-            await TopicTap(bench.bootstrap, names.status, counter.on_status).start(),
+            await TopicTap(bench.bootstrap, status_changelog(app_id), counter.on_status).start(),
         ]
         try:
             event = {"event_id": event_id, "topic": topic_name, "title": "Release notes",

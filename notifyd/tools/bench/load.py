@@ -104,7 +104,9 @@ async def _end_positioned_consumer(bootstrap: str, topic: str) -> Any:
 class TopicTap:
     """Consumes a topic from its end in the background, handing each value to ``on``."""
 
-    def __init__(self, bootstrap: str, topic: str, on: Callable[[bytes, float], None]) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, on: Callable[[bytes | None, float], None]
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.on = on
@@ -133,11 +135,39 @@ class TopicTap:
             await self._consumer.stop()
 
 
+def status_changelog(app_id: str) -> str:
+    """The status table's changelog: every status row as written (a notification's row
+    lives in its user's partition and is folded where its updates happen, so this, not
+    ``notifyd.status``, carries every transition)."""
+    return f"{app_id}-status-changelog"
+
+
+def status_row(value: bytes | None) -> dict[str, Any] | None:
+    """A status row of the changelog (None: a tombstone or not a row)."""
+    if value is None:
+        return None
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and "notification_id" in doc else None
+
+
+def newly_sent(doc: dict[str, Any], seen: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Channels of ``doc`` now ``sent`` that are not in ``seen`` (added to it)."""
+    out = []
+    for ch, entry in (doc.get("channels") or {}).items():
+        if ch not in seen and isinstance(entry, dict) and entry.get("status") == "sent":
+            seen.add(ch)
+            out.append((ch, entry))
+    return out
+
+
 class StatusTracker:
-    """Follows ``notifyd.status``: counts in-app ``sent`` updates and splits latency
-    into stages with the worker's own timestamps — *ingest* (produce → the ingest agent
-    accepted the event) and, per channel, *send* (accepted → provider call done,
-    the ``latency_ms`` of the ``sent`` update)."""
+    """Follows the status changelog (:func:`status_changelog`): counts in-app ``sent``
+    channels and splits latency into stages with the worker's own timestamps — *ingest*
+    (produce → the ingest agent accepted the event) and, per channel, *send* (accepted →
+    provider call done, the channel's ``latency_ms``)."""
 
     def __init__(self) -> None:
         self.inapp_sent = 0
@@ -145,34 +175,33 @@ class StatusTracker:
         #: event_id -> produce time, filled by the producer, popped here.
         self.t0: dict[str, float] = {}
         self._nid_run: dict[str, str] = {}
+        self._sent: dict[str, set[str]] = {}
         self.stages: dict[str, dict[str, list[float]]] = {}
 
     def _stage(self, run: str, name: str) -> list[float]:
         return self.stages.setdefault(run, {}).setdefault(name, [])
 
-    def __call__(self, value: bytes, now: float) -> None:
-        try:
-            msg = orjson.loads(value)
-        except orjson.JSONDecodeError:
+    def __call__(self, value: bytes | None, now: float) -> None:
+        doc = status_row(value)
+        if doc is None:
             return
-        nid = msg.get("notification_id")
-        content = msg.get("content")
-        if content:
-            eid = str(content.get("event_id"))
-            run = eid.rsplit("-", 1)[0]
-            self._nid_run[nid] = run
+        nid = str(doc["notification_id"])
+        run = self._nid_run.get(nid)
+        if run is None:
+            eid = doc.get("event_id")
+            if eid is None:  # a channel's outcome folded before the event's content
+                return
+            eid = str(eid)
+            run = self._nid_run[nid] = eid.rsplit("-", 1)[0]
             t0 = self.t0.pop(eid, None)
-            if t0 is not None and isinstance(content.get("accepted_at"), int | float):
-                self._stage(run, "ingest").append((content["accepted_at"] - t0) * 1000.0)
-        for u in msg.get("updates") or ():
-            if u.get("status") != "sent":
-                continue
-            if u.get("channel") == "inapp":
+            if t0 is not None and isinstance(doc.get("accepted_at"), int | float):
+                self._stage(run, "ingest").append((doc["accepted_at"] - t0) * 1000.0)
+        for ch, entry in newly_sent(doc, self._sent.setdefault(nid, set())):
+            if ch == "inapp":
                 self.inapp_sent += 1
                 self.last_inapp_at = now
-            run_of = self._nid_run.get(nid)
-            if run_of is not None and isinstance(u.get("latency_ms"), int | float):
-                self._stage(run_of, f"{u['channel']}_send").append(float(u["latency_ms"]))
+            if isinstance(entry.get("latency_ms"), int | float):
+                self._stage(run, f"{ch}_send").append(float(entry["latency_ms"]))
 
     def summary(self, run: str) -> dict[str, Any]:
         return {k: latency_summary(v) for k, v in sorted(self.stages.get(run, {}).items())}

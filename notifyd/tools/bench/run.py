@@ -11,7 +11,7 @@ Phases (each one's figures are in the result JSON under the same name):
    ``webhook`` and ``inapp`` channels (validate, dedupe, preferences, rules, fan-out,
    signed webhook to a local sink, inbox table, status fold).  Throughput: N events
    produced as fast as possible until every webhook reached the sink and every in-app
-   delivery was reported ``sent`` on ``notifyd.status``.  Latency: produce time
+   delivery was reported ``sent`` in the status changelog.  Latency: produce time
    (``data.t0``) to the sink's receipt, at each fixed rate.
 3. **ratios** — notifyd ÷ floor; notifyd's HTTP deliveries/s ÷ the Quix peer's and ÷ the
    sink's capacity (phases 6 to 8).
@@ -65,6 +65,7 @@ from notifyd.tools.bench.load import (
     create_topics,
     produce_fast,
     produce_paced,
+    status_changelog,
     wait_done,
     wait_group_caught_up,
     wait_group_drained,
@@ -518,7 +519,7 @@ class Bench:
             out["preload_s"] = round(await self._preload(names.preferences, app_id), 2)
             out["worker_rss_after_preload_mb"] = proc_mem_mb(w.pid)[0]
             inapp = StatusTracker()
-            tap = await TopicTap(self.bootstrap, names.status, inapp).start()
+            tap = await TopicTap(self.bootstrap, status_changelog(app_id), inapp).start()
             users = [f"u{i}" for i in range(o.users)]
             try:
                 out["throughput"] = await self._throughput(w, names, users, inapp)
@@ -648,7 +649,7 @@ class Bench:
             out["ready_s"] = round(await w.wait_ready_async(), 2)
             out["preload_s"] = round(await self._preload(names.preferences, app_id), 2)
             inapp = StatusTracker()
-            tap = await TopicTap(self.bootstrap, names.status, inapp).start()
+            tap = await TopicTap(self.bootstrap, status_changelog(app_id), inapp).start()
             try:
                 users = [f"u{i}" for i in range(o.users)]
                 out["throughput"] = await self._throughput(w, names, users, inapp)
@@ -708,7 +709,7 @@ class Bench:
     ) -> tuple[list[RunStats], dict[str, Any]]:
         """Produce ``n`` events on ``channels`` (fast, or paced at ``rate_per_s``) and wait
         until the sink saw each once under every one of ``kinds``, every in-app ``sent``
-        is on the status topic (with an ``inapp`` tracker) and the group
+        is in the status changelog (with an ``inapp`` tracker) and the group
         ``self._group`` has no backlog on ``self._drain_topics``; ``abort()`` ends the
         wait early (the consumer died).  The run's stats, one per kind."""
         run_id = f"nd-{run}-{self.tag}"

@@ -21,7 +21,7 @@ from notifyd.web.routing import route
 #: Tables whose rows are written while a record keyed by the user is processed (an
 #: event, a delivery): a row lives in its user's partition, whatever its own key hashes
 #: to, so a look-up must name the user to reach the worker that holds it.
-USER_PARTITIONED = frozenset({"seen", "ledger", "scheduled", "cancels"})
+USER_PARTITIONED = frozenset({"seen", "ledger", "scheduled", "cancels", "status"})
 
 #: Query of ``GET /api/v1/admin/tables/{table}/{key}`` (also in the OpenAPI document).
 TABLE_QUERY = (
@@ -30,7 +30,7 @@ TABLE_QUERY = (
         PATH_ID,
         "The user whose partition holds the row: required for "
         f"{', '.join(sorted(USER_PARTITIONED))}; not accepted for the other tables, "
-        "whose key chooses the partition (user id, or notification id for status).",
+        "whose key chooses the partition (the user id, or a subscribers row's topic).",
     ),
 )
 

@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 from msgspec import Meta
 from swagger_ui_bundle import swagger_ui_path
+from yarl import URL
 
 from notifyd import clock
 from notifyd.domain.fallback import check_extras
@@ -69,7 +70,7 @@ from notifyd.model.responses import (
     NotificationAccepted,
 )
 from notifyd.stream import dlq
-from notifyd.stream.app import settings
+from notifyd.stream.app import app, settings
 from notifyd.stream.audience import check_topic_event
 from notifyd.stream.redrive import redrive
 from notifyd.stream.tables import inbox, preferences, status
@@ -100,7 +101,14 @@ from notifyd.web.openapi import (
     ref,
 )
 from notifyd.web.registry import registry
-from notifyd.web.routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
+from notifyd.web.routing import (
+    HTTP_CLIENT,
+    ROUTED_HEADER,
+    is_local,
+    owner_of,
+    owner_unreachable,
+    route,
+)
 
 log = structlog.stdlib.get_logger("notifyd.web.api.v1")
 
@@ -648,17 +656,15 @@ def _not_found(nid: str) -> NotFound:
     "GET", "/api/v1/notifications/{notification_id}", summary="Delivery status",
     auth="user", tags=("notifications",), routed=True, errors=(404,),
     description="Per-channel delivery state. Another user's notification is 404 "
-    "(operators see all).",
+    "(operators see all: with ``user_id``, the notification's user, the look-up goes "
+    "straight to the worker holding it; without, every worker is asked).",
+    query=(Param("user_id", PATH_ID, "operators: the notification's user"),),
     responses={200: Resp("The status document", ref("NotificationStatus"))},
 )
 async def get_notification(call: Call) -> web.StreamResponse:
-    me = caller(call)
     nid = call.path["notification_id"]
-    routed = await route(call.request, "status", nid)
-    if routed is not None:
-        return routed
-    doc = status.get(nid)
-    if doc is None or (doc.get("user_id") != me.user_id and not me.is_operator):
+    doc = await _status_doc(call, nid)
+    if doc is None:
         raise _not_found(nid)
     return json_response({k: v for k, v in doc.items() if k != "p"})
 
@@ -763,17 +769,46 @@ async def delete_notification(call: Call) -> web.StreamResponse:
 
 
 async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
-    """The caller's view of a status document (None: unknown or not theirs), read here
-    or asked of the worker owning the notification id's partition."""
-    owner = owner_of("status", nid)
-    if is_local(owner):
-        me = caller(call)
-        doc: dict[str, Any] | None = status.get(nid)
-        if doc is None or (doc.get("user_id") != me.user_id and not me.is_operator):
-            return None
-        return doc
+    """The caller's view of a status document (None: unknown or not theirs).
+
+    A row lives in its user's partition: the caller's own, or for an operator the
+    ``user_id`` given (without one, every worker is asked).  A row from before rows
+    moved there lives in the notification id's partition, asked next.  A worker asked
+    by another answers from its own rows only."""
+    me = caller(call)
+    if call.request.headers.get(ROUTED_HEADER):
+        return _visible(status.get(nid), me)
+    user_id = call.query.get("user_id") if me.is_operator else None
+    if me.is_operator and user_id is None:
+        owners = [URL(url) for url in app.router.table_metadata("status")] or [
+            owner_of("status", nid)
+        ]
+    else:
+        owners = [owner_of("status", user_id or me.user_id), owner_of("status", nid)]
+    asked: set[URL] = set()
+    for owner in owners:
+        if owner in asked:
+            continue
+        asked.add(owner)
+        doc = _visible(status.get(nid), me) if is_local(owner) else await _ask_owner(
+            call, owner, nid
+        )
+        if doc is not None:
+            return doc
+    return None
+
+
+def _visible(doc: dict[str, Any] | None, me: Any) -> dict[str, Any] | None:
+    if doc is None or (doc.get("user_id") != me.user_id and not me.is_operator):
+        return None
+    return doc
+
+
+async def _ask_owner(call: Call, owner: URL, nid: str) -> dict[str, Any] | None:
+    """``owner``'s own status row of ``nid`` as the caller may see it."""
     keep = ("authorization", "cookie", "host", "origin")
     headers = {k: v for k, v in call.request.headers.items() if k.lower() in keep}
+    headers[ROUTED_HEADER] = str(app.conf.canonical_url)
     url = owner.with_path(f"/api/v1/notifications/{nid}")
     try:
         async with call.request.app[HTTP_CLIENT].get(url, headers=headers) as resp:
