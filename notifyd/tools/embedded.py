@@ -113,8 +113,10 @@ async def _demo(
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
 
-        async def table(name: str, key: str) -> Any:
-            async with http.get(f"{web}/api/v1/admin/tables/{name}/{key}", headers=headers) as r:
+        async def table(name: str, key: str, user_id: str | None = None) -> Any:
+            query = {"user_id": user_id} if user_id else None
+            async with http.get(f"{web}/api/v1/admin/tables/{name}/{key}", params=query,
+                                headers=headers) as r:
                 return (await r.json())["value"] if r.status == 200 else None
 
         deadline = time.monotonic() + 20
@@ -139,7 +141,7 @@ async def _demo(
         nid = notification_id_for(DEMO_USER, event_id)
         doc: Any = None
         while time.monotonic() - started < 30:
-            doc = await table("status", nid)
+            doc = await table("status", nid, DEMO_USER)  # in the user's partition
             if doc and all(
                 doc["channels"].get(ch, {}).get("status")
                 in ("sent", "failed", "dead", "suppressed")

@@ -716,11 +716,10 @@ def _elsewhere(owners: dict[int, int], user_worker: int, *keys: str) -> bool:
 
 
 async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None:
-    """seen, ledger and scheduled rows live in their user's partition, whatever their
-    own key hashes to; status rows in their notification id's.  Each is found through
-    either worker.  The event ids are picked so that every seen/ledger/scheduled key
-    hashes to a partition of the OTHER worker: routed by its own key, a look-up lands
-    on the worker that does not hold the row."""
+    """seen, ledger, scheduled and status rows live in their user's partition, whatever
+    their own key hashes to.  Each is found through either worker.  The event ids are
+    picked so that every key hashes to a partition of the OTHER worker: routed by its
+    own key, a look-up lands on the worker that does not hold the row."""
     op = op_token(api)
     owners = _owners(api)
     assert set(owners.values()) == {0, 1}, owners
@@ -729,7 +728,7 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
     eids: list[str] = []
     while len(eids) < 2:
         eid = new_id("evt")
-        if _elsewhere(owners, home, idempotency_scope(user, eid),
+        if _elsewhere(owners, home, idempotency_scope(user, eid), notification_id_for(user, eid),
                       f"{notification_id_for(user, eid)}:sms"):
             eids.append(eid)
     sent_eid, deferred_eid = eids
@@ -765,7 +764,7 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
 
     rows = [("seen", sent_seen, user), ("seen", deferred_seen, user),
             ("ledger", f"{sent_nid}:sms", user), ("scheduled", f"{deferred_nid}:sms", user),
-            ("status", sent_nid, None), ("status", deferred_nid, None)]
+            ("status", sent_nid, user), ("status", deferred_nid, user)]
     answers = {(i, table, key): lookup(i, table, key, uid).status
                for i in BOTH for table, key, uid in rows}
     assert answers == dict.fromkeys(answers, 200)
@@ -783,11 +782,11 @@ async def test_admin_table_lookups_reach_the_users_partition(api: Stack) -> None
         assert scheduled["value"]["due"] == deferred["deliver_at"]
         assert scheduled["value"]["delivery"]["user_id"] == user
         assert scheduled["worker"].rstrip("/") == home_url
-        for nid in (sent_nid, deferred_nid):  # status: keyed (and partitioned) by nid
-            status = lookup(i, "status", nid, user_id=None).ok()
-            assert status["value"]["user_id"] == user
-            assert status["worker"].rstrip("/") == api.workers[owners[_partition(nid)]].url
+        for nid in (sent_nid, deferred_nid):  # status: keyed by nid, in the user's partition
+            status = lookup(i, "status", nid).ok()
+            assert status["value"]["user_id"] == user and status["value"]["p"] == user_p
+            assert status["worker"].rstrip("/") == home_url
         # What is not there is a clean 404 from the owner; a missing user a clean 400.
         lookup(i, "ledger", f"{deferred_nid}:sms").error(404, "key_not_found")
         lookup(i, "seen", sent_seen, user_id=None).error(400, "missing_parameter")
-        lookup(i, "status", sent_nid).error(400, "invalid_parameter")
+        lookup(i, "status", sent_nid, user_id=None).error(400, "missing_parameter")

@@ -173,6 +173,15 @@ class WorkerProcess(WorkerSubprocess):
         return {"Authorization": f"Bearer {self.operator_token}"}
 
     def table(self, table: str, key: str) -> Any:
+        if table == "status":
+            # A status row lives in its user's partition: without the user, the API asks
+            # every worker for it.
+            status, body = self.get(f"/api/v1/notifications/{key}", self.op_headers)
+            if status == 503:
+                return None
+            if status not in (200, 404):
+                raise AssertionError(f"status query failed: {status} {body}")
+            return body if status == 200 else None
         status, body = self.get(
             f"/api/v1/admin/tables/{table}/{key}",
             {"Authorization": f"Bearer {self.operator_token}"},

@@ -307,12 +307,18 @@
     }
   }
 
+  // A status row lives in its user's partition: with the user, one worker is asked.
+  function notificationUrl(nid, uid) {
+    const q = uid ? "?user_id=" + encodeURIComponent(uid) : "";
+    return "/api/v1/notifications/" + encodeURIComponent(nid) + q;
+  }
+
   async function refreshSent() {
     const pending = sent.filter((s) => !s.doc || Object.values(s.doc.channels || {})
       .some((c) => !["sent", "failed", "dead", "suppressed"].includes(c.status)));
     if (!pending.length) return;
     await Promise.all(pending.slice(0, 10).map(async (s) => {
-      try { s.doc = await api("GET", "/api/v1/notifications/" + encodeURIComponent(s.nid)); }
+      try { s.doc = await api("GET", notificationUrl(s.nid, s.user_id)); }
       catch (err) { /* not folded yet */ }
     }));
     renderSent();
@@ -440,7 +446,7 @@
     for (const s of sent) if (s.user_id === uid) seen.set(s.nid, Math.max(seen.get(s.nid) || 0, s.at));
     const newest = [...seen.entries()].sort((a, b) => b[1] - a[1]).slice(0, 10);
     const docs = await Promise.all(newest.map(async ([nid]) => {
-      try { return await api("GET", "/api/v1/notifications/" + encodeURIComponent(nid)); }
+      try { return await api("GET", notificationUrl(nid, uid)); }
       catch (err) { return { notification_id: nid, channels: {}, title: "(no status)" }; }
     }));
     const tbody = $("user-deliveries").querySelector("tbody");
