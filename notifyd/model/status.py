@@ -1,5 +1,6 @@
-"""Status: the updates on ``notifyd.status`` and the document they fold into (a row of
-the ``status`` table, and ``GET /api/v1/notifications/{id}/status``).
+"""Status: the updates handlers publish (folded where they happen, or carried by
+``notifyd.status``) and the document they fold into (a row of the ``status`` table, in
+its user's partition, and ``GET /api/v1/notifications/{id}``).
 
 Writers build updates as plain dicts on the hot path (``notifyd.pipeline``,
 ``notifyd.timing``, ``notifyd.fallback``, ``notifyd.scheduler``); these models state
@@ -28,7 +29,7 @@ Epoch = Annotated[float, Meta(description="epoch seconds")]
 
 
 class ChannelUpdate(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
-    """One channel's new state, as published on ``notifyd.status``."""
+    """One channel's new state, as published (``publish_status``)."""
 
     channel: Channel
     status: ChannelState
@@ -90,7 +91,8 @@ class Cancel(msgspec.Struct):
 
 
 class StatusRecord(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
-    """A record of ``notifyd.status`` (key: the notification id)."""
+    """A status record: folded where it is published, or a record of ``notifyd.status``
+    (key: the notification id; partition: its user's)."""
 
     notification_id: str
     updates: list[ChannelUpdate] = []

@@ -181,4 +181,4 @@ class SmtpProvider(Provider):
         if refused:  # aiosmtplib raises when all are refused; guard anyway
             rcpt, r = next(iter(refused.items()))
             raise _code_error(r.code, r.message, f"{what} refused {rcpt}")
-        return SendReceipt(provider_id=msg["Message-ID"], detail={"smtp_host": self._host})
+        return SendReceipt(provider_id=str(msg["Message-ID"]), detail={"smtp_host": self._host})

@@ -497,7 +497,11 @@ async def test_notifications_flow(api: Stack) -> None:
         c.call(i, "GET", f"/api/v1/notifications/{new_id('none')}").error(
             404, "notification_not_found")
     assert c.call(1, "GET", f"/api/v1/notifications/{nid}", token=op_token(api)).ok()["user_id"] \
-        == c.user_id  # operators see every status
+        == c.user_id  # operators see every status (without the user: every worker asked)
+    by_user = f"/api/v1/notifications/{nid}?user_id={c.user_id}"
+    for i in BOTH:  # with the user: the worker holding the row; for a user, no way in
+        assert c.call(i, "GET", by_user, token=op_token(api)).ok()["user_id"] == c.user_id
+        stranger.call(i, "GET", by_user).error(404, "notification_not_found")
 
     # Read through worker 1: visible at once through worker 0.
     item = c.call(1, "PATCH", f"/api/v1/notifications/{nid}", {"read": True}).ok()

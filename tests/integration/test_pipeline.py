@@ -267,7 +267,7 @@ async def test_resent_event_id_delivered_once(stack: Stack) -> None:
     # A later, different event proves the re-sent ones were processed (and dropped).
     marker = new_id("evt")
     await stack.send_events({**ev, "event_id": marker})
-    await wait_states(stack, notification_id_for(user, marker), {"sms": "sent"})
+    await wait_states(stack, notification_id_for(user, marker), {"sms": "sent", "email": "sent"})
     assert len(sms_to(stack, c["phone"])) == 2
     assert len(emails_to(stack, c["email"])) == 2
     assert len(stack.worker.table("inbox", user)["items"]) == 2

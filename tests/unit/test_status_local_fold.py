@@ -24,6 +24,10 @@ def _event(topic: str, partition: int, key: bytes) -> Any:
     return Event(app, key, b"{}", [], m)
 
 
+class _Id(str):
+    """A provider id of a ``str`` subclass (the SMTP provider's Message-ID header was)."""
+
+
 class Sent:
     """``notifyd.status`` as a list of (key, partition, value)."""
 
@@ -58,13 +62,20 @@ def test_held_partition_is_the_current_events_of_our_own_topics() -> None:
 
 async def test_a_record_of_a_held_partition_is_folded_here(sent: Sent) -> None:
     user, nid = _user_in(2), f"n-{uuid.uuid4().hex[:8]}"
+    content = {"user_id": user, "event_id": "e1", "tags": ("a", "b"), "data": {"k": 1}}
     with current_event(_event(names.events, 2, user.encode())):
         await publish_status(nid, [status_update("inapp", "queued", 1.0)],
-                             content={"user_id": user, "event_id": "e1"}, user_id=user)
-        await publish_status(nid, [status_update("inapp", "sent", 2.0)], user_id=user)
+                             content=content, user_id=user)
+        await publish_status(nid, [status_update("inapp", "sent", 2.0, provider_id=_Id("m1"))],
+                             user_id=user)
     assert sent.records == []
     doc = status.get(nid)
+    assert type(doc["channels"]["inapp"]["provider_id"]) is str  # as the topic gives it
     assert doc["user_id"] == user and doc["p"] == 2
+    # The row holds what the topic would have carried: JSON types, nothing shared.
+    assert doc["tags"] == ["a", "b"] and doc["data"] == {"k": 1}
+    content["data"]["k"] = 2
+    assert doc["data"] == {"k": 1}
     assert doc["channels"]["inapp"]["status"] == "sent"
     assert [h["status"] for h in doc["channels"]["inapp"]["history"]] == ["queued", "sent"]
 

@@ -98,11 +98,14 @@ async def publish_status(
         value["cancel"] = cancel
     metrics.status_updates(updates)
     partition = partition_for(user_id if user_id is not None else nid)
+    raw = dumps(value)
     if held_partition() == partition:
-        jobs = fold_one(nid, value, partition)
+        # The record as the topic would carry it: JSON types only (a provider's id may be
+        # a str subclass, content may hold tuples) and nothing shared with the caller.
+        jobs = fold_one(nid, loads(raw), partition)
         await enqueue_callbacks(jobs)
         return
-    await status_topic.send(key=nid.encode(), value=dumps(value), partition=partition)
+    await status_topic.send(key=nid.encode(), value=raw, partition=partition)
 
 
 def fold_one(nid: str, msg: dict[str, Any], partition: int) -> list[dict[str, Any]]:

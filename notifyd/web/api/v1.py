@@ -103,7 +103,6 @@ from notifyd.web.openapi import (
 from notifyd.web.registry import registry
 from notifyd.web.routing import (
     HTTP_CLIENT,
-    ROUTED_HEADER,
     is_local,
     owner_of,
     owner_unreachable,
@@ -768,15 +767,20 @@ async def delete_notification(call: Call) -> web.StreamResponse:
         await asyncio.sleep(0.05)  # polling the status fold, bounded by the deadline
 
 
+#: Asks a worker for the status rows it holds itself (the look-up that sends it has
+#: chosen the worker; only narrows the search, the caller's rights apply as ever).
+OWN_ROWS_HEADER = "X-Notifyd-Own-Rows"
+
+
 async def _status_doc(call: Call, nid: str) -> dict[str, Any] | None:
     """The caller's view of a status document (None: unknown or not theirs).
 
     A row lives in its user's partition: the caller's own, or for an operator the
     ``user_id`` given (without one, every worker is asked).  A row from before rows
     moved there lives in the notification id's partition, asked next.  A worker asked
-    by another answers from its own rows only."""
+    by another (``OWN_ROWS_HEADER``) answers from its own rows only."""
     me = caller(call)
-    if call.request.headers.get(ROUTED_HEADER):
+    if call.request.headers.get(OWN_ROWS_HEADER):
         return _visible(status.get(nid), me)
     user_id = call.query.get("user_id") if me.is_operator else None
     if me.is_operator and user_id is None:
@@ -808,7 +812,7 @@ async def _ask_owner(call: Call, owner: URL, nid: str) -> dict[str, Any] | None:
     """``owner``'s own status row of ``nid`` as the caller may see it."""
     keep = ("authorization", "cookie", "host", "origin")
     headers = {k: v for k, v in call.request.headers.items() if k.lower() in keep}
-    headers[ROUTED_HEADER] = str(app.conf.canonical_url)
+    headers[OWN_ROWS_HEADER] = "1"
     url = owner.with_path(f"/api/v1/notifications/{nid}")
     try:
         async with call.request.app[HTTP_CLIENT].get(url, headers=headers) as resp:
