@@ -101,13 +101,7 @@ from notifyd.web.openapi import (
     ref,
 )
 from notifyd.web.registry import registry
-from notifyd.web.routing import (
-    HTTP_CLIENT,
-    is_local,
-    owner_of,
-    owner_unreachable,
-    route,
-)
+from notifyd.web.routing import HTTP_CLIENT, is_local, owner_of, owner_unreachable, route
 
 log = structlog.stdlib.get_logger("notifyd.web.api.v1")
 
