@@ -1,4 +1,6 @@
-"""notifyd.status: fold every delivery transition into the status table, in batches."""
+"""notifyd.status: fold, in batches, the status records a handler could not fold itself
+(a timer's, the reconciler's, a callback's: ``publish_status``); each is in its user's
+partition, whose owner holds the row."""
 
 from __future__ import annotations
 
