@@ -176,21 +176,15 @@ class WorkerProcess(WorkerSubprocess):
         if table == "status":
             # A status row lives in its user's partition: without the user, the API asks
             # every worker for it.
-            status, body = self.get(f"/api/v1/notifications/{key}", self.op_headers)
-            if status == 503:
-                return None
-            if status not in (200, 404):
-                raise AssertionError(f"status query failed: {status} {body}")
-            return body if status == 200 else None
-        status, body = self.get(
-            f"/api/v1/admin/tables/{table}/{key}",
-            {"Authorization": f"Bearer {self.operator_token}"},
-        )
+            path, take = f"/api/v1/notifications/{key}", lambda body: body
+        else:
+            path, take = f"/api/v1/admin/tables/{table}/{key}", lambda body: body["value"]
+        status, body = self.get(path, self.op_headers)
         if status == 503:  # rebalancing / not ready: the caller polls again
             return None
         if status not in (200, 404):
-            raise AssertionError(f"table query failed: {status} {body}")
-        return body["value"] if status == 200 else None
+            raise AssertionError(f"{table} query failed: {status} {body}")
+        return take(body) if status == 200 else None
 
 
 JWT_SECRET = "integration-tests-jwt-secret-0123456789abcdef"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from faust.streams import _current_event
+from faust.streams import current_event as faust_current_event
 from faust.types import EventT
 
 from notifyd.stream.declare import Table
@@ -66,8 +67,7 @@ def current_event(ev: EventT[Any]) -> _EventScope:
 def held_partition() -> int | None:
     """The partition of the current event when it is one of notifyd's own topics (all
     co-partitioned: this worker then holds that partition of every table), else None."""
-    got = _current_event.get(None)
-    ev = got() if got is not None else None
+    ev = faust_current_event()
     if ev is None:
         return None
     message = ev.message
