@@ -159,10 +159,8 @@ class CpuMeter:
         return out
 
 
-def delivery_routes(url: str, timeout: float = 5.0) -> dict[str, dict[str, float]]:
-    """``{channel: {route: count}}`` of a worker's ``notifyd_deliveries_queued`` (how
-    many deliveries went to their channel's lane in the worker, how many through the
-    channel topic); {} when ``{url}/metrics`` cannot be read."""
+def _metric_families(url: str, timeout: float) -> list[Any]:
+    """The families of ``{url}/metrics`` ([] when it cannot be read)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -171,12 +169,41 @@ def delivery_routes(url: str, timeout: float = 5.0) -> dict[str, dict[str, float
         with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as resp:
             text = resp.read().decode()
     except OSError:
-        return {}
+        return []
+    return list(text_string_to_metric_families(text))
+
+
+def delivery_routes(url: str, timeout: float = 5.0) -> dict[str, dict[str, float]]:
+    """``{channel: {route: count}}`` of a worker's ``notifyd_deliveries_queued`` (how
+    many deliveries went to their channel's lane in the worker, how many through the
+    channel topic); {} when ``{url}/metrics`` cannot be read."""
     out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(text):
+    for family in _metric_families(url, timeout):
         if family.name != "notifyd_deliveries_queued":
             continue
         for s in family.samples:
             if s.name.endswith("_total"):
                 out.setdefault(s.labels["channel"], {})[s.labels["route"]] = s.value
     return out
+
+
+def counters(url: str, timeout: float = 5.0) -> dict[str, float]:
+    """Every counter sample of a worker's ``/metrics`` as ``name{labels}: value``, so
+    two readings show what the worker did between them."""
+    out: dict[str, float] = {}
+    for family in _metric_families(url, timeout):
+        if family.type != "counter":
+            continue
+        for s in family.samples:
+            if s.name.endswith("_total"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def counter_changes(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The counters that moved from ``before`` to ``after``, by how much."""
+    return {
+        k: round(v - before.get(k, 0.0), 3) for k, v in sorted(after.items())
+        if v != before.get(k, 0.0)
+    }

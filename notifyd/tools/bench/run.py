@@ -73,6 +73,8 @@ from notifyd.tools.bench.load import (
 from notifyd.tools.bench.meter import (
     CpuMeter,
     _loadavg,
+    counter_changes,
+    counters,
     delivery_routes,
     dir_mb,
     machine_info,
@@ -622,12 +624,22 @@ class Bench:
         """The worker's CPU with no traffic: ``idle_s`` after its backlog is drained."""
         o = self.opts
         meter = CpuMeter(self.pids(worker=w.pid)).start()
+        threads0 = thread_cpu_s(w.pid)
+        seen0 = await asyncio.to_thread(counters, w.url)
         await asyncio.sleep(o.idle_s)  # the measurement window itself
+        threads1 = thread_cpu_s(w.pid)
+        seen1 = await asyncio.to_thread(counters, w.url)
         cpu = meter.stop()
         used = cpu.get("worker")
         pct = round(100 * used / cpu["wall_s"], 2) if used is not None else None
         self.progress.note(f"notifyd idle: {pct}% of a core")
-        return {"seconds": cpu["wall_s"], "cpu_s": used, "cpu_pct_of_core": pct}
+        out: dict[str, Any] = {"seconds": cpu["wall_s"], "cpu_s": used, "cpu_pct_of_core": pct}
+        if threads0 and threads1 and w.processes == 1:
+            # Which side an unexpected figure is on: the event loop or the consumer thread.
+            out["worker_threads"] = {k: round(threads1[k] - threads0[k], 3) for k in threads0}
+        # What the worker did meanwhile (records, commits, collections, sweeps…).
+        out["counters_moved"] = counter_changes(seen0, seen1)
+        return out
 
     async def scaling(self, one: dict[str, Any]) -> dict[str, Any]:
         """The same throughput run on ``worker --processes N`` (one per core), against
