@@ -44,6 +44,11 @@ EXPIRE_CHUNK = 500
 REBUILD_CHUNK = 5000
 #: Rows the sweep reads between yields to the event loop.
 SWEEP_CHUNK = 5000
+#: Longest the loop sleeps with nothing due: a push of an earlier entry and the end of
+#: a rebalance wake it sooner; what is left to poll (the reconciler, the sweep) is on a
+#: clock of its own.  Ticking twice a second instead was 2 of an idle worker's ~11
+#: wake-ups per second.
+IDLE_TICK_S = 5.0
 
 #: Hands a due row (key, row) on: see ``notifyd.stream.handlers.schedule.release``.
 Release = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -63,11 +68,34 @@ class Scheduler:
         #: Seconds the last rebuild took (bench, logs).
         self.last_rebuild_s = 0.0
         self._sweeping: asyncio.Task[None] | None = None
+        #: While the loop sleeps: what wakes it, and until when it sleeps (clock time).
+        self._waker: asyncio.Future[None] | None = None
+        self._until = 0.0
 
     def push(self, due: float, key: str, partition: int) -> None:
         heapq.heappush(self.heap, (due, key, partition))
         if self._rebuilding is not None:
             self._rebuilding.append((due, key, partition))
+        if due < self._until:
+            self.wake()
+
+    def wake(self) -> None:
+        """End the loop's sleep now (an entry due earlier, an assignment changed)."""
+        waker = self._waker
+        if waker is not None and not waker.done():
+            waker.set_result(None)
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds or until :meth:`wake`."""
+        loop = asyncio.get_running_loop()
+        waker: asyncio.Future[None] = loop.create_future()
+        self._waker, self._until = waker, clock.now() + delay
+        timer = loop.call_later(delay, self.wake)
+        try:
+            await waker
+        finally:
+            timer.cancel()
+            self._waker, self._until = None, 0.0
 
     def _ready(self) -> bool:
         return not app.rebalancing and recovery_done(app)
@@ -122,13 +150,19 @@ class Scheduler:
                 heapq.heappush(self.heap, (due, key, partition))
                 return 1.0
             self.released[key] = due
-        if now - self.last_reconcile > min(10.0, settings.requeue_after_s / 2):
+        if now - self.last_reconcile > reconcile_interval_s():
             self.last_reconcile = now
             await reconcile(self.active, now)
         if now - self.last_sweep > sweep_interval_s() and not self.sweeping():
             self.last_sweep = now
             self._sweeping = asyncio.create_task(self.sweep(now), name="notifyd.sweep")
-        return min(0.5, self.heap[0][0] - now) if self.heap else 0.5
+        # Until the next entry is due, the next reconcile or sweep, or IDLE_TICK_S.
+        until = min(
+            self.last_reconcile + reconcile_interval_s(),
+            self.last_sweep + sweep_interval_s() if not self.sweeping() else now + IDLE_TICK_S,
+            self.heap[0][0] if self.heap else now + IDLE_TICK_S,
+        )
+        return min(IDLE_TICK_S, max(0.0, until - now))
 
     def sweeping(self) -> bool:
         return self._sweeping is not None and not self._sweeping.done()
@@ -181,6 +215,11 @@ class Scheduler:
                 log.info("sweep.expired", table=name, count=sum(map(len, expired.values())))
 
 
+def reconcile_interval_s() -> float:
+    """Seconds between the reconciler's passes: half the re-queue delay, at most 10 s."""
+    return min(10.0, settings.requeue_after_s / 2)
+
+
 def sweep_interval_s() -> float:
     """Seconds between sweeps: a hundredth of the shortest TTL, within 1 to 60 minutes."""
     shortest = min(settings.dedupe_ttl_s, settings.status_ttl_s)
@@ -200,6 +239,6 @@ async def run_scheduler(release: Release, reconcile: Reconcile) -> None:
             except Exception:
                 log.exception("scheduler.tick_failed")
                 delay = 1.0
-            await asyncio.sleep(max(delay, 0.01))
+            await scheduler.sleep(max(delay, 0.01))
     finally:
         await scheduler.stop_sweep()

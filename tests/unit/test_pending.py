@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from notifyd import clock
 from notifyd.model.records import Delivery
 from notifyd.stream import pending as pending_mod
 from notifyd.stream import scheduler as scheduler_mod
@@ -166,6 +167,7 @@ async def test_a_sweep_runs_beside_the_scheduler_loop_and_stops_with_it(
 
     loop = asyncio.create_task(scheduler_mod.run_scheduler(never, reconcile))
     await asyncio.wait_for(started.wait(), 5)
+    index.push(clock.now() + 3600, "later", 0)  # an entry earlier than its sleep: it ticks
     await until(lambda: len(ticks) >= 2)  # the sweep has not ended: the tick did not wait
     assert index.sweeping()
     sweep_task = index._sweeping
@@ -173,3 +175,50 @@ async def test_a_sweep_runs_beside_the_scheduler_loop_and_stops_with_it(
     loop.cancel()
     await asyncio.gather(loop, return_exceptions=True)
     assert sweep_task.cancelled() and not index.sweeping()
+
+
+async def test_an_idle_scheduler_sleeps_until_woken_by_an_earlier_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With nothing due the loop sleeps up to IDLE_TICK_S, not half a second; an entry
+    pushed meanwhile that is due sooner wakes it, and is released."""
+    build_app()
+    index = scheduler_mod.Scheduler()
+    monkeypatch.setattr(scheduler_mod, "scheduler", index)
+    monkeypatch.setattr(index, "_ready", lambda: True)
+    monkeypatch.setattr(scheduler_mod, "active_partitions", lambda: frozenset({0}))
+    monkeypatch.setattr(index, "sweep", lambda now: asyncio.sleep(0))
+    released: list[str] = []
+
+    async def release(key: str, row: dict[str, Any]) -> None:
+        released.append(key)
+
+    async def reconcile(active: frozenset[int], now: float) -> int:
+        return 0
+
+    delay = await index.tick(release, reconcile)
+    assert 0 < delay <= scheduler_mod.IDLE_TICK_S
+    assert delay > 0.5  # nothing due: no half-second polling
+
+    row = {"due": clock.now(), "p": 0}
+    monkeypatch.setattr(scheduler_mod.scheduled, "get", lambda key, default=None: row)
+    loop = asyncio.create_task(scheduler_mod.run_scheduler(release, reconcile))
+    try:
+        await until(lambda: index._waker is not None)  # asleep
+        index.push(clock.now() + 7200, "later", 0)
+        assert index._waker is not None and not index._waker.done()  # a later entry: asleep
+        index.push(row["due"], "now", 0)
+        await until(lambda: released == ["now"])
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+
+async def test_a_sleep_ends_on_wake_or_its_delay() -> None:
+    index = scheduler_mod.Scheduler()
+    sleeping = asyncio.create_task(index.sleep(3600))
+    await until(lambda: index._waker is not None)
+    index.wake()
+    await asyncio.wait_for(sleeping, 5)
+    assert index._waker is None and index._until == 0.0
+    await asyncio.wait_for(index.sleep(0.01), 5)

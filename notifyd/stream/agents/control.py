@@ -10,6 +10,7 @@ from notifyd.stream.agents.common import run_events
 from notifyd.stream.handlers.control import handle_control
 from notifyd.stream.handlers.schedule import run_scheduler
 from notifyd.stream.runtime import Runtime
+from notifyd.stream.scheduler import scheduler
 
 
 def register(rt: Runtime) -> None:
@@ -21,3 +22,9 @@ def register(rt: Runtime) -> None:
     @rt.app.task
     async def scheduler_task() -> None:
         await run_scheduler()
+
+    async def wake_scheduler(sender: Any = None, **_: Any) -> None:
+        # A new assignment: index its rows now, not at the end of an idle sleep.
+        scheduler.wake()
+
+    rt.app.on_rebalance_complete.connect(wake_scheduler, weak=False)
