@@ -222,3 +222,16 @@ async def test_a_sleep_ends_on_wake_or_its_delay() -> None:
     await asyncio.wait_for(sleeping, 5)
     assert index._waker is None and index._until == 0.0
     await asyncio.wait_for(index.sleep(0.01), 5)
+
+
+async def test_a_finished_rebalance_wakes_the_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new assignment's rows are indexed when its recovery ends, not after an idle sleep."""
+    from notifyd.stream.agents import control
+
+    rt = build_app()
+    index = scheduler_mod.Scheduler()
+    monkeypatch.setattr(control, "scheduler", index)
+    sleeping = asyncio.create_task(index.sleep(3600))
+    await until(lambda: index._waker is not None)
+    await rt.app.on_rebalance_complete.send()
+    await asyncio.wait_for(sleeping, 5)

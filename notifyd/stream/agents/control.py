@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from faust.types import StreamT
+from mode.signals import BaseSignalT
 
 from notifyd.stream.agents.common import run_events
 from notifyd.stream.handlers.control import handle_control
@@ -23,7 +24,7 @@ def register(rt: Runtime) -> None:
     async def scheduler_task() -> None:
         await run_scheduler()
 
-    async def wake_scheduler(sender: Any = None, **_: Any) -> None:
+    def wake_scheduler(sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
         # A new assignment: index its rows now, not at the end of an idle sleep.
         scheduler.wake()
 
