@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from faust.types import StreamT
-from mode.signals import BaseSignalT
 
 from notifyd.stream.agents.common import run_events
 from notifyd.stream.handlers.control import handle_control
@@ -24,8 +23,9 @@ def register(rt: Runtime) -> None:
     async def scheduler_task() -> None:
         await run_scheduler()
 
-    def wake_scheduler(sender: Any, /, *_: Any, signal: BaseSignalT[Any], **__: Any) -> None:
+    def wake_scheduler(sender: Any = None, **_: Any) -> None:
         # A new assignment: index its rows now, not at the end of an idle sleep.
         scheduler.wake()
 
-    rt.app.on_rebalance_complete.connect(wake_scheduler, weak=False)
+    complete: Any = rt.app.on_rebalance_complete  # mode's signal (typed for async receivers)
+    complete.connect(wake_scheduler, weak=False)
