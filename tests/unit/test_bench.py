@@ -379,3 +379,44 @@ def test_worker_env_option(monkeypatch: pytest.MonkeyPatch) -> None:
     ok = runner.invoke(main, ["bench", "--worker-env", "NOTIFYD_DELIVERY_CONCURRENCY=1"])
     assert ok.exit_code == 0, ok.output
     assert seen[0].worker_env == (("NOTIFYD_DELIVERY_CONCURRENCY", "1"),)
+
+
+async def test_idle_counters_show_what_moved_between_two_readings() -> None:
+    """The idle figure's ``counters_moved``: counters read from a real ``/metrics``
+    endpoint twice, and only those that changed, by how much."""
+    import asyncio
+
+    from aiohttp import web
+    from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+    from notifyd.tools.bench.meter import counter_changes, counters
+
+    registry = CollectorRegistry()
+    records = Counter("records", "records", ["topic"], registry=registry)
+    Gauge("lag", "a gauge is not a counter", registry=registry).set(5)
+    records.labels("a").inc(2)
+    records.labels("b").inc()
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        before = await asyncio.to_thread(counters, url)
+        records.labels("a").inc(3)
+        records.labels("c").inc()
+        after = await asyncio.to_thread(counters, url)
+    finally:
+        await runner.cleanup()
+    assert before == {"records_total{topic=a}": 2.0, "records_total{topic=b}": 1.0}
+    assert counter_changes(before, after) == {
+        "records_total{topic=a}": 3.0, "records_total{topic=c}": 1.0
+    }
+    assert counters("http://127.0.0.1:9", timeout=1) == {}  # nothing listening: no figures
