@@ -111,12 +111,21 @@ async def publish_status(
 def fold_one(nid: str, msg: dict[str, Any], partition: int) -> list[dict[str, Any]]:
     """Fold ``msg`` into the row of ``nid`` (in ``partition``, the current event's) and
     write it; returns the callback jobs the change calls for."""
-    doc = status.get(nid)
-    before = channel_states(doc)
-    doc = fold_status(doc, msg, partition)
+    doc, jobs = _folded(status.get(nid), msg, partition)
     status[nid] = doc
     pending.note(nid, doc)
-    return callback_jobs_for(before, doc, settings.callback_url)
+    return jobs
+
+
+def _folded(
+    doc: dict[str, Any] | None, msg: dict[str, Any], partition: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``doc`` with ``msg`` folded in, and the callback jobs the change calls for: the
+    one fold of a record, here and now (:func:`fold_one`) or in a batch
+    (:func:`fold_status_events`), which write the row themselves."""
+    before = channel_states(doc)
+    doc = fold_status(doc, msg, partition)
+    return doc, callback_jobs_for(before, doc, settings.callback_url)
 
 
 def fold_status(
@@ -200,10 +209,11 @@ async def fold_status_events(events: Sequence[EventT[Any]]) -> int:
                 msg = loads(ev.value)
                 nid = msg["notification_id"]
                 prev = folded.get(nid)
-                doc = prev[1] if prev is not None else status.get(nid)
-                before = channel_states(doc)
-                folded[nid] = (ev, fold_status(doc, msg, ev.message.partition))
-                callback_jobs += callback_jobs_for(before, folded[nid][1], settings.callback_url)
+                doc, jobs = _folded(
+                    prev[1] if prev is not None else status.get(nid), msg, ev.message.partition
+                )
+                folded[nid] = (ev, doc)
+                callback_jobs += jobs
             except Exception as exc:  # one bad record must not lose the rest of the batch
                 m = ev.message
                 log.exception(
