@@ -420,3 +420,16 @@ async def test_idle_counters_show_what_moved_between_two_readings() -> None:
         "records_total{topic=a}": 3.0, "records_total{topic=c}": 1.0
     }
     assert counters("http://127.0.0.1:9", timeout=1) == {}  # nothing listening: no figures
+
+
+def test_thread_cpu_change_between_two_readings() -> None:
+    import os
+
+    from notifyd.tools.bench.meter import thread_cpu_change, thread_cpu_s
+
+    before = thread_cpu_s(os.getpid())
+    sum(i * i for i in range(300_000))  # some CPU on this (the main) thread
+    change = thread_cpu_change(before, thread_cpu_s(os.getpid()))
+    assert change is not None and set(change) == {"main_thread", "other_threads"}
+    assert change["main_thread"] >= 0 and change["other_threads"] >= 0
+    assert thread_cpu_change(None, before) is None and thread_cpu_change(before, None) is None

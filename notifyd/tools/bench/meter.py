@@ -100,6 +100,16 @@ def thread_cpu_s(pid: int | None) -> dict[str, float] | None:
     return {"main_thread": round(main, 3), "other_threads": round(other, 3)}
 
 
+def thread_cpu_change(
+    before: dict[str, float] | None, after: dict[str, float] | None
+) -> dict[str, float] | None:
+    """The CPU seconds each side of :func:`thread_cpu_s` used between two readings
+    (None when either could not be read)."""
+    if not before or not after:
+        return None
+    return {k: round(after[k] - before[k], 3) for k in before}
+
+
 def proc_mem_mb(pid: int | None) -> tuple[float | None, float | None]:
     """(RSS, peak RSS) in MB of a process (Linux /proc)."""
     if pid is None:

@@ -81,6 +81,7 @@ from notifyd.tools.bench.meter import (
     maps_mention,
     proc_cpu_s,
     proc_mem_mb,
+    thread_cpu_change,
     thread_cpu_s,
 )
 from notifyd.tools.bench.procs import FloorProc, WorkerProc
@@ -585,9 +586,9 @@ class Bench:
         threads0 = thread_cpu_s(w.pid)
         (st,), info = await self._events_run("tput", names.events, o.events, None, users, inapp)
         cpu = meter.stop()
-        threads1 = thread_cpu_s(w.pid)
-        if threads0 and threads1 and w.processes == 1:
-            cpu["worker_threads"] = {k: round(threads1[k] - threads0[k], 3) for k in threads0}
+        threads = thread_cpu_change(threads0, thread_cpu_s(w.pid))
+        if threads is not None and w.processes == 1:
+            cpu["worker_threads"] = threads
         end = max(st.last_at or 0.0, inapp.last_inapp_at or 0.0)
         secs = end - info["t_first"]
         routes = await asyncio.to_thread(delivery_routes, w.url)
@@ -627,17 +628,17 @@ class Bench:
         threads0 = thread_cpu_s(w.pid)
         seen0 = await asyncio.to_thread(counters, w.url)
         await asyncio.sleep(o.idle_s)  # the measurement window itself
-        threads1 = thread_cpu_s(w.pid)
+        threads = thread_cpu_change(threads0, thread_cpu_s(w.pid))
         seen1 = await asyncio.to_thread(counters, w.url)
         cpu = meter.stop()
         used = cpu.get("worker")
         pct = round(100 * used / cpu["wall_s"], 2) if used is not None else None
         self.progress.note(f"notifyd idle: {pct}% of a core")
         out: dict[str, Any] = {"seconds": cpu["wall_s"], "cpu_s": used, "cpu_pct_of_core": pct}
-        if threads0 and threads1 and w.processes == 1:
+        if threads is not None and w.processes == 1:
             # Which side an unexpected figure is on: the event loop or the consumer thread.
-            out["worker_threads"] = {k: round(threads1[k] - threads0[k], 3) for k in threads0}
-        # What the worker did meanwhile (records, commits, collections, sweeps…).
+            out["worker_threads"] = threads
+        # What the worker did meanwhile (events, deliveries, retries, dead letters…).
         out["counters_moved"] = counter_changes(seen0, seen1)
         return out
 
