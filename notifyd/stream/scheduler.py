@@ -156,13 +156,13 @@ class Scheduler:
         if now - self.last_sweep > sweep_interval_s() and not self.sweeping():
             self.last_sweep = now
             self._sweeping = asyncio.create_task(self.sweep(now), name="notifyd.sweep")
-        # Until the next entry is due, the next reconcile or sweep, or IDLE_TICK_S.
-        until = min(
-            self.last_reconcile + reconcile_interval_s(),
-            self.last_sweep + sweep_interval_s() if not self.sweeping() else now + IDLE_TICK_S,
-            self.heap[0][0] if self.heap else now + IDLE_TICK_S,
-        )
-        return min(IDLE_TICK_S, max(0.0, until - now))
+        # Until the next reconcile, sweep (unless one runs) or due entry; IDLE_TICK_S at most.
+        deadlines = [self.last_reconcile + reconcile_interval_s()]
+        if not self.sweeping():
+            deadlines.append(self.last_sweep + sweep_interval_s())
+        if self.heap:
+            deadlines.append(self.heap[0][0])
+        return min(IDLE_TICK_S, max(0.0, min(deadlines) - now))
 
     def sweeping(self) -> bool:
         return self._sweeping is not None and not self._sweeping.done()
