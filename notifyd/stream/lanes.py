@@ -59,6 +59,9 @@ LANE_HEADER = "notifyd-lane"
 Acker = Callable[[TP, int, int], bool]
 RecordHandler = Callable[[EventT[Any]], Awaitable[None]]
 BatchHandler = Callable[[Sequence[EventT[Any]]], Awaitable[object]]
+#: Work a batch's records need before any is handled, done for the whole batch in one
+#: pass; the context ends once the batch is handled (or abandoned).
+BatchPreparer = Callable[[Sequence[EventT[Any]]], contextlib.AbstractContextManager[object]]
 
 
 @dataclass
@@ -80,12 +83,17 @@ class Lane:
     ``handle`` runs records one after another (``concurrency`` 1), or up to
     ``concurrency`` at once in order per message key (a provider's I/O), or, given
     ``fold``, the whole batch in one call (the status fold); ``open``/``close`` bracket
-    the lane's life (a channel's provider)."""
+    the lane's life (a channel's provider).  ``prepare`` (with ``concurrency`` 1) does
+    the stateless part of every record of a batch in one pass before the records are
+    handled: a stage run over the batch keeps the caches warm for it, where the same
+    code interleaved with the rest of each record's handling costs two to three times
+    as much per call."""
 
     name: str
     topics: frozenset[str]
     handle: RecordHandler | None = None
     fold: BatchHandler | None = None
+    prepare: BatchPreparer | None = None
     concurrency: int = 1
     #: Records fetched and not yet handled beyond which the lane is left out of fetches.
     max_backlog: int = 2000
@@ -250,8 +258,10 @@ class Lane:
                     await self._fold(batch, ack)
                     space.set()
                 elif self.concurrency <= 1:
-                    for ev in batch.events:
-                        await self._one(batch, ev, ack)
+                    with (self.prepare(batch.events) if self.prepare is not None
+                          else contextlib.nullcontext()):
+                        for ev in batch.events:
+                            await self._one(batch, ev, ack)
                     space.set()
                 else:
                     for ev in batch.events:

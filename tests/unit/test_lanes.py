@@ -4,6 +4,7 @@ booked as acked, and the Faust internals they rely on (re-check on a Faust upgra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -112,6 +113,53 @@ async def test_a_fold_lane_acks_the_whole_batch_after_the_fold(tp: TP) -> None:
     lane.put(Batch(tp, 1, [_event(tp, i) for i in range(5)]))
     await _run_until(lane, acks, lambda: len(acks.booked) == 5)
     assert folded == [[0, 1, 2, 3, 4]]
+
+
+async def test_prepare_sees_the_whole_batch_before_its_first_record_is_handled(
+    tp: TP,
+) -> None:
+    order: list[str] = []
+
+    @contextlib.contextmanager
+    def prepare(events: Any) -> Iterator[None]:
+        order.append("prepare " + ",".join(str(ev.message.offset) for ev in events))
+        try:
+            yield
+        finally:
+            order.append("end")
+
+    async def handle(ev: Any) -> None:
+        order.append(f"handle {ev.message.offset}")
+
+    lane = Lane(name="t", topics=frozenset({tp.topic}), handle=handle, prepare=prepare)
+    acks = Acks()
+    lane.put(Batch(tp, 1, [_event(tp, i) for i in range(3)]))
+    lane.put(Batch(tp, 1, [_event(tp, 3)]))
+    await _run_until(lane, acks, lambda: len(acks.booked) == 4)
+    assert order == ["prepare 0,1,2", "handle 0", "handle 1", "handle 2", "end",
+                     "prepare 3", "handle 3", "end"]
+
+
+async def test_a_prepared_batch_abandoned_midway_still_ends_its_preparation(tp: TP) -> None:
+    ended = asyncio.Event()
+    started = asyncio.Event()
+
+    @contextlib.contextmanager
+    def prepare(events: Any) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            ended.set()
+
+    async def handle(ev: Any) -> None:
+        started.set()
+        await asyncio.Event().wait()  # cancelled here: the worker stops
+
+    lane = Lane(name="t", topics=frozenset({tp.topic}), handle=handle, prepare=prepare)
+    acks = Acks()
+    lane.put(Batch(tp, 1, [_event(tp, 0), _event(tp, 1)]))
+    await _run_until(lane, acks, started.is_set)  # cancels the lane once it is in
+    assert ended.is_set() and acks.booked == []
 
 
 async def test_a_record_cancelled_while_handled_is_never_acked(tp: TP) -> None:

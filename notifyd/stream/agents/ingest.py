@@ -7,7 +7,7 @@ from typing import Any
 from faust.types import StreamT
 
 from notifyd.stream.agents.common import run_events
-from notifyd.stream.handlers.ingest import handle_event
+from notifyd.stream.handlers.ingest import decoded_batch, handle_event
 from notifyd.stream.lanes import Lane
 from notifyd.stream.runtime import Runtime
 
@@ -34,6 +34,7 @@ def ingest_lane(rt: Runtime) -> Lane:
         name="ingest",
         topics=frozenset({rt.topics.names.events, rt.topics.names.events_rekeyed}),
         handle=handle_event,
+        prepare=decoded_batch,
         max_backlog=rt.settings.lane_backlog,
         holds_sources=True,
     )
